@@ -1,0 +1,40 @@
+# Set-up, the quick demo on the embedded default (Fashion-MNIST), and the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= data
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: install demo test lint fashion-data bench clean-demo
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST from Debian's package when it is missing; otherwise say where to put the files.
+fashion-data:
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ] || \
+	    [ -f $(DATA_DIR)/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y dataset-fashion-mnist || \
+	     (apt-get update && apt-get install -y dataset-fashion-mnist)); \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	    sudo apt-get install -y dataset-fashion-mnist; \
+	else \
+	    echo "Fashion-MNIST not found: put the four IDX .gz files in $(DATA_DIR)/datasets/fashion-mnist/" \
+	         "(the stages also download them when the machine is online)"; \
+	fi
+
+# Every stage that exists, on Fashion-MNIST, in a quick preset (a few minutes on 2 CPU cores).
+demo: install fashion-data
+	$(PY) encoder_models.py --dataset fashion-mnist --epochs 2 --limit 10000
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,199 @@
+"""Image data sources: MNIST and Fashion-MNIST (IDX files) and scikit-learn's digits.
+
+Images come back as uint8 arrays of shape (N, 28, 28) with int64 labels, in the official
+train/test split. IDX files are looked up in ``<data_dir>/datasets/<name>/``, then (Fashion-MNIST)
+in Debian's ``/usr/share/datasets/fashion-mnist``, then downloaded from the official mirrors and
+checked against their published MD5 sums.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime import StageError
+
+IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+             "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+
+# Published MD5 sums of the official .gz files (the same ones torchvision checks).
+MD5 = {
+    "mnist": {"train_images": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+              "train_labels": "d53e105ee54ea40749a09fcbcd1e9432",
+              "test_images": "9fb629c4189551a2d022fa330f9573f3",
+              "test_labels": "ec29112dd5afa0611ce80d1b7f02629c"},
+    "fashion-mnist": {"train_images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                      "train_labels": "25c81989df183df01b3e8a0aad5dffbe",
+                      "test_images": "bef4ecab320f06d8554ea6380940ec79",
+                      "test_labels": "bb300cfdad3c16e7a12a480ee83cd310"},
+}
+MIRRORS = {
+    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
+              "https://storage.googleapis.com/cvdf-datasets/mnist/"],
+    "fashion-mnist": ["https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                      "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/"
+                      "data/fashion/"],
+}
+SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
+CLASS_NAMES = {
+    "mnist": [str(d) for d in range(10)],
+    "digits": [str(d) for d in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+}
+DATASETS = tuple(CLASS_NAMES)
+DIGITS_TEST_FRACTION = 0.25  # digits has no official split: a fixed stratified one (seed 0)
+
+
+@dataclass
+class ImageDataset:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 for the train and test splits."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def read_idx(path: str | Path, expected_dims: int) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped) of unsigned bytes, checking magic and sizes."""
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise StageError(f"{path}: cannot be read or decompressed ({err})") from err
+    if len(raw) < 4:
+        raise StageError(f"{path}: {len(raw)} bytes, too short for an IDX header")
+    zero, dtype_code, ndim = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
+    if zero != 0 or dtype_code != 0x08:
+        raise StageError(f"{path}: bad IDX magic number {raw[:4].hex()} "
+                         f"(expected 0000 08 0{expected_dims}: unsigned bytes)")
+    if ndim != expected_dims:
+        raise StageError(f"{path}: IDX file has {ndim} dimension(s), expected {expected_dims}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise StageError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise StageError(f"{path}: header says shape {shape} ({expected} bytes of data), "
+                         f"file holds {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def download_idx(name: str, folder: Path, timeout: float = 30.0) -> None:
+    """Fetch the four official .gz files into ``folder``, verifying each MD5 sum."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, stem in IDX_FILES.items():
+        target = folder / (stem + ".gz")
+        if target.is_file() and _md5(target) == MD5[name][part]:
+            continue
+        errors = []
+        for mirror in MIRRORS[name]:
+            tmp = target.with_suffix(".gz.part")
+            try:
+                with urllib.request.urlopen(mirror + stem + ".gz", timeout=timeout) as response:
+                    tmp.write_bytes(response.read())
+            except (urllib.error.URLError, OSError) as err:
+                errors.append(f"{mirror}: {err}")
+                continue
+            if _md5(tmp) != MD5[name][part]:
+                tmp.unlink()
+                errors.append(f"{mirror}: MD5 mismatch")
+                continue
+            tmp.replace(target)
+            break
+        else:
+            raise StageError(
+                f"{name} is not in {folder} and could not be downloaded "
+                f"({'; '.join(errors)}). Put the four IDX files "
+                f"({', '.join(s + '.gz' for s in IDX_FILES.values())}) in {folder}")
+
+
+def _load_idx_dataset(name: str, data_dir: Path, download: bool) -> ImageDataset:
+    local = data_dir / "datasets" / name
+    for folder in [local, *SYSTEM_DIRS.get(name, [])]:
+        paths = {part: _find_idx(folder, stem) for part, stem in IDX_FILES.items()}
+        if all(paths.values()):
+            break
+    else:
+        if not download:
+            raise StageError(f"{name} IDX files not found in {local}; put "
+                             f"{', '.join(s + '.gz' for s in IDX_FILES.values())} there")
+        download_idx(name, local)
+        folder = local
+        paths = {part: _find_idx(folder, stem) for part, stem in IDX_FILES.items()}
+    arrays = {part: read_idx(path, 3 if part.endswith("images") else 1)
+              for part, path in paths.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise StageError(f"{paths[split + '_labels']}: {len(labels)} labels for "
+                             f"{len(images)} images in {paths[split + '_images']}")
+        if images.shape[1:] != (28, 28):
+            raise StageError(f"{paths[split + '_images']}: images are {images.shape[1:]}, "
+                             "expected 28x28")
+        if labels.max(initial=0) >= len(CLASS_NAMES[name]):
+            raise StageError(f"{paths[split + '_labels']}: label {labels.max()} out of range")
+    return ImageDataset(name, arrays["train_images"], arrays["train_labels"].astype(np.int64),
+                        arrays["test_images"], arrays["test_labels"].astype(np.int64),
+                        CLASS_NAMES[name], str(folder))
+
+
+def _load_digits() -> ImageDataset:
+    """scikit-learn's 8x8 digits (values 0..16), resized to 24x24 bilinearly, padded to 28x28."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    small = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
+    big = F.interpolate(small, size=(24, 24), mode="bilinear", align_corners=False)
+    big = F.pad(big, (2, 2, 2, 2))[:, 0].clamp(0, 1)
+    images = np.rint(big.numpy() * 255).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    idx = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(idx, test_size=DIGITS_TEST_FRACTION, random_state=0,
+                                           stratify=labels)
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    return ImageDataset("digits", images[train_idx], labels[train_idx], images[test_idx],
+                        labels[test_idx], CLASS_NAMES["digits"], "sklearn.datasets.load_digits")
+
+
+def load_dataset(name: str, data_dir: str | Path = "data", limit: int = 0,
+                 download: bool = True) -> ImageDataset:
+    """Load a dataset by name; ``limit`` > 0 keeps the first ``limit`` training examples."""
+    if name not in DATASETS:
+        raise StageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    data = _load_digits() if name == "digits" else _load_idx_dataset(name, Path(data_dir),
+                                                                      download)
+    if limit < 0:
+        raise StageError(f"--limit must be >= 0, got {limit}")
+    if limit:
+        data.x_train, data.y_train = data.x_train[:limit], data.y_train[:limit]
+    return data
