@@ -1,0 +1,262 @@
+"""Metrics every stage reports: distribution distances, scores, k-NN balls, embedding quality.
+
+One implementation per metric, so that a training stage (a GAN reporting its FID) and
+``evaluate.py`` compute the same number. The maths is in float64; the estimators come from
+scikit-learn and SciPy, this module wires them and documents what each number means.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+import scipy.special
+from sklearn.cluster import KMeans
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    adjusted_rand_score,
+    calinski_harabasz_score,
+    davies_bouldin_score,
+    normalized_mutual_info_score,
+    pairwise_distances_chunked,
+    silhouette_score,
+)
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+# A negative eigenvalue of S_a^(1/2) S_b S_a^(1/2) (PSD in exact arithmetic) larger than this share
+# of the largest one is not rounding: the covariances are broken, and we say so.
+NEGATIVE_EIGENVALUE_TOLERANCE = 1e-6
+
+
+def _as_feature_matrix(features: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(features, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name}: expected a (samples, dims) matrix, got shape {array.shape}")
+    if len(array) < 2:
+        raise ValueError(f"{name}: need at least 2 samples, got {len(array)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name}: holds NaN or infinite values")
+    return array
+
+
+def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance (divisor N - 1) of the rows of ``features``, in float64."""
+    array = _as_feature_matrix(features, "features")
+    return array.mean(axis=0), np.cov(array, rowvar=False, ddof=1).reshape(array.shape[1], -1)
+
+
+def trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray, eps: float = 1e-6) -> float:
+    """Tr((S_a S_b)^(1/2)) = sum_i sqrt(lambda_i), lambda_i the eigenvalues of S_a S_b.
+
+    S_a S_b has the same eigenvalues as the symmetric PSD matrix S_a^(1/2) S_b S_a^(1/2), whose
+    eigenvalues ``eigvalsh`` returns real; rounding leaves tiny negatives, clipped to 0. When the
+    decomposition fails or is not finite, ``eps * I`` is added to both covariances (as in the FID
+    reference code); a clearly negative eigenvalue raises instead of giving a wrong number.
+    """
+    identity = np.eye(len(cov_a))
+    for offset in (0.0, eps):
+        try:
+            values, vectors = scipy.linalg.eigh(cov_a + offset * identity)
+            root_a = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+            product = root_a @ (cov_b + offset * identity) @ root_a
+            eigenvalues = scipy.linalg.eigvalsh((product + product.T) / 2.0)
+        except (np.linalg.LinAlgError, ValueError):
+            continue
+        if not np.isfinite(eigenvalues).all():
+            continue
+        scale = max(float(eigenvalues.max()), 1e-12)
+        if eigenvalues.min() < -NEGATIVE_EIGENVALUE_TOLERANCE * scale:
+            raise ValueError(f"covariance product has a negative eigenvalue "
+                             f"{eigenvalues.min():.3g} (largest {scale:.3g}): the covariances "
+                             f"are not positive semidefinite")
+        return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+    raise ValueError(f"the square root of the covariance product is not finite, even with "
+                     f"eps={eps} added to both covariances")
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray, eps: float = 1e-6) -> float:
+    """Fréchet distance of Gaussians fitted to two feature sets (Heusel et al. 2017, "FID").
+
+    ``||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` with unbiased covariances in float64.
+    Fewer samples than dimensions make a covariance singular: a warning names both counts.
+    """
+    a = _as_feature_matrix(features_a, "features_a")
+    b = _as_feature_matrix(features_b, "features_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets have different dimensions: {a.shape[1]} and {b.shape[1]}")
+    dims = a.shape[1]
+    if min(len(a), len(b)) <= dims:
+        warnings.warn(f"Fréchet distance on {len(a)} and {len(b)} samples of {dims} dimensions: "
+                      f"a covariance from no more samples than dimensions is singular; compare "
+                      f"only values computed with the same sample counts", stacklevel=2)
+    mean_a, cov_a = gaussian_statistics(a)
+    mean_b, cov_b = gaussian_statistics(b)
+    mean_term = float(np.sum((mean_a - mean_b) ** 2))
+    trace_term = float(np.trace(cov_a) + np.trace(cov_b)) - 2.0 * trace_sqrt_product(cov_a, cov_b,
+                                                                                     eps)
+    # Rounding can leave a tiny negative value for identical sets; the distance itself is >= 0.
+    return max(mean_term + trace_term, 0.0)
+
+
+def inception_style_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) from classifier logits (Salimans et al. 2016), mean and std.
+
+    p(y|x) comes from log-softmax in float64, p(y) is the mean of p(y|x) within each of
+    ``splits`` consecutive splits (10 by convention). 1 for uniform predictions, the number of
+    classes for confident predictions spread evenly over the classes.
+    """
+    array = np.asarray(logits, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"logits: expected (samples, classes), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("logits: hold NaN or infinite values")
+    if len(array) < splits:
+        raise ValueError(f"logits: {len(array)} samples cannot be cut into {splits} splits")
+    scores = []
+    for part in np.array_split(array, splits):
+        log_p_y_given_x = scipy.special.log_softmax(part, axis=1)
+        log_p_y = scipy.special.logsumexp(log_p_y_given_x, axis=0) - np.log(len(part))
+        kl = np.sum(np.exp(log_p_y_given_x) * (log_p_y_given_x - log_p_y), axis=1)
+        scores.append(np.exp(kl.mean()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
+    """Distance from each point to its k-th nearest other point of the same set."""
+    array = _as_feature_matrix(features, "features")
+    if len(array) <= k:
+        raise ValueError(f"k-NN radii with k={k} need more than {k} points, got {len(array)}")
+    # The point itself is its own first neighbour, so the k-th other point is number k + 1.
+    distances, _ = NearestNeighbors(n_neighbors=k + 1).fit(array).kneighbors(array)
+    return distances[:, -1]
+
+
+def _count_balls_containing(points: np.ndarray, centres: np.ndarray,
+                            radii: list[np.ndarray]) -> list[np.ndarray]:
+    """For each radius vector and each point, how many balls B(centre_i, radius_i) hold the point.
+
+    One chunked pass over the point-centre distances serves every radius vector; a point on the
+    sphere counts as inside (closed balls, as in Kynkäänniemi et al.).
+    """
+    counts: list[list[np.ndarray]] = [[] for _ in radii]
+    for chunk in pairwise_distances_chunked(points, centres, working_memory=64):
+        for found, radius in zip(counts, radii, strict=True):
+            found.append((chunk <= radius[None, :]).sum(axis=1))
+    return [np.concatenate(found) for found in counts]
+
+
+def _checked_pair(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    real = _as_feature_matrix(real, "real")
+    fake = _as_feature_matrix(fake, "fake")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"real and fake features have different dimensions: {real.shape[1]} "
+                         f"and {fake.shape[1]}")
+    return real, fake
+
+
+def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k_precision: int = 3,
+                                      k_density: int = 5) -> dict[str, float]:
+    """All four of ``precision_recall`` (k=3) and ``density_coverage`` (k=5), sharing passes."""
+    real, fake = _checked_pair(real, fake)
+    radii_precision, radii_density = knn_radii(real, k_precision), knn_radii(real, k_density)
+    in_precision, in_density = _count_balls_containing(fake, real,
+                                                       [radii_precision, radii_density])
+    (in_recall,) = _count_balls_containing(real, fake, [knn_radii(fake, k_precision)])
+    nearest_fake, _ = NearestNeighbors(n_neighbors=1).fit(fake).kneighbors(real)
+    return {"precision": float(np.mean(in_precision > 0)),
+            "recall": float(np.mean(in_recall > 0)),
+            "density": float(in_density.sum() / (k_density * len(fake))),
+            "coverage": float(np.mean(nearest_fake[:, 0] <= radii_density))}
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) on k-NN balls.
+
+    precision = share of fake points inside at least one ball B(real_i, NND_k(real_i));
+    recall = share of real points inside at least one ball B(fake_j, NND_k(fake_j)).
+    """
+    real, fake = _checked_pair(real, fake)
+    (in_real_balls,) = _count_balls_containing(fake, real, [knn_radii(real, k)])
+    (in_fake_balls,) = _count_balls_containing(real, fake, [knn_radii(fake, k)])
+    return {"precision": float(np.mean(in_real_balls > 0)),
+            "recall": float(np.mean(in_fake_balls > 0))}
+
+
+def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Density and coverage (Naeem et al. 2020) on the k-NN balls of the real points.
+
+    density = 1/(k M) sum_j sum_i 1[fake_j in B(real_i, NND_k(real_i))] (about 1 when the sets
+    match, above 1 when fakes crowd dense real regions); coverage = share of real points whose
+    nearest fake lies inside their own ball.
+    """
+    real, fake = _checked_pair(real, fake)
+    radii = knn_radii(real, k)
+    (in_real_balls,) = _count_balls_containing(fake, real, [radii])
+    nearest_fake, _ = NearestNeighbors(n_neighbors=1).fit(fake).kneighbors(real)
+    return {"density": float(in_real_balls.sum() / (k * len(fake))),
+            "coverage": float(np.mean(nearest_fake[:, 0] <= radii))}
+
+
+def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
+                 test_features: np.ndarray, test_labels: np.ndarray, k: int = 5) -> float:
+    """Accuracy on test of a k-NN classifier (Euclidean, majority vote) fitted on train."""
+    classifier = KNeighborsClassifier(n_neighbors=k).fit(train_features, train_labels)
+    return float(classifier.score(test_features, test_labels))
+
+
+def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
+                          test_features: np.ndarray, test_labels: np.ndarray,
+                          max_iter: int = 1000) -> float:
+    """Test accuracy of multinomial logistic regression on standardised features (fit on train)."""
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    with warnings.catch_warnings():
+        # An unconverged probe still gives a valid (slightly pessimistic) accuracy.
+        warnings.filterwarnings("ignore", message=".*did not converge.*")
+        warnings.filterwarnings("ignore", message=".*lbfgs failed to converge.*")
+        probe.fit(train_features, train_labels)
+    return float(probe.score(test_features, test_labels))
+
+
+def kmeans_agreement(features: np.ndarray, labels: np.ndarray, seed: int = 0,
+                     n_init: int = 10) -> dict[str, float]:
+    """k-means with k = number of classes; ARI (Hubert & Arabie 1985) and NMI against the labels."""
+    n_clusters = len(np.unique(labels))
+    clusters = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(
+        np.asarray(features, dtype=np.float64))
+    return {"kmeans_ari": float(adjusted_rand_score(labels, clusters)),
+            "kmeans_nmi": float(normalized_mutual_info_score(labels, clusters))}
+
+
+def label_cluster_quality(features: np.ndarray, labels: np.ndarray, silhouette_samples: int = 5000,
+                          seed: int = 0) -> dict[str, float]:
+    """Silhouette, Calinski-Harabasz and Davies-Bouldin of the true classes, in the features' space.
+
+    Silhouette (Rousseeuw 1987) uses a seeded subsample of ``silhouette_samples`` points when the
+    set is larger. The values depend on the space's scale and dimension: compare them only
+    between sets in the same space.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    sample_size = silhouette_samples if 0 < silhouette_samples < len(features) else None
+    return {"silhouette": float(silhouette_score(features, labels, sample_size=sample_size,
+                                                 random_state=seed)),
+            "calinski_harabasz": float(calinski_harabasz_score(features, labels)),
+            "davies_bouldin": float(davies_bouldin_score(features, labels))}
+
+
+def class_consistency(predicted_labels: np.ndarray, target_labels: np.ndarray) -> float:
+    """Share of samples whose predicted class equals the class they were generated from."""
+    predicted_labels = np.asarray(predicted_labels)
+    target_labels = np.asarray(target_labels)
+    if predicted_labels.shape != target_labels.shape or predicted_labels.ndim != 1:
+        raise ValueError(f"predicted labels {predicted_labels.shape} and target labels "
+                         f"{target_labels.shape} must be two vectors of one length")
+    return float(np.mean(predicted_labels == target_labels))
+
+
+def knn_predict(train_features: np.ndarray, train_labels: np.ndarray, features: np.ndarray,
+                k: int = 5) -> np.ndarray:
+    """Class of each row of ``features`` by majority vote of its k nearest training points."""
+    return KNeighborsClassifier(n_neighbors=k).fit(train_features, train_labels).predict(features)
