@@ -16,7 +16,7 @@ class StageError(Exception):
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Call a stage's main(); turn a StageError or Ctrl-C into one readable line and an exit code."""
+    """Call a stage's main(); a StageError or Ctrl-C becomes one readable line and an exit code."""
     try:
         main()
     except StageError as err:

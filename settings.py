@@ -74,7 +74,7 @@ def configure(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[
     doc = (namespace.get("__doc__") or "").strip()
     parser = argparse.ArgumentParser(
         prog=Path(namespace["__file__"]).name, description=doc,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     names = []
     for name, comment in _declared_settings(source):
         default = namespace[name]

@@ -1,0 +1,340 @@
+"""Stage 1: learn embeddings of 28x28 images.
+
+Autoencoders of increasing capacity (basic MLP, intermediate conv, advanced residual conv), a VAE,
+a contrastive encoder (NT-Xent on two augmented views) and a triplet encoder (labels, batch
+mining). For each model named in --models: train with a checkpoint every epoch (resumed after an
+interruption), then write data/embeddings/<ds>_<enc>.npz and, for autoencoders,
+data/visualizations/<ds>_<enc>_reconstructions.png.
+
+    python encoder_models.py --dataset digits --epochs 1 --limit 512 --models ae_basic,vae
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from artifacts import load_checkpoint, make_meta, save_checkpoint, save_figure, save_npz
+from CL_loss_function import MINING_STRATEGIES, batch_triplet_loss, nt_xent_loss
+from data_sources import load_dataset
+from nets import ConvDecoder, ConvEncoder, mlp
+from runtime import StageError, pick_device, run_stage, seed_everything
+from settings import configure
+
+DATASET = "fashion-mnist"  # mnist, fashion-mnist or digits
+DATA_DIR = "data"  # where datasets are looked up and every output is written
+MODELS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")  # to train
+EMBEDDING_DIM = 32  # size of every embedding
+EPOCHS = 10  # total epochs per model (a larger value continues a finished run)
+BATCH_SIZE = 256  # images per optimiser step
+LEARNING_RATE = 1e-3  # Adam learning rate
+WEIGHT_DECAY = 0.0  # Adam weight decay
+LIMIT = 0  # train on the first N training images only (0: all)
+SEED = 0  # seeds weights, batch order and augmentations
+DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
+VAE_BETA = 1.0  # weight of the KL term in the VAE loss
+TEMPERATURE = 0.5  # NT-Xent temperature (SimCLR: 0.5 on CIFAR-10)
+PROJECTION_DIM = 64  # output size of the contrastive projection head
+TRIPLET_MARGIN = 1.0  # margin of the triplet loss
+TRIPLET_MINING = "hard"  # triplet mining inside a batch: hard (batch-hard) or all (batch-all)
+EMBED_BATCH_SIZE = 1024  # images per forward pass when writing embeddings
+
+# Horizontal flips keep the class of clothes, not of digits.
+FLIP_KEEPS_CLASS = {"fashion-mnist": True, "mnist": False, "digits": False}
+
+
+# ---------------------------------------------------------------- models
+class Autoencoder(nn.Module):
+    """Encoder to a D-dim code, decoder to pixel logits; loss: per-image summed BCE."""
+
+    kind = "autoencoder"
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(self.embed(x))).view_as(x)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.decoder(self.encoder(x)).view_as(x)
+        return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
+
+
+class VAE(nn.Module):
+    """VAE (Kingma & Welling 2014): q(z|x) = N(mu, diag(exp(logvar))), p(z) = N(0, I).
+
+    loss = E_q[-log p(x|z)] + beta * KL(q(z|x) || p(z)),
+    KL = -1/2 sum(1 + logvar - mu^2 - exp(logvar)), per image, averaged over the batch.
+    The embedding is the posterior mean mu.
+    """
+
+    kind = "autoencoder"
+
+    def __init__(self, dim: int, beta: float) -> None:
+        super().__init__()
+        self.beta = beta
+        self.encoder = ConvEncoder(2 * dim, widths=(32, 64))
+        self.decoder = ConvDecoder(dim, widths=(32, 64))
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.posterior(x)[0]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(self.embed(x))).view_as(x)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.posterior(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
+        logits = self.decoder(z).view_as(x)
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        return (recon + self.beta * kl) / len(x)
+
+
+class ContrastiveEncoder(nn.Module):
+    """SimCLR-style: backbone -> embedding -> projection head; NT-Xent on two augmented views.
+    The embedding is taken before the head (Chen et al. 2020)."""
+
+    kind = "contrastive"
+
+    def __init__(self, dim: int, projection_dim: int, temperature: float, flips: bool) -> None:
+        super().__init__()
+        self.temperature, self.flips = temperature, flips
+        self.backbone = ConvEncoder(dim, widths=(32, 64), residual_blocks=1)
+        self.head = mlp([dim, 128, projection_dim], norm=nn.BatchNorm1d)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        views = augment(torch.cat([x, x]), self.flips)
+        projected = self.head(self.backbone(views))
+        return nt_xent_loss(*projected.chunk(2), temperature=self.temperature)
+
+
+class TripletEncoder(nn.Module):
+    """Conv backbone trained with the triplet loss mined inside each labelled batch."""
+
+    kind = "triplet"
+
+    def __init__(self, dim: int, margin: float, mining: str) -> None:
+        super().__init__()
+        self.margin, self.mining = margin, mining
+        self.backbone = ConvEncoder(dim, widths=(32, 64), residual_blocks=1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return batch_triplet_loss(self.backbone(x), y, self.margin, self.mining)
+
+
+def build_model(name: str, dim: int, dataset: str) -> nn.Module:
+    """An encoder by name, with the hyper-parameters of the current settings."""
+    if name == "ae_basic":
+        return Autoencoder(nn.Sequential(nn.Flatten(), mlp([784, 512, 256, dim])),
+                           nn.Sequential(mlp([dim, 256, 512, 784]), nn.Unflatten(1, (1, 28, 28))))
+    if name == "ae_intermediate":
+        return Autoencoder(ConvEncoder(dim, widths=(16, 32)), ConvDecoder(dim, widths=(16, 32)))
+    if name == "ae_advanced":
+        return Autoencoder(ConvEncoder(dim, widths=(32, 64), residual_blocks=1),
+                           ConvDecoder(dim, widths=(32, 64), residual_blocks=1))
+    if name == "vae":
+        return VAE(dim, VAE_BETA)
+    if name == "ntxent":
+        return ContrastiveEncoder(dim, PROJECTION_DIM, TEMPERATURE, FLIP_KEEPS_CLASS[dataset])
+    if name == "triplet":
+        return TripletEncoder(dim, TRIPLET_MARGIN, TRIPLET_MINING)
+    raise StageError(f"unknown model {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
+
+
+ENCODER_NAMES = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")
+
+
+def augment(x: torch.Tensor, flips: bool) -> torch.Tensor:
+    """Random views of a batch in [0, 1], on its own device: affine crop (zoom 1-1.4, shift,
+    rotation up to 15 degrees), optional horizontal flip, brightness/contrast jitter, and a
+    random erased square."""
+    b, device = len(x), x.device
+    angle = (torch.rand(b, device=device) * 2 - 1) * math.radians(15)
+    zoom = 1.0 / (1.0 + 0.4 * torch.rand(b, device=device))
+    flip = torch.where(torch.rand(b, device=device) < 0.5, -1.0, 1.0) if flips else \
+        torch.ones(b, device=device)
+    shift = (torch.rand(b, 2, device=device) * 2 - 1) * 0.15
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    contrast = 0.6 + 0.8 * torch.rand(b, 1, 1, 1, device=device)
+    brightness = (torch.rand(b, 1, 1, 1, device=device) - 0.5) * 0.4
+    out = ((out - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+    # erase a random 10x10 square in half of the views
+    cy, cx = torch.randint(0, 28, (2, b, 1, 1), device=device)
+    rows = torch.arange(28, device=device).view(1, 28, 1)
+    cols = torch.arange(28, device=device).view(1, 1, 28)
+    square = ((rows - cy).abs() < 5) & ((cols - cx).abs() < 5)
+    erase = (torch.rand(b, 1, 1, device=device) < 0.5) & square
+    return out.masked_fill(erase.unsqueeze(1), 0.0)
+
+
+# ---------------------------------------------------------------- training
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1]."""
+    return images.unsqueeze(1).float() / 255.0
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled index batches; a last batch of one example is dropped (BatchNorm needs two)."""
+    order = torch.randperm(n, generator=generator)
+    chunks = list(order.split(batch_size))
+    return [c for c in chunks if len(c) > 1]
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                    y: torch.Tensor, epoch: int, label: str) -> float:
+    """One pass over (x, y) in a seeded order; returns the mean loss; raises if it is not finite."""
+    generator = torch.Generator().manual_seed(SEED * 100_003 + epoch)
+    torch.manual_seed(SEED * 100_003 + epoch)  # augmentation and VAE noise, per epoch
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(batches(len(x), BATCH_SIZE, generator), desc=f"{label} epoch {epoch}/{EPOCHS}",
+               leave=False, disable=None)
+    for idx in bar:
+        idx = idx.to(x.device)
+        loss = model.training_loss(to_unit(x[idx]), y[idx])
+        if not torch.isfinite(loss):
+            raise StageError(f"{label}: loss became {loss.item()} at epoch {epoch}; stopped, and "
+                             "the last good checkpoint is kept (try a lower --learning-rate)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, count = total + loss.item() * len(idx), count + len(idx)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def embed_all(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Embeddings of uint8 images (N, 28, 28) in eval mode, as float32 (N, D)."""
+    model.eval()
+    parts = [model.embed(to_unit(chunk)).float().cpu() for chunk in x.split(EMBED_BATCH_SIZE)]
+    return torch.cat(parts).numpy().astype(np.float32)
+
+
+def resume_settings() -> dict:
+    """The settings a checkpoint must share with this run to be continued."""
+    return {"dataset": DATASET, "limit": LIMIT, "embedding_dim": EMBEDDING_DIM,
+            "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
+            "weight_decay": WEIGHT_DECAY, "seed": SEED, "vae_beta": VAE_BETA,
+            "temperature": TEMPERATURE, "projection_dim": PROJECTION_DIM,
+            "triplet_margin": TRIPLET_MARGIN, "triplet_mining": TRIPLET_MINING}
+
+
+def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            device: torch.device) -> tuple[int, list[float]]:
+    """Load a checkpoint into model and optimiser; returns (epochs done, loss history)."""
+    state = load_checkpoint(path, map_location=device)
+    differing = {k: (v, state["settings"].get(k)) for k, v in resume_settings().items()
+                 if state["settings"].get(k) != v}
+    if differing:
+        listed = ", ".join(f"{k}: now {a!r}, checkpoint {b!r}" for k, (a, b) in differing.items())
+        raise StageError(f"{path} was trained with other settings ({listed}); delete it to start "
+                         "again, or run with the checkpoint's settings")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), [float(v) for v in state["losses"]]
+
+
+def save_reconstructions(model: nn.Module, x_test: torch.Tensor, path: Path, title: str) -> None:
+    """Originals (top row) and reconstructions (bottom row) of the first 10 test images."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model.eval()
+    with torch.no_grad():
+        originals = to_unit(x_test[:10])
+        recon = model.reconstruct(originals).cpu()
+    fig, axes = plt.subplots(2, 10, figsize=(10, 2.4))
+    for col in range(10):
+        for row, img in enumerate((originals.cpu(), recon)):
+            axes[row, col].imshow(img[col, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[row, col].set_axis_off()
+    axes[0, 0].set_title("input", fontsize=8, loc="left")
+    axes[1, 0].set_title("reconstruction", fontsize=8, loc="left")
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def main() -> None:
+    settings = configure(globals())
+    unknown = [m for m in MODELS if m not in ENCODER_NAMES]
+    if unknown:
+        raise StageError(f"unknown model(s) {', '.join(unknown)}; valid names: "
+                         f"{', '.join(ENCODER_NAMES)}")
+    if TRIPLET_MINING not in MINING_STRATEGIES:
+        raise StageError(f"--triplet-mining must be one of {', '.join(MINING_STRATEGIES)}")
+    device = pick_device(DEVICE)
+    data = load_dataset(DATASET, DATA_DIR, LIMIT)
+    print(f"{data.name}: {len(data.x_train)} train, {len(data.x_test)} test images "
+          f"from {data.source}; device {device}")
+    x_train = torch.from_numpy(data.x_train).to(device)
+    y_train = torch.from_numpy(data.y_train).to(device)
+    x_test = torch.from_numpy(data.x_test).to(device)
+    root = Path(DATA_DIR)
+    for name in MODELS:
+        seed_everything(SEED)
+        model = build_model(name, EMBEDDING_DIM, DATASET).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE,
+                                     weight_decay=WEIGHT_DECAY)
+        ckpt = root / "checkpoints" / "encoders" / f"{DATASET}_{name}.pt"
+        done, losses = restore(ckpt, model, optimizer, device) if ckpt.exists() else (0, [])
+        if done:
+            print(f"{name}: resuming from {ckpt} after epoch {done}"
+                  + (f", continuing at epoch {done + 1}/{EPOCHS}" if done < EPOCHS else
+                     f"; {EPOCHS} epoch(s) asked for, so no training"))
+        started = time.time()
+        for epoch in range(done + 1, EPOCHS + 1):
+            losses.append(train_one_epoch(model, optimizer, x_train, y_train, epoch, name))
+            save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "epoch": epoch, "losses": losses,
+                                   "settings": resume_settings(), "encoder": name})
+            print(f"{name}: epoch {epoch}/{EPOCHS} loss {losses[-1]:.4f} "
+                  f"({time.time() - started:.0f} s)")
+        z_train, z_test = embed_all(model, x_train), embed_all(model, x_test)
+        meta = make_meta(__file__, settings, DATASET, SEED, encoder=name,
+                         epochs_trained=len(losses), final_loss=losses[-1] if losses
+                         else None, checkpoint=str(ckpt), data_source=data.source,
+                         num_train=len(z_train), num_test=len(z_test),
+                         class_names=data.class_names,
+                         parameters=sum(p.numel() for p in model.parameters()))
+        out = save_npz(root / "embeddings" / f"{DATASET}_{name}.npz",
+                       {"z_train": z_train, "y_train": data.y_train, "z_test": z_test,
+                        "y_test": data.y_test}, meta)
+        print(f"{name}: wrote {out} ({z_train.shape[1]}-d)")
+        if model.kind == "autoencoder":
+            png = root / "visualizations" / f"{DATASET}_{name}_reconstructions.png"
+            save_reconstructions(model, x_test, png, f"{name} on {DATASET} test images "
+                                 f"({EMBEDDING_DIM}-d code, {len(losses)} epochs)")
+            print(f"{name}: wrote {png}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,81 @@
+"""Building blocks shared by the encoders and the GANs: MLPs and conv stacks for 28x28 images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+IMAGE_SIZE = 28
+
+
+def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU,
+        norm: type[nn.Module] | None = None, last_activation: bool = False) -> nn.Sequential:
+    """Linear layers of the given sizes with an activation (and optional norm) between them."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2 or last_activation:
+            if norm is not None:
+                layers.append(norm(fan_out))
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(act(norm(conv(act(norm(x)))))): a pre-activation residual block (He et al. 2016)."""
+
+    def __init__(self, channels: int, norm: bool = True) -> None:
+        super().__init__()
+
+        def make_norm() -> nn.Module:
+            return nn.BatchNorm2d(channels) if norm else nn.Identity()
+
+        self.body = nn.Sequential(
+            make_norm(), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            make_norm(), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ConvEncoder(nn.Module):
+    """(B, 1, 28, 28) -> (B, out_dim): two stride-2 convs (28 -> 14 -> 7), optional residual
+    blocks after each, then a linear layer."""
+
+    def __init__(self, out_dim: int, widths: tuple[int, int] = (32, 64), residual_blocks: int = 0,
+                 norm: bool = True) -> None:
+        super().__init__()
+        w1, w2 = widths
+        layers: list[nn.Module] = [nn.Conv2d(1, w1, 4, stride=2, padding=1)]
+        layers += [ResidualBlock(w1, norm) for _ in range(residual_blocks)]
+        layers += [nn.BatchNorm2d(w1) if norm else nn.Identity(), nn.SiLU(),
+                   nn.Conv2d(w1, w2, 4, stride=2, padding=1)]
+        layers += [ResidualBlock(w2, norm) for _ in range(residual_blocks)]
+        layers += [nn.BatchNorm2d(w2) if norm else nn.Identity(), nn.SiLU(), nn.Flatten(),
+                   nn.Linear(w2 * 7 * 7, out_dim)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """(B, in_dim) -> (B, 1, 28, 28) logits: the mirror of ConvEncoder (7 -> 14 -> 28)."""
+
+    def __init__(self, in_dim: int, widths: tuple[int, int] = (32, 64), residual_blocks: int = 0,
+                 norm: bool = True) -> None:
+        super().__init__()
+        w1, w2 = widths
+        layers: list[nn.Module] = [nn.Linear(in_dim, w2 * 7 * 7), nn.Unflatten(1, (w2, 7, 7))]
+        layers += [ResidualBlock(w2, norm) for _ in range(residual_blocks)]
+        layers += [nn.BatchNorm2d(w2) if norm else nn.Identity(), nn.SiLU(),
+                   nn.ConvTranspose2d(w2, w1, 4, stride=2, padding=1)]
+        layers += [ResidualBlock(w1, norm) for _ in range(residual_blocks)]
+        layers += [nn.BatchNorm2d(w1) if norm else nn.Identity(), nn.SiLU(),
+                   nn.ConvTranspose2d(w1, 1, 4, stride=2, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

@@ -1,0 +1,182 @@
+"""Settings overrides, artifact I/O and data sources."""
+
+import gzip
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from artifacts import (
+    load_checkpoint,
+    load_embeddings,
+    load_npz,
+    make_meta,
+    save_checkpoint,
+    save_npz,
+)
+from data_sources import IDX_FILES, load_dataset, read_idx
+from runtime import StageError, pick_device
+from settings import configure
+
+SCRIPT = textwrap.dedent('''\
+    """A stage."""
+    EPOCHS = 3  # passes over the data
+    LEARNING_RATE = 1e-3  # step size
+    NAME = "ae"  # which model
+    MODELS = ("a", "b")  # variants to train
+    SIZES = (1, 2)  # layer sizes
+    FLAG = False  # a switch
+    lower = 5
+''')
+
+
+def namespace(tmp_path: Path) -> dict:
+    path = tmp_path / "stage.py"
+    path.write_text(SCRIPT)
+    ns = {"__file__": str(path), "__doc__": "A stage."}
+    exec(compile(SCRIPT, str(path), "exec"), ns)
+    return ns
+
+
+def test_configure_overrides_by_name_and_type(tmp_path):
+    ns = namespace(tmp_path)
+    got = configure(ns, ["--epochs", "7", "--learning-rate", "0.5", "--models", "x,y,z",
+                         "--sizes", "4,5", "--flag", "true"])
+    assert ns["EPOCHS"] == 7 and ns["LEARNING_RATE"] == 0.5 and ns["NAME"] == "ae"
+    assert ns["MODELS"] == ("x", "y", "z") and ns["SIZES"] == (4, 5) and ns["FLAG"] is True
+    assert got == {"epochs": 7, "learning_rate": 0.5, "name": "ae", "models": ["x", "y", "z"],
+                   "sizes": [4, 5], "flag": True}
+    json.dumps(got)
+
+
+def test_configure_help_lists_comments_and_defaults(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        configure(namespace(tmp_path), ["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--epochs" in text and "passes over the data (default: 3)" in text
+    assert "--models" in text and "(default: a,b)" in text and "--lower" not in text
+
+
+def test_configure_rejects_unknown_and_badly_typed(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        configure(namespace(tmp_path), ["--epoch", "2"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        configure(namespace(tmp_path), ["--epochs", "two"])
+    with pytest.raises(SystemExit):
+        configure(namespace(tmp_path), ["--flag", "maybe"])
+
+
+def test_npz_round_trip_with_meta_and_checks(tmp_path):
+    path = tmp_path / "e" / "x.npz"
+    arrays = {"z_train": np.ones((4, 3), np.float32), "y_train": np.arange(4),
+              "z_test": np.zeros((2, 3), np.float32), "y_test": np.arange(2)}
+    save_npz(path, arrays, make_meta("stage.py", {"epochs": 1}, "digits", 0))
+    data = load_embeddings(path)
+    assert data["meta"]["dataset"] == "digits" and data["meta"]["settings"] == {"epochs": 1}
+    assert data["meta"]["seed"] == 0 and "torch" in data["meta"]["versions"]
+    np.testing.assert_array_equal(data["z_train"], arrays["z_train"])
+    assert [p.name for p in path.parent.iterdir()] == ["x.npz"]  # no temp file left
+
+    bad = dict(arrays, y_test=np.arange(3))
+    save_npz(tmp_path / "bad.npz", bad, {})
+    with pytest.raises(StageError, match=r"bad\.npz: lengths do not match: z_test=2, y_test=3"):
+        load_embeddings(tmp_path / "bad.npz")
+    nan = dict(arrays, z_test=np.full((2, 3), np.nan, np.float32))
+    save_npz(tmp_path / "nan.npz", nan, {})
+    with pytest.raises(StageError, match=r"nan\.npz: key 'z_test' holds 6 NaN"):
+        load_embeddings(tmp_path / "nan.npz")
+    save_npz(tmp_path / "few.npz", {"z_train": arrays["z_train"]}, {})
+    with pytest.raises(StageError, match=r"few\.npz: missing key\(s\) y_train"):
+        load_embeddings(tmp_path / "few.npz")
+    with pytest.raises(StageError, match="expected 1 dims"):
+        load_npz(tmp_path / "few.npz", {"z_train": 1})
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(StageError, match=r"junk\.npz: not a readable NPZ"):
+        load_embeddings(tmp_path / "junk.npz")
+
+
+def test_checkpoint_round_trip_and_refuses_junk(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"model": {"w": torch.arange(3.0)}, "epoch": 2, "settings": {"a": 1}})
+    state = load_checkpoint(path)
+    assert state["epoch"] == 2 and torch.equal(state["model"]["w"], torch.arange(3.0))
+    path.write_bytes(b"truncated")
+    with pytest.raises(StageError, match=r"c\.pt: not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_pick_device():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(StageError, match="no CUDA device"):
+            pick_device("cuda")
+    with pytest.raises(StageError):
+        pick_device("gpu")
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True, magic: bytes | None = None):
+    header = magic or bytes([0, 0, 8, array.ndim])
+    header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+def test_read_idx_parses_and_validates(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    write_idx(tmp_path / "ok.gz", images)
+    np.testing.assert_array_equal(read_idx(tmp_path / "ok.gz", 3), images)
+    write_idx(tmp_path / "raw", images, compress=False)
+    np.testing.assert_array_equal(read_idx(tmp_path / "raw", 3), images)
+    write_idx(tmp_path / "magic", images, compress=False, magic=bytes([0, 0, 9, 3]))
+    with pytest.raises(StageError, match="magic"):
+        read_idx(tmp_path / "magic", 3)
+    with pytest.raises(StageError, match="3 dimension"):
+        read_idx(tmp_path / "raw", 1)
+    (tmp_path / "short").write_bytes((tmp_path / "raw").read_bytes()[:-10])
+    with pytest.raises(StageError, match=r"short: header says shape \(5, 28, 28\)"):
+        read_idx(tmp_path / "short", 3)
+    (tmp_path / "broken.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(StageError, match="broken.gz: cannot be read"):
+        read_idx(tmp_path / "broken.gz", 3)
+
+
+def fake_idx_folder(folder: Path, n_train: int, n_train_labels: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    write_idx(folder / (IDX_FILES["train_images"] + ".gz"), rng.integers(0, 256, (n_train, 28, 28)))
+    write_idx(folder / (IDX_FILES["train_labels"] + ".gz"), rng.integers(0, 10, n_train_labels))
+    write_idx(folder / (IDX_FILES["test_images"] + ".gz"), rng.integers(0, 256, (4, 28, 28)))
+    write_idx(folder / (IDX_FILES["test_labels"] + ".gz"), rng.integers(0, 10, 4))
+
+
+def test_local_idx_dataset_and_label_count_check(tmp_path):
+    fake_idx_folder(tmp_path / "datasets" / "mnist", 6, 6)
+    data = load_dataset("mnist", tmp_path, limit=5, download=False)
+    assert data.x_train.shape == (5, 28, 28) and data.x_test.shape == (4, 28, 28)
+    assert data.y_train.dtype == np.int64 and data.num_classes == 10
+    other = tmp_path / "other"
+    fake_idx_folder(other / "datasets" / "mnist", 6, 5)
+    with pytest.raises(StageError, match="5 labels for 6 images"):
+        load_dataset("mnist", other, download=False)
+
+
+def test_missing_dataset_offline_names_the_folder(tmp_path):
+    with pytest.raises(StageError, match=str(tmp_path / "datasets" / "mnist")):
+        load_dataset("mnist", tmp_path, download=False)
+    with pytest.raises(StageError, match="unknown dataset 'cifar'"):
+        load_dataset("cifar", tmp_path)
+
+
+def test_digits_split_is_fixed_and_scaled():
+    a, b = load_dataset("digits"), load_dataset("digits", limit=100)
+    assert a.x_train.shape == (1347, 28, 28) and a.x_test.shape == (450, 28, 28)
+    assert a.x_train.dtype == np.uint8 and a.x_train.max() == 255
+    np.testing.assert_array_equal(a.x_train[:100], b.x_train)
+    assert set(np.unique(a.y_test)) == set(range(10))
+    assert (a.x_train[:, :2].max(), a.x_train[:, :, -2:].max()) == (0, 0)  # padding
