@@ -92,10 +92,10 @@ def read_first_captions(path: Path) -> dict[int, str]:
     for position, entry in enumerate(annotations):
         try:
             image_id, caption = int(entry["image_id"]), str(entry["caption"]).strip()
+            order = (float(entry.get("id", float("inf"))), position, caption)
         except (KeyError, TypeError, ValueError) as err:
-            raise StageError(f"{path}: annotation {position} lacks an integer 'image_id' and a "
-                             f"'caption' ({entry!r:.120})") from err
-        order = (float(entry.get("id", float("inf"))), position, caption)
+            raise StageError(f"{path}: annotation {position} lacks an integer 'image_id', a "
+                             f"'caption' or a numeric 'id' ({entry!r:.120})") from err
         if caption and (image_id not in first or order < first[image_id]):
             first[image_id] = order
     if not first:
@@ -310,6 +310,10 @@ def main() -> None:
 
     # Every folder is listed (and every missing one reported) before the model is loaded.
     listings = {g: (folder_of(g), *list_images(folder_of(g))) for g in GENERATIONS}
+    empty = [str(folder) for folder, files, _ in listings.values() if not files]
+    if empty:
+        raise StageError(f"no images to embed in {', '.join(empty)} (image files end in "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     file_ids = {g: ids_by_file(folder, files) for g, (folder, files, _) in listings.items()} \
         if PAIRING == "id" else {}
     wanted = {i for ids in file_ids.values() for i in ids.values()} if PAIRING == "id" else None
@@ -321,11 +325,10 @@ def main() -> None:
     pairs = {g: pair_by_id(folder, files, file_ids[g], caption_set, not_images)
              if PAIRING == "id" else pair_by_position(folder, files, caption_set, not_images)
              for g, (folder, files, not_images) in listings.items()}
-    empty = [str(p.folder) for p in pairs.values() if not p.files]
-    if empty:
-        raise StageError(f"no images to embed in {', '.join(empty)} (image files: "
-                         f"{', '.join(sorted(IMAGE_SUFFIXES))}; with --pairing id, named by a "
-                         f"COCO id among the {len(caption_set.captions)} caption ids)")
+    unpaired = [str(p.folder) for p in pairs.values() if not p.files]
+    if unpaired:
+        raise StageError(f"no images to embed in {', '.join(unpaired)}: none is named by a COCO "
+                         f"id among the {len(caption_set.captions)} caption ids")
 
     device = pick_device(DEVICE)
     model, processor = load_clip(MODEL, device)

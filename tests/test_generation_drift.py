@@ -75,9 +75,8 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CLIP with 2-layer 32-wide towers, a 32-pixel input and a character vocabulary, on disk."""
     directory = tmp_path_factory.mktemp("tiny_clip")
     symbols = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    vocab.update({s: len(vocab) for s in symbols})
-    vocab.update({s + "</w>": len(vocab) for s in symbols})
+    tokens = ["<|startoftext|>", "<|endoftext|>", *symbols, *(s + "</w>" for s in symbols)]
+    vocab = {token: index for index, token in enumerate(tokens)}
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32},
                                          crop_size={"height": 32, "width": 32})
@@ -146,6 +145,9 @@ def test_captions_first_by_annotation_id_in_ascending_id_order(extracted: tuple[
     assert data["captions"][0] == "a plate with green vegetables"
     assert data["captions"][5] == "a cat sleeping on a laptop"
     assert json.loads(str(data["meta"]))["n_captions"] == 7
+    # Distinct captions, distinct embeddings: the tokenizer saw the words, not unknown tokens.
+    similarities = data["text_embeddings"] @ data["text_embeddings"].T
+    assert similarities[np.triu_indices(7, 1)].max() < 0.99
 
 
 def test_images_paired_by_id_and_embeddings_match_clip_forward(
@@ -244,6 +246,18 @@ def test_folder_mixing_named_and_unnamed_files_refused(tiny_clip: Path, coco: Pa
                                            str(tmp_path / "gen_{g}")))
     error = capsys.readouterr().err
     assert "some files carry ids and others do not" in error and "sample.png" in error
+
+
+def test_folder_without_images_rejected(tiny_clip: Path, coco: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "gen_0").mkdir()
+    (tmp_path / "gen_0" / "readme.txt").write_text("no pictures here")
+    with pytest.raises(SystemExit):
+        run_script(EXTRACT, *extract_flags(tiny_clip, coco, tmp_path / "out", "--generations",
+                                           "0", "--generation-dir-pattern",
+                                           str(tmp_path / "gen_{g}")))
+    assert f"no images to embed in {tmp_path / 'gen_0'}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_position_pairing_for_folders_without_ids(tiny_clip: Path, coco: Path,
@@ -368,13 +382,15 @@ def test_plot_stage_with_five_generations_and_metrics_from_embedding_space(
 
 def test_plot_stage_with_two_extracted_generations(extracted: tuple[Path, str], tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
-    run_script(PLOT, *plot_flags(extracted[0], tmp_path, "0,2"))
+    run_script(PLOT, *plot_flags(extracted[0], tmp_path, "0,2"), "--tsne-pca-dims", "8")
     for name in FIGURES:
         assert (tmp_path / "vis" / name).is_file()
     results = json.loads((tmp_path / "results" / "generation_metrics.json").read_text())
     assert [e["n_images"] for e in results["generations"]] == [7, 7]
     assert results["movements"][0]["kind"] == "consecutive" and len(results["movements"]) == 1
     assert "CLIP score" in capsys.readouterr().out
+    assert results["meta"]["tsne"]["metric"] == "euclidean" and results["meta"]["tsne"][
+        "pca_dims"] == 8
 
 
 def test_plot_stage_rejects_unnormalised_embeddings(tmp_path: Path,
