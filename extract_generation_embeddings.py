@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import transformers
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPModel, CLIPProcessor
@@ -341,8 +340,7 @@ def main() -> None:
         model=MODEL, device=str(device), n_captions=len(caption_set.captions),
         embedding_dim=int(text_embeddings.shape[1]),
         caption_order="ascending image id; per id the caption with the lowest annotation id",
-        caption_ids_from="ids in the generation folders" if PAIRING == "id" else "all ids",
-        transformers_version=transformers.__version__)
+        caption_ids_from="ids in the generation folders" if PAIRING == "id" else "all ids")
     caption_path = save_npz(output_dir / "coco_caption_embeddings.npz",
                             {"text_embeddings": text_embeddings,
                              "captions": np.array(caption_set.captions, dtype=str),
@@ -375,8 +373,7 @@ def main() -> None:
             n_image_files=len(paired.files) + len(paired.no_caption),
             n_embedded=len(kept), n_unreadable=len(unreadable), unreadable_files=unreadable,
             n_no_caption=len(paired.no_caption), no_caption_files=paired.no_caption,
-            n_other_files_ignored=paired.not_images, seconds=round(seconds, 3),
-            transformers_version=transformers.__version__)
+            n_other_files_ignored=paired.not_images, seconds=round(seconds, 3))
         path = save_npz(output_dir / f"gen_{generation}_embeddings.npz",
                         {"image_embeddings": image_embeddings,
                          "text_embeddings": text_embeddings[rows],
