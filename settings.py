@@ -77,6 +77,8 @@ def configure(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     names = []
     for name, comment in _declared_settings(source):
+        if name not in namespace:  # assigned later, e.g. SETTINGS = configure(globals())
+            continue
         default = namespace[name]
         flag = "--" + name.lower().replace("_", "-")
         if isinstance(default, bool):
