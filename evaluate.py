@@ -1,0 +1,669 @@
+"""Evaluate what the other stages wrote: embeddings, Plan 1 images, Plan 2 generated embeddings.
+
+Reads data/embeddings/<ds>_<enc>[+<flow>].npz (train/test embeddings),
+data/samples/plan1/<ds>_<enc>_<gan>.npz (images regenerated from test embeddings) and
+data/embeddings/<ds>_<enc>_<gan>.gen.npz (generated embeddings); writes
+data/results/metrics.json (stage -> dataset -> model -> metric, with sample counts and seeds),
+data/results/metrics.csv, data/results/summary.md, and t-SNE / PCA plots in data/visualizations/.
+A file that cannot be evaluated is reported in one line and listed in the summary; the others go on.
+
+    python evaluate.py --stages embeddings --files 'fashion-mnist_*'
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+import metrics  # noqa: E402
+from artifacts import (  # noqa: E402
+    GENERATED_EMBEDDING_KEYS,
+    PLAN1_SAMPLE_KEYS,
+    load_embeddings,
+    load_npz,
+    make_meta,
+    save_figure,
+    write_text,
+)
+from data_sources import CLASS_NAMES, DATASETS, ImageDataset, load_dataset  # noqa: E402
+from evaluator_cnn import (  # noqa: E402
+    Evaluator,
+    check_images,
+    checkpoint_path,
+    evaluator_outputs,
+    is_finished,
+    load_evaluator,
+    train_evaluator,
+)
+from runtime import StageError, pick_device, run_stage, seed_everything  # noqa: E402
+from settings import configure  # noqa: E402
+
+DATA_DIR = "data"  # where the other stages wrote their files; results go to <data-dir>/results
+STAGES = ("embeddings", "plan1", "plan2")  # stages to evaluate: embeddings, plan1, plan2
+FILES = ("*",)  # glob patterns of the file names to evaluate, e.g. fashion-mnist_*
+SEED = 0  # seeds subsamples, k-means, t-SNE and the evaluator's training
+DEVICE = "auto"  # evaluator device: auto (cuda, then mps, then cpu), cuda, mps or cpu
+KNN_K = 5  # neighbours of the k-NN classifier (accuracy, class of generated embeddings)
+PRECISION_K = 3  # neighbours for precision/recall (Kynkäänniemi et al. 2019)
+DENSITY_K = 5  # neighbours for density/coverage (Naeem et al. 2020)
+SCORE_SPLITS = 10  # splits of the Inception-style score (10 by convention)
+SILHOUETTE_SAMPLES = 5000  # seeded subsample for the silhouette (0: every test point)
+KMEANS_INIT = 10  # k-means restarts (best inertia kept)
+PROBE_MAX_ITER = 1000  # iterations of the logistic-regression probe
+BASELINE_COMPONENTS = 32  # PCA of the pixels as a baseline row per dataset (0: no baseline)
+PLOTS = True  # draw t-SNE and PCA plots of every embedding's test set
+PLOT_POINTS = 2000  # test points (seeded subsample) in each t-SNE / PCA plot
+EVALUATOR_EPOCHS = 4  # epochs of the evaluator CNN, trained once per dataset and cached
+EVALUATOR_BATCH_SIZE = 128  # images per evaluator training step
+EVALUATOR_LEARNING_RATE = 3e-3  # peak Adam learning rate of the one-cycle schedule
+BATCH_SIZE = 1000  # images per evaluator forward pass
+
+STAGE_TITLES = {"embeddings": "Embeddings (train/test)", "plan1": "Plan 1: images regenerated "
+                "from embeddings", "plan2": "Plan 2: generated embeddings"}
+# The CLIP drift stage's files share data/embeddings/ but have their own evaluation.
+CLIP_FILES = ("coco_caption_embeddings.npz", "gen_*_embeddings.npz")
+
+
+@dataclass
+class Skipped:
+    """A file that was not evaluated, and why."""
+
+    stage: str
+    file: str
+    reason: str
+
+
+@dataclass
+class Report:
+    """Everything the run measured, in the nesting metrics.json uses."""
+
+    results: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    evaluators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    plots: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
+
+    def add(self, stage: str, dataset: str, model: str, values: dict[str, Any]) -> None:
+        self.results.setdefault(stage, {}).setdefault(dataset, {})[model] = values
+
+
+# ---------------------------------------------------------------- finding and naming files
+def find_files(data_dir: Path, stages: tuple[str, ...],
+               patterns: tuple[str, ...]) -> dict[str, list[Path]]:
+    """The files of each stage whose names match one of ``patterns``, sorted by name."""
+    embeddings_dir = data_dir / "embeddings"
+    found = {
+        "embeddings": [p for p in embeddings_dir.glob("*.npz") if not p.name.endswith(".gen.npz")
+                       and not any(fnmatch.fnmatch(p.name, c) for c in CLIP_FILES)],
+        "plan1": list((data_dir / "samples" / "plan1").glob("*.npz")),
+        "plan2": list(embeddings_dir.glob("*.gen.npz")),
+    }
+    return {stage: sorted(p for p in found[stage]
+                          if any(fnmatch.fnmatch(p.name, pattern) for pattern in patterns))
+            for stage in stages}
+
+
+def dataset_and_model(path: Path, meta: dict[str, Any]) -> tuple[str, str]:
+    """``<ds>_<model>[.gen].npz`` -> (ds, model); the dataset in ``meta`` must agree."""
+    stem = path.name.removesuffix(".npz").removesuffix(".gen")
+    dataset, _, model = stem.partition("_")
+    if dataset not in DATASETS or not model:
+        raise StageError(f"{path}: name is not <dataset>_<model>.npz with a dataset among "
+                         f"{', '.join(DATASETS)}")
+    recorded = meta.get("dataset")
+    if recorded is not None and recorded != dataset:
+        raise StageError(f"{path}: file name says dataset {dataset!r}, its meta says {recorded!r}")
+    return dataset, model
+
+
+def source_embeddings(path: Path, meta: dict[str, Any], dataset: str) -> Path:
+    """The real embedding file a ``.gen.npz`` was trained on: meta's ``source_embeddings`` or the
+    longest ``<ds>_<enc>.npz`` whose stem begins the generated file's name."""
+    folder = path.parent
+    named = meta.get("source_embeddings")
+    if named:
+        candidate = folder / Path(str(named)).name
+        if not candidate.is_file():
+            raise StageError(f"{path}: meta names source embeddings {named!r}, not found in "
+                             f"{folder}")
+        return candidate
+    stem = path.name.removesuffix(".gen.npz")
+    candidates = [p for p in folder.glob(f"{dataset}_*.npz") if not p.name.endswith(".gen.npz")
+                  and stem.startswith(p.name.removesuffix(".npz") + "_")]
+    if not candidates:
+        raise StageError(f"{path}: no real embedding file <ds>_<enc>.npz in {folder} matches "
+                         f"its name, and its meta has no 'source_embeddings'")
+    return max(candidates, key=lambda p: len(p.name))
+
+
+# ---------------------------------------------------------------- embedding metrics
+def embedding_metrics(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray,
+                      y_test: np.ndarray) -> dict[str, Any]:
+    """k-NN and linear-probe accuracy (train -> test); k-means and cluster indices on test."""
+    values: dict[str, Any] = {
+        "dims": int(z_train.shape[1]), "n_train": len(z_train), "n_test": len(z_test),
+        "seed": SEED, "knn_k": KNN_K,
+        "knn_accuracy": metrics.knn_accuracy(z_train, y_train, z_test, y_test, KNN_K),
+        "linear_probe_accuracy": metrics.linear_probe_accuracy(z_train, y_train, z_test, y_test,
+                                                               PROBE_MAX_ITER),
+    }
+    values.update(metrics.kmeans_agreement(z_test, y_test, SEED, KMEANS_INIT))
+    values.update(metrics.label_cluster_quality(z_test, y_test, SILHOUETTE_SAMPLES, SEED))
+    values["silhouette_samples"] = min(SILHOUETTE_SAMPLES or len(z_test), len(z_test))
+    return values
+
+
+def pixel_pca(data: ImageDataset, components: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of the [0, 1] pixels fitted on train: the baseline a learned embedding should beat."""
+    pca = PCA(n_components=components, random_state=SEED)
+    z_train = pca.fit_transform(data.x_train.reshape(len(data.x_train), -1) / 255.0)
+    return z_train, pca.transform(data.x_test.reshape(len(data.x_test), -1) / 255.0)
+
+
+def plot_subsample(n: int) -> np.ndarray:
+    """A seeded choice of at most PLOT_POINTS indices of n, in order."""
+    if n <= PLOT_POINTS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(SEED).choice(n, PLOT_POINTS, replace=False))
+
+
+def scatter_by_class(points: np.ndarray, labels: np.ndarray, class_names: list[str],
+                     title: str, note: str) -> plt.Figure:
+    """A 2-D scatter coloured by class with a legend of class names."""
+    figure, axis = plt.subplots(figsize=(7.5, 6))
+    colours = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for index, name in enumerate(class_names):
+        chosen = labels == index
+        if chosen.any():
+            axis.scatter(points[chosen, 0], points[chosen, 1], s=7, alpha=0.75,
+                         color=colours(index % colours.N), label=name, linewidths=0)
+    axis.set_title(title, fontsize=11)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=2.5, frameon=False,
+                title="class")
+    figure.text(0.01, 0.01, note, fontsize=8, color="0.35")
+    return figure
+
+
+def embedding_plots(z_test: np.ndarray, y_test: np.ndarray, class_names: list[str],
+                    name: str) -> dict[str, plt.Figure]:
+    """t-SNE and PCA scatter plots of (a seeded subsample of) the test embeddings."""
+    chosen = plot_subsample(len(z_test))
+    points, labels = z_test[chosen].astype(np.float64), y_test[chosen]
+    tsne = TSNE(n_components=2, init="pca", learning_rate="auto",
+                perplexity=min(30.0, (len(points) - 1) / 3), random_state=SEED)
+    pca = PCA(n_components=2, random_state=SEED).fit(points)
+    explained = pca.explained_variance_ratio_.sum()
+    count = f"{len(points)} of {len(z_test)} test embeddings ({z_test.shape[1]}-d)"
+    return {
+        "tsne": scatter_by_class(tsne.fit_transform(points), labels, class_names,
+                                 f"{name}: t-SNE of {count}",
+                                 "t-SNE cluster sizes and gaps carry no meaning; distances are "
+                                 f"measured in the embedding space (seed {SEED})"),
+        "pca": scatter_by_class(pca.transform(points), labels, class_names,
+                                f"{name}: PCA of {count}",
+                                f"first two principal components: {explained:.0%} of the variance"),
+    }
+
+
+# ---------------------------------------------------------------- image metrics (Plan 1)
+@dataclass
+class RealImages:
+    """A dataset, its evaluator, and the evaluator's outputs on the test images."""
+
+    data: ImageDataset
+    evaluator: Evaluator
+    test_features: np.ndarray
+    test_logits: np.ndarray
+    floors: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def get_evaluator(data: ImageDataset, device: Any) -> Evaluator:
+    """Load the cached evaluator of a dataset, training (or resuming) it first if needed."""
+    checkpoint = checkpoint_path(DATA_DIR, data.name)
+    if is_finished(checkpoint):
+        return load_evaluator(checkpoint, data, device)
+    print(f"training the {data.name} evaluator CNN ({EVALUATOR_EPOCHS} epochs, "
+          f"{len(data.x_train)} images) -> {checkpoint}")
+    start = time.time()
+    evaluator = train_evaluator(
+        data, checkpoint, device, EVALUATOR_EPOCHS, EVALUATOR_BATCH_SIZE,
+        EVALUATOR_LEARNING_RATE, SEED,
+        on_epoch=lambda epoch, loss, accuracy: print(
+            f"  epoch {epoch}/{EVALUATOR_EPOCHS}: loss {loss:.4f}, test accuracy {accuracy:.4f}, "
+            f"{time.time() - start:.0f} s", flush=True))
+    return evaluator
+
+
+def real_image_floors(real: RealImages, count: int, device: Any) -> dict[str, Any]:
+    """Real-vs-real references for ``count`` generated images: a seeded subset of that many
+    training images against the test images (FID, PRDC) and on its own (score)."""
+    if count not in real.floors:
+        n = min(count, len(real.data.x_train))
+        chosen = np.sort(np.random.default_rng(SEED).choice(len(real.data.x_train), n,
+                                                            replace=False))
+        features, logits = evaluator_outputs(real.evaluator.model, real.data.x_train[chosen],
+                                             device, BATCH_SIZE, f"{real.data.name} train images")
+        floor = {"floor_n_train": n,
+                 "fid_floor": metrics.frechet_distance(features, real.test_features)}
+        floor["score_real"], floor["score_real_std"] = metrics.inception_style_score(
+            logits, SCORE_SPLITS)
+        prdc = metrics.precision_recall_density_coverage(real.test_features, features,
+                                                         PRECISION_K, DENSITY_K)
+        floor.update({f"{name}_floor": value for name, value in prdc.items()})
+        real.floors[count] = floor
+    return real.floors[count]
+
+
+def check_sources(path: Path, arrays: dict[str, Any], data: ImageDataset) -> None:
+    """x_gen must be images, idx_src test indices, y_src their test labels (the same order)."""
+    x_gen = check_images(arrays["x_gen"], f"{path}: x_gen")
+    idx_src, y_src = arrays["idx_src"].astype(np.int64), arrays["y_src"].astype(np.int64)
+    n_test = len(data.x_test)
+    if len(idx_src) and (idx_src.min() < 0 or idx_src.max() >= n_test):
+        raise StageError(f"{path}: idx_src spans [{idx_src.min()}, {idx_src.max()}], outside the "
+                         f"{n_test} test images of {data.name}")
+    if not np.array_equal(data.y_test[idx_src], y_src):
+        wrong = int(np.sum(data.y_test[idx_src] != y_src))
+        raise StageError(f"{path}: y_src disagrees with the test labels at idx_src for {wrong} "
+                         f"of {len(y_src)} samples: images and labels are misaligned")
+    if len(x_gen) < max(SCORE_SPLITS, DENSITY_K + 1):
+        raise StageError(f"{path}: {len(x_gen)} images, too few for the metrics")
+
+
+def plan1_metrics(path: Path, arrays: dict[str, Any], real: RealImages,
+                  device: Any) -> dict[str, Any]:
+    """FID and PRDC on evaluator features, Inception-style score, class consistency."""
+    x_gen, y_src = arrays["x_gen"], arrays["y_src"].astype(np.int64)
+    idx_src = arrays["idx_src"].astype(np.int64)
+    n_test = len(real.data.x_test)
+    features, logits = evaluator_outputs(real.evaluator.model, x_gen, device, BATCH_SIZE,
+                                         f"{path}: x_gen")
+    values: dict[str, Any] = {"n_generated": len(x_gen), "n_test": n_test, "seed": SEED,
+                              "score_splits": SCORE_SPLITS, "precision_k": PRECISION_K,
+                              "density_k": DENSITY_K,
+                              "fid": metrics.frechet_distance(features, real.test_features)}
+    values["score"], values["score_std"] = metrics.inception_style_score(logits, SCORE_SPLITS)
+    values.update(metrics.precision_recall_density_coverage(real.test_features, features,
+                                                            PRECISION_K, DENSITY_K))
+    values["class_consistency"] = metrics.class_consistency(logits.argmax(axis=1), y_src)
+    # The same evaluator on the real test images the embeddings came from: the ceiling.
+    values["class_consistency_real"] = metrics.class_consistency(
+        real.test_logits[idx_src].argmax(axis=1), y_src)
+    values.update(real_image_floors(real, len(x_gen), device))
+    return values
+
+
+def sample_grid(x_gen: np.ndarray, y_src: np.ndarray, class_names: list[str],
+                title: str, per_class: int = 10) -> plt.Figure:
+    """Up to ``per_class`` generated images per source class, one row per class."""
+    figure, axes = plt.subplots(len(class_names), per_class,
+                                figsize=(per_class * 0.8 + 1.2, len(class_names) * 0.8 + 0.6))
+    axes = np.atleast_2d(axes)
+    for row, name in enumerate(class_names):
+        chosen = np.flatnonzero(y_src == row)[:per_class]
+        for column in range(per_class):
+            axis = axes[row, column]
+            axis.axis("off")
+            if column < len(chosen):
+                axis.imshow(x_gen[chosen[column]], cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].text(-4, 14, name, ha="right", va="center", fontsize=8)
+    figure.subplots_adjust(wspace=0.05, hspace=0.05, top=1 - 0.45 / figure.get_figheight())
+    figure.suptitle(title, fontsize=10, y=1 - 0.1 / figure.get_figheight())
+    return figure
+
+
+# ---------------------------------------------------------------- Plan 2 metrics
+def plan2_metrics(path: Path, arrays: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
+    """Fréchet distance and PRDC against real test embeddings, k-NN class consistency."""
+    z_gen = arrays["z_gen"].astype(np.float64)
+    z_train, z_test = real["z_train"].astype(np.float64), real["z_test"].astype(np.float64)
+    if z_gen.shape[1] != z_test.shape[1]:
+        raise StageError(f"{path}: z_gen has {z_gen.shape[1]} dims, the real embeddings "
+                         f"{z_test.shape[1]}")
+    if len(z_gen) <= DENSITY_K:
+        raise StageError(f"{path}: {len(z_gen)} generated embeddings, too few for the metrics")
+    n = min(len(z_gen), len(z_train))
+    chosen = np.sort(np.random.default_rng(SEED).choice(len(z_train), n, replace=False))
+    values: dict[str, Any] = {
+        "n_generated": len(z_gen), "n_test": len(z_test), "floor_n_train": n, "seed": SEED,
+        "dims": int(z_gen.shape[1]), "precision_k": PRECISION_K, "density_k": DENSITY_K,
+        "frechet_distance": metrics.frechet_distance(z_gen, z_test),
+        "frechet_distance_floor": metrics.frechet_distance(z_train[chosen], z_test),
+    }
+    values.update(metrics.precision_recall_density_coverage(z_test, z_gen, PRECISION_K,
+                                                            DENSITY_K))
+    floor = metrics.precision_recall_density_coverage(z_test, z_train[chosen], PRECISION_K,
+                                                      DENSITY_K)
+    values.update({f"{name}_floor": value for name, value in floor.items()})
+    if "y_gen" in arrays:
+        y_gen = arrays["y_gen"].astype(np.int64)
+        predicted = metrics.knn_predict(z_train, real["y_train"], z_gen, KNN_K)
+        values["knn_class_consistency"] = metrics.class_consistency(predicted, y_gen)
+        values["knn_accuracy_real"] = metrics.knn_accuracy(z_train, real["y_train"], z_test,
+                                                           real["y_test"], KNN_K)
+        values["knn_k"] = KNN_K
+    return values
+
+
+def generated_overlay(z_gen: np.ndarray, z_test: np.ndarray, title: str) -> plt.Figure:
+    """Generated and real test embeddings in the first two principal axes of the real ones."""
+    pca = PCA(n_components=2, random_state=SEED).fit(z_test)
+    chosen_real, chosen_gen = plot_subsample(len(z_test)), plot_subsample(len(z_gen))
+    real_2d, gen_2d = pca.transform(z_test[chosen_real]), pca.transform(z_gen[chosen_gen])
+    figure, axis = plt.subplots(figsize=(6.5, 6))
+    axis.scatter(real_2d[:, 0], real_2d[:, 1], s=6, alpha=0.5, color="tab:blue", linewidths=0,
+                 label=f"real test ({len(chosen_real)} of {len(z_test)})")
+    axis.scatter(gen_2d[:, 0], gen_2d[:, 1], s=6, alpha=0.5, color="tab:orange", linewidths=0,
+                 label=f"generated ({len(chosen_gen)} of {len(z_gen)})")
+    axis.set_title(title, fontsize=11)
+    axis.set_xlabel("PC 1 of the real test embeddings")
+    axis.set_ylabel("PC 2")
+    axis.legend(markerscale=3, loc="best")
+    return figure
+
+
+# ---------------------------------------------------------------- writing the results
+def _number(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def _with(values: dict[str, Any], key: str, reference: str, label: str) -> str:
+    if key not in values:
+        return "—"
+    text = _number(values[key])
+    return f"{text} ({label} {_number(values[reference])})" if reference in values else text
+
+
+def csv_rows(report: Report) -> list[list[Any]]:
+    """One row per stage, dataset, model and numeric value."""
+    rows = []
+    for stage, datasets in report.results.items():
+        for dataset, models in datasets.items():
+            for model, values in models.items():
+                for name, value in values.items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        rows.append([stage, dataset, model, name, value])
+    return rows
+
+
+def plot_links(report: Report, stage: str, dataset: str, model: str) -> str:
+    links = report.plots.get((stage, dataset, model), {})
+    return ", ".join(f"[{kind}](../visualizations/{name})" for kind, name in links.items()) or "—"
+
+
+def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
+    """summary.md: one table per stage, floors beside metrics, links to plots, skipped files."""
+    out = io.StringIO()
+    out.write(f"# Evaluation summary\n\nWritten by `evaluate.py` at "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S')}; seed {SEED}; stages "
+              f"{', '.join(settings['stages'])}. Numbers are in `metrics.json` and "
+              f"`metrics.csv`.\n\n")
+    tables = {
+        "embeddings": (
+            ["dims", f"k-NN acc (k={KNN_K})", "linear probe acc", "k-means ARI",
+             "k-means NMI", "silhouette*", "Calinski-Harabasz*", "Davies-Bouldin* (lower "
+             "better)", "plots"],
+            lambda v: [_number(v["dims"]), _number(v["knn_accuracy"]),
+                       _number(v["linear_probe_accuracy"]), _number(v["kmeans_ari"]),
+                       _number(v["kmeans_nmi"]), _number(v["silhouette"]),
+                       _number(v["calinski_harabasz"], 1), _number(v["davies_bouldin"])]),
+        "plan1": (
+            ["n generated", "FID, classifier features (floor: train vs test)",
+             f"IS-style score, classifier, {SCORE_SPLITS} splits (real)",
+             "precision (floor)", "recall (floor)", "density (floor)", "coverage (floor)",
+             "class consistency (real source images)", "plots"],
+            lambda v: [_number(v["n_generated"]), _with(v, "fid", "fid_floor", "floor"),
+                       _with(v, "score", "score_real", "real"),
+                       *[_with(v, m, f"{m}_floor", "floor")
+                         for m in ("precision", "recall", "density", "coverage")],
+                       _with(v, "class_consistency", "class_consistency_real", "real")]),
+        "plan2": (
+            ["source embeddings", "n generated",
+             "Fréchet distance, embedding space (floor: train vs test)", "precision (floor)",
+             "recall (floor)", "density (floor)", "coverage (floor)",
+             f"k-NN class consistency, k={KNN_K} (real test k-NN acc)", "plots"],
+            lambda v: [v["source_embeddings"], _number(v["n_generated"]),
+                       _with(v, "frechet_distance", "frechet_distance_floor", "floor"),
+                       *[_with(v, m, f"{m}_floor", "floor")
+                         for m in ("precision", "recall", "density", "coverage")],
+                       _with(v, "knn_class_consistency", "knn_accuracy_real", "real")]),
+    }
+    notes = {
+        "embeddings": "k-NN and probe: fitted on train, scored on test. k-means (k = number of "
+                      "classes), silhouette, Calinski-Harabasz and Davies-Bouldin: on the test "
+                      "set with the true labels. *Computed in each embedding's own space: "
+                      "not comparable across rows with different spaces. Rows marked "
+                      "(baseline) are PCA of the pixels, which a learned embedding should beat.",
+        "plan1": "Features and logits come from the evaluator CNN of the dataset (see below), "
+                 "not from Inception: these values are not comparable with published FIDs. "
+                 "Floors: a seeded subset of as many training images as generated ones, "
+                 f"against the test images (precision/recall k={PRECISION_K}, density/coverage "
+                 f"k={DENSITY_K}). Class consistency: the evaluator's class of each generated "
+                 "image equals the class of the test image whose embedding it came from.",
+        "plan2": "Against the real test embeddings of the source embedding file. Floors: a "
+                 "seeded subset of as many training embeddings as generated ones. k-NN class "
+                 "consistency: the k-NN class (fitted on real train embeddings) of each "
+                 "generated embedding equals the class asked for (conditional generators only).",
+    }
+    for stage in settings["stages"]:
+        header, cells = tables[stage]
+        out.write(f"## {STAGE_TITLES[stage]}\n\n{notes[stage]}\n\n")
+        rows = [(dataset, model, values)
+                for dataset, models in report.results.get(stage, {}).items()
+                for model, values in models.items()]
+        if not rows:
+            out.write("No file of this stage was evaluated.\n\n")
+            continue
+        out.write("| dataset | model | " + " | ".join(header) + " |\n")
+        out.write("| --- " * (len(header) + 2) + "|\n")
+        for dataset, model, values in rows:
+            row = [dataset, model, *cells(values), plot_links(report, stage, dataset, model)]
+            out.write("| " + " | ".join(row) + " |\n")
+        out.write("\n")
+    if report.evaluators:
+        out.write("## Evaluator classifiers\n\n| dataset | test accuracy | target | epochs | "
+                  "checkpoint |\n| --- | --- | --- | --- | --- |\n")
+        for dataset, info in report.evaluators.items():
+            target = info["target_accuracy"]
+            flag = "" if target is None or info["test_accuracy"] >= target else " **below target**"
+            out.write(f"| {dataset} | {info['test_accuracy']:.4f}{flag} | "
+                      f"{'—' if target is None else target} | {info['settings']['epochs']} | "
+                      f"`{info['checkpoint']}` |\n")
+        out.write("\n")
+    out.write("## Skipped files\n\n")
+    if not report.skipped:
+        out.write("None.\n")
+    for item in report.skipped:
+        out.write(f"- `{item.file}` ({item.stage}): {item.reason}\n")
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- the stage
+def check_labels(path: Path, labels: dict[str, np.ndarray], dataset: str) -> None:
+    """Labels must be class indices of ``dataset``."""
+    classes = len(CLASS_NAMES[dataset])
+    for key, values in labels.items():
+        if len(values) and (values.min() < 0 or values.max() >= classes):
+            raise StageError(f"{path}: {key} spans [{values.min()}, {values.max()}], "
+                             f"not class indices of {dataset} (0..{classes - 1})")
+
+
+def evaluate_baseline(dataset: str, report: Report) -> None:
+    """PCA of the pixels, evaluated like an embedding: the row a learned embedding should beat."""
+    data = load_dataset(dataset, DATA_DIR)
+    z_train, z_test = pixel_pca(data, BASELINE_COMPONENTS)
+    report.add("embeddings", dataset, f"pixels_pca{BASELINE_COMPONENTS} (baseline)",
+               {"file": None, **embedding_metrics(z_train, data.y_train, z_test, data.y_test)})
+
+
+def evaluate_embedding_file(path: Path, report: Report, visual_dir: Path) -> None:
+    """Embedding metrics and t-SNE / PCA plots of one ``<ds>_<enc>.npz``."""
+    arrays = load_embeddings(path)
+    dataset, model = dataset_and_model(path, arrays["meta"])
+    check_labels(path, {"y_train": arrays["y_train"], "y_test": arrays["y_test"]}, dataset)
+    values = embedding_metrics(arrays["z_train"], arrays["y_train"], arrays["z_test"],
+                               arrays["y_test"])
+    report.add("embeddings", dataset, model, {"file": path.name, **values})
+    if PLOTS:
+        figures = embedding_plots(arrays["z_test"], arrays["y_test"], CLASS_NAMES[dataset],
+                                  f"{dataset} {model}")
+        for kind, figure in figures.items():
+            name = f"{dataset}_{model}_{kind}.png"
+            save_figure(figure, visual_dir / name)
+            plt.close(figure)
+            report.plots.setdefault(("embeddings", dataset, model), {})[kind] = name
+
+
+def real_images_for(data: ImageDataset, device: Any) -> RealImages:
+    """A dataset's images, its evaluator (trained if missing) and the test-image outputs."""
+    dataset = data.name
+    evaluator = get_evaluator(data, device)
+    print(f"{dataset} evaluator: test accuracy {evaluator.test_accuracy:.4f}"
+          + (f" (target {evaluator.target_accuracy})" if evaluator.target_accuracy else ""))
+    if evaluator.target_accuracy and evaluator.test_accuracy < evaluator.target_accuracy:
+        print(f"warning: the {dataset} evaluator is below its target accuracy; train it longer "
+              f"(delete {evaluator.checkpoint} and raise --evaluator-epochs)", file=sys.stderr)
+    features, logits = evaluator_outputs(evaluator.model, data.x_test, device, BATCH_SIZE,
+                                         f"{dataset} test images")
+    return RealImages(data, evaluator, features, logits)
+
+
+def evaluate_plan1_file(path: Path, report: Report, visual_dir: Path,
+                        real_images: dict[str, RealImages], device: Any) -> None:
+    """Image metrics of one ``samples/plan1/<ds>_<enc>_<gan>.npz`` and a grid of its images."""
+    arrays = load_npz(path, PLAN1_SAMPLE_KEYS, aligned=(("x_gen", "idx_src", "y_src"),))
+    dataset, model = dataset_and_model(path, arrays["meta"])
+    check_images(arrays["x_gen"], f"{path}: x_gen")
+    check_labels(path, {"y_src": arrays["y_src"]}, dataset)
+    if dataset not in real_images:
+        data = load_dataset(dataset, DATA_DIR)
+        check_sources(path, arrays, data)  # before training an evaluator for a broken file
+        real_images[dataset] = real_images_for(data, device)
+    real = real_images[dataset]
+    check_sources(path, arrays, real.data)
+    values = plan1_metrics(path, arrays, real, device)
+    report.add("plan1", dataset, model, {"file": path.name, **values})
+    if PLOTS:
+        name = f"plan1_{dataset}_{model}_samples.png"
+        figure = sample_grid(arrays["x_gen"], arrays["y_src"], CLASS_NAMES[dataset],
+                             f"{dataset} {model}: generated images by source class")
+        save_figure(figure, visual_dir / name)
+        plt.close(figure)
+        report.plots[("plan1", dataset, model)] = {"samples": name}
+
+
+def evaluate_plan2_file(path: Path, report: Report, visual_dir: Path,
+                        real_embeddings: dict[Path, dict[str, Any]]) -> None:
+    """Embedding-distribution metrics of one ``<ds>_<enc>_<gan>.gen.npz``."""
+    arrays = load_npz(path, GENERATED_EMBEDDING_KEYS)
+    dataset, model = dataset_and_model(path, arrays["meta"])
+    if "y_gen" in arrays:
+        y_gen = arrays["y_gen"]
+        if y_gen.ndim != 1 or len(y_gen) != len(arrays["z_gen"]):
+            raise StageError(f"{path}: y_gen has shape {y_gen.shape}, expected "
+                             f"({len(arrays['z_gen'])},) to match z_gen")
+        check_labels(path, {"y_gen": y_gen}, dataset)
+    source = source_embeddings(path, arrays["meta"], dataset)
+    if source not in real_embeddings:
+        real_embeddings[source] = load_embeddings(source)
+    real = real_embeddings[source]
+    values = plan2_metrics(path, arrays, real)
+    report.add("plan2", dataset, model, {"file": path.name, "source_embeddings": source.name,
+                                         **values})
+    if PLOTS:
+        name = f"plan2_{dataset}_{model}_pca.png"
+        figure = generated_overlay(arrays["z_gen"].astype(np.float64),
+                                   real["z_test"].astype(np.float64),
+                                   f"{dataset} {model}: generated vs real embeddings")
+        save_figure(figure, visual_dir / name)
+        plt.close(figure)
+        report.plots[("plan2", dataset, model)] = {"pca": name}
+
+
+def main() -> None:
+    settings = configure(globals())
+    unknown = [s for s in STAGES if s not in STAGE_TITLES]
+    if unknown:
+        raise StageError(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(STAGE_TITLES)}")
+    seed_everything(SEED)
+    data_dir = Path(DATA_DIR)
+    results_dir, visual_dir = data_dir / "results", data_dir / "visualizations"
+    files = find_files(data_dir, STAGES, FILES)
+    report = Report()
+    device = pick_device(DEVICE)
+    real_images: dict[str, RealImages] = {}
+    real_embeddings: dict[Path, dict[str, Any]] = {}
+    baseline_datasets = sorted({p.name.partition("_")[0] for p in files.get("embeddings", [])}
+                               & set(DATASETS)) if BASELINE_COMPONENTS else []
+
+    def skip(stage: str, path: Path, err: Exception) -> None:
+        reason = str(err).removeprefix(f"{path}: ")
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+        report.skipped.append(Skipped(stage, str(path), reason))
+
+    for dataset in baseline_datasets:
+        start = time.time()
+        try:
+            evaluate_baseline(dataset, report)
+        except StageError as err:
+            print(f"no pixel baseline for {dataset}: {err}", file=sys.stderr)
+            report.skipped.append(Skipped("embeddings", f"{dataset} pixel baseline", str(err)))
+            continue
+        print(f"[embeddings] {dataset} pixel PCA baseline: {time.time() - start:.1f} s")
+    for stage in STAGES:
+        if not files[stage]:
+            print(f"[{stage}] no files")
+        for path in files[stage]:
+            start = time.time()
+            try:
+                if stage == "embeddings":
+                    evaluate_embedding_file(path, report, visual_dir)
+                elif stage == "plan1":
+                    evaluate_plan1_file(path, report, visual_dir, real_images, device)
+                else:
+                    evaluate_plan2_file(path, report, visual_dir, real_embeddings)
+            except (StageError, ValueError) as err:
+                skip(stage, path, err)
+                continue
+            print(f"[{stage}] {path.name}: {time.time() - start:.1f} s")
+    for dataset, real in real_images.items():
+        report.evaluators[dataset] = {
+            "test_accuracy": real.evaluator.test_accuracy,
+            "target_accuracy": real.evaluator.target_accuracy,
+            "checkpoint": str(real.evaluator.checkpoint), "settings": real.evaluator.settings}
+
+    meta = make_meta(__file__, settings, None, SEED)
+    document = {**report.results, "evaluators": report.evaluators,
+                "skipped": [vars(s) for s in report.skipped], "meta": meta}
+    write_text(results_dir / "metrics.json", json.dumps(document, indent=2, default=str) + "\n")
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["stage", "dataset", "model", "metric", "value"])
+    writer.writerows(csv_rows(report))
+    write_text(results_dir / "metrics.csv", table.getvalue())
+    write_text(results_dir / "summary.md", summary_markdown(report, settings))
+    print(f"wrote {results_dir / 'metrics.json'}, metrics.csv, summary.md"
+          f"{f'; skipped {len(report.skipped)} file(s)' if report.skipped else ''}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
