@@ -165,8 +165,8 @@ def train_evaluator(data: ImageDataset, checkpoint: Path, device: torch.device, 
         save_checkpoint(checkpoint, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "settings": settings, "dataset": data.name,
-            "num_classes": data.num_classes, "test_accuracy": accuracy})
+            "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "settings": settings,
+            "dataset": data.name, "num_classes": data.num_classes, "test_accuracy": accuracy})
         if on_epoch is not None:
             on_epoch(epoch + 1, total_loss / len(inputs), accuracy)
     if start_epoch >= epochs:  # the checkpoint was already complete
