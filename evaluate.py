@@ -75,8 +75,6 @@ BATCH_SIZE = 1000  # images per evaluator forward pass
 
 STAGE_TITLES = {"embeddings": "Embeddings (train/test)", "plan1": "Plan 1: images regenerated "
                 "from embeddings", "plan2": "Plan 2: generated embeddings"}
-# The CLIP drift stage's files share data/embeddings/ but have their own evaluation.
-CLIP_FILES = ("coco_caption_embeddings.npz", "gen_*_embeddings.npz")
 
 
 @dataclass
@@ -106,9 +104,11 @@ def find_files(data_dir: Path, stages: tuple[str, ...],
                patterns: tuple[str, ...]) -> dict[str, list[Path]]:
     """The files of each stage whose names match one of ``patterns``, sorted by name."""
     embeddings_dir = data_dir / "embeddings"
+    # The CLIP drift stage's files share data/embeddings/ but have their own evaluation.
+    clip_files = ("coco_caption_embeddings.npz", "gen_*_embeddings.npz")
     found = {
         "embeddings": [p for p in embeddings_dir.glob("*.npz") if not p.name.endswith(".gen.npz")
-                       and not any(fnmatch.fnmatch(p.name, c) for c in CLIP_FILES)],
+                       and not any(fnmatch.fnmatch(p.name, c) for c in clip_files)],
         "plan1": list((data_dir / "samples" / "plan1").glob("*.npz")),
         "plan2": list(embeddings_dir.glob("*.gen.npz")),
     }
