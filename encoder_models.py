@@ -147,8 +147,10 @@ class TripletEncoder(nn.Module):
 def build_model(name: str, dim: int, dataset: str) -> nn.Module:
     """An encoder by name, with the hyper-parameters of the current settings."""
     if name == "ae_basic":
-        return Autoencoder(nn.Sequential(nn.Flatten(), mlp([784, 512, 256, dim])),
-                           nn.Sequential(mlp([dim, 256, 512, 784]), nn.Unflatten(1, (1, 28, 28))))
+        return Autoencoder(
+            nn.Sequential(nn.Flatten(), mlp([784, 512, 256, dim], norm=nn.BatchNorm1d)),
+            nn.Sequential(mlp([dim, 256, 512, 784], norm=nn.BatchNorm1d),
+                          nn.Unflatten(1, (1, 28, 28))))
     if name == "ae_intermediate":
         return Autoencoder(ConvEncoder(dim, widths=(16, 32)), ConvDecoder(dim, widths=(16, 32)))
     if name == "ae_advanced":

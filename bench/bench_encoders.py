@@ -1,0 +1,82 @@
+"""How good are the learned embeddings? Train every encoder on a dataset's full training set and
+print test k-NN accuracy (k=5, fitted on train embeddings) and k-means ARI beside the raw-pixel and
+PCA baselines, measured in the same run. Not a test: it takes tens of minutes on 2 CPU cores.
+
+    python bench/bench_encoders.py --epochs 10 --models ae_basic,triplet
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from artifacts import load_embeddings  # noqa: E402
+from data_sources import load_dataset  # noqa: E402
+from metrics import kmeans_agreement, knn_accuracy  # noqa: E402
+from runtime import run_stage  # noqa: E402
+from settings import configure  # noqa: E402
+
+DATASET = "fashion-mnist"  # dataset to train and measure on
+MODELS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")  # encoders
+EPOCHS = 10  # epochs per encoder
+EMBEDDING_DIM = 32  # embedding size (the PCA baseline uses the same number of components)
+DATA_DIR = "data/bench"  # where the benchmark's checkpoints and embeddings go
+DEVICE = "auto"  # passed to encoder_models.py
+SEED = 0  # seed for training, PCA and k-means
+BASELINES = True  # also measure raw pixels and PCA
+
+
+def scores(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray,
+           seed: int) -> tuple[float, float]:
+    """k-NN (k=5) test accuracy and k-means (k = classes) ARI on the test set."""
+    return (knn_accuracy(train, y_train, test, y_test, k=5),
+            kmeans_agreement(test, y_test, seed=seed)["kmeans_ari"])
+
+
+def main() -> None:
+    configure(globals())
+    data = load_dataset(DATASET, "data")
+    rows = []
+    if BASELINES:
+        x_train = data.x_train.reshape(len(data.x_train), -1) / 255.0
+        x_test = data.x_test.reshape(len(data.x_test), -1) / 255.0
+        started = time.time()
+        knn = knn_accuracy(x_train, data.y_train, x_test, data.y_test, k=5)
+        rows.append(("raw pixels (784-d)", knn, float("nan"), time.time() - started, ""))
+        started = time.time()
+        pca = PCA(EMBEDDING_DIM, random_state=SEED).fit(x_train)
+        knn, ari = scores(pca.transform(x_train), data.y_train, pca.transform(x_test),
+                          data.y_test, SEED)
+        rows.append((f"PCA-{EMBEDDING_DIM}", knn, ari, time.time() - started, ""))
+        print(f"baselines done: raw {rows[0][1]:.3f}, PCA k-NN {knn:.3f} ARI {ari:.3f}",
+              flush=True)
+    for name in MODELS:
+        started = time.time()
+        cmd = [sys.executable, str(ROOT / "encoder_models.py"), "--dataset", DATASET,
+               "--models", name, "--epochs", str(EPOCHS), "--embedding-dim", str(EMBEDDING_DIM),
+               "--data-dir", DATA_DIR, "--device", DEVICE, "--seed", str(SEED)]
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        wall = time.time() - started
+        emb = load_embeddings(ROOT / DATA_DIR / "embeddings" / f"{DATASET}_{name}.npz")
+        knn, ari = scores(emb["z_train"], emb["y_train"], emb["z_test"], emb["y_test"], SEED)
+        rows.append((name, knn, ari, wall, f"{emb['meta']['epochs_trained']} epochs"))
+        print(f"{name}: k-NN {knn:.4f} ARI {ari:.4f} ({wall:.0f} s)", flush=True)
+    print(f"\n{DATASET}, {len(data.x_train)} train / {len(data.x_test)} test, "
+          f"embedding size {EMBEDDING_DIM}, seed {SEED}\n")
+    print("| embedding | k-NN (k=5) test acc. | k-means ARI (test) | wall time | notes |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, knn, ari, wall, note in rows:
+        ari_text = "—" if np.isnan(ari) else f"{ari:.3f}"
+        print(f"| {label} | {knn:.3f} | {ari_text} | {wall:.0f} s | {note} |")
+
+
+if __name__ == "__main__":
+    run_stage(main)

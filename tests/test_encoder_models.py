@@ -1,0 +1,156 @@
+"""One battery over every encoder, and the stage script end to end on digits."""
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import encoder_models
+from artifacts import load_checkpoint, load_embeddings
+from runtime import StageError
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = encoder_models.ENCODER_NAMES
+
+
+def run_stage(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "encoder_models.py", "--dataset", "digits", "--data-dir",
+           str(data_dir), *args]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def batch():
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(16, 1, 28, 28, generator=gen), torch.arange(16) % 4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_encoder_battery(name, batch, tmp_path):
+    x, y = batch
+    torch.manual_seed(0)
+    model = encoder_models.build_model(name, 8, "fashion-mnist")
+    model.eval()
+    assert model.embed(x).shape == (16, 8)
+    if model.kind == "autoencoder":
+        recon = model.reconstruct(x)
+        assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
+    model.train()
+    loss = model.training_loss(x, y)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss.backward()
+    optimizer.step()
+    changed = [k for k, v in model.state_dict().items()
+               if v.dtype.is_floating_point and not torch.equal(v, before[k])]
+    trainable = [k for k, p in model.named_parameters()]
+    assert set(trainable) <= set(changed), set(trainable) - set(changed)
+    model.eval()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    clone = encoder_models.build_model(name, 8, "fashion-mnist")
+    clone.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    clone.eval()
+    with torch.no_grad():
+        assert torch.equal(model.embed(x), clone.embed(x))
+
+
+def test_unknown_model_name_lists_valid_names():
+    with pytest.raises(StageError, match="valid names: ae_basic, ae_intermediate"):
+        encoder_models.build_model("resnet", 8, "digits")
+
+
+def test_augment_keeps_range_and_shape_and_varies():
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 28, 28)
+    a, b = encoder_models.augment(x, flips=True), encoder_models.augment(x, flips=True)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1 and not torch.equal(a, b)
+
+
+def test_stage_writes_valid_files_for_every_encoder(tmp_path):
+    result = run_stage(tmp_path, "--epochs", "1", "--limit", "512", "--embedding-dim", "16")
+    for name in NAMES:
+        data = load_embeddings(tmp_path / "embeddings" / f"digits_{name}.npz")
+        assert data["z_train"].shape == (512, 16) and data["z_test"].shape == (450, 16)
+        assert data["z_train"].dtype == np.float32 and data["y_train"].dtype == np.int64
+        meta = data["meta"]
+        assert meta["encoder"] == name and meta["seed"] == 0 and meta["dataset"] == "digits"
+        assert meta["settings"]["limit"] == 512 and meta["epochs_trained"] == 1
+        assert load_checkpoint(tmp_path / "checkpoints" / "encoders" / f"digits_{name}.pt")[
+            "epoch"] == 1
+    for name in ("ae_basic", "ae_intermediate", "ae_advanced", "vae"):
+        assert (tmp_path / "visualizations" / f"digits_{name}_reconstructions.png").stat().st_size
+    assert "wrote" in result.stdout
+
+
+def test_unknown_model_on_command_line_fails_cleanly(tmp_path):
+    result = run_stage(tmp_path, "--models", "ae_basic,gan", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: unknown model(s) gan; valid names:")
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    models = ("--models", "ae_basic,vae,ntxent", "--limit", "128")
+    run_stage(tmp_path / "straight", "--epochs", "2", *models)
+    run_stage(tmp_path / "resumed", "--epochs", "1", *models)
+    second = run_stage(tmp_path / "resumed", "--epochs", "2", *models)
+    assert "resuming" in second.stdout and "continuing at epoch 2/2" in second.stdout
+    for name in ("ae_basic", "vae", "ntxent"):
+        a = load_embeddings(tmp_path / "straight" / "embeddings" / f"digits_{name}.npz")
+        b = load_embeddings(tmp_path / "resumed" / "embeddings" / f"digits_{name}.npz")
+        np.testing.assert_allclose(a["z_test"], b["z_test"], rtol=1e-5, atol=1e-5)
+
+
+def test_changed_settings_refuse_to_resume(tmp_path):
+    run_stage(tmp_path, "--epochs", "1", "--limit", "64", "--models", "ae_basic")
+    result = run_stage(tmp_path, "--epochs", "2", "--limit", "64", "--models", "ae_basic",
+                       "--embedding-dim", "8", check=False)
+    assert result.returncode == 1 and "embedding_dim: now 8, checkpoint 32" in result.stderr
+
+
+def test_ctrl_c_keeps_last_epoch_and_resumes(tmp_path):
+    args = ["--models", "ae_intermediate", "--epochs", "3", "--batch-size", "8", "--limit", "320"]
+    ckpt = tmp_path / "checkpoints" / "encoders" / "digits_ae_intermediate.pt"
+    proc = subprocess.Popen([sys.executable, "encoder_models.py", "--dataset", "digits",
+                             "--data-dir", str(tmp_path), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    done = load_checkpoint(ckpt)["epoch"]
+    assert 1 <= done < 3
+    result = run_stage(tmp_path, *args)
+    assert f"continuing at epoch {done + 1}/3" in result.stdout
+    assert load_checkpoint(ckpt)["epoch"] == 3
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    module = importlib.reload(encoder_models)
+    ckpt = tmp_path / "checkpoints" / "encoders" / "digits_ae_basic.pt"
+    argv = ["encoder_models.py", "--dataset", "digits", "--data-dir", str(tmp_path),
+            "--models", "ae_basic", "--limit", "64"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--epochs", "1"])
+    module.main()
+    good = ckpt.read_bytes()
+    original = module.Autoencoder.training_loss
+    monkeypatch.setattr(module.Autoencoder, "training_loss",
+                        lambda self, x, y: original(self, x, y) * float("nan"))
+    monkeypatch.setattr(sys, "argv", [*argv, "--epochs", "2"])
+    with pytest.raises(StageError, match="loss became nan at epoch 2"):
+        module.main()
+    assert ckpt.read_bytes() == good
+    importlib.reload(encoder_models)
