@@ -185,7 +185,11 @@ def load_evaluator(checkpoint: Path, data: ImageDataset, device: torch.device) -
         raise StageError(f"{checkpoint}: evaluator for {state['dataset']!r} "
                          f"({state['num_classes']} classes), expected {data.name!r}")
     model = EvaluatorCNN(data.num_classes).to(device)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise StageError(f"{checkpoint}: weights do not fit the current EvaluatorCNN; delete the "
+                         f"file to retrain ({str(err).splitlines()[0]})") from err
     accuracy = test_accuracy(model, data.x_test, data.y_test, device)
     return Evaluator(model.eval(), data.name, accuracy, TARGET_ACCURACY.get(data.name),
                      checkpoint, dict(state["settings"]))

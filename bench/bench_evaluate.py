@@ -31,11 +31,13 @@ COUNT = 10_000  # generated images to evaluate (at most the size of the test spl
 DEVICE = "cpu"  # the target is for CPU; auto picks cuda, then mps, then cpu
 SEED = 0  # seeds the floors' training subset
 TARGET_SECONDS = 60.0  # the issue's bound on 2 CPU cores
+THREADS = 1  # CPU threads of torch, BLAS and OpenMP, as in evaluate.py (0: library default)
 
 
 def main() -> None:
     configure(globals())
     seed_everything(SEED)
+    evaluate.limit_cpu_threads(THREADS)
     device = pick_device(DEVICE)
     # evaluate.py's functions read its settings; point them at this benchmark's choices.
     evaluate.DATA_DIR, evaluate.SEED = DATA_DIR, SEED

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +38,8 @@ FAST = ["--evaluator-epochs", "4", "--plot-points", "200", "--kmeans-init", "2",
 
 
 def run_evaluate(data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    # One OpenMP thread: on a shared 2-core machine, spinning OpenMP threads slow t-SNE ten-fold.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "evaluate.py", "--data-dir", str(data_dir), *FAST,
-                           *extra], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+                           *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 def build_data_dir(root: Path) -> dict[str, np.ndarray]:
