@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= data
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test lint fashion-data bench clean-demo
+.PHONY: install demo test lint fashion-data bench
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,17 @@ fashion-data:
 
 # Every stage that exists, on Fashion-MNIST, in a quick preset (a few minutes on 2 CPU cores).
 demo: install fashion-data
-	$(PY) encoder_models.py --dataset fashion-mnist --epochs 2 --limit 10000
+	$(PY) encoder_models.py --dataset fashion-mnist --epochs 2 --limit 10000 --data-dir $(DATA_DIR)
+	$(PY) evaluate.py --data-dir $(DATA_DIR)
 
 test: install
 	$(PY) -m pytest -q tests
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# Benchmarks (not tests): tens of minutes on 2 CPU cores.
+bench: install fashion-data
+	$(PY) bench/bench_encoders.py
+	$(PY) bench/bench_evaluate.py --dataset fashion-mnist
+	$(PY) bench/bench_clip_extraction.py

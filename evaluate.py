@@ -27,10 +27,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
 
 import metrics  # noqa: E402
 from artifacts import (  # noqa: E402
@@ -52,7 +50,13 @@ from evaluator_cnn import (  # noqa: E402
     load_evaluator,
     train_evaluator,
 )
-from runtime import StageError, pick_device, run_stage, seed_everything  # noqa: E402
+from runtime import (  # noqa: E402
+    StageError,
+    limit_cpu_threads,
+    pick_device,
+    run_stage,
+    seed_everything,
+)
 from settings import configure  # noqa: E402
 
 DATA_DIR = "data"  # where the other stages wrote their files; results go to <data-dir>/results
@@ -74,7 +78,7 @@ EVALUATOR_EPOCHS = 4  # epochs of the evaluator CNN, trained once per dataset an
 EVALUATOR_BATCH_SIZE = 128  # images per evaluator training step
 EVALUATOR_LEARNING_RATE = 3e-3  # peak Adam learning rate of the one-cycle schedule
 BATCH_SIZE = 1000  # images per evaluator forward pass
-THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default; see limit_cpu_threads)
+THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default)
 
 STAGE_TITLES = {"embeddings": "Embeddings (train/test)", "plan1": "Plan 1: images regenerated "
                 "from embeddings", "plan2": "Plan 2: generated embeddings"}
@@ -100,17 +104,6 @@ class Report:
 
     def add(self, stage: str, dataset: str, model: str, values: dict[str, Any]) -> None:
         self.results.setdefault(stage, {}).setdefault(dataset, {})[model] = values
-
-
-def limit_cpu_threads(threads: int) -> None:
-    """Cap torch's, BLAS's and OpenMP's thread pools for the rest of the process (0: no cap).
-
-    On a 2-core machine shared with other jobs, spinning OpenMP/BLAS threads made t-SNE, the
-    logistic-regression probe and the evaluator CNN 3 to 40 times slower than one thread did.
-    """
-    if threads > 0:
-        torch.set_num_threads(threads)
-        threadpool_limits(limits=threads)
 
 
 # ---------------------------------------------------------------- finding and naming files

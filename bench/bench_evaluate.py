@@ -22,7 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import evaluate  # noqa: E402
 from data_sources import load_dataset  # noqa: E402
-from runtime import StageError, pick_device, run_stage, seed_everything  # noqa: E402
+from runtime import (  # noqa: E402
+    StageError,
+    limit_cpu_threads,
+    pick_device,
+    run_stage,
+    seed_everything,
+)
 from settings import configure  # noqa: E402
 
 DATASET = "fashion-mnist"  # dataset whose evaluator and test images are used
@@ -37,7 +43,7 @@ THREADS = 1  # CPU threads of torch, BLAS and OpenMP, as in evaluate.py (0: libr
 def main() -> None:
     configure(globals())
     seed_everything(SEED)
-    evaluate.limit_cpu_threads(THREADS)
+    limit_cpu_threads(THREADS)
     device = pick_device(DEVICE)
     # evaluate.py's functions read its settings; point them at this benchmark's choices.
     evaluate.DATA_DIR, evaluate.SEED = DATA_DIR, SEED
