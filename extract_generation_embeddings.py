@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPModel, CLIPProcessor
 
 from artifacts import make_meta, save_npz
+from generation_metrics import check_generations
 from runtime import StageError, pick_device, run_stage, seed_everything
 from settings import configure
 
@@ -299,10 +300,7 @@ def main() -> None:
         raise StageError(f"--pairing {PAIRING!r}: expected 'id' or 'position'")
     if NUM_CAPTIONS < 1 or BATCH_SIZE < 1 or WORKERS < 0:
         raise StageError("--num-captions and --batch-size must be >= 1, --workers >= 0")
-    if not GENERATIONS:
-        raise StageError("--generations is empty")
-    if len(set(GENERATIONS)) != len(GENERATIONS):
-        raise StageError(f"--generations {GENERATIONS} lists a generation twice")
+    check_generations(GENERATIONS)
     seed_everything(SEED)
     annotation_file = Path(ANNOTATION_FILE)
     first_captions = read_first_captions(annotation_file)

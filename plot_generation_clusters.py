@@ -31,6 +31,7 @@ from sklearn.manifold import TSNE
 from artifacts import load_npz, make_meta, save_figure, write_text
 from generation_metrics import (
     centre_distance,
+    check_generations,
     clip_score,
     frechet,
     mean_pairwise_cosine_distance,
@@ -397,10 +398,7 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 def main() -> None:
     settings = configure(globals())
-    if not GENERATIONS:
-        raise StageError("--generations is empty")
-    if len(set(GENERATIONS)) != len(GENERATIONS):
-        raise StageError(f"--generations {GENERATIONS} lists a generation twice")
+    check_generations(GENERATIONS)
     seed_everything(SEED)
     embedding_dir = Path(EMBEDDING_DIR)
     caption_path = embedding_dir / "coco_caption_embeddings.npz"
