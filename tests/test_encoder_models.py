@@ -18,12 +18,15 @@ from runtime import StageError
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = encoder_models.ENCODER_NAMES
+# One thread per stage process: tiny batches gain nothing from more, and lose much when the
+# machine is busy.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_stage(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "encoder_models.py", "--dataset", "digits", "--data-dir",
            str(data_dir), *args]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -122,7 +125,7 @@ def test_ctrl_c_keeps_last_epoch_and_resumes(tmp_path):
     args = ["--models", "ae_intermediate", "--epochs", "3", "--batch-size", "8", "--limit", "320"]
     ckpt = tmp_path / "checkpoints" / "encoders" / "digits_ae_intermediate.pt"
     proc = subprocess.Popen([sys.executable, "encoder_models.py", "--dataset", "digits",
-                             "--data-dir", str(tmp_path), *args], cwd=ROOT,
+                             "--data-dir", str(tmp_path), *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
