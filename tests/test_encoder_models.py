@@ -121,12 +121,19 @@ def test_changed_settings_refuse_to_resume(tmp_path):
     assert result.returncode == 1 and "embedding_dim: now 8, checkpoint 32" in result.stderr
 
 
+def default_sigint() -> None:
+    """A shell starts background jobs with SIGINT ignored, and children inherit that; give the
+    stage the default disposition, so that Python turns SIGINT into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_last_epoch_and_resumes(tmp_path):
     args = ["--models", "ae_intermediate", "--epochs", "3", "--batch-size", "8", "--limit", "320"]
     ckpt = tmp_path / "checkpoints" / "encoders" / "digits_ae_intermediate.pt"
     proc = subprocess.Popen([sys.executable, "encoder_models.py", "--dataset", "digits",
                              "--data-dir", str(tmp_path), *args], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.time() + 240
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
