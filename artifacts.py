@@ -88,6 +88,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise StageError(f"{path}: not a readable checkpoint ({err})") from err
 
 
+def check_settings_match(path: str | Path, saved: Mapping[str, Any],
+                         current: Mapping[str, Any]) -> None:
+    """Refuse to resume from a checkpoint made with other settings, naming those that differ."""
+    differing = {k: (v, saved.get(k)) for k, v in current.items() if saved.get(k) != v}
+    if differing:
+        listed = ", ".join(f"{k}: now {a!r}, checkpoint {b!r}" for k, (a, b) in differing.items())
+        raise StageError(f"{path} was trained with other settings ({listed}); delete it to start "
+                         "again, or run with the checkpoint's settings")
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write a text file (JSON, CSV, Markdown) atomically."""
     path = Path(path)

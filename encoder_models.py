@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from artifacts import load_checkpoint, make_meta, save_checkpoint, save_figure, save_npz
+from artifacts import (
+    check_settings_match,
+    load_checkpoint,
+    make_meta,
+    save_checkpoint,
+    save_figure,
+    save_npz,
+)
 from CL_loss_function import MINING_STRATEGIES, batch_triplet_loss, nt_xent_loss
 from data_sources import load_dataset
 from nets import ConvDecoder, ConvEncoder, mlp
@@ -255,12 +262,7 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
             device: torch.device) -> tuple[int, list[float]]:
     """Load a checkpoint into model and optimiser; returns (epochs done, loss history)."""
     state = load_checkpoint(path, map_location=device)
-    differing = {k: (v, state["settings"].get(k)) for k, v in resume_settings().items()
-                 if state["settings"].get(k) != v}
-    if differing:
-        listed = ", ".join(f"{k}: now {a!r}, checkpoint {b!r}" for k, (a, b) in differing.items())
-        raise StageError(f"{path} was trained with other settings ({listed}); delete it to start "
-                         "again, or run with the checkpoint's settings")
+    check_settings_match(path, state.get("settings", {}), resume_settings())
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["epoch"]), [float(v) for v in state["losses"]]

@@ -46,8 +46,6 @@ from evaluator_cnn import (  # noqa: E402
     check_images,
     checkpoint_path,
     evaluator_outputs,
-    is_finished,
-    load_evaluator,
     train_evaluator,
 )
 from runtime import (  # noqa: E402
@@ -244,10 +242,8 @@ class RealImages:
 def get_evaluator(data: ImageDataset, device: Any) -> Evaluator:
     """Load the cached evaluator of a dataset, training (or resuming) it first if needed."""
     checkpoint = checkpoint_path(DATA_DIR, data.name)
-    if is_finished(checkpoint):
-        return load_evaluator(checkpoint, data, device)
-    print(f"training the {data.name} evaluator CNN ({EVALUATOR_EPOCHS} epochs, "
-          f"{len(data.x_train)} images) -> {checkpoint}")
+    print(f"{data.name} evaluator CNN ({EVALUATOR_EPOCHS} epochs, {len(data.x_train)} images): "
+          f"{checkpoint}")
     start = time.time()
     evaluator = train_evaluator(
         data, checkpoint, device, EVALUATOR_EPOCHS, EVALUATOR_BATCH_SIZE,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artifacts import load_checkpoint, save_checkpoint
+from artifacts import check_settings_match, load_checkpoint, save_checkpoint
 from data_sources import ImageDataset
 from runtime import StageError
 
@@ -124,7 +124,8 @@ def train_evaluator(data: ImageDataset, checkpoint: Path, device: torch.device, 
     """Train on the training split with Adam and a one-cycle schedule; resume from ``checkpoint``.
 
     The checkpoint is rewritten atomically after every epoch with the model, optimiser,
-    scheduler and random-generator states, so an interrupted run resumes where it stopped.
+    scheduler and random-generator states, so an interrupted run resumes where it stopped; a
+    finished checkpoint is returned as it is, and one made with other settings is refused.
     ``on_epoch(epoch, train_loss, test_accuracy)`` is called after each epoch.
     """
     settings = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
@@ -139,13 +140,15 @@ def train_evaluator(data: ImageDataset, checkpoint: Path, device: torch.device, 
     start_epoch = 0
     if checkpoint.is_file():
         state = load_checkpoint(checkpoint, map_location=device)
-        if state.get("settings") == settings and state.get("dataset") == data.name:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])  # dropout masks continue as if never stopped
-            start_epoch = int(state["epoch"])
+        check_settings_match(checkpoint, {**state.get("settings", {}),
+                                          "dataset": state.get("dataset")},
+                             {**settings, "dataset": data.name})
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout masks continue as if never stopped
+        start_epoch = int(state["epoch"])
     inputs = images_to_tensor(data.x_train, f"{data.name} training images")
     targets = torch.from_numpy(data.y_train)
     accuracy = float("nan")
@@ -173,31 +176,3 @@ def train_evaluator(data: ImageDataset, checkpoint: Path, device: torch.device, 
         accuracy = test_accuracy(model, data.x_test, data.y_test, device)
     return Evaluator(model.eval(), data.name, accuracy, TARGET_ACCURACY.get(data.name),
                      checkpoint, settings)
-
-
-def load_evaluator(checkpoint: Path, data: ImageDataset, device: torch.device) -> Evaluator:
-    """Load a finished evaluator and re-measure its accuracy on the test split."""
-    state = load_checkpoint(checkpoint, map_location=device)
-    for key in ("model", "epoch", "settings", "dataset", "num_classes"):
-        if key not in state:
-            raise StageError(f"{checkpoint}: not an evaluator checkpoint (no {key!r})")
-    if state["dataset"] != data.name or state["num_classes"] != data.num_classes:
-        raise StageError(f"{checkpoint}: evaluator for {state['dataset']!r} "
-                         f"({state['num_classes']} classes), expected {data.name!r}")
-    model = EvaluatorCNN(data.num_classes).to(device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise StageError(f"{checkpoint}: weights do not fit the current EvaluatorCNN; delete the "
-                         f"file to retrain ({str(err).splitlines()[0]})") from err
-    accuracy = test_accuracy(model, data.x_test, data.y_test, device)
-    return Evaluator(model.eval(), data.name, accuracy, TARGET_ACCURACY.get(data.name),
-                     checkpoint, dict(state["settings"]))
-
-
-def is_finished(checkpoint: Path) -> bool:
-    """Whether ``checkpoint`` holds an evaluator trained for all of its epochs."""
-    if not checkpoint.is_file():
-        return False
-    state = load_checkpoint(checkpoint)
-    return int(state.get("epoch", 0)) >= int(state.get("settings", {}).get("epochs", 1 << 30))

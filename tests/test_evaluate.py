@@ -26,7 +26,6 @@ from evaluator_cnn import (
     EvaluatorCNN,
     check_images,
     evaluator_outputs,
-    load_evaluator,
     train_evaluator,
 )
 from runtime import StageError
@@ -243,8 +242,13 @@ def test_evaluator_resumes_after_interruption_to_the_same_weights(tmp_path: Path
     resumed = train_evaluator(data, tmp_path / "resumed.pt", **settings)
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
-    loaded = load_evaluator(tmp_path / "resumed.pt", data, torch.device("cpu"))
+    loaded = train_evaluator(data, tmp_path / "resumed.pt", **settings)  # finished: no training
     assert loaded.test_accuracy == pytest.approx(resumed.test_accuracy)
+    changed = dict(settings, epochs=3)
+    before = (tmp_path / "resumed.pt").read_bytes()
+    with pytest.raises(StageError, match="epochs: now 3, checkpoint 2"):
+        train_evaluator(data, tmp_path / "resumed.pt", **changed)
+    assert (tmp_path / "resumed.pt").read_bytes() == before
     features, logits = evaluator_outputs(loaded.model, data.x_test[:50], torch.device("cpu"))
     again, _ = evaluator_outputs(resumed.model, data.x_test[:50], torch.device("cpu"))
     assert features.shape == (50, 128) and logits.shape == (50, 10)
