@@ -11,7 +11,6 @@ data/visualizations/<ds>_<enc>_reconstructions.png.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -115,14 +114,18 @@ class VAE(nn.Module):
 
 class ContrastiveEncoder(nn.Module):
     """SimCLR-style: backbone -> embedding -> projection head; NT-Xent on two augmented views.
-    The embedding is taken before the head (Chen et al. 2020)."""
+    The embedding is taken before the head (Chen et al. 2020).
+
+    The backbone is the plain two-conv encoder: with a residual block at each scale it was 3.5x
+    slower per epoch and no better (k-NN 0.815 with it, 0.818 without, after 3 passes over
+    20,000 Fashion-MNIST images)."""
 
     kind = "contrastive"
 
     def __init__(self, dim: int, projection_dim: int, temperature: float, flips: bool) -> None:
         super().__init__()
         self.temperature, self.flips = temperature, flips
-        self.backbone = ConvEncoder(dim, widths=(32, 64), residual_blocks=1)
+        self.backbone = ConvEncoder(dim, widths=(32, 64))
         self.head = mlp([dim, 128, projection_dim], norm=nn.BatchNorm1d)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,31 +181,30 @@ def build_model(name: str, dim: int, dataset: str) -> nn.Module:
 ENCODER_NAMES = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")
 
 
-def augment(x: torch.Tensor, flips: bool) -> torch.Tensor:
-    """Random views of a batch in [0, 1], on its own device: affine crop (zoom 1-1.4, shift,
-    rotation up to 15 degrees), optional horizontal flip, brightness/contrast jitter, and a
-    random erased square."""
+def augment(x: torch.Tensor, flips: bool, max_zoom: float = 1.4, max_shift: float = 0.15,
+            jitter: float = 1.0, noise: float = 0.1) -> torch.Tensor:
+    """Random views of a batch in [0, 1], on its own device: an affine crop (zoom in by up to
+    max_zoom, shift by up to max_shift of the image), an optional horizontal flip,
+    brightness/contrast jitter (contrast 1 +- 0.4 jitter, brightness +- 0.2 jitter) and Gaussian
+    pixel noise of standard deviation noise. With max_zoom=1, max_shift=0, jitter=0, noise=0 and
+    no flips it returns x.
+
+    Rotation and random erasing are left out: on Fashion-MNIST both lowered the NT-Xent encoder's
+    k-NN accuracy (erasing: 0.795 against 0.815 after 3 passes over 20,000 images)."""
     b, device = len(x), x.device
-    angle = (torch.rand(b, device=device) * 2 - 1) * math.radians(15)
-    zoom = 1.0 / (1.0 + 0.4 * torch.rand(b, device=device))
+    zoom = 1.0 / (1.0 + (max_zoom - 1.0) * torch.rand(b, device=device))
     flip = torch.where(torch.rand(b, device=device) < 0.5, -1.0, 1.0) if flips else \
         torch.ones(b, device=device)
-    shift = (torch.rand(b, 2, device=device) * 2 - 1) * 0.15
-    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    shift = (torch.rand(b, 2, device=device) * 2 - 1) * max_shift
+    zero = torch.zeros(b, device=device)
+    theta = torch.stack([torch.stack([zoom * flip, zero, shift[:, 0]], 1),
+                         torch.stack([zero, zoom, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
-    contrast = 0.6 + 0.8 * torch.rand(b, 1, 1, 1, device=device)
-    brightness = (torch.rand(b, 1, 1, 1, device=device) - 0.5) * 0.4
-    out = ((out - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
-    # erase a random 10x10 square in half of the views
-    cy, cx = torch.randint(0, 28, (2, b, 1, 1), device=device)
-    rows = torch.arange(28, device=device).view(1, 28, 1)
-    cols = torch.arange(28, device=device).view(1, 1, 28)
-    square = ((rows - cy).abs() < 5) & ((cols - cx).abs() < 5)
-    erase = (torch.rand(b, 1, 1, device=device) < 0.5) & square
-    return out.masked_fill(erase.unsqueeze(1), 0.0)
+    contrast = 1.0 + jitter * (0.8 * torch.rand(b, 1, 1, 1, device=device) - 0.4)
+    brightness = jitter * (torch.rand(b, 1, 1, 1, device=device) - 0.5) * 0.4
+    out = (out - 0.5) * contrast + 0.5 + brightness
+    return (out + noise * torch.randn_like(out)).clamp(0, 1)
 
 
 # ---------------------------------------------------------------- training
@@ -263,8 +265,13 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     """Load a checkpoint into model and optimiser; returns (epochs done, loss history)."""
     state = load_checkpoint(path, map_location=device)
     check_settings_match(path, state.get("settings", {}), resume_settings())
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise StageError(f"{path} holds weights of another architecture (made by an older "
+                         f"version of this script?); delete it to start again "
+                         f"({str(err).splitlines()[0]})") from err
     return int(state["epoch"]), [float(v) for v in state["losses"]]
 
 

@@ -80,6 +80,30 @@ def test_augment_keeps_range_and_shape_and_varies():
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1 and not torch.equal(a, b)
 
 
+def test_augment_without_randomness_is_identity_or_mirror():
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 28, 28)
+    still = dict(max_zoom=1.0, max_shift=0.0, jitter=0.0, noise=0.0)
+    assert torch.allclose(encoder_models.augment(x, flips=False, **still), x, atol=1e-5)
+    flipped = encoder_models.augment(x, flips=True, **still)
+    mirrored = torch.tensor([torch.allclose(f, m, atol=1e-5)
+                             for f, m in zip(flipped, x.flip(-1), strict=True)])
+    same = torch.tensor([torch.allclose(f, o, atol=1e-5)
+                         for f, o in zip(flipped, x, strict=True)])
+    assert bool((mirrored ^ same).all()) and 10 < int(mirrored.sum()) < 54
+
+
+def test_augment_zoom_magnifies_by_at_most_max_zoom():
+    x = torch.zeros(256, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0  # a centred 8x8 square: area 64
+    torch.manual_seed(0)
+    out = encoder_models.augment(x, flips=False, max_zoom=1.4, max_shift=0.0, jitter=0.0,
+                                 noise=0.0)
+    area = out.sum(dim=(1, 2, 3))
+    assert bool((area > 64 - 1e-3).all()) and bool((area < 64 * 1.4**2 + 1e-3).all())
+    assert float(area.max()) > 64 * 1.3**2  # the range of zooms is used
+
+
 def test_stage_writes_valid_files_for_every_encoder(tmp_path):
     result = run_stage(tmp_path, "--epochs", "1", "--limit", "512", "--embedding-dim", "16")
     for name in NAMES:
@@ -119,6 +143,18 @@ def test_changed_settings_refuse_to_resume(tmp_path):
     result = run_stage(tmp_path, "--epochs", "2", "--limit", "64", "--models", "ae_basic",
                        "--embedding-dim", "8", check=False)
     assert result.returncode == 1 and "embedding_dim: now 8, checkpoint 32" in result.stderr
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    run_stage(tmp_path, "--epochs", "1", "--limit", "64", "--models", "ae_basic")
+    ckpt = tmp_path / "checkpoints" / "encoders" / "digits_ae_basic.pt"
+    state = load_checkpoint(ckpt)
+    state["model"].pop(next(iter(state["model"])))  # as if a layer had been renamed
+    torch.save(state, ckpt)
+    result = run_stage(tmp_path, "--epochs", "2", "--limit", "64", "--models", "ae_basic",
+                       check=False)
+    assert result.returncode == 1 and "another architecture" in result.stderr
+    assert str(ckpt) in result.stderr and "Traceback" not in result.stderr
 
 
 def default_sigint() -> None:
