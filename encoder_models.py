@@ -11,6 +11,7 @@ data/visualizations/<ds>_<enc>_reconstructions.png.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -40,7 +41,8 @@ MODELS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triple
 EMBEDDING_DIM = 32  # size of every embedding
 EPOCHS = 10  # total epochs per model (a larger value continues a finished run)
 BATCH_SIZE = 256  # images per optimiser step
-LEARNING_RATE = 1e-3  # Adam learning rate
+LEARNING_RATE = 1e-3  # Adam learning rate (the peak rate with --lr-schedule one-cycle)
+LR_SCHEDULE = "constant"  # constant, or one-cycle: warm up over 10% of the steps, cosine to 0
 WEIGHT_DECAY = 0.0  # Adam weight decay
 LIMIT = 0  # train on the first N training images only (0: all)
 SEED = 0  # seeds weights, batch order and augmentations
@@ -178,16 +180,17 @@ def build_model(name: str, dim: int, dataset: str) -> nn.Module:
     raise StageError(f"unknown model {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
 
 
+LR_SCHEDULES = ("constant", "one-cycle")
 ENCODER_NAMES = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")
 
 
 def augment(x: torch.Tensor, flips: bool, max_zoom: float = 1.4, max_shift: float = 0.15,
-            jitter: float = 1.0, noise: float = 0.1) -> torch.Tensor:
+            jitter: float = 1.5, gamma: float = 0.7, noise: float = 0.1) -> torch.Tensor:
     """Random views of a batch in [0, 1], on its own device: an affine crop (zoom in by up to
     max_zoom, shift by up to max_shift of the image), an optional horizontal flip,
-    brightness/contrast jitter (contrast 1 +- 0.4 jitter, brightness +- 0.2 jitter) and Gaussian
-    pixel noise of standard deviation noise. With max_zoom=1, max_shift=0, jitter=0, noise=0 and
-    no flips it returns x.
+    brightness/contrast jitter (contrast 1 +- 0.4 jitter, brightness +- 0.2 jitter), a gamma
+    curve x ** exp(u), u uniform in +-gamma, and Gaussian pixel noise of standard deviation noise.
+    With max_zoom=1, max_shift=0, jitter=0, gamma=0, noise=0 and no flips it returns x.
 
     Rotation and random erasing are left out: on Fashion-MNIST both lowered the NT-Xent encoder's
     k-NN accuracy (erasing: 0.795 against 0.815 after 3 passes over 20,000 images)."""
@@ -203,7 +206,8 @@ def augment(x: torch.Tensor, flips: bool, max_zoom: float = 1.4, max_shift: floa
     out = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
     contrast = 1.0 + jitter * (0.8 * torch.rand(b, 1, 1, 1, device=device) - 0.4)
     brightness = jitter * (torch.rand(b, 1, 1, 1, device=device) - 0.5) * 0.4
-    out = (out - 0.5) * contrast + 0.5 + brightness
+    out = ((out - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+    out = out ** torch.exp((torch.rand(b, 1, 1, 1, device=device) * 2 - 1) * gamma)
     return (out + noise * torch.randn_like(out)).clamp(0, 1)
 
 
@@ -220,6 +224,21 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.T
     return [c for c in chunks if len(c) > 1]
 
 
+def learning_rate_at(step: int, total_steps: int) -> float:
+    """The learning rate of optimiser step `step` (0-based) of `total_steps`, per LR_SCHEDULE.
+
+    one-cycle (Smith & Topin 2019): cosine warm-up from LEARNING_RATE / 25 to LEARNING_RATE over
+    the first 10% of the steps, then cosine decay to 0."""
+    if LR_SCHEDULE == "constant":
+        return LEARNING_RATE
+    warm = max(1, round(0.1 * total_steps))
+    if step < warm:
+        start = LEARNING_RATE / 25
+        return start + (LEARNING_RATE - start) * (1 - math.cos(math.pi * step / warm)) / 2
+    progress = (step - warm) / max(1, total_steps - warm)
+    return LEARNING_RATE * (1 + math.cos(math.pi * min(progress, 1.0))) / 2
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                     y: torch.Tensor, epoch: int, label: str) -> float:
     """One pass over (x, y) in a seeded order; returns the mean loss; raises if it is not finite."""
@@ -227,9 +246,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch
     torch.manual_seed(SEED * 100_003 + epoch)  # augmentation and VAE noise, per epoch
     model.train()
     total, count = 0.0, 0
-    bar = tqdm(batches(len(x), BATCH_SIZE, generator), desc=f"{label} epoch {epoch}/{EPOCHS}",
-               leave=False, disable=None)
-    for idx in bar:
+    order = batches(len(x), BATCH_SIZE, generator)
+    bar = tqdm(order, desc=f"{label} epoch {epoch}/{EPOCHS}", leave=False, disable=None)
+    for i, idx in enumerate(bar):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at((epoch - 1) * len(order) + i, EPOCHS * len(order))
         idx = idx.to(x.device)
         loss = model.training_loss(to_unit(x[idx]), y[idx])
         if not torch.isfinite(loss):
@@ -252,19 +273,25 @@ def embed_all(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def resume_settings() -> dict:
-    """The settings a checkpoint must share with this run to be continued."""
-    return {"dataset": DATASET, "limit": LIMIT, "embedding_dim": EMBEDDING_DIM,
+    """The settings a checkpoint must share with this run to be continued (with a one-cycle
+    schedule, the number of epochs too: it shapes the schedule)."""
+    settings = {"dataset": DATASET, "limit": LIMIT, "embedding_dim": EMBEDDING_DIM,
             "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
             "weight_decay": WEIGHT_DECAY, "seed": SEED, "vae_beta": VAE_BETA,
+            "lr_schedule": LR_SCHEDULE,
             "temperature": TEMPERATURE, "projection_dim": PROJECTION_DIM,
             "triplet_margin": TRIPLET_MARGIN, "triplet_mining": TRIPLET_MINING}
+    if LR_SCHEDULE != "constant":
+        settings["epochs"] = EPOCHS
+    return settings
 
 
 def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
             device: torch.device) -> tuple[int, list[float]]:
     """Load a checkpoint into model and optimiser; returns (epochs done, loss history)."""
     state = load_checkpoint(path, map_location=device)
-    check_settings_match(path, state.get("settings", {}), resume_settings())
+    saved = {"lr_schedule": "constant", **state.get("settings", {})}  # older checkpoints
+    check_settings_match(path, saved, resume_settings())
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -303,6 +330,8 @@ def main() -> None:
     if unknown:
         raise StageError(f"unknown model(s) {', '.join(unknown)}; valid names: "
                          f"{', '.join(ENCODER_NAMES)}")
+    if LR_SCHEDULE not in LR_SCHEDULES:
+        raise StageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
     if TRIPLET_MINING not in MINING_STRATEGIES:
         raise StageError(f"--triplet-mining must be one of {', '.join(MINING_STRATEGIES)}")
     device = pick_device(DEVICE)

@@ -7,6 +7,7 @@ PCA baselines, measured in the same run. Not a test: it takes tens of minutes on
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ DATA_DIR = "data/bench"  # where the benchmark's checkpoints and embeddings go
 DEVICE = "auto"  # passed to encoder_models.py
 SEED = 0  # seed for training, PCA and k-means
 BASELINES = True  # also measure raw pixels and PCA
+ENCODER_ARGS = ""  # more encoder_models.py flags: --encoder-args="--lr-schedule one-cycle"
 
 
 def scores(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray,
@@ -62,7 +64,8 @@ def main() -> None:
         started = time.time()
         cmd = [sys.executable, str(ROOT / "encoder_models.py"), "--dataset", DATASET,
                "--models", name, "--epochs", str(EPOCHS), "--embedding-dim", str(EMBEDDING_DIM),
-               "--data-dir", DATA_DIR, "--device", DEVICE, "--seed", str(SEED)]
+               "--data-dir", DATA_DIR, "--device", DEVICE, "--seed", str(SEED),
+               *shlex.split(ENCODER_ARGS)]
         subprocess.run(cmd, cwd=ROOT, check=True)
         wall = time.time() - started
         emb = load_embeddings(ROOT / DATA_DIR / "embeddings" / f"{DATASET}_{name}.npz")
@@ -70,7 +73,8 @@ def main() -> None:
         rows.append((name, knn, ari, wall, f"{emb['meta']['epochs_trained']} epochs"))
         print(f"{name}: k-NN {knn:.4f} ARI {ari:.4f} ({wall:.0f} s)", flush=True)
     print(f"\n{DATASET}, {len(data.x_train)} train / {len(data.x_test)} test, "
-          f"embedding size {EMBEDDING_DIM}, seed {SEED}\n")
+          f"embedding size {EMBEDDING_DIM}, seed {SEED}"
+          + (f", encoder flags: {ENCODER_ARGS}" if ENCODER_ARGS else "") + "\n")
     print("| embedding | k-NN (k=5) test acc. | k-means ARI (test) | wall time | notes |")
     print("| --- | --- | --- | --- | --- |")
     for label, knn, ari, wall, note in rows:

@@ -1,6 +1,7 @@
 """One battery over every encoder, and the stage script end to end on digits."""
 
 import importlib
+import math
 import os
 import signal
 import subprocess
@@ -83,7 +84,7 @@ def test_augment_keeps_range_and_shape_and_varies():
 def test_augment_without_randomness_is_identity_or_mirror():
     torch.manual_seed(0)
     x = torch.rand(64, 1, 28, 28)
-    still = dict(max_zoom=1.0, max_shift=0.0, jitter=0.0, noise=0.0)
+    still = dict(max_zoom=1.0, max_shift=0.0, jitter=0.0, gamma=0.0, noise=0.0)
     assert torch.allclose(encoder_models.augment(x, flips=False, **still), x, atol=1e-5)
     flipped = encoder_models.augment(x, flips=True, **still)
     mirrored = torch.tensor([torch.allclose(f, m, atol=1e-5)
@@ -98,10 +99,36 @@ def test_augment_zoom_magnifies_by_at_most_max_zoom():
     x[:, :, 10:18, 10:18] = 1.0  # a centred 8x8 square: area 64
     torch.manual_seed(0)
     out = encoder_models.augment(x, flips=False, max_zoom=1.4, max_shift=0.0, jitter=0.0,
-                                 noise=0.0)
+                                 gamma=0.0, noise=0.0)
     area = out.sum(dim=(1, 2, 3))
     assert bool((area > 64 - 1e-3).all()) and bool((area < 64 * 1.4**2 + 1e-3).all())
     assert float(area.max()) > 64 * 1.3**2  # the range of zooms is used
+
+
+def test_augment_gamma_bends_intensities_within_its_range():
+    x = torch.full((512, 1, 28, 28), 0.5)
+    torch.manual_seed(0)
+    out = encoder_models.augment(x, flips=False, max_zoom=1.0, max_shift=0.0, jitter=0.0,
+                                 gamma=0.7, noise=0.0)
+    exponents = torch.log(out[:, 0, 14, 14]) / math.log(0.5)  # 0.5 ** g = out
+    assert torch.allclose(out, out[:, :, 14:15, 14:15].expand_as(out))  # one curve per image
+    assert float(exponents.min()) >= math.exp(-0.7) - 1e-4
+    assert float(exponents.max()) <= math.exp(0.7) + 1e-4
+    assert float(exponents.min()) < 0.6 and float(exponents.max()) > 1.8
+
+
+def test_one_cycle_schedule(monkeypatch):
+    monkeypatch.setattr(encoder_models, "LEARNING_RATE", 2e-3)
+    monkeypatch.setattr(encoder_models, "LR_SCHEDULE", "one-cycle")
+    rates = [encoder_models.learning_rate_at(step, 1000) for step in range(1000)]
+    assert rates[0] == pytest.approx(2e-3 / 25) and max(rates) == pytest.approx(2e-3)
+    assert rates[100] == pytest.approx(2e-3) and rates[-1] < 1e-7
+    assert all(a <= b for a, b in zip(rates[:100], rates[1:101], strict=True))
+    assert all(a >= b for a, b in zip(rates[100:-1], rates[101:], strict=True))
+    # halfway through the decay, cos(pi / 2) = 0 leaves half the peak
+    assert rates[550] == pytest.approx(1e-3)
+    monkeypatch.setattr(encoder_models, "LR_SCHEDULE", "constant")
+    assert encoder_models.learning_rate_at(999, 1000) == 2e-3
 
 
 def test_stage_writes_valid_files_for_every_encoder(tmp_path):
@@ -143,6 +170,16 @@ def test_changed_settings_refuse_to_resume(tmp_path):
     result = run_stage(tmp_path, "--epochs", "2", "--limit", "64", "--models", "ae_basic",
                        "--embedding-dim", "8", check=False)
     assert result.returncode == 1 and "embedding_dim: now 8, checkpoint 32" in result.stderr
+
+
+def test_one_cycle_run_refuses_to_resume_with_other_epochs(tmp_path):
+    args = ("--limit", "64", "--models", "ae_basic", "--lr-schedule", "one-cycle")
+    run_stage(tmp_path, "--epochs", "1", *args)
+    result = run_stage(tmp_path, "--epochs", "2", *args, check=False)
+    assert result.returncode == 1 and "epochs: now 2, checkpoint 1" in result.stderr
+    bad = run_stage(tmp_path, "--epochs", "1", "--limit", "64", "--lr-schedule", "step",
+                    check=False)
+    assert bad.returncode == 1 and "--lr-schedule must be one of constant, one-cycle" in bad.stderr
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
