@@ -39,7 +39,7 @@ DATASET = "fashion-mnist"  # mnist, fashion-mnist or digits
 DATA_DIR = "data"  # where datasets are looked up and every output is written
 MODELS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")  # to train
 EMBEDDING_DIM = 32  # size of every embedding
-EPOCHS = 10  # total epochs per model (a larger value continues a finished run)
+EPOCHS = 10  # total epochs per model (a larger value continues a finished constant-rate run)
 BATCH_SIZE = 256  # images per optimiser step
 LEARNING_RATE = 1e-3  # Adam learning rate (the peak rate with --lr-schedule one-cycle)
 LR_SCHEDULE = "constant"  # constant, or one-cycle: warm up over 10% of the steps, cosine to 0
@@ -276,11 +276,11 @@ def resume_settings() -> dict:
     """The settings a checkpoint must share with this run to be continued (with a one-cycle
     schedule, the number of epochs too: it shapes the schedule)."""
     settings = {"dataset": DATASET, "limit": LIMIT, "embedding_dim": EMBEDDING_DIM,
-            "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
-            "weight_decay": WEIGHT_DECAY, "seed": SEED, "vae_beta": VAE_BETA,
-            "lr_schedule": LR_SCHEDULE,
-            "temperature": TEMPERATURE, "projection_dim": PROJECTION_DIM,
-            "triplet_margin": TRIPLET_MARGIN, "triplet_mining": TRIPLET_MINING}
+                "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
+                "lr_schedule": LR_SCHEDULE, "weight_decay": WEIGHT_DECAY, "seed": SEED,
+                "vae_beta": VAE_BETA, "temperature": TEMPERATURE,
+                "projection_dim": PROJECTION_DIM, "triplet_margin": TRIPLET_MARGIN,
+                "triplet_mining": TRIPLET_MINING}
     if LR_SCHEDULE != "constant":
         settings["epochs"] = EPOCHS
     return settings
