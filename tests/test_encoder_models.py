@@ -175,6 +175,9 @@ def test_changed_settings_refuse_to_resume(tmp_path):
 def test_one_cycle_run_refuses_to_resume_with_other_epochs(tmp_path):
     args = ("--limit", "64", "--models", "ae_basic", "--lr-schedule", "one-cycle")
     run_stage(tmp_path, "--epochs", "1", *args)
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "encoders" / "digits_ae_basic.pt")
+    # training used the schedule: the one step (64 images) runs at the warm-up start, 1e-3 / 25
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] < 1e-4
     result = run_stage(tmp_path, "--epochs", "2", *args, check=False)
     assert result.returncode == 1 and "epochs: now 2, checkpoint 1" in result.stderr
     bad = run_stage(tmp_path, "--epochs", "1", "--limit", "64", "--lr-schedule", "step",
