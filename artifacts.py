@@ -7,25 +7,34 @@ are renamed into place, so a reader never sees a half-written file.
 
 from __future__ import annotations
 
+import glob
+import io
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
-from runtime import StageError
+from runtime import StageError, describe_os_error
 
-# The keys and number of dimensions of each kind of file in DESIGN.md.
-EMBEDDING_KEYS = {"z_train": 2, "y_train": 1, "z_test": 2, "y_test": 1}
-GENERATED_EMBEDDING_KEYS = {"z_gen": 2}
-PLAN1_SAMPLE_KEYS = {"x_gen": 3, "idx_src": 1, "y_src": 1}
+# The keys of each kind of file in DESIGN.md: (number of dimensions, allowed dtype kinds).
+# Kinds are NumPy's: "f" float, "i" signed and "u" unsigned integer.
+EMBEDDING_KEYS = {"z_train": (2, "f"), "y_train": (1, "iu"), "z_test": (2, "f"),
+                  "y_test": (1, "iu")}
+GENERATED_EMBEDDING_KEYS = {"z_gen": (2, "f")}
+PLAN1_SAMPLE_KEYS = {"x_gen": (3, "iu"), "idx_src": (1, "iu"), "y_src": (1, "iu")}
+# Larger magnitudes overflow squared distances in float64: refused on load.
+MAX_ABS_VALUE = 1e30
+KIND_NAMES = {"f": "floats", "i": "integers", "u": "integers", "c": "complex numbers",
+              "b": "booleans", "U": "strings", "S": "bytes", "O": "objects"}
 
 
 def make_meta(script: str, settings: Mapping[str, Any], dataset: str | None, seed: int | None,
@@ -42,50 +51,151 @@ def make_meta(script: str, settings: Mapping[str, Any], dataset: str | None, see
             "versions": versions, **extra}
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
-def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Path:
-    """Write ``arrays`` plus ``meta`` (as a JSON string) to ``path`` atomically."""
+def _remove_stale_temp_files(path: Path) -> None:
+    """Delete temp files of ``path`` left by writers that no longer run (killed mid-write)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # alive, but another user's process
+            continue
+
+
+def ensure_output_dir(path: str | Path) -> Path:
+    """Create ``path`` if needed and check that files can be written in it, before long work."""
     path = Path(path)
-    if "meta" in arrays:
-        raise ValueError("'meta' is written from the meta argument, not from arrays")
-    fd, tmp = _atomic_target(path)
+    if path.exists() and not path.is_dir():
+        raise StageError(f"{path}: exists and is not a folder")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays, meta=np.array(json.dumps(meta, default=str)))
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise StageError(f"{path}: cannot write there ({describe_os_error(err)})") from err
+    return path
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; on success flush, fsync and rename it into place.
+
+    The file gets the permissions any new file gets under the umask (not mkstemp's 0600). On any
+    error, or Ctrl-C, the temp file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise StageError(f"{path.parent}: exists and is not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                               suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # make the rename itself durable
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError:
+        pass  # some file systems cannot fsync a folder; the data itself is synced
+
+
+def check_finite_arrays(path: Path, arrays: Mapping[str, Any]) -> None:
+    """Refuse to write NaN or infinite floats: they would reach the next stage as results."""
+    for key, value in arrays.items():
+        if isinstance(value, torch.Tensor):
+            bad = int((~torch.isfinite(value)).sum()) if value.is_floating_point() \
+                or value.is_complex() else 0
+        else:
+            array = np.asarray(value)
+            bad = int((~np.isfinite(array)).sum()) if array.dtype.kind in "fc" else 0
+        if bad:
+            raise StageError(f"{path}: not written: {key!r} holds {bad} NaN or infinite "
+                             f"value(s)")
+
+
+def _tensors(value: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor inside nested dicts, lists and tuples, with a dotted name."""
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _tensors(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{prefix}[{index}]")
+
+
+def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Path:
+    """Write ``arrays`` plus ``meta`` (as a JSON string) to ``path`` atomically; floats must be
+    finite."""
+    path = Path(path)
+    if "meta" in arrays:
+        raise ValueError("'meta' is written from the meta argument, not from arrays")
+    check_finite_arrays(path, arrays)
+    with atomic_write(path) as handle:
+        np.savez(handle, **arrays, meta=np.array(json.dumps(meta, default=str)))
     return path
 
 
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
-    """``torch.save`` to a temp file and rename: an interrupted save never replaces a good file."""
+    """``torch.save`` atomically: an interrupted or failed save never replaces a good file, and a
+    checkpoint holding a NaN or infinite tensor is refused."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        torch.save(dict(payload), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    payload = dict(payload)
+    check_finite_arrays(path, dict(_tensors(payload, "")))
+    buffer = io.BytesIO()  # serialise first, so a full disk is an OSError, not a torch error
+    torch.save(payload, buffer)
+    with atomic_write(path) as handle:
+        handle.write(buffer.getbuffer())
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint`` (tensors and plain types only)."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint`` (tensors and plain types only): a dict
+    holding at least the ``required`` keys."""
     path = Path(path)
+    advice = "delete it to start again"
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        if path.is_file() and path.stat().st_size == 0:
+            raise StageError(f"{path}: checkpoint is empty (0 bytes); {advice}")
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError as err:
         raise StageError(f"{path}: checkpoint not found") from err
+    except (StageError, OSError):
+        raise
     except Exception as err:  # a truncated or foreign file
-        raise StageError(f"{path}: not a readable checkpoint ({err})") from err
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise StageError(f"{path}: not a readable checkpoint ({first}); {advice}") from err
+    if not isinstance(state, dict):
+        raise StageError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict; "
+                         f"{advice}")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise StageError(f"{path}: checkpoint lacks {', '.join(missing)}; {advice}")
+    return state
 
 
 def check_settings_match(path: str | Path, saved: Mapping[str, Any],
@@ -101,55 +211,48 @@ def check_settings_match(path: str | Path, saved: Mapping[str, Any],
 def write_text(path: str | Path, text: str) -> Path:
     """Write a text file (JSON, CSV, Markdown) atomically."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
     return path
 
 
 def save_figure(figure: Any, path: str | Path, dpi: int = 150) -> Path:
     """Save a matplotlib figure atomically as PNG."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 
-def load_npz(path: str | Path, keys: Mapping[str, int | None],
+def load_npz(path: str | Path, keys: Mapping[str, int | None | tuple[int | None, str]],
              aligned: tuple[tuple[str, ...], ...] = ()) -> dict[str, Any]:
-    """Load an NPZ and check it: each key present with the given number of dimensions (None: any),
-    float arrays finite, each group in ``aligned`` of equal length. ``meta`` comes back as a dict.
+    """Load an NPZ and check it: each key present with the given number of dimensions (None: any)
+    and, when given as ``(ndim, kinds)``, a dtype of those NumPy kinds; numbers finite and below
+    MAX_ABS_VALUE; each group in ``aligned`` of equal length. ``meta`` comes back as a dict.
     """
     path = Path(path)
     if not path.is_file():
         raise StageError(f"{path}: file not found")
+    with path.open("rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            raise StageError(f"{path}: not an NPZ file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             contents = {k: data[k] for k in data.files}
+    except ValueError as err:
+        if "pickled" in str(err):
+            raise StageError(f"{path}: holds object arrays (pickled data), which are not "
+                             f"loaded for safety") from err
+        raise StageError(f"{path}: not a readable NPZ file ({err})") from err
     except Exception as err:
         raise StageError(f"{path}: not a readable NPZ file ({err})") from err
     missing = [k for k in keys if k not in contents]
     if missing:
         raise StageError(f"{path}: missing key(s) {', '.join(missing)}; "
                          f"found {', '.join(sorted(contents)) or 'none'}")
-    for key, ndim in keys.items():
-        array = contents[key]
-        if ndim is not None and array.ndim != ndim:
-            raise StageError(f"{path}: key {key!r} has shape {array.shape}, expected {ndim} dims")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            bad = int((~np.isfinite(array)).sum())
-            raise StageError(f"{path}: key {key!r} holds {bad} NaN or infinite value(s)")
+    for key, spec in keys.items():
+        ndim, kinds = spec if isinstance(spec, tuple) else (spec, None)
+        check_array(path, key, contents[key], ndim, kinds)
     for group in aligned:
         lengths = {k: len(contents[k]) for k in group if k in contents}
         if len(set(lengths.values())) > 1:
@@ -159,14 +262,38 @@ def load_npz(path: str | Path, keys: Mapping[str, int | None],
     return contents
 
 
+def check_array(path: str | Path, key: str, array: np.ndarray, ndim: int | None = None,
+                kinds: str | None = None) -> None:
+    """Raise StageError unless ``array`` has ``ndim`` dimensions, a dtype of ``kinds``, and only
+    finite numbers of sane magnitude."""
+    if ndim is not None and array.ndim != ndim:
+        raise StageError(f"{path}: key {key!r} has shape {array.shape}, expected {ndim} dims")
+    if kinds is not None and array.dtype.kind not in kinds:
+        wanted = " or ".join(sorted({KIND_NAMES[k] for k in kinds}))
+        got = KIND_NAMES.get(array.dtype.kind, str(array.dtype))
+        raise StageError(f"{path}: key {key!r} holds {got} ({array.dtype}), expected {wanted}")
+    if array.dtype.kind in "fc":
+        if not np.isfinite(array).all():
+            bad = int((~np.isfinite(array)).sum())
+            raise StageError(f"{path}: key {key!r} holds {bad} NaN or infinite value(s)")
+        if array.size and float(np.abs(array).max()) > MAX_ABS_VALUE:
+            raise StageError(f"{path}: key {key!r} holds values up to "
+                             f"{float(np.abs(array).max()):.3g}, too large for distance "
+                             f"computations (limit {MAX_ABS_VALUE:.0e})")
+
+
 def read_meta(path: str | Path, raw: np.ndarray | None) -> dict[str, Any]:
     """Decode the ``meta`` JSON string of an artifact (an empty dict when it has none)."""
     if raw is None:
         return {}
     try:
-        return json.loads(str(raw))
+        meta = json.loads(str(raw))
     except json.JSONDecodeError as err:
         raise StageError(f"{path}: key 'meta' is not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise StageError(f"{path}: key 'meta' is a JSON {type(meta).__name__}, expected an "
+                         f"object")
+    return meta
 
 
 def load_embeddings(path: str | Path) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Image data sources: MNIST and Fashion-MNIST (IDX files) and scikit-learn's digits.
 
 Images come back as uint8 arrays of shape (N, 28, 28) with int64 labels, in the official
-train/test split. IDX files are looked up in ``<data_dir>/datasets/<name>/``, then (Fashion-MNIST)
-in Debian's ``/usr/share/datasets/fashion-mnist``, then downloaded from the official mirrors and
-checked against their published MD5 sums.
+train/test split. IDX files are looked up in ``<data_dir>/datasets/<name>/``, then in this
+repository's own ``data/datasets/<name>/`` (so that a run writing elsewhere still finds them), then
+(Fashion-MNIST) in Debian's ``/usr/share/datasets/fashion-mnist``, then downloaded from the
+official mirrors into ``<data_dir>/datasets/<name>/`` and checked against their published MD5 sums.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ MIRRORS = {
                       "data/fashion/"],
 }
 SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
+REPOSITORY_DATASETS = Path(__file__).resolve().parent / "data" / "datasets"
 CLASS_NAMES = {
     "mnist": [str(d) for d in range(10)],
     "digits": [str(d) for d in range(10)],
@@ -136,7 +138,8 @@ def download_idx(name: str, folder: Path, timeout: float = 30.0) -> None:
 
 def _load_idx_dataset(name: str, data_dir: Path, download: bool) -> ImageDataset:
     local = data_dir / "datasets" / name
-    for folder in [local, *SYSTEM_DIRS.get(name, [])]:
+    folders = [local, REPOSITORY_DATASETS / name, *SYSTEM_DIRS.get(name, [])]
+    for folder in dict.fromkeys(folders):  # in order, each folder once
         paths = {part: _find_idx(folder, stem) for part, stem in IDX_FILES.items()}
         if all(paths.values()):
             break
@@ -190,10 +193,10 @@ def load_dataset(name: str, data_dir: str | Path = "data", limit: int = 0,
     """Load a dataset by name; ``limit`` > 0 keeps the first ``limit`` training examples."""
     if name not in DATASETS:
         raise StageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    data = _load_digits() if name == "digits" else _load_idx_dataset(name, Path(data_dir),
-                                                                      download)
     if limit < 0:
         raise StageError(f"--limit must be >= 0, got {limit}")
+    data = _load_digits() if name == "digits" else _load_idx_dataset(name, Path(data_dir),
+                                                                      download)
     if limit:
         data.x_train, data.y_train = data.x_train[:limit], data.y_train[:limit]
     return data

@@ -23,36 +23,42 @@ from tqdm import tqdm
 
 from artifacts import (
     check_settings_match,
+    ensure_output_dir,
     load_checkpoint,
     make_meta,
     save_checkpoint,
     save_figure,
     save_npz,
 )
-from CL_loss_function import MINING_STRATEGIES, batch_triplet_loss, nt_xent_loss
+from CL_loss_function import batch_triplet_loss, nt_xent_loss
 from data_sources import load_dataset
 from nets import ConvDecoder, ConvEncoder, mlp
-from runtime import StageError, pick_device, run_stage, seed_everything
+from runtime import StageError, pick_device, require_finite, run_stage, seed_everything
 from settings import configure
 
-DATASET = "fashion-mnist"  # mnist, fashion-mnist or digits
-DATA_DIR = "data"  # where datasets are looked up and every output is written
-MODELS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")  # to train
-EMBEDDING_DIM = 32  # size of every embedding
-EPOCHS = 10  # total epochs per model (a larger value continues a finished constant-rate run)
-BATCH_SIZE = 256  # images per optimiser step
-LEARNING_RATE = 1e-3  # Adam learning rate (the peak rate with --lr-schedule one-cycle)
-LR_SCHEDULE = "constant"  # constant, or one-cycle: warm up over 10% of the steps, cosine to 0
-WEIGHT_DECAY = 0.0  # Adam weight decay
-LIMIT = 0  # train on the first N training images only (0: all)
-SEED = 0  # seeds weights, batch order and augmentations
+# Internal tables (no same-line comment, so not settings): the encoders and schedules there are.
+ENCODER_NAMES = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")
+LR_SCHEDULES = ("constant", "one-cycle")
+
+DATASET = "fashion-mnist"  # dataset to embed [in data_sources.DATASETS]
+DATA_DIR = "data"  # where every output is written (datasets are also looked up there)
+MODELS = ENCODER_NAMES  # encoders to train, comma-separated [in ENCODER_NAMES]
+EMBEDDING_DIM = 32  # size of every embedding [>= 1]
+EPOCHS = 10  # total epochs per model (more continues a finished constant-rate run) [>= 1]
+BATCH_SIZE = 256  # images per optimiser step (batch norm needs 2) [>= 2]
+LEARNING_RATE = 1e-3  # Adam learning rate (the peak rate with --lr-schedule one-cycle) [> 0]
+LR_SCHEDULE = "constant"  # constant, or one-cycle (10% warm-up, cosine to 0) [in LR_SCHEDULES]
+WEIGHT_DECAY = 0.0  # Adam weight decay [>= 0]
+LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
+SEED = 0  # seeds weights, batch order and augmentations [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
-VAE_BETA = 1.0  # weight of the KL term in the VAE loss
-TEMPERATURE = 0.2  # NT-Xent temperature (SimCLR: 0.5 on CIFAR-10, 0.1 on ImageNet)
-PROJECTION_DIM = 64  # output size of the contrastive projection head
-TRIPLET_MARGIN = 0.2  # margin of the triplet loss (embeddings are unit vectors)
-TRIPLET_MINING = "all"  # triplet mining in a batch: all (batch-all) or hard (collapses early)
-EMBED_BATCH_SIZE = 1024  # images per forward pass when writing embeddings
+DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
+VAE_BETA = 1.0  # weight of the KL term in the VAE loss [>= 0]
+TEMPERATURE = 0.2  # NT-Xent temperature (SimCLR: 0.5 on CIFAR-10, 0.1 on ImageNet) [> 0]
+PROJECTION_DIM = 64  # output size of the contrastive projection head [>= 1]
+TRIPLET_MARGIN = 0.2  # margin of the triplet loss (embeddings are unit vectors) [> 0]
+TRIPLET_MINING = "all"  # all (batch-all) or hard (batch-hard; collapses early) [all | hard]
+EMBED_BATCH_SIZE = 1024  # images per forward pass when writing embeddings [>= 1]
 
 # Horizontal flips keep the class of clothes, not of digits.
 FLIP_KEEPS_CLASS = {"fashion-mnist": True, "mnist": False, "digits": False}
@@ -180,10 +186,6 @@ def build_model(name: str, dim: int, dataset: str) -> nn.Module:
     raise StageError(f"unknown model {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
 
 
-LR_SCHEDULES = ("constant", "one-cycle")
-ENCODER_NAMES = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")
-
-
 def augment(x: torch.Tensor, flips: bool, max_zoom: float = 1.4, max_shift: float = 0.15,
             jitter: float = 1.5, gamma: float = 0.7, noise: float = 0.1) -> torch.Tensor:
     """Random views of a batch in [0, 1], on its own device: an affine crop (zoom in by up to
@@ -261,7 +263,12 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch
         optimizer.step()
         total, count = total + loss.item() * len(idx), count + len(idx)
         bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / max(count, 1)
+    if count == 0:
+        raise StageError(f"{label}: no batch of at least 2 images to train on")
+    for name, parameter in model.named_parameters():
+        require_finite(parameter, f"{label}: weights {name} after epoch {epoch} (training "
+                       f"diverged; the last good checkpoint is kept; try a lower --learning-rate)")
+    return total / count
 
 
 @torch.no_grad()
@@ -289,8 +296,9 @@ def resume_settings() -> dict:
 def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
             device: torch.device) -> tuple[int, list[float]]:
     """Load a checkpoint into model and optimiser; returns (epochs done, loss history)."""
-    state = load_checkpoint(path, map_location=device)
-    saved = {"lr_schedule": "constant", **state.get("settings", {})}  # older checkpoints
+    state = load_checkpoint(path, map_location=device,
+                            required=("model", "optimizer", "epoch", "losses", "settings"))
+    saved = {"lr_schedule": "constant", **state["settings"]}  # older checkpoints
     check_settings_match(path, saved, resume_settings())
     try:
         model.load_state_dict(state["model"])
@@ -326,28 +334,25 @@ def save_reconstructions(model: nn.Module, x_test: torch.Tensor, path: Path, tit
 
 def main() -> None:
     settings = configure(globals())
-    unknown = [m for m in MODELS if m not in ENCODER_NAMES]
-    if unknown:
-        raise StageError(f"unknown model(s) {', '.join(unknown)}; valid names: "
-                         f"{', '.join(ENCODER_NAMES)}")
-    if LR_SCHEDULE not in LR_SCHEDULES:
-        raise StageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
-    if TRIPLET_MINING not in MINING_STRATEGIES:
-        raise StageError(f"--triplet-mining must be one of {', '.join(MINING_STRATEGIES)}")
+    root = Path(DATA_DIR)
+    folders = {name: ensure_output_dir(root / name) for name in
+               ("embeddings", "visualizations", "checkpoints/encoders")}
     device = pick_device(DEVICE)
     data = load_dataset(DATASET, DATA_DIR, LIMIT)
+    if len(data.x_train) < 2:
+        raise StageError(f"--limit {LIMIT} leaves {len(data.x_train)} training image(s); a batch "
+                         f"needs at least 2")
     print(f"{data.name}: {len(data.x_train)} train, {len(data.x_test)} test images "
           f"from {data.source}; device {device}")
     x_train = torch.from_numpy(data.x_train).to(device)
     y_train = torch.from_numpy(data.y_train).to(device)
     x_test = torch.from_numpy(data.x_test).to(device)
-    root = Path(DATA_DIR)
     for name in MODELS:
-        seed_everything(SEED)
+        seed_everything(SEED, DETERMINISTIC)
         model = build_model(name, EMBEDDING_DIM, DATASET).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE,
                                      weight_decay=WEIGHT_DECAY)
-        ckpt = root / "checkpoints" / "encoders" / f"{DATASET}_{name}.pt"
+        ckpt = folders["checkpoints/encoders"] / f"{DATASET}_{name}.pt"
         done, losses = restore(ckpt, model, optimizer, device) if ckpt.exists() else (0, [])
         if done:
             print(f"{name}: resuming from {ckpt} after epoch {done}"
@@ -362,18 +367,23 @@ def main() -> None:
             print(f"{name}: epoch {epoch}/{EPOCHS} loss {losses[-1]:.4f} "
                   f"({time.time() - started:.0f} s)")
         z_train, z_test = embed_all(model, x_train), embed_all(model, x_test)
+        require_finite(z_train, f"{name}: train embeddings")
+        require_finite(z_test, f"{name}: test embeddings")
+        if np.ptp(z_test, axis=0).max() == 0:
+            print(f"warning: {name}: every test embedding is the same vector (the encoder "
+                  f"collapsed); try another --learning-rate")
         meta = make_meta(__file__, settings, DATASET, SEED, encoder=name,
                          epochs_trained=len(losses), final_loss=losses[-1] if losses
                          else None, checkpoint=str(ckpt), data_source=data.source,
                          num_train=len(z_train), num_test=len(z_test),
                          class_names=data.class_names,
                          parameters=sum(p.numel() for p in model.parameters()))
-        out = save_npz(root / "embeddings" / f"{DATASET}_{name}.npz",
+        out = save_npz(folders["embeddings"] / f"{DATASET}_{name}.npz",
                        {"z_train": z_train, "y_train": data.y_train, "z_test": z_test,
                         "y_test": data.y_test}, meta)
         print(f"{name}: wrote {out} ({z_train.shape[1]}-d)")
         if model.kind == "autoencoder":
-            png = root / "visualizations" / f"{DATASET}_{name}_reconstructions.png"
+            png = folders["visualizations"] / f"{DATASET}_{name}_reconstructions.png"
             save_reconstructions(model, x_test, png, f"{name} on {DATASET} test images "
                                  f"({EMBEDDING_DIM}-d code, {len(losses)} epochs)")
             print(f"{name}: wrote {png}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import sys
@@ -15,16 +16,36 @@ class StageError(Exception):
     """A problem with the input or settings of a stage; the top level prints it as one line."""
 
 
-def run_stage(main: Callable[[], None]) -> None:
-    """Call a stage's main(); a StageError or Ctrl-C becomes one readable line and an exit code."""
+def describe_os_error(err: OSError) -> str:
+    """One line naming the path (when known) and the cause of an OS error."""
+    cause = err.strerror or str(err) or type(err).__name__
+    if err.errno == errno.ENOSPC:
+        cause = "no space left on device"
+    elif err.errno == errno.EFBIG:
+        cause = "file too large (a file-size limit is set)"
+    paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {cause}" if paths else cause
+
+
+def run_stage(main: Callable[[], None], resumable: bool = True) -> None:
+    """Call a stage's main(); errors and Ctrl-C become one readable line and an exit code.
+
+    StageError and OS errors (read-only folder, full disk, ...) exit with 1, Ctrl-C with 130.
+    ``resumable`` says whether the stage keeps checkpoints to resume from after Ctrl-C.
+    """
     try:
         main()
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except OSError as err:
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
-        print("\ninterrupted: the last finished checkpoint is kept; run again to resume",
-              file=sys.stderr)
+        message = ("the last finished checkpoint is kept; run the same command again to resume"
+                   if resumable else "files written before the interruption are kept; "
+                   "run again to redo the rest")
+        print(f"\ninterrupted: {message}", file=sys.stderr)
         sys.exit(130)
 
 
@@ -43,20 +64,39 @@ def pick_device(name: str) -> torch.device:
             from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StageError("--device cuda was asked for, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise StageError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise StageError("--device mps was asked for, but torch sees no MPS device")
     return device
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch (all devices); return a torch generator seeded the same way."""
+def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices); return a torch generator seeded the same way.
+
+    With ``deterministic`` (the default), CUDA runs are made repeatable: cuDNN picks deterministic
+    kernels without autotuning, and PyTorch uses deterministic algorithms where it has them
+    (warning where it has none), so that a seeded run, and a resumed one, give the same weights.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    set_deterministic(deterministic)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic CUDA kernels on or off (no effect on CPU results, which are deterministic)."""
+    if enabled:
+        # cuBLAS needs a fixed workspace to be deterministic; it must be set before its first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
 
 
 def limit_cpu_threads(threads: int) -> None:
@@ -70,3 +110,14 @@ def limit_cpu_threads(threads: int) -> None:
 
         torch.set_num_threads(threads)
         threadpool_limits(limits=threads)
+
+
+def require_finite(value: torch.Tensor | np.ndarray | float, what: str) -> None:
+    """Raise StageError when ``value`` holds a NaN or an infinity (``what`` names it)."""
+    if isinstance(value, torch.Tensor):
+        bad = int((~torch.isfinite(value.detach())).sum()) if value.is_floating_point() else 0
+    else:
+        array = np.asarray(value)
+        bad = int((~np.isfinite(array)).sum()) if array.dtype.kind in "fc" else 0
+    if bad:
+        raise StageError(f"{what}: {bad} NaN or infinite value(s)")

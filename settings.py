@@ -1,21 +1,109 @@
-"""Command-line overrides for the UPPER_CASE settings at the top of a stage script.
+"""Command-line overrides for the settings at the top of a stage script, validated up front.
 
-A script lists its settings as module constants with a one-line comment each, then calls
-``configure(globals())``. ``BATCH_SIZE = 128  # images per step`` becomes ``--batch-size 128``;
-``--help`` lists every setting with its comment and default.
+A setting is a module-level UPPER_CASE constant with a comment on the same line; the script calls
+``configure(globals())`` first thing in ``main()``. ``BATCH_SIZE = 128  # images per step [>= 2]``
+becomes ``--batch-size 128``; ``--help`` lists every setting with its comment and default. An
+UPPER_CASE constant without a same-line comment is an internal table, not a setting.
+
+A comment may end with a rule in square brackets, checked for the default and for any override
+before the stage reads anything:
+- comparisons ``>= 1``, ``> 0``, ``<= 1``, ``< 5``, combined with commas: ``[> 0, <= 1]``;
+- choices ``[constant | one-cycle]``, or ``[in GAN_NAMES]`` for the items of a module-level
+  sequence ``GAN_NAMES`` of the script, or ``[in data_sources.DATASETS]`` for one of a module.
+For a tuple setting the rule applies to every item; a tuple must be non-empty and must not repeat
+an item. Floats must be finite. A broken value stops the script with one line and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import io
+import math
+import operator
+import re
+import sys
 import tokenize
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
+RULE_AT_END = re.compile(r"\s*\[([^\[\]]*)\]\s*$")
+COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+COMPARISON = re.compile(r"^(>=|<=|>|<)\s*(\S+)$")
+
+
+class SettingsError(Exception):
+    """A setting whose value breaks its declared rule, or a rule that cannot be read."""
+
+
+@dataclass
+class Rule:
+    """What a setting's values must satisfy: bounds and/or a list of choices."""
+
+    text: str = ""
+    bounds: list[tuple[str, float]] = field(default_factory=list)
+    choices: tuple[str, ...] | None = None
+
+    def check(self, flag: str, value: Any) -> None:
+        """Raise SettingsError unless ``value`` (one item) satisfies the rule."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingsError(f"{flag} {value}: must be a finite number")
+        for symbol, bound in self.bounds:
+            if not COMPARISONS[symbol](value, bound):
+                raise SettingsError(f"{flag} {value}: must be {symbol} {_plain(bound)}")
+        if self.choices is not None and str(value) not in self.choices:
+            raise SettingsError(f"{flag} {value!s}: must be one of {', '.join(self.choices)}")
+
+    def describe(self) -> str:
+        parts = [f"{s} {_plain(b)}" for s, b in self.bounds]
+        if self.choices is not None:
+            parts.append("one of " + ", ".join(self.choices))
+        return "; ".join(parts)
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def parse_rule(text: str, name: str, namespace: dict[str, Any]) -> Rule:
+    """Read a bracketed rule (without the brackets), resolving ``in NAME`` in ``namespace``."""
+    rule = Rule(text=text)
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        comparison = COMPARISON.match(item)
+        if comparison:
+            try:
+                rule.bounds.append((comparison.group(1), float(comparison.group(2))))
+            except ValueError as err:
+                raise SettingsError(f"{name}: cannot read the rule [{text}]") from err
+        elif item.startswith("in "):
+            table = _lookup(item[3:].strip(), namespace)
+            if not isinstance(table, Sequence) or isinstance(table, str) or not table:
+                raise SettingsError(f"{name}: rule [{text}] names no non-empty sequence")
+            rule.choices = tuple(str(v) for v in table)
+        elif "|" in item or re.fullmatch(r"[\w.+-]+", item):
+            rule.choices = tuple(word.strip() for word in item.split("|"))
+        else:
+            raise SettingsError(f"{name}: cannot read the rule [{text}]")
+    return rule
+
+
+def _lookup(name: str, namespace: dict[str, Any]) -> Any:
+    """``NAME`` in the script's namespace, or ``module.NAME`` in an importable module."""
+    module, _, attribute = name.rpartition(".")
+    if not module:
+        return namespace.get(name)
+    try:
+        return getattr(importlib.import_module(module), attribute, None)
+    except ImportError:
+        return None
 
 
 def _parse_bool(text: str) -> bool:
@@ -41,8 +129,8 @@ def _list_parser(example: list | tuple) -> Any:
     return parse
 
 
-def _declared_settings(source: str) -> list[tuple[str, str]]:
-    """Names and comments of the module-level UPPER_CASE assignments, in source order."""
+def declared_settings(source: str) -> list[tuple[str, str]]:
+    """Names and same-line comments of the module-level UPPER_CASE assignments that have one."""
     comments: dict[int, str] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
@@ -51,10 +139,32 @@ def _declared_settings(source: str) -> list[tuple[str, str]]:
     for node in ast.parse(source).body:
         targets = node.targets if isinstance(node, ast.Assign) else (
             [node.target] if isinstance(node, ast.AnnAssign) else [])
+        line = node.end_lineno or node.lineno
         for target in targets:
-            if isinstance(target, ast.Name) and target.id.isupper():
-                found.append((target.id, comments.get(node.end_lineno or node.lineno, "")))
+            if isinstance(target, ast.Name) and target.id.isupper() and line in comments:
+                found.append((target.id, comments[line]))
     return found
+
+
+def check_value(flag: str, value: Any, rule: Rule) -> None:
+    """Check one setting's value (a scalar, or every item of a tuple) against its rule."""
+    if isinstance(value, tuple | list):
+        if not value:
+            raise SettingsError(f"{flag}: the list is empty")
+        repeated = sorted({str(v) for v in value if list(value).count(v) > 1})
+        if repeated:
+            raise SettingsError(f"{flag}: {', '.join(repeated)} listed more than once")
+        for item in value:
+            rule.check(flag, item)
+    else:
+        rule.check(flag, value)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def _to_json(value: Any) -> Any:
@@ -66,36 +176,47 @@ def _to_json(value: Any) -> Any:
 
 
 def configure(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[str, Any]:
-    """Override a script's UPPER_CASE settings from argv (default sys.argv) in place.
+    """Override a script's settings from argv (default sys.argv) in place, and check them.
 
     Returns the settings as a JSON-friendly dict keyed by the lower-case names, for ``meta``.
+    A value that breaks its rule ends the process with one ``error:`` line and exit code 2.
     """
     source = Path(namespace["__file__"]).read_text(encoding="utf-8")
     doc = (namespace.get("__doc__") or "").strip()
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog=Path(namespace["__file__"]).name, description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    names = []
-    for name, comment in _declared_settings(source):
-        if name not in namespace:  # assigned later, e.g. SETTINGS = configure(globals())
-            continue
-        default = namespace[name]
-        flag = "--" + name.lower().replace("_", "-")
-        if isinstance(default, bool):
-            kind = _parse_bool
-        elif isinstance(default, list | tuple):
-            kind = _list_parser(default)
-        elif isinstance(default, int | float | str | Path):
-            kind = type(default)
-        else:
-            continue
-        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
-        text = f"{comment} (default: {shown})".replace("%", "%%")
-        parser.add_argument(flag, dest=name, type=kind, default=default, help=text,
-                            metavar=type(default).__name__.upper() if not isinstance(
-                                default, list | tuple) else "A,B")
-        names.append(name)
-    args = parser.parse_args(argv)
-    for name in names:
+    rules: dict[str, tuple[str, Rule]] = {}
+    try:
+        for name, comment in declared_settings(source):
+            if name not in namespace:  # assigned later, e.g. SETTINGS = configure(globals())
+                continue
+            default = namespace[name]
+            flag = "--" + name.lower().replace("_", "-")
+            if isinstance(default, bool):
+                kind = _parse_bool
+            elif isinstance(default, list | tuple):
+                kind = _list_parser(default)
+            elif isinstance(default, int | float | str | Path):
+                kind = type(default)
+            else:
+                continue
+            found = RULE_AT_END.search(comment)
+            rule = parse_rule(found.group(1), name, namespace) if found else Rule()
+            text = RULE_AT_END.sub("", comment)
+            shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
+            allowed = f"; {rule.describe()}" if rule.describe() else ""
+            parser.add_argument(flag, dest=name, type=kind, default=default,
+                                help=f"{text} (default: {shown}{allowed})".replace("%", "%%"),
+                                metavar=type(default).__name__.upper() if not isinstance(
+                                    default, list | tuple) else "A,B")
+            rules[name] = (flag, rule)
+        args = parser.parse_args(argv)
+        for name, (flag, rule) in rules.items():
+            check_value(flag, getattr(args, name), rule)
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for name in rules:
         namespace[name] = getattr(args, name)
-    return {name.lower(): _to_json(namespace[name]) for name in names}
+    return {name.lower(): _to_json(namespace[name]) for name in rules}
