@@ -75,15 +75,19 @@ def _remove_stale_temp_files(path: Path) -> None:
 def ensure_output_dir(path: str | Path) -> Path:
     """Create ``path`` if needed and check that files can be written in it, before long work."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise StageError(f"{path}: exists and is not a folder")
+    for folder in (path, *path.parents):  # the nearest existing one must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                raise StageError(f"{folder}: exists and is not a folder")
+            break
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise StageError(f"{path}: cannot write there ({describe_os_error(err)})") from err
+        cause = describe_os_error(OSError(err.errno, err.strerror))
+        raise StageError(f"{path}: cannot write there ({cause})") from err
     return path
 
 
@@ -108,6 +112,11 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # a failed write on an open file names no file: name it
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -240,7 +249,7 @@ def load_npz(path: str | Path, keys: Mapping[str, int | None | tuple[int | None,
         with np.load(path, allow_pickle=False) as data:
             contents = {k: data[k] for k in data.files}
     except ValueError as err:
-        if "pickled" in str(err):
+        if "pickle" in str(err) or "Object arrays" in str(err):
             raise StageError(f"{path}: holds object arrays (pickled data), which are not "
                              f"loaded for safety") from err
         raise StageError(f"{path}: not a readable NPZ file ({err})") from err

@@ -265,9 +265,15 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch
         bar.set_postfix(loss=f"{total / count:.4f}")
     if count == 0:
         raise StageError(f"{label}: no batch of at least 2 images to train on")
-    for name, parameter in model.named_parameters():
-        require_finite(parameter, f"{label}: weights {name} after epoch {epoch} (training "
-                       f"diverged; the last good checkpoint is kept; try a lower --learning-rate)")
+    # A finite loss before the last step does not make finite weights, nor finite eval-mode
+    # outputs (batch-norm statistics can overflow): check both before the checkpoint is written.
+    diverged = (f"after epoch {epoch} (training diverged; the last good checkpoint is kept; "
+                f"try a lower --learning-rate)")
+    for name, value in model.state_dict().items():
+        require_finite(value, f"{label}: {name} {diverged}")
+    with torch.no_grad():
+        require_finite(embed_all(model, x[order[0].to(x.device)]), f"{label}: embeddings "
+                       f"{diverged}")
     return total / count
 
 

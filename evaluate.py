@@ -34,6 +34,8 @@ import metrics  # noqa: E402
 from artifacts import (  # noqa: E402
     GENERATED_EMBEDDING_KEYS,
     PLAN1_SAMPLE_KEYS,
+    check_array,
+    ensure_output_dir,
     load_embeddings,
     load_npz,
     make_meta,
@@ -58,26 +60,29 @@ from runtime import (  # noqa: E402
 from settings import configure  # noqa: E402
 
 DATA_DIR = "data"  # where the other stages wrote their files; results go to <data-dir>/results
-STAGES = ("embeddings", "plan1", "plan2")  # stages to evaluate: embeddings, plan1, plan2
+STAGES = ("embeddings", "plan1", "plan2")  # stages to evaluate [embeddings | plan1 | plan2]
 FILES = ("*",)  # glob patterns of the file names to evaluate, e.g. fashion-mnist_*
-SEED = 0  # seeds subsamples, k-means, t-SNE and the evaluator's training
+SEED = 0  # seeds subsamples, k-means, t-SNE and the evaluator's training [>= 0]
 DEVICE = "auto"  # evaluator device: auto (cuda, then mps, then cpu), cuda, mps or cpu
-KNN_K = 5  # neighbours of the k-NN classifier (accuracy, class of generated embeddings)
-PRECISION_K = 3  # neighbours for precision/recall (Kynkäänniemi et al. 2019)
-DENSITY_K = 5  # neighbours for density/coverage (Naeem et al. 2020)
-SCORE_SPLITS = 10  # splits of the Inception-style score (10 by convention)
-SILHOUETTE_SAMPLES = 5000  # seeded subsample for the silhouette (0: every test point)
-KMEANS_INIT = 10  # k-means restarts (best inertia kept)
-PROBE_MAX_ITER = 1000  # iterations of the logistic-regression probe
-BASELINE_COMPONENTS = 32  # PCA of the pixels as a baseline row per dataset (0: no baseline)
+KNN_K = 5  # neighbours of the k-NN classifier (accuracy, class of generated embeddings) [>= 1]
+PRECISION_K = 3  # neighbours for precision/recall (Kynkäänniemi et al. 2019) [>= 1]
+DENSITY_K = 5  # neighbours for density/coverage (Naeem et al. 2020) [>= 1]
+SCORE_SPLITS = 10  # splits of the Inception-style score (10 by convention) [>= 1]
+SILHOUETTE_SAMPLES = 5000  # seeded subsample for the silhouette (0: every test point) [>= 0]
+KMEANS_INIT = 10  # k-means restarts (best inertia kept) [>= 1]
+PROBE_MAX_ITER = 1000  # iterations of the logistic-regression probe [>= 1]
+BASELINE_COMPONENTS = 32  # PCA of the pixels as a baseline row (0: none) [>= 0, <= 784]
 PLOTS = True  # draw t-SNE and PCA plots of every embedding's test set
-PLOT_POINTS = 2000  # test points (seeded subsample) in each t-SNE / PCA plot
-EVALUATOR_EPOCHS = 4  # epochs of the evaluator CNN, trained once per dataset and cached
-EVALUATOR_BATCH_SIZE = 128  # images per evaluator training step
-EVALUATOR_LEARNING_RATE = 3e-3  # peak Adam learning rate of the one-cycle schedule
-BATCH_SIZE = 1000  # images per evaluator forward pass
-THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default)
+PLOT_POINTS = 2000  # test points (seeded subsample) in each t-SNE / PCA plot [>= 10]
+EVALUATOR_EPOCHS = 4  # epochs of the evaluator CNN, trained once per dataset and cached [>= 1]
+EVALUATOR_BATCH_SIZE = 128  # images per evaluator training step [>= 2]
+EVALUATOR_LEARNING_RATE = 3e-3  # peak Adam learning rate of the one-cycle schedule [> 0]
+BATCH_SIZE = 1000  # images per evaluator forward pass [>= 1]
+THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 
+# What one broken file can raise; the file is reported and skipped, the others go on.
+PER_FILE_ERRORS = (StageError, ValueError, TypeError, KeyError, IndexError,
+                   np.linalg.LinAlgError)
 STAGE_TITLES = {"embeddings": "Embeddings (train/test)", "plan1": "Plan 1: images regenerated "
                 "from embeddings", "plan2": "Plan 2: generated embeddings"}
 
@@ -158,7 +163,12 @@ def source_embeddings(path: Path, meta: dict[str, Any], dataset: str) -> Path:
 # ---------------------------------------------------------------- embedding metrics
 def embedding_metrics(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray,
                       y_test: np.ndarray) -> dict[str, Any]:
-    """k-NN and linear-probe accuracy (train -> test); k-means and cluster indices on test."""
+    """k-NN and linear-probe accuracy (train -> test); k-means and cluster indices on test.
+
+    An index undefined for these points is None, with the reason under ``undefined``."""
+    if len(z_train) <= KNN_K or len(z_test) < 3:
+        raise StageError(f"{len(z_train)} train and {len(z_test)} test embeddings: too few for "
+                         f"k-NN with --knn-k {KNN_K} and the cluster indices")
     values: dict[str, Any] = {
         "dims": int(z_train.shape[1]), "n_train": len(z_train), "n_test": len(z_test),
         "seed": SEED, "knn_k": KNN_K,
@@ -169,6 +179,10 @@ def embedding_metrics(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarr
     values.update(metrics.kmeans_agreement(z_test, y_test, SEED, KMEANS_INIT))
     values.update(metrics.label_cluster_quality(z_test, y_test, SILHOUETTE_SAMPLES, SEED))
     values["silhouette_samples"] = min(SILHOUETTE_SAMPLES or len(z_test), len(z_test))
+    undefined = metrics.cluster_quality_undefined(z_test, y_test)
+    if undefined:
+        values.update(dict.fromkeys(undefined))
+        values["undefined"] = undefined
     return values
 
 
@@ -384,6 +398,8 @@ def generated_overlay(z_gen: np.ndarray, z_test: np.ndarray, title: str) -> plt.
 
 # ---------------------------------------------------------------- writing the results
 def _number(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "undefined"
     if isinstance(value, float):
         return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.4g}"
     return str(value)
@@ -410,7 +426,9 @@ def csv_rows(report: Report) -> list[list[Any]]:
 
 def plot_links(report: Report, stage: str, dataset: str, model: str) -> str:
     links = report.plots.get((stage, dataset, model), {})
-    return ", ".join(f"[{kind}](../visualizations/{name})" for kind, name in links.items()) or "—"
+    note = report.results.get(stage, {}).get(dataset, {}).get(model, {}).get("plots_note")
+    return ", ".join(f"[{kind}](../visualizations/{name})" for kind, name in links.items()) \
+        or note or "—"
 
 
 def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
@@ -492,6 +510,15 @@ def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
                       f"{'—' if target is None else target} | {info['settings']['epochs']} | "
                       f"`{info['checkpoint']}` |\n")
         out.write("\n")
+    undefined = [(stage, dataset, model, name, reason)
+                 for stage, datasets in report.results.items()
+                 for dataset, models in datasets.items() for model, values in models.items()
+                 for name, reason in values.get("undefined", {}).items()]
+    if undefined:
+        out.write("## Undefined values\n\n")
+        for stage, dataset, model, name, reason in undefined:
+            out.write(f"- {stage} {dataset} {model}: {name} is undefined ({reason})\n")
+        out.write("\n")
     out.write("## Skipped files\n\n")
     if not report.skipped:
         out.write("None.\n")
@@ -525,8 +552,11 @@ def evaluate_embedding_file(path: Path, report: Report, visual_dir: Path) -> Non
     check_labels(path, {"y_train": arrays["y_train"], "y_test": arrays["y_test"]}, dataset)
     values = embedding_metrics(arrays["z_train"], arrays["y_train"], arrays["z_test"],
                                arrays["y_test"])
+    constant = np.ptp(arrays["z_test"], axis=0).max(initial=0.0) == 0
+    if PLOTS and constant:  # scikit-learn's t-SNE crashes (SIGSEGV) on identical points
+        values["plots_note"] = "no plots: every test embedding is the same vector"
     report.add("embeddings", dataset, model, {"file": path.name, **values})
-    if PLOTS:
+    if PLOTS and not constant:
         figures = embedding_plots(arrays["z_test"], arrays["y_test"], CLASS_NAMES[dataset],
                                   f"{dataset} {model}")
         for kind, figure in figures.items():
@@ -581,7 +611,8 @@ def evaluate_plan2_file(path: Path, report: Report, visual_dir: Path,
     dataset, model = dataset_and_model(path, arrays["meta"])
     if "y_gen" in arrays:
         y_gen = arrays["y_gen"]
-        if y_gen.ndim != 1 or len(y_gen) != len(arrays["z_gen"]):
+        check_array(path, "y_gen", y_gen, 1, "iu")
+        if len(y_gen) != len(arrays["z_gen"]):
             raise StageError(f"{path}: y_gen has shape {y_gen.shape}, expected "
                              f"({len(arrays['z_gen'])},) to match z_gen")
         check_labels(path, {"y_gen": y_gen}, dataset)
@@ -604,15 +635,18 @@ def evaluate_plan2_file(path: Path, report: Report, visual_dir: Path,
 
 def main() -> None:
     settings = configure(globals())
-    unknown = [s for s in STAGES if s not in STAGE_TITLES]
-    if unknown:
-        raise StageError(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(STAGE_TITLES)}")
+    data_dir = Path(DATA_DIR)
+    if not data_dir.is_dir():
+        raise StageError(f"--data-dir {data_dir}: no such folder (the other stages write there)")
+    results_dir = ensure_output_dir(data_dir / "results")
+    visual_dir = ensure_output_dir(data_dir / "visualizations")
+    files = find_files(data_dir, STAGES, FILES)
+    if not any(files.values()):
+        raise StageError(f"no file under {data_dir} matches --files {','.join(FILES)} for the "
+                         f"stages {', '.join(STAGES)}; nothing evaluated, earlier results are "
+                         f"left as they were")
     seed_everything(SEED)
     limit_cpu_threads(THREADS)
-    data_dir = Path(DATA_DIR)
-    results_dir, visual_dir = data_dir / "results", data_dir / "visualizations"
-    files = find_files(data_dir, STAGES, FILES)
     report = Report()
     device = pick_device(DEVICE)
     real_images: dict[str, RealImages] = {}
@@ -622,6 +656,9 @@ def main() -> None:
 
     def skip(stage: str, path: Path, err: Exception) -> None:
         reason = str(err).removeprefix(f"{path}: ")
+        if not isinstance(err, StageError):
+            reason = f"{type(err).__name__}: {reason}"
+        reason = reason.splitlines()[0] if reason.strip() else type(err).__name__
         print(f"skipped {path}: {reason}", file=sys.stderr)
         report.skipped.append(Skipped(stage, str(path), reason))
 
@@ -634,6 +671,7 @@ def main() -> None:
             report.skipped.append(Skipped("embeddings", f"{dataset} pixel baseline", str(err)))
             continue
         print(f"[embeddings] {dataset} pixel PCA baseline: {time.time() - start:.1f} s")
+    evaluated = 0
     for stage in STAGES:
         if not files[stage]:
             print(f"[{stage}] no files")
@@ -646,10 +684,14 @@ def main() -> None:
                     evaluate_plan1_file(path, report, visual_dir, real_images, device)
                 else:
                     evaluate_plan2_file(path, report, visual_dir, real_embeddings)
-            except (StageError, ValueError) as err:
+            except PER_FILE_ERRORS as err:
                 skip(stage, path, err)
                 continue
+            evaluated += 1
             print(f"[{stage}] {path.name}: {time.time() - start:.1f} s")
+    if not evaluated:
+        raise StageError(f"every one of the {len(report.skipped)} file(s) was skipped (see the "
+                         f"lines above); nothing evaluated, earlier results are left as they were")
     for dataset, real in real_images.items():
         report.evaluators[dataset] = {
             "test_accuracy": real.evaluator.test_accuracy,
@@ -659,7 +701,8 @@ def main() -> None:
     meta = make_meta(__file__, settings, None, SEED)
     document = {**report.results, "evaluators": report.evaluators,
                 "skipped": [vars(s) for s in report.skipped], "meta": meta}
-    write_text(results_dir / "metrics.json", json.dumps(document, indent=2, default=str) + "\n")
+    write_text(results_dir / "metrics.json", json.dumps(document, indent=2, default=str,
+                                                        allow_nan=False) + "\n")
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["stage", "dataset", "model", "metric", "value"])
@@ -671,4 +714,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, resumable=False)

@@ -236,14 +236,47 @@ def label_cluster_quality(features: np.ndarray, labels: np.ndarray, silhouette_s
 
     Silhouette (Rousseeuw 1987) uses a seeded subsample of ``silhouette_samples`` points when the
     set is larger. The values depend on the space's scale and dimension: compare them only
-    between sets in the same space.
+    between sets in the same space. An index that is undefined for these points is NaN, never a
+    best score (scikit-learn returns Davies-Bouldin 0 and Calinski-Harabasz 1 for a constant
+    set): see ``cluster_quality_undefined`` for the reasons.
     """
     features = np.asarray(features, dtype=np.float64)
+    undefined = cluster_quality_undefined(features, labels)
     sample_size = silhouette_samples if 0 < silhouette_samples < len(features) else None
-    return {"silhouette": float(silhouette_score(features, labels, sample_size=sample_size,
-                                                 random_state=seed)),
-            "calinski_harabasz": float(calinski_harabasz_score(features, labels)),
-            "davies_bouldin": float(davies_bouldin_score(features, labels))}
+    values = {"silhouette": np.nan, "calinski_harabasz": np.nan, "davies_bouldin": np.nan}
+    if "silhouette" not in undefined:
+        values["silhouette"] = float(silhouette_score(features, labels, sample_size=sample_size,
+                                                      random_state=seed))
+    if "calinski_harabasz" not in undefined:
+        values["calinski_harabasz"] = float(calinski_harabasz_score(features, labels))
+    if "davies_bouldin" not in undefined:
+        values["davies_bouldin"] = float(davies_bouldin_score(features, labels))
+    return values
+
+
+def cluster_quality_undefined(features: np.ndarray, labels: np.ndarray) -> dict[str, str]:
+    """Which of silhouette, Calinski-Harabasz and Davies-Bouldin are undefined here, and why.
+
+    All three need 2 to N - 1 classes and points that are not all equal; Calinski-Harabasz divides
+    by the within-class dispersion, Davies-Bouldin by the distances between class centres.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    classes = np.unique(labels)
+    names = ("silhouette", "calinski_harabasz", "davies_bouldin")
+    if not 2 <= len(classes) <= len(features) - 1:
+        return dict.fromkeys(names, f"{len(classes)} class(es) among {len(features)} points")
+    if np.ptp(features, axis=0).max(initial=0.0) == 0:
+        return dict.fromkeys(names, "every point is the same vector")
+    reasons = {}
+    centres = np.stack([features[labels == c].mean(axis=0) for c in classes])
+    within = sum(float(((features[labels == c] - centre) ** 2).sum())
+                 for c, centre in zip(classes, centres, strict=True))
+    if within == 0:
+        reasons["calinski_harabasz"] = "no spread within any class (division by zero)"
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    if (gaps[~np.eye(len(classes), dtype=bool)] == 0).any():
+        reasons["davies_bouldin"] = "two class centres coincide (division by zero)"
+    return reasons
 
 
 def class_consistency(predicted_labels: np.ndarray, target_labels: np.ndarray) -> float:

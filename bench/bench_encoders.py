@@ -25,13 +25,14 @@ from metrics import kmeans_agreement, knn_accuracy  # noqa: E402
 from runtime import run_stage  # noqa: E402
 from settings import configure  # noqa: E402
 
-DATASET = "fashion-mnist"  # dataset to train and measure on
-MODELS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")  # encoders
-EPOCHS = 10  # epochs per encoder
-EMBEDDING_DIM = 32  # embedding size (the PCA baseline uses the same number of components)
+DATASET = "fashion-mnist"  # dataset to train and measure on [in data_sources.DATASETS]
+MODELS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent",
+          "triplet")  # encoders [in encoder_models.ENCODER_NAMES]
+EPOCHS = 10  # epochs per encoder [>= 1]
+EMBEDDING_DIM = 32  # embedding size (and the PCA baseline's components) [>= 1]
 DATA_DIR = "data/bench"  # where the benchmark's checkpoints and embeddings go
 DEVICE = "auto"  # passed to encoder_models.py
-SEED = 0  # seed for training, PCA and k-means
+SEED = 0  # seed for training, PCA and k-means [>= 0]
 BASELINES = True  # also measure raw pixels and PCA
 ENCODER_ARGS = ""  # more encoder_models.py flags: --encoder-args="--lr-schedule one-cycle"
 

@@ -31,13 +31,13 @@ from runtime import (  # noqa: E402
 )
 from settings import configure  # noqa: E402
 
-DATASET = "fashion-mnist"  # dataset whose evaluator and test images are used
-DATA_DIR = "data"  # where the evaluator checkpoint is cached (<data-dir>/checkpoints/evaluator)
-COUNT = 10_000  # generated images to evaluate (at most the size of the test split)
+DATASET = "fashion-mnist"  # whose evaluator and test images are used [in data_sources.DATASETS]
+DATA_DIR = "data"  # where the evaluator is cached (<data-dir>/checkpoints/evaluator)
+COUNT = 10_000  # generated images to evaluate (at most the test split's size) [>= 10]
 DEVICE = "cpu"  # the target is for CPU; auto picks cuda, then mps, then cpu
-SEED = 0  # seeds the floors' training subset
-TARGET_SECONDS = 60.0  # the issue's bound on 2 CPU cores
-THREADS = 1  # CPU threads of torch, BLAS and OpenMP, as in evaluate.py (0: library default)
+SEED = 0  # seeds the floors' training subset [>= 0]
+TARGET_SECONDS = 60.0  # the issue's bound on 2 CPU cores [> 0]
+THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 
 
 def main() -> None:

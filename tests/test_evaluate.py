@@ -41,6 +41,12 @@ def run_evaluate(data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
                            *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
+def save_foreign(path: Path, arrays: dict, meta: object) -> None:
+    """An NPZ written by someone else's code: no checks on what goes in."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays, meta=np.array(json.dumps(meta)))
+
+
 def build_data_dir(root: Path) -> dict[str, np.ndarray]:
     """Real digits embeddings (PCA of the pixels), Plan 1/2 files, and broken files."""
     data = load_dataset("digits")
@@ -61,11 +67,21 @@ def build_data_dir(root: Path) -> dict[str, np.ndarray]:
     # Broken files: each must be skipped with a one-line reason while the rest are evaluated.
     with_nan = z_test.copy()
     with_nan[5, 3] = np.nan
-    save_npz(emb / "digits_nan.npz", {**real, "z_test": with_nan}, meta)
+    save_foreign(emb / "digits_nan.npz", {**real, "z_test": with_nan}, meta)
     save_npz(emb / "digits_short.npz", {**real, "y_test": data.y_test[:-3]}, meta)
     save_npz(emb / "digits_nolabels.npz", {"z_train": z_train, "z_test": z_test}, meta)
     save_npz(plan1 / "digits_pca12_float.npz",
              {"x_gen": data.x_test / 255.0, "idx_src": everything, "y_src": data.y_test}, meta)
+    save_foreign(emb / "digits_listmeta.npz", real, ["not", "an", "object"])
+    save_npz(emb / "digits_strlabels.npz", {**real, "y_test": data.y_test.astype(str)}, meta)
+    save_npz(emb / "digits_complex.npz", {**real, "z_test": z_test.astype(np.complex64)}, meta)
+    save_npz(emb / "digits_huge.npz", {**real, "z_test": z_test.astype(np.float64) * 1e300},
+             meta)
+    (emb / "digits_bytes.npz").write_bytes(np.random.default_rng(0).bytes(500))
+    save_npz(plan1 / "digits_pca12_fraction.npz",
+             {"x_gen": data.x_test, "idx_src": everything + 0.5, "y_src": data.y_test}, meta)
+    save_npz(emb / "digits_pca12_floaty.gen.npz",
+             {"z_gen": z_test, "y_gen": data.y_test + 0.25}, meta)
     save_npz(plan1 / "digits_pca12_big.npz",
              {"x_gen": np.zeros((20, 32, 32), np.uint8), "idx_src": everything[:20],
               "y_src": data.y_test[:20]}, meta)
@@ -146,7 +162,14 @@ def test_bad_files_are_skipped_with_one_line_reasons(evaluated) -> None:
         "digits_nan.npz": "NaN",
         "digits_short.npz": "lengths do not match",
         "digits_nolabels.npz": "missing key(s) y_train, y_test",
-        "digits_pca12_float.npz": "expected uint8",
+        "digits_pca12_float.npz": "'x_gen' holds floats (float64), expected integers",
+        "digits_listmeta.npz": "'meta' is a JSON list, expected an object",
+        "digits_strlabels.npz": "'y_test' holds strings",
+        "digits_complex.npz": "'z_test' holds complex numbers",
+        "digits_huge.npz": "too large for distance computations",
+        "digits_bytes.npz": "not an NPZ file",
+        "digits_pca12_fraction.npz": "'idx_src' holds floats",
+        "digits_pca12_floaty.gen.npz": "'y_gen' holds floats",
         "digits_pca12_big.npz": "expected (N, 28, 28)",
         "digits_pca12_shifted.npz": "misaligned",
         "digits_pca12_wide.gen.npz": "z_gen has 7 dims",
@@ -194,7 +217,8 @@ def test_stage_and_file_settings_choose_what_is_evaluated(tmp_path: Path) -> Non
     assert "embeddings" not in document and "plan1" not in document
     assert document["skipped"] == []
     bad = run_evaluate(tmp_path, "--stages", "plan3")
-    assert bad.returncode == 1 and bad.stderr.strip().startswith("error: --stages")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: --stages plan3: must be one of embeddings, plan1, plan2"
 
 
 def test_file_names_give_dataset_and_model(tmp_path: Path) -> None:

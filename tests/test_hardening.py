@@ -1,0 +1,427 @@
+"""Bad inputs, broken files and environment failures: every one a clear error, nothing silent.
+
+The shared mechanics (settings rules, atomic writes, checked loads, one-line errors) are tested
+directly; then each stage is run as a user runs it with one bad input at a time, asserting a
+non-zero exit, one ``error:`` line naming the setting or file, no traceback, and the previous
+outputs left byte for byte as they were.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from artifacts import (
+    atomic_write,
+    ensure_output_dir,
+    load_checkpoint,
+    load_npz,
+    save_checkpoint,
+    save_npz,
+    write_text,
+)
+from runtime import StageError, describe_os_error, run_stage
+from settings import configure, declared_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+SCRIPT = textwrap.dedent('''\
+    """A stage."""
+    NAMES = ("a", "b", "c")
+    EPOCHS = 3  # passes over the data [>= 1]
+    RATE = 0.5  # a fraction [> 0, <= 1]
+    MODE = "fast"  # how [fast | slow]
+    MODELS = ("a", "b")  # variants [in NAMES]
+    DATASET = "digits"  # which data [in data_sources.DATASETS]
+    FREE = 1.0  # no rule
+''')
+
+
+def namespace(tmp_path: Path, source: str = SCRIPT) -> dict:
+    path = tmp_path / "stage.py"
+    path.write_text(source)
+    ns = {"__file__": str(path), "__doc__": "A stage."}
+    exec(compile(source, str(path), "exec"), ns)
+    return ns
+
+
+def configure_error(tmp_path: Path, argv: list[str], capsys, source: str = SCRIPT) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        configure(namespace(tmp_path, source), argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    return err
+
+
+# ---------------------------------------------------------------- settings rules
+def test_internal_tables_are_not_settings(tmp_path, capsys):
+    assert [name for name, _ in declared_settings(SCRIPT)] == [
+        "EPOCHS", "RATE", "MODE", "MODELS", "DATASET", "FREE"]
+    configure_error(tmp_path, ["--names", "x"], capsys)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--epochs", "0"], "error: --epochs 0: must be >= 1"),
+    (["--epochs", "-1"], "error: --epochs -1: must be >= 1"),
+    (["--rate", "0"], "error: --rate 0.0: must be > 0"),
+    (["--rate", "1.5"], "error: --rate 1.5: must be <= 1"),
+    (["--rate", "nan"], "error: --rate nan: must be a finite number"),
+    (["--free", "inf"], "error: --free inf: must be a finite number"),
+    (["--mode", "medium"], "error: --mode medium: must be one of fast, slow"),
+    (["--models", "a,z"], "error: --models z: must be one of a, b, c"),
+    (["--models", ","], "error: --models: the list is empty"),
+    (["--models", "a,a"], "error: --models: a listed more than once"),
+    (["--dataset", "cifar"], "error: --dataset cifar: must be one of mnist, digits, "
+                             "fashion-mnist"),
+    (["--epochs", "two"], "error: argument --epochs: invalid int value: 'two' (see --help)"),
+    (["--epoch", "2"], "error: unrecognized arguments: --epoch 2 (see --help)"),
+])
+def test_a_value_breaking_its_rule_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    err = configure_error(tmp_path, argv, capsys)
+    assert err.replace("fashion-mnist, digits", "digits, fashion-mnist") == message.replace(
+        "fashion-mnist, digits", "digits, fashion-mnist") or err == message
+
+
+def test_values_within_the_rules_pass_and_help_shows_the_rules(tmp_path, capsys):
+    ns = namespace(tmp_path)
+    configure(ns, ["--epochs", "1", "--rate", "1", "--mode", "slow", "--models", "c,a"])
+    assert (ns["EPOCHS"], ns["RATE"], ns["MODE"], ns["MODELS"]) == (1, 1.0, "slow", ("c", "a"))
+    with pytest.raises(SystemExit):
+        configure(namespace(tmp_path), ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "passes over the data (default: 3; >= 1)" in text
+    assert "variants (default: a,b; one of a, b, c)" in text
+
+
+def test_a_default_breaking_its_rule_or_an_unreadable_rule_is_refused(tmp_path, capsys):
+    broken = SCRIPT.replace("EPOCHS = 3", "EPOCHS = 0")
+    assert configure_error(tmp_path, [], capsys, broken) == "error: --epochs 0: must be >= 1"
+    unreadable = SCRIPT.replace("[>= 1]", "[at least one]")
+    assert "cannot read the rule [at least one]" in configure_error(tmp_path, [], capsys,
+                                                                    unreadable)
+
+
+# ---------------------------------------------------------------- files
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_npz(tmp_path / "a.npz", {"x": np.zeros(2)}, {})
+        write_text(tmp_path / "a.txt", "x")
+        save_checkpoint(tmp_path / "a.pt", {"w": torch.zeros(2)})
+        os.umask(0o077)
+        write_text(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(old)
+    for name in ("a.npz", "a.txt", "a.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_temp_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".r.json.{dead}.abc123.tmp"
+    live = tmp_path / f".r.json.{os.getpid()}.def456.tmp"
+    other = tmp_path / f".other.json.{dead}.abc123.tmp"
+    for path in (stale, live, other):
+        path.write_text("partial")
+    write_text(tmp_path / "r.json", "{}")
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
+    target = tmp_path / "results.md"
+    write_text(target, "good")
+    with pytest.raises(RuntimeError), atomic_write(target, "w") as handle:
+        handle.write("half")
+        raise RuntimeError("disk full, say")
+    assert target.read_text() == "good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.md"]
+
+
+def test_non_finite_values_are_never_written(tmp_path):
+    with pytest.raises(StageError, match=r"c\.pt: not written: 'model\.w' holds 1 NaN"):
+        save_checkpoint(tmp_path / "c.pt", {"model": {"w": torch.tensor([1.0, float("nan")])},
+                                            "epoch": 1})
+    with pytest.raises(StageError, match=r"'z' holds 2 NaN or infinite"):
+        save_npz(tmp_path / "e.npz", {"z": np.array([np.inf, -np.inf])}, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "checkpoint is empty (0 bytes)"),
+    (b"\x80\x02garbage", "not a readable checkpoint"),
+    ("tensor", "holds a Tensor, not a checkpoint dict"),
+    ("no-epoch", "checkpoint lacks epoch"),
+])
+def test_broken_checkpoints_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "c.pt"
+    if content == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif content == "no-epoch":
+        torch.save({"model": {}}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(StageError) as info:
+        load_checkpoint(path, required=("model", "epoch"))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_output_folder_checks(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StageError, match=r"file: exists and is not a folder"):
+        ensure_output_dir(tmp_path / "file")
+    with pytest.raises(StageError, match=r"file: exists and is not a folder"):
+        ensure_output_dir(tmp_path / "file" / "sub")
+    assert ensure_output_dir(tmp_path / "new" / "sub").is_dir()
+    assert list((tmp_path / "new" / "sub").iterdir()) == []
+
+
+def test_load_npz_refuses_pickled_object_arrays(tmp_path):
+    np.savez(tmp_path / "o.npz", z=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(StageError, match="holds object arrays"):
+        load_npz(tmp_path / "o.npz", {"z": None})
+
+
+# ---------------------------------------------------------------- run_stage
+def test_os_errors_and_interruptions_become_one_line(capsys):
+    def full_disk() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/x.pt")
+
+    with pytest.raises(SystemExit) as info:
+        run_stage(full_disk)
+    assert info.value.code == 1
+    assert capsys.readouterr().err.strip() == "error: /data/x.pt: no space left on device"
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as info:
+        run_stage(interrupted, resumable=False)
+    err = capsys.readouterr().err
+    assert info.value.code == 130 and "checkpoint" not in err and "interrupted" in err
+    with pytest.raises(SystemExit):
+        run_stage(interrupted)
+    assert "checkpoint is kept" in capsys.readouterr().err
+    assert describe_os_error(PermissionError(13, "Permission denied", "/r")) == \
+        "/r: Permission denied"
+
+
+# ---------------------------------------------------------------- the encoder stage
+def encoder(data_dir: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "encoder_models.py", "--dataset", "digits",
+                           "--data-dir", str(data_dir), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=ENV, **kwargs)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A data folder holding one finished run of ae_basic and triplet."""
+    folder = tmp_path_factory.mktemp("trained")
+    result = encoder(folder, "--models", "ae_basic,triplet", "--epochs", "1", "--limit", "256")
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+
+
+ENCODER_BAD_VALUES = [
+    (("--epochs", "0"), "--epochs 0: must be >= 1"),
+    (("--epochs", "-1"), "--epochs -1"),
+    (("--embedding-dim", "0"), "--embedding-dim 0"),
+    (("--embedding-dim", "-2"), "--embedding-dim -2"),
+    (("--batch-size", "0"), "--batch-size 0"),
+    (("--batch-size", "1"), "--batch-size 1: must be >= 2"),
+    (("--embed-batch-size", "0"), "--embed-batch-size 0"),
+    (("--learning-rate", "nan"), "--learning-rate nan: must be a finite number"),
+    (("--temperature", "0"), "--temperature 0.0: must be > 0"),
+    (("--seed", "-1"), "--seed -1"),
+    (("--models", ","), "--models: the list is empty"),
+    (("--dataset", "cifar"), "--dataset cifar"),
+    (("--lr-schedules", "constant,bogus"), "unrecognized arguments: --lr-schedules"),
+    (("--limit", "1"), "--limit 1 leaves 1 training image(s)"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), ENCODER_BAD_VALUES,
+                         ids=[" ".join(a) for a, _ in ENCODER_BAD_VALUES])
+def test_encoder_bad_values(trained, args, words):
+    before = snapshot(trained)
+    result = encoder(trained, "--models", "ae_basic", "--epochs", "2", *args)
+    assert_one_line_error(result, words)
+    assert snapshot(trained) == before
+
+
+@pytest.mark.parametrize("damage", ["bare-tensor", "no-epoch", "empty", "truncated"])
+def test_encoder_broken_checkpoint(trained, tmp_path, damage):
+    folder = tmp_path / "copy"
+    for name, content in snapshot(trained).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    ckpt = folder / "checkpoints" / "encoders" / "digits_ae_basic.pt"
+    if damage == "bare-tensor":
+        torch.save(torch.zeros(3), ckpt)
+    elif damage == "no-epoch":
+        state = load_checkpoint(ckpt)
+        del state["epoch"]
+        torch.save(state, ckpt)
+    elif damage == "empty":
+        ckpt.write_bytes(b"")
+    else:
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    before = snapshot(folder)
+    result = encoder(folder, "--models", "ae_basic", "--epochs", "2", "--limit", "256")
+    assert_one_line_error(result, str(ckpt))
+    assert snapshot(folder) == before
+
+
+def test_encoder_divergence_writes_no_nan(tmp_path):
+    result = encoder(tmp_path, "--models", "triplet", "--epochs", "1", "--limit", "256",
+                     "--learning-rate", "1e6")
+    assert_one_line_error(result, "triplet", "training diverged")
+    assert result.returncode == 1
+    assert not list(tmp_path.rglob("*.npz")) and not list(tmp_path.rglob("*.pt"))
+
+
+def test_encoder_output_folder_problems(trained, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    result = encoder(tmp_path / "a-file", "--models", "ae_basic", "--epochs", "1")
+    assert_one_line_error(result, "a-file", "not a folder")
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "embeddings").write_text("a file where a folder belongs")
+    result = encoder(blocked, "--models", "ae_basic", "--epochs", "1", "--limit", "64")
+    assert_one_line_error(result, "embeddings", "not a folder")
+    assert not (blocked / "checkpoints").exists() or not list(blocked.rglob("*.pt"))
+
+
+def limit_file_size() -> None:
+    """A 20 kB file-size limit; writing past it raises EFBIG instead of killing the process."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+
+def test_encoder_file_size_limit_is_one_line(tmp_path):
+    result = encoder(tmp_path, "--models", "ae_basic", "--epochs", "1", "--limit", "256",
+                     preexec_fn=limit_file_size)
+    assert_one_line_error(result, "file too large", str(tmp_path))
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not list(tmp_path.rglob("*.pt"))
+
+
+# ---------------------------------------------------------------- evaluate.py
+def evaluate(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "evaluate.py", "--data-dir", str(data_dir),
+                           "--stages", "embeddings", "--baseline-components", "0",
+                           "--kmeans-init", "1", "--plot-points", "100", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory) -> Path:
+    """A data folder with one good embedding file, a constant one and a broken one, evaluated."""
+    folder = tmp_path_factory.mktemp("evaluated")
+    rng = np.random.default_rng(0)
+    labels = np.arange(300) % 3
+    good = {"z_train": (rng.normal(size=(300, 4)) + labels[:, None]).astype(np.float32),
+            "y_train": labels, "z_test": (rng.normal(size=(300, 4)) + labels[:, None]).astype(
+                np.float32), "y_test": labels}
+    save_npz(folder / "embeddings" / "digits_good.npz", good, {"dataset": "digits"})
+    constant = {**good, "z_test": np.ones((300, 4), np.float32)}
+    save_npz(folder / "embeddings" / "digits_collapsed.npz", constant, {"dataset": "digits"})
+    np.savez(folder / "embeddings" / "digits_broken.npz", **{**good, "y_test": labels[:10]})
+    result = evaluate(folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def test_evaluate_reports_undefined_indices_of_a_constant_embedding(evaluated):
+    import json
+
+    document = json.loads((evaluated / "results" / "metrics.json").read_text())
+    collapsed = document["embeddings"]["digits"]["collapsed"]
+    for name in ("silhouette", "calinski_harabasz", "davies_bouldin"):
+        assert collapsed[name] is None
+        assert collapsed["undefined"][name] == "every point is the same vector"
+    assert document["embeddings"]["digits"]["good"]["davies_bouldin"] > 0
+    summary = (evaluated / "results" / "summary.md").read_text()
+    assert "davies_bouldin is undefined (every point is the same vector)" in summary
+    assert "no plots: every test embedding is the same vector" in summary
+    assert [item["file"].endswith("digits_broken.npz") for item in document["skipped"]] == [True]
+
+
+EVALUATE_BAD = [
+    (("--files", "typo*"), "no file under"),
+    (("--files", "digits_broken*"), "every one of the 1 file(s) was skipped"),
+    (("--knn-k", "0"), "--knn-k 0"),
+    (("--knn-k", "300"), "every one of the 1 file(s) was skipped"),
+    (("--kmeans-init", "0"), "--kmeans-init 0"),
+    (("--plot-points", "0"), "--plot-points 0"),
+    (("--baseline-components", "5000"), "--baseline-components 5000: must be <= 784"),
+    (("--seed", "-1"), "--seed -1"),
+    (("--stages", ","), "--stages: the list is empty"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), EVALUATE_BAD,
+                         ids=[" ".join(a) for a, _ in EVALUATE_BAD])
+def test_evaluate_bad_inputs_leave_the_last_results(evaluated, args, words):
+    before = snapshot(evaluated)
+    extra = ("--files", "digits_good*") if "--knn-k" in args else ()
+    result = evaluate(evaluated, *extra, *args)
+    assert_one_line_error(result, words)
+    if args == ("--knn-k", "300"):  # the file's own reason is on its "skipped" line
+        assert "digits_good.npz: 300 train and 300 test embeddings: too few" in result.stderr
+    assert snapshot(evaluated) == before
+
+
+def test_evaluate_data_dir_problems(tmp_path):
+    result = evaluate(tmp_path / "missing")
+    assert_one_line_error(result, "--data-dir", "missing", "no such folder")
+    (tmp_path / "results").write_text("a file")
+    (tmp_path / "embeddings").mkdir()
+    result = evaluate(tmp_path)
+    assert_one_line_error(result, "results", "not a folder")
+
+
+# ---------------------------------------------------------------- every script
+SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.py"), *ROOT.glob("bench/*.py")]
+                 if "configure(globals())" in p.read_text() and p.name != "settings.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_has_valid_defaults_and_readable_rules(script, capsys):
+    import runpy
+
+    sys.path.insert(0, str(ROOT))
+    namespace = runpy.run_path(str(ROOT / script), run_name="imported_by_test")
+    settings = configure(namespace, [])
+    assert settings, script
+    for name, comment in declared_settings((ROOT / script).read_text()):
+        assert comment, (script, name)
+    assert capsys.readouterr().err == ""
