@@ -32,7 +32,7 @@ from runtime import StageError
 
 REPO = Path(__file__).resolve().parents[1]
 # Small but real: a 4-epoch evaluator and short plots keep the whole run to seconds on 2 cores.
-FAST = ["--evaluator-epochs", "4", "--plot-points", "200", "--kmeans-init", "2",
+FAST = ["--device", "cpu", "--evaluator-epochs", "4", "--plot-points", "200", "--kmeans-init", "2",
         "--silhouette-samples", "300", "--baseline-components", "8"]
 
 

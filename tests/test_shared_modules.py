@@ -183,3 +183,13 @@ def test_digits_split_is_fixed_and_scaled():
     np.testing.assert_array_equal(a.x_train[:100], b.x_train)
     assert set(np.unique(a.y_test)) == set(range(10))
     assert (a.x_train[:, :2].max(), a.x_train[:, :, -2:].max()) == (0, 0)  # padding
+
+
+def test_datasets_in_the_repository_folder_are_found_from_another_data_dir(tmp_path,
+                                                                             monkeypatch):
+    import data_sources
+
+    fake_idx_folder(tmp_path / "repo" / "mnist", 6, 6)
+    monkeypatch.setattr(data_sources, "REPOSITORY_DATASETS", tmp_path / "repo")
+    data = load_dataset("mnist", tmp_path / "outputs" / "bench", download=False)
+    assert data.source == str(tmp_path / "repo" / "mnist") and len(data.x_train) == 6
