@@ -4,21 +4,32 @@ with CLIP, pairing every image with the caption of its own COCO image id.
 Captions: for each image id, its first caption (lowest annotation id); the caption set is the
 first NUM_CAPTIONS image ids in ascending order. With PAIRING 'id' those ids are taken among the
 ids that both have a caption and appear in at least one generation folder (so the captions are the
-prompts of the generated images); with PAIRING 'position' among all annotated ids.
+prompts of the generated images); with PAIRING 'position' among all annotated ids. A malformed
+annotation (an image_id that is not an integer, a caption that is not a non-empty string) stops
+the stage with its position in the file: pairing must be exact, and skipping it would silently
+change which caption is an image's first.
 Images: PAIRING 'id' reads the COCO image id from each file name (COCO_train2014_000000000009.jpg,
 000000000009.png, gen_9.png: the digits after the last '_' or the whole stem); a file whose id is
 not among the loaded captions is reported and skipped. PAIRING 'position' pairs the i-th file in
 natural name order with the i-th caption, for folders whose names carry no ids (COCO-named files
 are refused). Unreadable images are reported by name, skipped and counted in ``meta``.
+PREPROCESSING 'fast' decodes at reduced size on the CPU and resizes, crops and normalises on the
+device (see clip_images.py); 'processor' runs the Hugging Face image processor image by image.
 
 Writes OUTPUT_DIR/coco_caption_embeddings.npz (text_embeddings, captions, image_ids) and one
 OUTPUT_DIR/gen_<g>_embeddings.npz per generation (image_embeddings, text_embeddings of each
-image's caption, captions, image_files, image_ids), every embedding L2-normalised in float32.
+image's caption, captions, image_files, image_ids), every embedding L2-normalised in float32;
+nothing is written unless every generation has images to embed.
+Sharding: with SHARD 'i/n' the images (and captions), in ascending id order, are cut into batches
+of BATCH_SIZE and batch j belongs to shard j mod n; each shard writes its own files to
+OUTPUT_DIR/shards/, and the shard that finds all n present joins them (or run with --merge) into
+the usual files, identical to an unsharded run's (each batch is computed the same way).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import time
@@ -30,25 +41,27 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from transformers import CLIPModel, CLIPProcessor
+from tqdm import tqdm
 
-from artifacts import make_meta, save_npz
+from artifacts import ensure_output_dir, load_npz, make_meta, save_npz
+from clip_images import PixelPipeline, image_batches, model_inputs
 from generation_metrics import check_generations
 from runtime import StageError, pick_device, run_stage, seed_everything
 from settings import configure
 
 ANNOTATION_FILE = "data/coco/annotations/captions_train2014.json"  # COCO captions JSON
 GENERATION_DIR_PATTERN = "data/coco/sd_to_sd_cfg_7_steps_50_gen_{g}"  # one folder per generation
-GENERATIONS = (0, 4, 10)  # generations to embed, any list
+GENERATIONS = (0, 4, 10)  # generations to embed, any list [>= 0]
 MODEL = "openai/clip-vit-base-patch32"  # CLIP: a name in the local HF cache, or a local directory
-NUM_CAPTIONS = 100  # caption ids to embed: the first N image ids in ascending order
-PAIRING = "id"  # 'id': COCO id in the file name; 'position': i-th file with i-th caption
-BATCH_SIZE = 64  # images or captions per forward pass
-WORKERS = 2  # DataLoader worker processes that decode and preprocess images (0: main process)
+NUM_CAPTIONS = 100  # caption ids to embed: the first N image ids in ascending order [>= 1]
+PAIRING = "id"  # 'id': COCO id in file names; 'position': i-th file, i-th caption [id | position]
+PREPROCESSING = "fast"  # fast (resize etc. on the device) or the HF processor [fast | processor]
+BATCH_SIZE = 64  # images or captions per forward pass [>= 1]
+WORKERS = 2  # DataLoader worker processes that decode images (0: main process) [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
-SEED = 0  # seeds torch and numpy; the extraction itself draws nothing at random
+SEED = 0  # seeds torch and numpy; the extraction itself draws nothing at random [>= 0]
+SHARD = ""  # 'i/n' (0 <= i < n): embed only shard i of n into OUTPUT_DIR/shards; '': everything
+MERGE = False  # only join the shard files in OUTPUT_DIR/shards into the usual files
 OUTPUT_DIR = "data/embeddings"  # where the NPZ files are written
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -56,6 +69,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 ID_IN_NAME = re.compile(r"(?:.*[_-])?(\d+)")
 # Names that certainly carry a COCO id; pairing them by position would ignore it.
 COCO_NAME = re.compile(r"COCO_[a-z]+\d{4}_\d{12}", re.IGNORECASE)
+CAPTION_FILE = "coco_caption_embeddings.npz"
+# Settings that may differ between the shards of one run (they do not change the numbers).
+SHARD_FREE_SETTINGS = ("shard", "merge", "workers", "device", "output_dir")
 
 
 @dataclass
@@ -78,25 +94,48 @@ class GenerationImages:
     not_images: int
 
 
+def parse_shard(text: str) -> tuple[int, int] | None:
+    """'i/n' -> (i, n) with 0 <= i < n; '' -> None."""
+    if not text.strip():
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise StageError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4 ... 3/4")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def read_first_captions(path: Path) -> dict[int, str]:
     """The first caption (lowest annotation id, then file order) of each image id in a file."""
     if not path.is_file():
         raise StageError(f"{path}: COCO caption annotation file not found (--annotation-file)")
     try:
-        annotations = json.loads(path.read_text(encoding="utf-8"))["annotations"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StageError(f"{path}: not a readable JSON file ({err})") from err
-    except (KeyError, TypeError) as err:
-        raise StageError(f"{path}: no 'annotations' list; is this a COCO captions file?") from err
-    first: dict[int, tuple[float, int, str]] = {}
+    annotations = document.get("annotations") if isinstance(document, dict) else None
+    if not isinstance(annotations, list):
+        found = ("missing" if not isinstance(document, dict) or "annotations" not in document
+                 else "null" if annotations is None else f"a JSON {type(annotations).__name__}")
+        raise StageError(f"{path}: 'annotations' is {found}, expected a list of caption "
+                         f"annotations; is this a COCO captions file?")
+    first: dict[int, tuple[int | float, int, str]] = {}
     for position, entry in enumerate(annotations):
-        try:
-            image_id, caption = int(entry["image_id"]), str(entry["caption"]).strip()
-            order = (float(entry.get("id", float("inf"))), position, caption)
-        except (KeyError, TypeError, ValueError) as err:
-            raise StageError(f"{path}: annotation {position} lacks an integer 'image_id', a "
-                             f"'caption' or a numeric 'id' ({entry!r:.120})") from err
-        if caption and (image_id not in first or order < first[image_id]):
+        entry = entry if isinstance(entry, dict) else {}
+        image_id, caption, ann_id = entry.get("image_id"), entry.get("caption"), entry.get("id")
+        problem = ("an 'image_id' that is not an integer" if not _is_integer(image_id) else
+                   "a 'caption' that is not a non-empty string"
+                   if not isinstance(caption, str) or not caption.strip() else
+                   "an 'id' that is not an integer" if ann_id is not None and
+                   not _is_integer(ann_id) else "")
+        if problem:
+            raise StageError(f"{path}: annotation {position} has {problem} ({entry or None!r:.120}"
+                             f"); fix or remove it")
+        order = (ann_id if ann_id is not None else float("inf"), position, caption.strip())
+        if image_id not in first or order < first[image_id]:
             first[image_id] = order
     if not first:
         raise StageError(f"{path}: holds no captions")
@@ -175,11 +214,18 @@ def pair_by_position(folder: Path, files: list[Path], caption_set: CaptionSet,
                             [p.name for p in files[count:]], not_images)
 
 
-def load_clip(name_or_dir: str, device: torch.device) -> tuple[CLIPModel, CLIPProcessor]:
+def load_clip(name_or_dir: str, device: torch.device) -> tuple[Any, Any]:
     """CLIP model (float32, eval mode, on ``device``) and its processor from a name or directory."""
+    from transformers import CLIPModel, CLIPProcessor
+    from transformers.utils import logging as transformers_logging
+
     looks_like_path = name_or_dir.startswith((".", "/", "~")) or Path(name_or_dir).exists()
-    if looks_like_path and not Path(name_or_dir).expanduser().is_dir():
+    directory = Path(name_or_dir).expanduser()
+    if looks_like_path and not directory.is_dir():
         raise StageError(f"--model {name_or_dir}: no such directory")
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # e.g. "torchvision not installed": not needed
+    transformers_logging.disable_progress_bar()
     try:
         model = CLIPModel.from_pretrained(name_or_dir, dtype=torch.float32)
         processor = CLIPProcessor.from_pretrained(name_or_dir)
@@ -188,6 +234,15 @@ def load_clip(name_or_dir: str, device: torch.device) -> tuple[CLIPModel, CLIPPr
                          f"not a local directory holding one, and not in the local Hugging Face "
                          f"cache (offline? download it once on a connected machine, or pass a "
                          f"local directory with --model DIR) ({str(err).splitlines()[0]})") from err
+    except Exception as err:  # a damaged weights or tokenizer file
+        files = [str(directory / name) for name in ("model.safetensors", "pytorch_model.bin")
+                 if (directory / name).is_file()] if looks_like_path else []
+        where = ", ".join(files) or name_or_dir
+        raise StageError(f"{where}: could not load the CLIP model (empty or truncated file?) "
+                         f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        transformers_logging.enable_progress_bar()
     return model.to(device).eval(), processor
 
 
@@ -204,80 +259,51 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=dtype)
 
 
-def embed_captions(model: CLIPModel, processor: CLIPProcessor, captions: list[str],
-                   device: torch.device, batch_size: int) -> np.ndarray:
-    """L2-normalised CLIP text embeddings (float32), one forward pass per batch of captions."""
-    chunks = []
-    for start in range(0, len(captions), batch_size):
-        tokens = processor.tokenizer(captions[start:start + batch_size], padding=True,
-                                     truncation=True, max_length=77, return_tensors="pt")
+def batch_blocks(count: int, batch_size: int, shard: tuple[int, int] | None) -> list[list[int]]:
+    """Rows 0..count-1 cut into consecutive batches; with a shard (i, n), batches j = i mod n."""
+    blocks = [list(range(start, min(start + batch_size, count)))
+              for start in range(0, count, batch_size)]
+    return blocks if shard is None else blocks[shard[0]::shard[1]]
+
+
+def embed_captions(model: Any, tokenizer: Any, captions: list[str], blocks: list[list[int]],
+                   device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """The caption rows of ``blocks`` and their L2-normalised CLIP text embeddings (float32),
+    one forward pass per block."""
+    chunks, rows = [], []
+    for block in blocks:
+        tokens = tokenizer([captions[row] for row in block], padding=True, truncation=True,
+                           max_length=77, return_tensors="pt")
         tokens = {k: v.to(device) for k, v in tokens.items()}
         with torch.inference_mode(), autocast_for(device):
             features = projected(model.get_text_features(**tokens))
         chunks.append(F.normalize(features.float(), dim=-1).cpu().numpy())
-    return np.concatenate(chunks).astype(np.float32)
+        rows.extend(block)
+    dims = model.config.projection_dim
+    return (np.array(rows, dtype=np.int64),
+            np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dims),
+                                                                              np.float32))
 
 
-class ImageFiles(Dataset):
-    """Decodes and preprocesses one image per item; an unreadable file yields its error instead."""
-
-    # What a corrupt or truncated image raises in PIL (a broken PNG raises SyntaxError).
-    read_errors = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-    def __init__(self, files: list[Path], image_processor: Any) -> None:
-        self.files = files
-        self.image_processor = image_processor
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
-        try:
-            with Image.open(self.files[index]) as image:
-                rgb = image.convert("RGB")
-            pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"][0]
-        except self.read_errors as err:
-            return index, None, f"{type(err).__name__}: {err}"
-        return index, pixels, ""
-
-
-def collate_readable(batch: list[tuple[int, torch.Tensor | None, str]]
-                     ) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, str]]]:
-    """The readable images of a batch stacked, their indices, and (index, error) of the rest."""
-    readable = [(index, pixels) for index, pixels, _ in batch if pixels is not None]
-    failed = [(index, error) for index, pixels, error in batch if pixels is None]
-    indices = torch.tensor([index for index, _ in readable], dtype=torch.long)
-    pixels = torch.stack([p for _, p in readable]) if readable else None
-    return indices, pixels, failed
-
-
-def image_loader(files: list[Path], image_processor: Any, batch_size: int, workers: int,
-                 device: torch.device) -> DataLoader:
-    """Batches of preprocessed images (see collate_readable), decoded by ``workers`` processes."""
-    return DataLoader(ImageFiles(files, image_processor), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, collate_fn=collate_readable,
-                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
-
-
-def embed_images(model: CLIPModel, batches: Iterable, count: int, device: torch.device
-                 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    """L2-normalised CLIP image embeddings of the readable images, their indices, the failures."""
+def embed_images(model: Any, batches: Iterable, pipeline: PixelPipeline | None,
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """L2-normalised CLIP image embeddings of the readable images (float32), their rows, and the
+    (row, error) pairs of the unreadable ones; in the order of the batches."""
     chunks, kept, failed = [], [], []
-    for indices, pixels, batch_failed in batches:
+    for groups, batch_failed in batches:
         failed.extend(batch_failed)
-        if pixels is None:
-            continue
-        with torch.inference_mode(), autocast_for(device):
-            features = projected(model.get_image_features(
-                pixel_values=pixels.to(device, non_blocking=True)))
-        chunks.append(F.normalize(features.float(), dim=-1).cpu().numpy())
-        kept.append(indices.numpy())
+        for rows, pixels, target in groups:
+            inputs = model_inputs(pixels, target, pipeline, device)
+            with torch.inference_mode(), autocast_for(device):
+                features = projected(model.get_image_features(pixel_values=inputs))
+            chunks.append(F.normalize(features.float(), dim=-1).cpu().numpy())
+            kept.append(rows.numpy())
     if not chunks:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), failed
-    embeddings, order = np.concatenate(chunks).astype(np.float32), np.concatenate(kept)
-    if len(order) + len(failed) != count:
-        raise RuntimeError(f"the loader returned {len(order) + len(failed)} of {count} images")
-    return embeddings, order, failed
+        return np.zeros((0, model.config.projection_dim), np.float32), np.zeros(0, np.int64), \
+            failed
+    embeddings, rows = np.concatenate(chunks).astype(np.float32), np.concatenate(kept)
+    order = np.argsort(rows, kind="stable")  # groups of one batch come back by size
+    return embeddings[order], rows[order], failed
 
 
 def folder_of(generation: int) -> Path:
@@ -294,14 +320,144 @@ def shown(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def shard_path(shard_dir: Path, name: str, index: int, count: int) -> Path:
+    """OUTPUT_DIR/shards/<name>.shard-<i>-of-<n>.npz for OUTPUT_DIR/<name>.npz."""
+    return shard_dir / f"{Path(name).stem}.shard-{index}-of-{count}.npz"
+
+
+def inputs_digest(caption_set: CaptionSet, pairs: dict[int, GenerationImages]) -> str:
+    """A fingerprint of what every shard must agree on: caption ids and texts, paired files."""
+    record = {"ids": caption_set.image_ids.tolist(), "captions": caption_set.captions,
+              "files": {str(g): [p.name for p in paired.files] for g, paired in pairs.items()}}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in SHARD_FREE_SETTINGS}
+
+
+def read_shards(shard_dir: Path, count: int) -> tuple[dict[str, Any] | None, str]:
+    """Every shard file of an n-shard run, checked to belong to one run; (None, why) otherwise."""
+    caption_keys = {"text_embeddings": (2, "f"), "captions": (1, "U"), "image_ids": (1, "iu")}
+    image_keys = {"image_embeddings": (2, "f"), "image_files": (1, "U"), "image_ids": (1, "iu")}
+    paths = [shard_path(shard_dir, CAPTION_FILE, i, count) for i in range(count)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        return None, f"shard file(s) {shown(missing, 3)} not found"
+    captions = [load_npz(p, caption_keys, aligned=(tuple(caption_keys),)) for p in paths]
+    reference = captions[0]["meta"]
+    generations = [int(g) for g in reference.get("generations", [])]
+    shards: dict[str, Any] = {"captions": captions, "generations": {}}
+    for generation in generations:
+        gen_paths = [shard_path(shard_dir, f"gen_{generation}_embeddings", i, count)
+                     for i in range(count)]
+        missing = [str(p) for p in gen_paths if not p.is_file()]
+        if missing:
+            return None, f"shard file(s) {shown(missing, 3)} not found"
+        shards["generations"][generation] = [load_npz(p, image_keys, aligned=(tuple(image_keys),))
+                                             for p in gen_paths]
+    every = [(p, d) for p, d in zip(paths, captions, strict=True)] + [
+        (shard_path(shard_dir, f"gen_{g}_embeddings", i, count), d)
+        for g, files in shards["generations"].items() for i, d in enumerate(files)]
+    for path, data in every:
+        meta = data["meta"]
+        if meta.get("inputs_digest") != reference.get("inputs_digest") or comparable(
+                meta.get("settings", {})) != comparable(reference.get("settings", {})):
+            return None, (f"{path} comes from another run than {paths[0]} (other settings or "
+                          f"inputs); run that shard again")
+    return shards, ""
+
+
+def merge_shards(shards: dict[str, Any], count: int) -> tuple[dict[str, Any], dict[int, Any]]:
+    """The caption file and each generation file of an unsharded run, from checked shards:
+    rows in ascending image id, each image with the embedding of its caption."""
+    captions = shards["captions"]
+    ids = np.concatenate([d["image_ids"] for d in captions]).astype(np.int64)
+    order = np.argsort(ids, kind="stable")
+    meta = dict(captions[0]["meta"])
+    if len(ids) != meta["n_captions"] or len(np.unique(ids)) != len(ids):
+        raise StageError(f"the {count} caption shards hold {len(ids)} rows for "
+                         f"{meta['n_captions']} captions: run the shards again")
+    texts = np.concatenate([d["text_embeddings"] for d in captions])[order]
+    caption_texts = np.array(np.concatenate([d["captions"] for d in captions])[order].tolist(),
+                             dtype=str)
+    ids = ids[order]
+    meta.update(settings={**meta["settings"], "shard": ""}, merged_shards=count,
+                shard_devices=sorted({d["meta"].get("device") for d in captions}))
+    merged_captions = {"arrays": {"text_embeddings": texts, "captions": caption_texts,
+                                  "image_ids": ids}, "meta": meta}
+    row_of_id = {int(i): row for row, i in enumerate(ids)}
+    merged = {}
+    for generation, parts in shards["generations"].items():
+        image_ids = np.concatenate([d["image_ids"] for d in parts]).astype(np.int64)
+        order = np.argsort(image_ids, kind="stable")
+        image_ids = image_ids[order]
+        first = parts[0]["meta"]
+        unreadable = sorted((item for d in parts for item in d["meta"]["unreadable_files"]),
+                            key=lambda item: item["file"])
+        if sum(d["meta"]["n_in_shard"] for d in parts) != first["n_paired"] or \
+                len(image_ids) + len(unreadable) != first["n_paired"] or \
+                len(np.unique(image_ids)) != len(image_ids):
+            raise StageError(f"the {count} shards of generation {generation} do not add up to "
+                             f"its {first['n_paired']} paired images: run the shards again")
+        if len(image_ids) == 0:
+            raise StageError(f"{first['folder']}: none of its {first['n_paired']} paired images "
+                             f"could be read")
+        rows = np.array([row_of_id[int(i)] for i in image_ids], dtype=np.int64)
+        gen_meta = {k: v for k, v in first.items() if k not in ("n_in_shard", "shard")}
+        gen_meta.update(settings={**first["settings"], "shard": ""}, n_embedded=len(image_ids),
+                        n_unreadable=len(unreadable), unreadable_files=unreadable,
+                        merged_shards=count, seconds=round(sum(d["meta"]["seconds"]
+                                                               for d in parts), 3),
+                        shard_devices=sorted({d["meta"].get("device") for d in parts}))
+        merged[generation] = {"arrays": {
+            "image_embeddings": np.concatenate([d["image_embeddings"] for d in parts])[order],
+            "text_embeddings": texts[rows],
+            "captions": np.array(caption_texts[rows].tolist(), dtype=str),
+            "image_files": np.array(np.concatenate([d["image_files"] for d in parts])[order]
+                                    .tolist(), dtype=str),
+            "image_ids": image_ids}, "meta": gen_meta}
+    return merged_captions, merged
+
+
+def shard_count_in(shard_dir: Path) -> int:
+    """The n of the caption shard files in ``shard_dir`` (one n only)."""
+    found = sorted({int(m.group(1)) for p in shard_dir.glob("*.shard-*-of-*.npz")
+                    if (m := re.search(r"\.shard-\d+-of-(\d+)\.npz$", p.name))})
+    if not found:
+        raise StageError(f"{shard_dir}: no shard files to merge; run with --shard i/n first")
+    if len(found) > 1:
+        raise StageError(f"{shard_dir}: holds shards of runs with n = "
+                         f"{', '.join(map(str, found))}; pass --shard 0/N to say which to merge")
+    return found[0]
+
+
+def write_merged(output_dir: Path, shards: dict[str, Any], count: int) -> list[Path]:
+    """Merge the shards of an n-shard run into OUTPUT_DIR's usual files; the paths written."""
+    captions, generations = merge_shards(shards, count)
+    written = [save_npz(output_dir / CAPTION_FILE, captions["arrays"], captions["meta"])]
+    for generation, merged in generations.items():
+        written.append(save_npz(output_dir / f"gen_{generation}_embeddings.npz",
+                                merged["arrays"], merged["meta"]))
+    return written
+
+
 def main() -> None:
     settings = configure(globals())
-    if PAIRING not in ("id", "position"):
-        raise StageError(f"--pairing {PAIRING!r}: expected 'id' or 'position'")
-    if NUM_CAPTIONS < 1 or BATCH_SIZE < 1 or WORKERS < 0:
-        raise StageError("--num-captions and --batch-size must be >= 1, --workers >= 0")
+    shard = parse_shard(SHARD)
     check_generations(GENERATIONS)
     seed_everything(SEED)
+    output_dir = Path(OUTPUT_DIR)
+    shard_dir = output_dir / "shards"
+    if MERGE:
+        ensure_output_dir(output_dir)
+        count = shard[1] if shard else shard_count_in(shard_dir)
+        shards, why = read_shards(shard_dir, count)
+        if shards is None:
+            raise StageError(f"cannot merge the {count} shards: {why}")
+        for path in write_merged(output_dir, shards, count):
+            print(f"merged {count} shards -> {path}")
+        return
     annotation_file = Path(ANNOTATION_FILE)
     first_captions = read_first_captions(annotation_file)
 
@@ -326,62 +482,106 @@ def main() -> None:
     if unpaired:
         raise StageError(f"no images to embed in {', '.join(unpaired)}: none is named by a COCO "
                          f"id among the {len(caption_set.captions)} caption ids")
+    ensure_output_dir(shard_dir if shard else output_dir)
 
     device = pick_device(DEVICE)
     model, processor = load_clip(MODEL, device)
-    print(f"model {MODEL} on {device}; {len(caption_set.captions)} captions from {annotation_file}")
-    output_dir = Path(OUTPUT_DIR)
+    pipeline = PixelPipeline.from_processor(processor.image_processor) \
+        if PREPROCESSING == "fast" else None
+    part = f", shard {shard[0]}/{shard[1]}" if shard else ""
+    print(f"model {MODEL} on {device}, {PREPROCESSING} preprocessing{part}; "
+          f"{len(caption_set.captions)} captions from {annotation_file}", flush=True)
     started = time.perf_counter()
-    text_embeddings = embed_captions(model, processor, caption_set.captions, device, BATCH_SIZE)
-    caption_meta = make_meta(
-        __file__, settings, "coco-captions", SEED, annotation_file=str(annotation_file),
-        model=MODEL, device=str(device), n_captions=len(caption_set.captions),
-        embedding_dim=int(text_embeddings.shape[1]),
-        caption_order="ascending image id; per id the caption with the lowest annotation id",
-        caption_ids_from="ids in the generation folders" if PAIRING == "id" else "all ids")
-    caption_path = save_npz(output_dir / "coco_caption_embeddings.npz",
-                            {"text_embeddings": text_embeddings,
-                             "captions": np.array(caption_set.captions, dtype=str),
-                             "image_ids": caption_set.image_ids}, caption_meta)
-    print(f"captions: {len(caption_set.captions)} embedded in "
-          f"{time.perf_counter() - started:.1f} s -> {caption_path}")
+    caption_rows, text_embeddings = embed_captions(
+        model, processor.tokenizer, caption_set.captions,
+        batch_blocks(len(caption_set.captions), BATCH_SIZE, shard), device)
+    print(f"captions: {len(caption_rows)} embedded in {time.perf_counter() - started:.1f} s",
+          flush=True)
+    digest = inputs_digest(caption_set, pairs)
+    common = {"model": MODEL, "device": str(device), "annotation_file": str(annotation_file),
+              "preprocessing": PREPROCESSING, "pixel_pipeline": pipeline.__dict__ if pipeline
+              else None, "inputs_digest": digest}
 
+    results = {}
     for generation, paired in pairs.items():
         started = time.perf_counter()
-        batches = image_loader(paired.files, processor.image_processor, BATCH_SIZE, WORKERS,
-                               device)
-        image_embeddings, kept, failed = embed_images(model, batches, len(paired.files), device)
+        blocks = batch_blocks(len(paired.files), BATCH_SIZE, shard)
+        batches = image_batches(paired.files, blocks, PREPROCESSING, processor.image_processor,
+                                pipeline, WORKERS, device)
+        image_embeddings, kept, failed = embed_images(
+            model, tqdm(batches, desc=f"gen {generation}", unit="batch", disable=None,
+                        leave=False), pipeline, device)
         seconds = time.perf_counter() - started
-        unreadable = [{"file": paired.files[index].name, "error": error} for index, error in failed]
+        unreadable = [{"file": paired.files[row].name, "error": error} for row, error in failed]
         for item in unreadable:
             print(f"gen {generation}: unreadable image skipped: {paired.folder / item['file']} "
                   f"({item['error']})")
         if paired.no_caption:
             print(f"gen {generation}: {len(paired.no_caption)} image(s) without a caption among "
                   f"the {len(caption_set.captions)} loaded ids skipped: {shown(paired.no_caption)}")
-        if len(kept) == 0:
-            raise StageError(f"{paired.folder}: none of its {len(paired.files)} paired images "
-                             f"could be read")
-        rows = np.array([paired.caption_rows[i] for i in kept], dtype=np.int64)
-        files = [paired.files[i].name for i in kept]
+        print(f"gen {generation}: {len(kept)} images embedded from {paired.folder} "
+              f"({len(unreadable)} unreadable) in {seconds:.1f} s "
+              f"({len(kept) / max(seconds, 1e-9):.1f} images/s)", flush=True)
         meta = make_meta(
             __file__, settings, "coco-generations", SEED, generation=int(generation),
-            folder=str(paired.folder), pairing=PAIRING, model=MODEL, device=str(device),
-            caption_file=str(caption_path), annotation_file=str(annotation_file),
+            folder=str(paired.folder), pairing=PAIRING, caption_file=str(output_dir /
+                                                                      CAPTION_FILE),
             n_image_files=len(paired.files) + len(paired.no_caption),
-            n_embedded=len(kept), n_unreadable=len(unreadable), unreadable_files=unreadable,
-            n_no_caption=len(paired.no_caption), no_caption_files=paired.no_caption,
-            n_other_files_ignored=paired.not_images, seconds=round(seconds, 3))
-        path = save_npz(output_dir / f"gen_{generation}_embeddings.npz",
-                        {"image_embeddings": image_embeddings,
-                         "text_embeddings": text_embeddings[rows],
-                         "captions": np.array([caption_set.captions[r] for r in rows], dtype=str),
-                         "image_files": np.array(files, dtype=str),
-                         "image_ids": caption_set.image_ids[rows]}, meta)
-        print(f"gen {generation}: {len(kept)} images embedded from {paired.folder} "
-              f"({len(unreadable)} unreadable, {len(paired.no_caption)} without caption) in "
-              f"{seconds:.1f} s ({len(kept) / max(seconds, 1e-9):.1f} images/s) -> {path}")
+            n_paired=len(paired.files), n_embedded=len(kept), n_unreadable=len(unreadable),
+            unreadable_files=unreadable, n_no_caption=len(paired.no_caption),
+            no_caption_files=paired.no_caption, n_other_files_ignored=paired.not_images,
+            seconds=round(seconds, 3), **common)
+        results[generation] = (paired, image_embeddings, kept, meta, blocks)
+
+    caption_meta = make_meta(
+        __file__, settings, "coco-captions", SEED, n_captions=len(caption_set.captions),
+        embedding_dim=int(text_embeddings.shape[1]), generations=list(GENERATIONS),
+        caption_order="ascending image id; per id the caption with the lowest annotation id",
+        caption_ids_from="ids in the generation folders" if PAIRING == "id" else "all ids",
+        **common)
+    captions = np.array(caption_set.captions, dtype=str)
+    if shard is None:
+        unreadable_folders = [f"{paired.folder} (all {len(paired.files)} paired images)"
+                              for paired, _, kept, _, _ in results.values() if len(kept) == 0]
+        if unreadable_folders:
+            raise StageError(f"no readable image in {', '.join(unreadable_folders)}; nothing "
+                             f"written")
+        path = save_npz(output_dir / CAPTION_FILE, {
+            "text_embeddings": text_embeddings, "captions": captions,
+            "image_ids": caption_set.image_ids}, caption_meta)
+        print(f"wrote {path}")
+        for generation, (paired, image_embeddings, kept, meta, _) in results.items():
+            rows = np.array([paired.caption_rows[i] for i in kept], dtype=np.int64)
+            path = save_npz(output_dir / f"gen_{generation}_embeddings.npz", {
+                "image_embeddings": image_embeddings, "text_embeddings": text_embeddings[rows],
+                "captions": np.array(captions[rows].tolist(), dtype=str),
+                "image_files": np.array([paired.files[i].name for i in kept], dtype=str),
+                "image_ids": caption_set.image_ids[rows]}, meta)
+            print(f"wrote {path}")
+        return
+
+    index, count = shard
+    path = save_npz(shard_path(shard_dir, CAPTION_FILE, index, count), {
+        "text_embeddings": text_embeddings,
+        "captions": np.array(captions[caption_rows].tolist(), dtype=str),
+        "image_ids": caption_set.image_ids[caption_rows]},
+        {**caption_meta, "shard": [index, count]})
+    print(f"wrote {path}")
+    for generation, (paired, image_embeddings, kept, meta, blocks) in results.items():
+        path = save_npz(shard_path(shard_dir, f"gen_{generation}_embeddings", index, count), {
+            "image_embeddings": image_embeddings,
+            "image_files": np.array([paired.files[i].name for i in kept], dtype=str),
+            "image_ids": np.array([paired.image_ids[i] for i in kept], dtype=np.int64)},
+            {**meta, "shard": [index, count], "n_in_shard": sum(map(len, blocks))})
+        print(f"wrote {path}")
+    shards, why = read_shards(shard_dir, count)
+    if shards is None:
+        print(f"shard {index}/{count} done; not merging yet: {why}. The shard that completes "
+              f"the set merges them, or run again with --merge")
+        return
+    for path in write_merged(output_dir, shards, count):
+        print(f"all {count} shards present: merged -> {path}")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, resumable=False)

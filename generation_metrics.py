@@ -39,13 +39,26 @@ def _as_float64(embeddings: np.ndarray, name: str, min_rows: int = 1) -> np.ndar
     return array
 
 
-def clip_score(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> float:
-    """Mean cosine of each image with its own caption, mean_i <x_i, t_i> (inputs normalised)."""
+def mean_cosine(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> float:
+    """Mean cosine of each image with its own caption, mean_i <x_i, t_i> (inputs normalised).
+
+    Not CLIPScore: see ``clipscore`` for the number papers report.
+    """
     images = _as_float64(image_embeddings, "image_embeddings")
     texts = _as_float64(text_embeddings, "text_embeddings")
     if images.shape != texts.shape:
         raise ValueError(f"images {images.shape} and captions {texts.shape} are not paired")
     return float(np.mean(np.sum(images * texts, axis=1)))
+
+
+def clipscore(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> float:
+    """CLIPScore as torchmetrics computes it: max(100 * mean_i cos(x_i, t_i), 0).
+
+    torchmetrics documents 100 * max(cos, 0) and clamps the mean; Hessel et al. 2021 define
+    CLIP-S = 2.5 * max(cos, 0) per pair. The three agree (up to the factor 100 / 2.5) whenever
+    every pair has a non-negative cosine, as trained CLIP models give for real image-caption pairs.
+    """
+    return max(100.0 * mean_cosine(image_embeddings, text_embeddings), 0.0)
 
 
 def mean_pairwise_cosine_distance(embeddings: np.ndarray) -> float:

@@ -19,10 +19,9 @@ from sklearn.metrics import (
     calinski_harabasz_score,
     davies_bouldin_score,
     normalized_mutual_info_score,
-    pairwise_distances_chunked,
     silhouette_score,
 )
-from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -101,22 +100,29 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray, eps: float 
     return max(mean_term + trace_term, 0.0)
 
 
-def inception_style_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
+def inception_style_score(logits: np.ndarray, splits: int = 10, seed: int = 0
+                          ) -> tuple[float, float]:
     """exp(E_x KL(p(y|x) || p(y))) from classifier logits (Salimans et al. 2016), mean and std.
 
-    p(y|x) comes from log-softmax in float64, p(y) is the mean of p(y|x) within each of
-    ``splits`` consecutive splits (10 by convention). 1 for uniform predictions, the number of
-    classes for confident predictions spread evenly over the classes.
+    torch-fidelity's split convention: the rows are shuffled with
+    ``np.random.RandomState(seed).permutation`` (splits of consecutive rows would score logits
+    grouped by class near 1 whatever their quality), split i holds rows ``i*N//splits`` to
+    ``(i+1)*N//splits``, and the std over splits has ddof 0. p(y|x) comes from log-softmax in
+    float64, p(y) is the mean of p(y|x) within a split (10 splits by convention). 1 for uniform
+    predictions, the number of classes for confident predictions spread evenly over the classes.
     """
     array = np.asarray(logits, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"logits: expected (samples, classes), got shape {array.shape}")
     if not np.isfinite(array).all():
         raise ValueError("logits: hold NaN or infinite values")
-    if len(array) < splits:
-        raise ValueError(f"logits: {len(array)} samples cannot be cut into {splits} splits")
+    count = len(array)
+    if count < splits:
+        raise ValueError(f"logits: {count} samples cannot be cut into {splits} splits")
+    array = array[np.random.RandomState(seed).permutation(count)]
     scores = []
-    for part in np.array_split(array, splits):
+    for index in range(splits):
+        part = array[index * count // splits:(index + 1) * count // splits]
         log_p_y_given_x = scipy.special.log_softmax(part, axis=1)
         log_p_y = scipy.special.logsumexp(log_p_y_given_x, axis=0) - np.log(len(part))
         kl = np.sum(np.exp(log_p_y_given_x) * (log_p_y_given_x - log_p_y), axis=1)
@@ -124,28 +130,116 @@ def inception_style_score(logits: np.ndarray, splits: int = 10) -> tuple[float, 
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
-    """Distance from each point to its k-th nearest other point of the same set."""
-    array = _as_feature_matrix(features, "features")
-    if len(array) <= k:
-        raise ValueError(f"k-NN radii with k={k} need more than {k} points, got {len(array)}")
-    # The point itself is its own first neighbour, so the k-th other point is number k + 1.
-    distances, _ = NearestNeighbors(n_neighbors=k + 1).fit(array).kneighbors(array)
-    return distances[:, -1]
+# Rows of a distance block computed at once (a block is about 64 MB of float64).
+DISTANCE_BLOCK_ENTRIES = 8_000_000
+# Safety factor on the rounding-error bound of |a|^2 + |b|^2 - 2 a.b (see _fast_sq_distances).
+ROUNDING_BOUND_FACTOR = 8.0
 
 
-def _count_balls_containing(points: np.ndarray, centres: np.ndarray,
-                            radii: list[np.ndarray]) -> list[np.ndarray]:
-    """For each radius vector and each point, how many balls B(centre_i, radius_i) hold the point.
+def _exact_sq_distances(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray,
+                        b_rows: np.ndarray) -> np.ndarray:
+    """sum_d (a[a_rows[p], d] - b[b_rows[p], d])^2 for each pair p, element by element.
 
-    One chunked pass over the point-centre distances serves every radius vector; a point on the
-    sphere counts as inside (closed balls, as in Kynkäänniemi et al.).
+    The one exact distance of the k-NN ball metrics: a pair gives the same bits whichever
+    function asks, in either order and in any chunk, and identical points give exactly 0.
     """
-    counts: list[list[np.ndarray]] = [[] for _ in radii]
-    for chunk in pairwise_distances_chunked(points, centres, working_memory=64):
-        for found, radius in zip(counts, radii, strict=True):
-            found.append((chunk <= radius[None, :]).sum(axis=1))
-    return [np.concatenate(found) for found in counts]
+    distances = np.empty(len(a_rows))
+    step = max(1, DISTANCE_BLOCK_ENTRIES // a.shape[1])
+    for start in range(0, len(a_rows), step):
+        part = slice(start, start + step)
+        difference = a[a_rows[part]] - b[b_rows[part]]
+        distances[part] = np.sum(difference * difference, axis=1)
+    return distances
+
+
+def _fast_sq_distances(points: np.ndarray, centres: np.ndarray, point_norms: np.ndarray,
+                       centre_norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distances by the matrix product |a|^2 + |b|^2 - 2 a.b, and per row of points a
+    bound on their rounding error.
+
+    Each of the three terms is a sum of D products, so its rounding error is at most about
+    D * eps * (|a|^2 + |b|^2) (Higham, "Accuracy and Stability of Numerical Algorithms", 3.1);
+    the bound is that times ROUNDING_BOUND_FACTOR, with the largest |b|^2 of the centres.
+    """
+    squared = points @ centres.T
+    squared *= -2.0
+    squared += point_norms[:, None]
+    squared += centre_norms[None, :]
+    bound = (ROUNDING_BOUND_FACTOR * (points.shape[1] + 2) * np.finfo(np.float64).eps) * (
+        point_norms + centre_norms.max())
+    return squared, bound
+
+
+def _row_blocks(rows: int, columns: int) -> list[slice]:
+    step = max(1, DISTANCE_BLOCK_ENTRIES // max(columns, 1))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _knn_sq_radii(features: np.ndarray, ks: list[int]) -> list[np.ndarray]:
+    """Exact squared distance from each point to its k-th nearest other point, for each k.
+
+    The fast distances pick the candidates: every point whose exact distance can be among the
+    k + 1 smallest of a row (the point itself, at exactly 0, is one of them); the radius is then
+    the (k + 1)-th smallest exact distance, so duplicated points get radius 0 exactly.
+    """
+    k_max = max(ks)
+    if len(features) <= k_max:
+        raise ValueError(f"k-NN radii with k={k_max} need more than {k_max} points, "
+                         f"got {len(features)}")
+    norms = np.einsum("ij,ij->i", features, features)
+    radii = [np.zeros(len(features)) for _ in ks]
+    # A point with k or more exact duplicates has radius 0 (a collapsed generator): skip it.
+    _, copy_of, copies = np.unique(features, axis=0, return_inverse=True, return_counts=True)
+    open_rows = np.flatnonzero(copies[copy_of.ravel()] <= k_max)
+    for block in _row_blocks(len(open_rows), len(features)):
+        block_rows = open_rows[block]
+        squared, bound = _fast_sq_distances(features[block_rows], features, norms[block_rows],
+                                            norms)
+        kth = np.partition(squared, k_max, axis=1)[:, k_max]
+        rows, columns = np.nonzero(squared <= (kth + 2.0 * bound)[:, None])
+        exact = _exact_sq_distances(features, block_rows[rows], features, columns)
+        order = np.lexsort((exact, rows))
+        starts = np.searchsorted(rows[order], np.arange(len(block_rows)))
+        for radius, k in zip(radii, ks, strict=True):
+            radius[block_rows] = exact[order][starts + k]
+    return radii
+
+
+def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
+    """Distance from each point to its k-th nearest other point of the same set (ties exact)."""
+    array = _as_feature_matrix(features, "features")
+    return np.sqrt(_knn_sq_radii(array, [k])[0])
+
+
+def _ball_counts(fake: np.ndarray, real: np.ndarray,
+                 radii: list[tuple[str, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Closed-ball memberships on the fake-by-real distance matrix, one pass for all radii.
+
+    Each entry of ``radii`` is ("real", squared radius per real point: balls round the real
+    points) or ("fake", squared radius per fake point: balls round the fake points). For each,
+    returns (per fake point: how many pairs hold, per real point: how many pairs hold), a pair
+    (fake j, real i) holding when d(j, i)^2 <= its ball's squared radius. A pair whose fast
+    distance is within its rounding bound of the radius is decided on the exact distance, the
+    computation the radii came from, so ties (duplicated points, a collapsed generator) count as
+    inside, as the closed balls of Kynkäänniemi et al. 2019 say.
+    """
+    fake_norms = np.einsum("ij,ij->i", fake, fake)
+    real_norms = np.einsum("ij,ij->i", real, real)
+    counts = [(np.zeros(len(fake), np.int64), np.zeros(len(real), np.int64)) for _ in radii]
+    for block in _row_blocks(len(fake), len(real)):
+        squared, bound = _fast_sq_distances(fake[block], real, fake_norms[block], real_norms)
+        for (per_fake, per_real), (centres, radius) in zip(counts, radii, strict=True):
+            limit = radius[None, :] if centres == "real" else radius[block][:, None]
+            margin = np.subtract(squared, limit)
+            inside = margin <= 0.0
+            rows, columns = np.nonzero(np.abs(margin, out=margin) <= bound[:, None])
+            if len(rows):
+                exact = _exact_sq_distances(fake, rows + block.start, real, columns)
+                limits = radius[columns] if centres == "real" else radius[block][rows]
+                inside[rows, columns] = exact <= limits
+            per_fake[block] += np.count_nonzero(inside, axis=1)
+            per_real += np.count_nonzero(inside, axis=0)
+    return counts
 
 
 def _checked_pair(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -161,43 +255,45 @@ def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k_prec
                                       k_density: int = 5) -> dict[str, float]:
     """All four of ``precision_recall`` (k=3) and ``density_coverage`` (k=5), sharing passes."""
     real, fake = _checked_pair(real, fake)
-    radii_precision, radii_density = knn_radii(real, k_precision), knn_radii(real, k_density)
-    in_precision, in_density = _count_balls_containing(fake, real,
-                                                       [radii_precision, radii_density])
-    (in_recall,) = _count_balls_containing(real, fake, [knn_radii(fake, k_precision)])
-    nearest_fake, _ = NearestNeighbors(n_neighbors=1).fit(fake).kneighbors(real)
+    radii_precision, radii_density = _knn_sq_radii(real, [k_precision, k_density])
+    (radii_fake,) = _knn_sq_radii(fake, [k_precision])
+    (in_precision, _), (in_density, covered), (_, in_recall) = _ball_counts(
+        fake, real, [("real", radii_precision), ("real", radii_density), ("fake", radii_fake)])
     return {"precision": float(np.mean(in_precision > 0)),
             "recall": float(np.mean(in_recall > 0)),
             "density": float(in_density.sum() / (k_density * len(fake))),
-            "coverage": float(np.mean(nearest_fake[:, 0] <= radii_density))}
+            "coverage": float(np.mean(covered > 0))}
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019) on k-NN balls.
+    """Improved precision and recall (Kynkäänniemi et al. 2019) on closed k-NN balls.
 
     precision = share of fake points inside at least one ball B(real_i, NND_k(real_i));
     recall = share of real points inside at least one ball B(fake_j, NND_k(fake_j)).
+    Radii and point-to-centre distances come from one exact computation (see ``_ball_counts``).
     """
     real, fake = _checked_pair(real, fake)
-    (in_real_balls,) = _count_balls_containing(fake, real, [knn_radii(real, k)])
-    (in_fake_balls,) = _count_balls_containing(real, fake, [knn_radii(fake, k)])
+    (radii_real,) = _knn_sq_radii(real, [k])
+    (radii_fake,) = _knn_sq_radii(fake, [k])
+    (in_real_balls, _), (_, in_fake_balls) = _ball_counts(
+        fake, real, [("real", radii_real), ("fake", radii_fake)])
     return {"precision": float(np.mean(in_real_balls > 0)),
             "recall": float(np.mean(in_fake_balls > 0))}
 
 
 def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
-    """Density and coverage (Naeem et al. 2020) on the k-NN balls of the real points.
+    """Density and coverage (Naeem et al. 2020) on the closed k-NN balls of the real points.
 
     density = 1/(k M) sum_j sum_i 1[fake_j in B(real_i, NND_k(real_i))] (about 1 when the sets
     match, above 1 when fakes crowd dense real regions); coverage = share of real points whose
-    nearest fake lies inside their own ball.
+    nearest fake lies inside their own ball. Closed balls (``<=``), where the ``prdc`` package
+    uses open ones (``<``): the two differ only on ties, such as duplicated points.
     """
     real, fake = _checked_pair(real, fake)
-    radii = knn_radii(real, k)
-    (in_real_balls,) = _count_balls_containing(fake, real, [radii])
-    nearest_fake, _ = NearestNeighbors(n_neighbors=1).fit(fake).kneighbors(real)
+    (radii,) = _knn_sq_radii(real, [k])
+    ((in_real_balls, covered),) = _ball_counts(fake, real, [("real", radii)])
     return {"density": float(in_real_balls.sum() / (k * len(fake))),
-            "coverage": float(np.mean(nearest_fake[:, 0] <= radii))}
+            "coverage": float(np.mean(covered > 0))}
 
 
 def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray,

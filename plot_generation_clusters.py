@@ -9,8 +9,10 @@ Reads the files of extract_generation_embeddings.py and writes
 - RESULTS_DIR/generation_metrics.json, and a table printed at the end.
 Every number is computed in the CLIP embedding space (t-SNE keeps neighbourhoods, not distances or
 spreads): centre movement between consecutive generations and from first to last, total variance
-(trace of the covariance), CLIP score, diversity, caption-to-image gap, Fréchet distance to the
-first generation. t-SNE circles and arrows are drawing aids only.
+(trace of the covariance), mean image-caption cosine and CLIPScore (torchmetrics' convention,
+max(100 * mean cosine, 0)), diversity, caption-to-image gap, Fréchet distance to the first
+generation. t-SNE circles and arrows are drawing aids only. A collapsed first generation (all
+images identical) is refused: every ratio to it would be undefined.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.colors
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -28,12 +31,13 @@ from matplotlib.patches import Circle
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from artifacts import load_npz, make_meta, save_figure, write_text
+from artifacts import ensure_output_dir, load_npz, make_meta, save_figure, write_text
 from generation_metrics import (
     centre_distance,
     check_generations,
-    clip_score,
+    clipscore,
     frechet,
+    mean_cosine,
     mean_pairwise_cosine_distance,
     modality_gap,
     split_half_frechet,
@@ -43,20 +47,20 @@ from runtime import StageError, run_stage, seed_everything
 from settings import configure
 
 EMBEDDING_DIR = "data/embeddings"  # where extract_generation_embeddings.py wrote its files
-GENERATIONS = (0, 4, 10)  # generations to compare, in order; the first is the reference
+GENERATIONS = (0, 4, 10)  # generations to compare, in order; the first is the reference [>= 0]
 VISUALIZATION_DIR = "data/visualizations"  # where the PNG figures go
 RESULTS_DIR = "data/results"  # where generation_metrics.json goes
-SEED = 0  # seeds t-SNE, PCA and the split-half Fréchet floor
-PERPLEXITY = 30.0  # t-SNE perplexity; lowered to (points - 1) / 3 for small sets
-TSNE_PCA_DIMS = 0  # 0: t-SNE on cosine distances; k > 0: PCA to k dims first, then Euclidean
-TSNE_MAX_ITER = 1000  # t-SNE optimisation steps (at least 250)
-NORM_TOLERANCE = 1e-3  # largest allowed | ||x|| - 1 | of a stored (L2-normalised) embedding
-CAPTION_COLOUR = "tab:blue"  # matplotlib colour of the caption points
-FIGURE_DPI = 150  # resolution of the PNG figures
+SEED = 0  # seeds t-SNE, PCA and the split-half Fréchet floor [>= 0]
+PERPLEXITY = 30.0  # t-SNE perplexity; lowered to (points - 1) / 3 for small sets [> 0]
+TSNE_PCA_DIMS = 0  # 0: t-SNE on cosine distances; k > 0: PCA to k dims, then Euclidean [>= 0]
+TSNE_MAX_ITER = 1000  # t-SNE optimisation steps [>= 250]
+NORM_TOLERANCE = 1e-3  # largest allowed | ||x|| - 1 | of a stored embedding [> 0, < 1]
+CAPTION_COLOUR = "tab:blue"  # matplotlib colour of the caption points (a name or #rrggbb)
+FIGURE_DPI = 150  # resolution of the PNG figures [>= 10, <= 1200]
 
-CAPTION_KEYS = {"text_embeddings": 2, "captions": 1, "image_ids": 1}
-GENERATION_KEYS = {"image_embeddings": 2, "text_embeddings": 2, "captions": 1, "image_files": 1,
-                   "image_ids": 1}
+CAPTION_KEYS = {"text_embeddings": (2, "f"), "captions": (1, "U"), "image_ids": (1, "iu")}
+GENERATION_KEYS = {"image_embeddings": (2, "f"), "text_embeddings": (2, "f"), "captions": (1, "U"),
+                   "image_files": (1, "U"), "image_ids": (1, "iu")}
 
 
 def check_normalised(path: Path, key: str, embeddings: np.ndarray, tolerance: float) -> None:
@@ -83,6 +87,11 @@ def load_generation(path: Path, captions: dict[str, Any], caption_path: Path) ->
         check_normalised(path, key, data[key], NORM_TOLERANCE)
     if len(data["image_ids"]) < 2:
         raise StageError(f"{path}: holds {len(data['image_ids'])} image(s); at least 2 are needed")
+    if len(np.unique(data["image_ids"])) != len(data["image_ids"]):
+        repeated = np.unique(data["image_ids"], return_counts=True)
+        twice = [int(i) for i, n in zip(*repeated, strict=True) if n > 1]
+        raise StageError(f"{path}: key 'image_ids' repeats id(s) {twice[:5]}; one image per id "
+                         f"is expected: run extract_generation_embeddings.py again")
     dims = captions["text_embeddings"].shape[1]
     if data["image_embeddings"].shape[1] != dims or data["text_embeddings"].shape[1] != dims:
         raise StageError(f"{path}: embeddings have {data['image_embeddings'].shape[1]} dims, "
@@ -114,12 +123,15 @@ def drift_metrics(captions: dict[str, Any], generations: dict[int, dict[str, Any
     order = list(generations)
     first = generations[order[0]]
     first_variance = total_variance(first["image_embeddings"])
+    if first_variance <= 0.0:
+        raise ValueError(f"generation {order[0]}, the reference, is collapsed (total variance 0)")
     per_generation = []
     for generation, data in generations.items():
         images, texts = data["image_embeddings"], data["text_embeddings"]
         rows_first, rows_here = common_rows(first["image_ids"], data["image_ids"])
         entry = {"generation": generation, "n_images": len(images),
-                 "clip_score": clip_score(images, texts),
+                 "mean_cosine": mean_cosine(images, texts),
+                 "clipscore": clipscore(images, texts),
                  "diversity": mean_pairwise_cosine_distance(images),
                  "caption_image_gap": modality_gap(texts, images),
                  "total_variance": total_variance(images),
@@ -317,8 +329,13 @@ def draw_metrics(metrics: dict[str, Any], dims: int) -> Figure:
                             ha="center", va="center", fontsize=8, color="white",
                             fontweight="bold")
     frechet_panel(axes[0, 2], labels, entries, colours)
-    bar_panel(axes[1, 0], labels, [e["clip_score"] for e in entries], colours,
-              "CLIP score (mean cosine image · own caption)", "cosine")
+    bar_panel(axes[1, 0], labels, [e["mean_cosine"] for e in entries], colours,
+              "Mean cosine, image · own caption (inside: CLIPScore)", "cosine")
+    for bar, entry in zip(axes[1, 0].patches, entries, strict=True):
+        axes[1, 0].annotate(f"{entry['clipscore']:.1f}",
+                            (bar.get_x() + bar.get_width() / 2, bar.get_height() / 2),
+                            ha="center", va="center", fontsize=8, color="white",
+                            fontweight="bold")
     # Diversity is not drawn: for unit vectors it equals the total variance (see
     # generation_metrics.mean_pairwise_cosine_distance); it stays in the JSON and the table.
     bar_panel(axes[1, 1], labels, [e["centre_distance_to_first"] for e in entries], colours,
@@ -377,20 +394,25 @@ def draw_pca(caption_embeddings: np.ndarray, generations: dict[int, dict[str, An
 
 def format_table(metrics: dict[str, Any]) -> str:
     """The per-generation metrics as a fixed-width text table."""
-    header = (f"{'gen':>5} {'n':>5} {'CLIP score':>10} {'diversity':>9} {'cap-img gap':>11} "
+    header = (f"{'gen':>5} {'n':>5} {'mean cos':>8} {'CLIPScore':>9} {'diversity':>9} "
+              f"{'cap-img gap':>11} "
               f"{'total var':>9} {'var/first':>9} {'drift':>7} {'FD to first':>11} "
               f"{'FD split-half / floor (n)':>26}")
     lines = [header, "-" * len(header)]
     for e in metrics["generations"]:
         split = (f"{e['frechet_split_half']:.3f} / {e['frechet_split_half_floor']:.3f} "
                  f"({e['frechet_split_half_n']})" if "frechet_split_half" in e else "n/a")
-        lines.append(f"{e['generation']:>5} {e['n_images']:>5} {e['clip_score']:>10.4f} "
+        lines.append(f"{e['generation']:>5} {e['n_images']:>5} {e['mean_cosine']:>8.4f} "
+                     f"{e['clipscore']:>9.2f} "
                      f"{e['diversity']:>9.4f} {e['caption_image_gap']:>11.4f} "
                      f"{e['total_variance']:>9.4f} {e['total_variance_ratio_to_first']:>9.3f} "
                      f"{e['centre_distance_to_first']:>7.4f} {e['frechet_to_first']:>11.4f} "
                      f"{split:>26}")
     lines.append("movement of the mean image embedding: " + ", ".join(
         f"{m['from']}→{m['to']} {m['centre_distance']:.4f}" for m in metrics["movements"]))
+    lines.append("mean cos = mean cosine of each image with its own caption; CLIPScore = "
+                 "max(100 * mean cos, 0) (torchmetrics; Hessel et al. 2021 use 2.5 * max(cos, 0) "
+                 "per pair)")
     lines.append("drift = distance of the mean image embedding from the first generation's; "
                  "FD = Fréchet distance of Gaussian fits")
     return "\n".join(lines)
@@ -399,6 +421,9 @@ def format_table(metrics: dict[str, Any]) -> str:
 def main() -> None:
     settings = configure(globals())
     check_generations(GENERATIONS)
+    if not matplotlib.colors.is_color_like(CAPTION_COLOUR):
+        raise StageError(f"--caption-colour {CAPTION_COLOUR!r}: not a matplotlib colour (a name "
+                         f"such as tab:blue or red, or #rrggbb)")
     seed_everything(SEED)
     embedding_dir = Path(EMBEDDING_DIR)
     caption_path = embedding_dir / "coco_caption_embeddings.npz"
@@ -410,6 +435,15 @@ def main() -> None:
                          f"with --generations {','.join(map(str, GENERATIONS))}")
     generations = {g: load_generation(path, captions, caption_path) for g, path in paths.items()}
     dims = captions["text_embeddings"].shape[1]
+    reference = generations[GENERATIONS[0]]["image_embeddings"]
+    if np.all(reference == reference[0]):
+        raise StageError(f"{paths[GENERATIONS[0]]}: all {len(reference)} image embeddings of "
+                         f"generation {GENERATIONS[0]}, the reference, are identical (a collapsed "
+                         f"generation): every ratio to it is undefined; put another generation "
+                         f"first in --generations")
+    visualization_dir, results_dir = Path(VISUALIZATION_DIR), Path(RESULTS_DIR)
+    ensure_output_dir(visualization_dir)
+    ensure_output_dir(results_dir)
 
     metrics = drift_metrics(captions, generations, SEED)
     groups, start = [("captions", slice(0, len(captions["text_embeddings"])))], \
@@ -424,7 +458,6 @@ def main() -> None:
     coordinates, tsne_settings = joint_tsne(points, SEED, PERPLEXITY, TSNE_PCA_DIMS,
                                             TSNE_MAX_ITER)
 
-    visualization_dir, results_dir = Path(VISUALIZATION_DIR), Path(RESULTS_DIR)
     written = []
     figure = draw_tsne(coordinates, groups, metrics, dims, tsne_settings)
     written.append(save_figure(figure, visualization_dir / "generation_clusters_tsne_clean.png",
@@ -451,4 +484,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, resumable=False)

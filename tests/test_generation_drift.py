@@ -25,9 +25,9 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 from artifacts import make_meta, save_npz
 from generation_metrics import (
     centre_distance,
-    clip_score,
     frechet,
     l2_normalise,
+    mean_cosine,
     mean_pairwise_cosine_distance,
     modality_gap,
     split_half_frechet,
@@ -175,12 +175,30 @@ def test_images_paired_by_id_and_embeddings_match_clip_forward(
                        return_tensors="pt", padding=True)
     with torch.no_grad():
         reference = model(**inputs)
-    np.testing.assert_allclose(generation["image_embeddings"][row],
-                               reference.image_embeds[0].numpy(), atol=1e-5)
+    # The fast preprocessing (the default) agrees with the processor's pixels up to rounding.
+    assert float(generation["image_embeddings"][row] @ reference.image_embeds[0].numpy()) > 0.9999
     np.testing.assert_allclose(generation["text_embeddings"][row],
                                reference.text_embeds[0].numpy(), atol=1e-5)
     # Different pictures give different embeddings (the pairing is not the identity by accident).
     assert not np.allclose(generation["image_embeddings"][0], generation["image_embeddings"][1])
+
+
+def test_processor_preprocessing_equals_clip_forward(tiny_clip: Path, coco: Path,
+                                                     tmp_path: Path) -> None:
+    run_script(EXTRACT, *extract_flags(tiny_clip, coco, tmp_path, "--generations", "0",
+                                       "--preprocessing", "processor", "--workers", "0"))
+    generation = load(tmp_path / "gen_0_embeddings.npz")
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    processor = CLIPProcessor.from_pretrained(tiny_clip)
+    images = [Image.open(coco / "gen_0" / str(name)).convert("RGB")
+              for name in generation["image_files"]]
+    with torch.no_grad():
+        reference = model(**processor(text=list(generation["captions"]), images=images,
+                                      return_tensors="pt", padding=True))
+    np.testing.assert_allclose(generation["image_embeddings"], reference.image_embeds.numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(generation["text_embeddings"], reference.text_embeds.numpy(),
+                               atol=1e-5)
 
 
 def test_corrupt_image_reported_skipped_and_counted(extracted: tuple[Path, str]) -> None:
@@ -292,11 +310,11 @@ def test_total_variance_ratio_of_a_known_scaling() -> None:
     assert total_variance(0.6 * points + 5.0) / total_variance(points) == pytest.approx(0.36)
 
 
-def test_clip_score_diversity_and_gap_on_constructed_vectors() -> None:
+def test_mean_cosine_diversity_and_gap_on_constructed_vectors() -> None:
     angles = np.array([0.0, np.pi / 3, np.pi / 2])
     images = np.tile([1.0, 0.0, 0.0], (3, 1))
     texts = np.stack([np.cos(angles), np.sin(angles), np.zeros(3)], axis=1)
-    assert clip_score(images, texts) == pytest.approx(np.cos(angles).mean())
+    assert mean_cosine(images, texts) == pytest.approx(np.cos(angles).mean())
     rng = np.random.default_rng(2)
     spread = l2_normalise(rng.normal(size=(50, 5)))
     distances = cosine_distances(spread)
@@ -378,6 +396,12 @@ def test_plot_stage_with_five_generations_and_metrics_from_embedding_space(
     assert variances[-1] < variances[0]  # the spread shrinks generation after generation
     assert len([m for m in results["movements"] if m["kind"] == "consecutive"]) == 4
     assert results["meta"]["settings"]["generations"] == generations
+    for entry, generation in zip(results["generations"], generations, strict=True):
+        data = load(tmp_path / f"gen_{generation}_embeddings.npz")
+        cosines = np.sum(data["image_embeddings"].astype(np.float64) * data["text_embeddings"],
+                         axis=1)
+        assert entry["mean_cosine"] == pytest.approx(cosines.mean())
+        assert entry["clipscore"] == pytest.approx(max(100 * cosines.mean(), 0.0))
 
 
 def test_plot_stage_with_two_extracted_generations(extracted: tuple[Path, str], tmp_path: Path,
@@ -388,7 +412,8 @@ def test_plot_stage_with_two_extracted_generations(extracted: tuple[Path, str], 
     results = json.loads((tmp_path / "results" / "generation_metrics.json").read_text())
     assert [e["n_images"] for e in results["generations"]] == [7, 7]
     assert results["movements"][0]["kind"] == "consecutive" and len(results["movements"]) == 1
-    assert "CLIP score" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean cos" in printed and "CLIPScore" in printed
     assert results["meta"]["tsne"]["metric"] == "euclidean" and results["meta"]["tsne"][
         "pca_dims"] == 8
 
