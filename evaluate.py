@@ -280,7 +280,7 @@ def real_image_floors(real: RealImages, count: int, device: Any) -> dict[str, An
         floor = {"floor_n_train": n,
                  "fid_floor": metrics.frechet_distance(features, real.test_features)}
         floor["score_real"], floor["score_real_std"] = metrics.inception_style_score(
-            logits, SCORE_SPLITS)
+            logits, SCORE_SPLITS, seed=SEED)
         prdc = metrics.precision_recall_density_coverage(real.test_features, features,
                                                          PRECISION_K, DENSITY_K)
         floor.update({f"{name}_floor": value for name, value in prdc.items()})
@@ -316,7 +316,8 @@ def plan1_metrics(path: Path, arrays: dict[str, Any], real: RealImages,
                               "score_splits": SCORE_SPLITS, "precision_k": PRECISION_K,
                               "density_k": DENSITY_K,
                               "fid": metrics.frechet_distance(features, real.test_features)}
-    values["score"], values["score_std"] = metrics.inception_style_score(logits, SCORE_SPLITS)
+    values["score"], values["score_std"] = metrics.inception_style_score(
+        logits, SCORE_SPLITS, seed=SEED)
     values.update(metrics.precision_recall_density_coverage(real.test_features, features,
                                                             PRECISION_K, DENSITY_K))
     values["class_consistency"] = metrics.class_consistency(logits.argmax(axis=1), y_src)
