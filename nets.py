@@ -79,3 +79,68 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+class ConvGenerator(nn.Module):
+    """(noise (B, N), condition (B, C) or None) -> images (B, 1, 28, 28) in [-1, 1].
+
+    DCGAN-style (Radford et al. 2016): [noise, condition] -> linear to w2 x 7 x 7 -> two stride-2
+    transposed convs (7 -> 14 -> 28) with batch norm and ReLU, tanh at the end. A class condition
+    is a one-hot vector: the first linear layer then holds a learned embedding of each class.
+    """
+
+    def __init__(self, noise_dim: int, condition_dim: int = 0,
+                 widths: tuple[int, int] = (32, 64)) -> None:
+        super().__init__()
+        w1, w2 = widths
+        self.noise_dim, self.condition_dim = noise_dim, condition_dim
+        self.net = nn.Sequential(
+            nn.Linear(noise_dim + condition_dim, w2 * 7 * 7), nn.Unflatten(1, (w2, 7, 7)),
+            nn.BatchNorm2d(w2), nn.ReLU(),
+            nn.ConvTranspose2d(w2, w1, 4, stride=2, padding=1), nn.BatchNorm2d(w1), nn.ReLU(),
+            nn.ConvTranspose2d(w1, 1, 4, stride=2, padding=1), nn.Tanh())
+
+    def forward(self, noise: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        if (condition is None) != (self.condition_dim == 0):
+            raise ValueError(f"this generator takes a condition of {self.condition_dim} dims "
+                             f"(0: none), got {None if condition is None else condition.shape}")
+        inputs = noise if condition is None else torch.cat([noise, condition], dim=1)
+        return self.net(inputs)
+
+
+class ConvCritic(nn.Module):
+    """(B, 1, 28, 28) -> features (B, feature_dim): two stride-2 convs (28 -> 14 -> 7) and a
+    linear layer, LeakyReLU(0.2) between. No normalisation layer: each image is scored on its
+    own, as a gradient penalty requires."""
+
+    def __init__(self, widths: tuple[int, int] = (32, 64), feature_dim: int = 256) -> None:
+        super().__init__()
+        w1, w2 = widths
+        self.feature_dim = feature_dim
+        self.net = nn.Sequential(
+            nn.Conv2d(1, w1, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(w1, w2, 4, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Flatten(),
+            nn.Linear(w2 * 7 * 7, feature_dim), nn.LeakyReLU(0.2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ProjectionHead(nn.Module):
+    """score(h, c) = w.h + b + <V c, h>: a projection discriminator's output (Miyato & Koyama
+    2018); with condition_dim 0 only the unconditional term."""
+
+    def __init__(self, feature_dim: int, condition_dim: int = 0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(feature_dim, 1)
+        self.project = nn.Linear(condition_dim, feature_dim, bias=False) if condition_dim \
+            else None
+
+    def forward(self, features: torch.Tensor,
+                condition: torch.Tensor | None = None) -> torch.Tensor:
+        score = self.linear(features).squeeze(1)
+        if self.project is not None:
+            if condition is None:
+                raise ValueError("this projection head needs a condition")
+            score = score + (self.project(condition) * features).sum(dim=1)
+        return score
