@@ -248,6 +248,8 @@ def loss_curves_figure(history: Mapping[str, Any], title: str) -> Any:
     steps = [r["d_steps"] for r in intervals]
     for axis, prefix, name in ((axes[0], "d/", "discriminator"), (axes[1], "g/", "generator")):
         keys = sorted({k for r in intervals for k in r if k.startswith(prefix)})
+        if len(keys) == 2:  # the total is its one term: draw it once
+            keys = [k for k in keys if k != f"{prefix}loss"]
         for key in keys:
             axis.plot(steps, [r.get(key, float("nan")) for r in intervals],
                       label=key.removeprefix(prefix))
@@ -489,19 +491,22 @@ class GANTrainer:
             settings: Mapping[str, Any], steps_per_epoch: int | None = None,
             score: Callable[[GANModel], float] | None = None, score_name: str | None = None,
             on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-            desc: str = "") -> FitReport:
+            desc: str = "", on_resume: Callable[[int], None] | None = None) -> FitReport:
         """Train up to ``epochs`` epochs with a checkpoint after each, resuming from
         ``checkpoint`` when it exists (made with the same ``settings``).
 
         ``make_batches(epoch)`` gives the batches of that epoch (1-based); ``score(ema_model)``,
         lower is better, picks the best epoch's EMA weights (kept in the checkpoint);
-        ``on_epoch(epoch, means)`` is called after each checkpoint. On divergence training
+        ``on_epoch(epoch, means)`` is called after each checkpoint, ``on_resume(epoch)`` after
+        loading a checkpoint of that many epochs. On divergence training
         stops, ``FitReport.diverged`` says why, the checkpoint keeps the last good epoch and the
         best weights, and a later run does not train it again.
         """
         checkpoint = Path(checkpoint)
         if checkpoint.exists():
             self.restore(checkpoint, settings)
+            if on_resume is not None:
+                on_resume(self.epoch)
         resumed_from = self.epoch
         self.history["score_name"] = score_name
         trained = 0

@@ -10,6 +10,11 @@ from its embedding in data/samples/plan1/<ds>_<enc>_<gan>.npz (the format evalua
 loss-curve PNG, and a report (FID on the evaluator's features with its floor, Inception-style
 score, class consistency, pixel error to the source image).
 
+The default condition is the VAE's embedding (its posterior mean): it was trained to carry what
+is needed to rebuild the image, in a space the KL term keeps smooth and near N(0, I), so that a
+generator trained on training embeddings meets familiar conditions on test embeddings. The
+contrastive and triplet embeddings are trained to forget what varies within a class.
+
     python plan1_gan_training.py --dataset digits --epochs 2 --models cgan,acgan
 """
 
@@ -51,7 +56,7 @@ LOSS_NAMES = ("non-saturating", "hinge", "least-squares", "wasserstein")
 
 DATASET = "fashion-mnist"  # dataset whose images are regenerated [in data_sources.DATASETS]
 DATA_DIR = "data"  # where embeddings are read and every output is written
-ENCODER = "ae_advanced"  # stage-1 embedding to condition on: embeddings/<ds>_<enc>.npz
+ENCODER = "vae"  # stage-1 embedding to condition on: embeddings/<ds>_<enc>.npz
 MODELS = GAN_NAMES  # GANs to train, comma-separated [in GAN_NAMES]
 EPOCHS = 20  # total epochs per model (more continues a finished run) [>= 1]
 BATCH_SIZE = 128  # images per step [>= 2]
@@ -476,14 +481,17 @@ def main() -> None:
                   f"{record['g/loss']:.3f}{fid} ({time.time() - started:.0f} s); {png}",
                   flush=True)
 
+        def on_resume(epoch: int, name: str = name, checkpoint: Path = checkpoint,
+                      trainer: GANTrainer = trainer) -> None:
+            print(f"{name}: resuming from {checkpoint} after epoch {epoch}" + (
+                f", continuing at epoch {epoch + 1}/{EPOCHS}"
+                if epoch < EPOCHS and not trainer.diverged else "; nothing left to train"))
+
         resume = resume_settings(name, embedding_hash, n_train)
-        steps = n_train // BATCH_SIZE
-        report = trainer.fit(make_batches, EPOCHS, checkpoint, resume, steps_per_epoch=steps,
-                             score=score, score_name="validation FID (2,000 train images)",
-                             on_epoch=on_epoch, desc=name)
-        if report.resumed_from:
-            print(f"{name}: resumed from {checkpoint} after epoch {report.resumed_from}"
-                  + ("" if report.trained_epochs else " (nothing left to train)"))
+        report = trainer.fit(make_batches, EPOCHS, checkpoint, resume,
+                             steps_per_epoch=n_train // BATCH_SIZE, score=score,
+                             score_name=f"validation FID ({n_valid} training images)",
+                             on_epoch=on_epoch, desc=name, on_resume=on_resume)
         if report.diverged:
             print(f"warning: {name}: training diverged ({report.diverged}); stopped, and the "
                   f"best checkpoint (epoch {report.best_epoch}) is used")

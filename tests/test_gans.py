@@ -244,8 +244,11 @@ def fit(tmp_path, epochs, model=None, score=None, settings=None, **loop):
     model = model or VectorGAN()
     trainer = GANTrainer(model, LoopSettings(log_every=3, **loop))
     data = {"x": 3.0 + 0.5 * torch.randn(96, 1, generator=torch.Generator().manual_seed(1))}
+    resumed = []
     report = trainer.fit(lambda epoch: gans.tensor_batches(data, 16, 0, epoch), epochs,
-                         tmp_path / "gan.pt", settings or {"kind": "test"}, score=score)
+                         tmp_path / "gan.pt", settings or {"kind": "test"}, score=score,
+                         on_resume=resumed.append)
+    assert resumed == ([report.resumed_from] if report.resumed_from else [])
     return trainer, report
 
 
@@ -423,4 +426,8 @@ def test_figures_have_a_panel_per_image_and_per_loss_group(tmp_path):
     figure = gans.loss_curves_figure(trainer.history, "curves")
     assert len(figure.axes) == 3
     labels = {line.get_label() for line in figure.axes[0].get_lines()}
-    assert labels == {"loss", "adversarial"}
+    assert labels == {"adversarial"}  # the total equals its one term: drawn once
+    trainer, _ = fit(tmp_path / "gp", 1, model=VectorGAN(AdversarialLoss("wasserstein", 10.0)))
+    figure = gans.loss_curves_figure(trainer.history, "curves")
+    labels = {line.get_label() for line in figure.axes[0].get_lines()}
+    assert labels == {"loss", "adversarial", "gradient_penalty"} and len(figure.axes) == 2
