@@ -230,7 +230,8 @@ class InfoGAN(ConditionalGAN):
         z = torch.randn(n, self.noise_dim, generator=generator, device=device)
         k = torch.randint(self.categories, (n,), generator=generator, device=device)
         u = torch.rand(n, self.continuous, generator=generator, device=device) * 2 - 1
-        return torch.cat([z, F.one_hot(k, self.categories).float(), u], dim=1).to(self.device)
+        one_hot = (k[:, None] == torch.arange(self.categories, device=k.device)).float()
+        return torch.cat([z, one_hot, u], dim=1).to(self.device)  # (F.one_hot syncs on CUDA)
 
     def information_loss(self, features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """CE of the categorical code (logits) + continuous weight x 1/2 squared error."""
@@ -248,6 +249,12 @@ class InfoGAN(ConditionalGAN):
 
     def generator_extra(self, batch, fake_features, noise):
         return {"information": self.information_loss(fake_features, noise)}
+
+
+def class_condition(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One-hot float conditions (B, num_classes) for class-conditioned generation: the first
+    linear layers of G and D then learn an embedding of each class."""
+    return (labels[:, None] == torch.arange(num_classes, device=labels.device)).float()
 
 
 def build_model(name: str, condition_dim: int, num_classes: int) -> ConditionalGAN:

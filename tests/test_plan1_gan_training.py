@@ -79,6 +79,25 @@ def test_generator_uses_the_condition():
         assert not torch.allclose(model.sample(a, noise), model.sample(b, noise))
 
 
+def test_class_conditioned_generator_for_the_self_consuming_loop():
+    """The same cGAN conditioned on one-hot classes (no statistics needed): it trains, and a
+    class's samples depend on the class asked for."""
+    torch.manual_seed(0)
+    model = plan1.ConditionalGAN(CLASSES)
+    labels = torch.arange(8) % CLASSES
+    condition = plan1.class_condition(labels, CLASSES)
+    assert torch.equal(condition.argmax(1), labels) and torch.equal(condition.sum(1),
+                                                                    torch.ones(8))
+    batch = {"x": make_batch()["x"], "condition": condition, "label": labels}
+    trainer = GANTrainer(model, LoopSettings())
+    trainer.train_epoch([batch, batch])
+    noise = model.sample_noise(8, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = trainer.ema.sample(condition, noise)
+        b = trainer.ema.sample(plan1.class_condition((labels + 1) % CLASSES, CLASSES), noise)
+    assert a.shape == (8, 1, 28, 28) and not torch.allclose(a, b)
+
+
 def test_conditions_are_standardised_with_the_training_statistics():
     model = build("cgan")
     conditions = make_batch(99, 64)["condition"]
