@@ -1,4 +1,5 @@
-"""Contrastive losses: NT-Xent (SimCLR) and the triplet loss with batch mining."""
+"""Contrastive losses: NT-Xent (SimCLR), the triplet loss with batch mining, and CLIP's
+symmetric image-text loss."""
 
 from __future__ import annotations
 
@@ -74,3 +75,23 @@ def batch_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: f
     if not active.any():
         return dist.sum() * 0.0
     return losses[active].mean()
+
+
+def clip_contrastive_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,
+                          scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric image-text contrastive loss of CLIP (Radford et al. 2021) for N aligned pairs.
+
+    With u_i, v_i the L2-normalised image and text embeddings of pair i and logits
+    s_ij = scale * <u_i, v_j>:
+        L = 1/2 [ mean_i -log( exp(s_ii) / sum_j exp(s_ij) )      (image -> text)
+                + mean_j -log( exp(s_jj) / sum_i exp(s_ij) ) ]    (text -> image).
+    ``scale`` is the inverse temperature exp(t) (CLIP learns t and caps the scale at 100).
+    """
+    if image_embeddings.ndim != 2 or image_embeddings.shape != text_embeddings.shape:
+        raise ValueError(f"expected two (N, D) tensors of one shape, got "
+                         f"{tuple(image_embeddings.shape)} and {tuple(text_embeddings.shape)}")
+    images = F.normalize(image_embeddings.float(), dim=1)
+    texts = F.normalize(text_embeddings.float(), dim=1)
+    logits = scale * images @ texts.T
+    targets = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2

@@ -1,0 +1,98 @@
+"""Benchmark: the offline drift experiment end to end, in `make demo`'s quick preset (issue 12).
+
+Runs, as a user runs them, into a fresh folder DATA_DIR/bench_drift: the small CLIP
+(train_small_clip.py), the self-consuming loop (self_consuming_loop.py, generations 0-10), the
+extraction of generations 0, 4 and 10 with the small CLIP and both drift figures; prints the
+wall time of each part, their total against the target (15 minutes on 2 CPU cores) and the load
+average, since other jobs on the machine inflate every time. The evaluator CNN the loop measures
+with is copied from DATA_DIR/checkpoints/evaluator (evaluate.py caches it in the demo); when it
+is not there it is trained first and timed as a part of its own, outside the total.
+
+    python bench/bench_drift_experiment.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime import StageError, run_stage  # noqa: E402
+from settings import configure  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DATASET = "fashion-mnist"  # dataset of the experiment [in data_sources.DATASETS]
+DATA_DIR = "data"  # the evaluator is taken from here; the run goes to DATA_DIR/bench_drift
+GENERATIONS = (0, 4, 10)  # generations embedded and plotted (the loop runs up to the last) [>= 0]
+TARGET_MINUTES = 15.0  # the issue's bound for the quick preset on 2 CPU cores [> 0]
+KEEP = False  # keep DATA_DIR/bench_drift afterwards (it is replaced at the next run anyway)
+
+
+def timed(label: str, command: list[str], times: dict[str, float]) -> None:
+    """Run one stage as a user would; record its wall time; stop on failure."""
+    print(f"\n== {label}: {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, *command], cwd=ROOT)
+    times[label] = time.perf_counter() - start
+    if result.returncode != 0:
+        raise StageError(f"{label} failed (exit {result.returncode}) after "
+                         f"{times[label]:.0f} s; see its output above")
+
+
+def main() -> None:
+    configure(globals())
+    bench = Path(DATA_DIR).resolve() / "bench_drift"
+    shutil.rmtree(bench, ignore_errors=True)
+    (bench / "checkpoints" / "evaluator").mkdir(parents=True)
+    cached = Path(DATA_DIR).resolve() / "checkpoints" / "evaluator" / f"{DATASET}.pt"
+    times: dict[str, float] = {}
+    load_before = os.getloadavg()
+    if cached.is_file():
+        shutil.copy(cached, bench / "checkpoints" / "evaluator")
+    else:
+        timed("evaluator CNN (once per dataset; outside the total)",
+              ["-c", f"import evaluate, data_sources, runtime; evaluate.DATA_DIR = '{bench}'; "
+                     f"evaluate.get_evaluator(data_sources.load_dataset('{DATASET}', "
+                     f"'{DATA_DIR}'), runtime.pick_device('auto'))"], times)
+    loop_dir = bench / f"{DATASET}_loop"
+    last = max(GENERATIONS)
+    listed = ",".join(map(str, GENERATIONS))
+    common = ["--dataset", DATASET, "--data-dir", str(bench)]
+    timed("small CLIP", ["train_small_clip.py", *common], times)
+    timed("self-consuming loop", ["self_consuming_loop.py", *common, "--generations", str(last)],
+          times)
+    timed("extraction", ["extract_generation_embeddings.py", "--annotation-file",
+                         str(loop_dir / "captions.json"), "--generation-dir-pattern",
+                         str(loop_dir / "gen_{g}"), "--model",
+                         str(bench / "checkpoints" / f"clip_{DATASET}"), "--generations", listed,
+                         "--num-captions", "1000", "--output-dir", str(bench / "embeddings")],
+          times)
+    timed("drift figures", ["plot_generation_clusters.py", "--generations", listed,
+                            "--embedding-dir", str(bench / "embeddings"), "--visualization-dir",
+                            str(bench / "visualizations"), "--results-dir",
+                            str(bench / "results")], times)
+    load_after = os.getloadavg()
+    total = sum(seconds for label, seconds in times.items() if "outside" not in label)
+    print(f"\n{DATASET} drift experiment, quick preset (loop generations 0-{last}, extraction "
+          f"and figures of {listed}), {os.cpu_count()} CPU cores visible")
+    print("| part | wall time | share of the total |\n| --- | --- | --- |")
+    for label, seconds in times.items():
+        share = "" if "outside" in label else f"{seconds / total:.0%}"
+        print(f"| {label} | {seconds:.0f} s | {share} |")
+    verdict = "under" if total <= TARGET_MINUTES * 60 else "OVER"
+    print(f"| total | {total:.0f} s ({total / 60:.1f} min) | {verdict} the {TARGET_MINUTES:g} min "
+          f"target |")
+    print(f"load average (1, 5, 15 min): before {', '.join(f'{v:.1f}' for v in load_before)}; "
+          f"after {', '.join(f'{v:.1f}' for v in load_after)}")
+    if not KEEP:
+        shutil.rmtree(bench, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run_stage(main, resumable=False)

@@ -1,0 +1,508 @@
+"""A self-consuming loop of class-conditioned GANs, each trained on the last one's images.
+
+Generation 0 is a caption-(class-)conditioned GAN (Plan 1's cGAN generator and projection
+discriminator, trained by the shared loop in gans.py, the condition a one-hot class) trained on
+TRAIN_IMAGES real training images. Generation k >= 1 is trained only on TRAIN_IMAGES images that
+generation k-1 generated, with the class histogram of generation 0's set (the fully synthetic
+loop of Shumailov et al. 2023 and Alemohammad et al. 2023); FRESH_FRACTION > 0 replaces that
+share of them with real training images drawn anew each generation (the "fresh data" loop).
+With WARM_START generation k starts from generation k-1's weights (fine-tuning on its own
+output); without it every generation is trained from scratch.
+
+The prompts: the first N_IMAGES test images, each with a caption of its class ("a photo of a
+Sneaker", a template of train_small_clip.py chosen per image by the seed). After each generation
+its EMA generator draws one image per prompt (the same noise every generation) and writes
+DATA_DIR/<run>/gen_<k>/test_<id>.png, the id being the test image's index; DATA_DIR/<run>/
+captions.json holds the captions of those ids in COCO's format, so that
+extract_generation_embeddings.py reads them with
+--annotation-file DATA_DIR/<run>/captions.json --generation-dir-pattern 'DATA_DIR/<run>/gen_{g}'.
+<run> is <ds>_loop, with _fresh<percent> for a fresh-data loop and _scratch without warm start.
+
+Per generation it measures, against the real test images, the evaluator CNN's FID (classifier
+features, beside the real-vs-real floor), precision/recall, density/coverage and class
+consistency (the evaluator's class of each image against its prompt's class), as evaluate.py
+does for Plan 1; writes them to DATA_DIR/results/<run>_metrics.json, a figure of them and a grid
+of samples per generation. Checkpoints per generation (data/checkpoints/loop/<run>/); an
+interrupted loop resumes in the generation it was in, and finished generations are kept.
+
+    python self_consuming_loop.py --dataset digits --generations 2 --n-images 50 --train-images 500
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+import evaluate
+from artifacts import (
+    check_settings_match,
+    ensure_output_dir,
+    load_checkpoint,
+    load_npz,
+    make_meta,
+    save_figure,
+    save_npz,
+    write_text,
+)
+from data_sources import ImageDataset, load_dataset
+from gans import (
+    AdversarialLoss,
+    GANTrainer,
+    LoopSettings,
+    image_grid_figure,
+    tensor_batches,
+)
+from plan1_gan_training import (
+    ConditionalGAN,
+    class_condition,
+    fingerprint,
+    to_pixels,
+    to_signed,
+)
+from runtime import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
+from settings import configure
+from train_small_clip import CAPTION_TEMPLATES, class_phrase, replace_directory
+
+# Internal tables (no same-line comment, so not settings).
+LOSS_NAMES = ("non-saturating", "hinge", "least-squares", "wasserstein")
+METRIC_KEYS = ("fid", "fid_floor", "precision", "recall", "density", "coverage",
+               "class_consistency", "class_consistency_real", "score", "score_real")
+TRAIN_SET_KEYS = {"x": (3, "u"), "y": (1, "iu"), "real": (1, "b")}
+
+DATASET = "fashion-mnist"  # dataset of the real images [in data_sources.DATASETS]
+DATA_DIR = "data"  # where images, checkpoints, results and figures are written
+GENERATIONS = 10  # generations after the first: gen_0 ... gen_<N> are trained and written [>= 1]
+FRESH_FRACTION = 0.0  # share of each later training set that is fresh real images [>= 0, <= 1]
+WARM_START = True  # generation k starts from generation k-1's weights; false: from scratch
+TRAIN_IMAGES = 10000  # training images of every generation (gen 0: the first N real ones) [>= 2]
+N_IMAGES = 1000  # images written per generation, one per test image (the first N) [>= 1]
+EPOCHS_FIRST = 3  # epochs of generation 0 [>= 1]
+EPOCHS = 1  # epochs of every later generation [>= 1]
+BATCH_SIZE = 64  # images per step [>= 2]
+SEED = 0  # seeds weights, batch order, noise, captions and the fresh draws [>= 0]
+DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
+DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
+THREADS = 0  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
+NOISE_DIM = 32  # size of the generator's noise z [>= 1]
+WIDTH = 32  # channels of the 14x14 conv layers of G and D (twice as many at 7x7) [>= 1]
+FEATURE_DIM = 256  # width of the discriminator's feature layer [>= 1]
+LOSS = "hinge"  # adversarial loss [in LOSS_NAMES]
+GRADIENT_PENALTY = 0.0  # weight of the WGAN-GP gradient penalty (10 with wasserstein) [>= 0]
+SPECTRAL_NORM = True  # spectral normalisation of every discriminator layer
+N_CRITIC = 1  # discriminator steps per generator step [>= 1]
+LR_GENERATOR = 1e-3  # Adam learning rate of the generator [> 0]
+LR_DISCRIMINATOR = 1e-3  # Adam learning rate of the discriminator [> 0]
+BETA1 = 0.5  # Adam beta1 (DCGAN: 0.5) [>= 0, < 1]
+BETA2 = 0.999  # Adam beta2 [>= 0, < 1]
+EMA_DECAY = 0.99  # decay of the generator's weight average that draws the images [>= 0, < 1]
+LOG_EVERY = 50  # steps between reads of the summed losses [>= 1]
+SAMPLE_BATCH_SIZE = 1000  # images per generator pass when sampling [>= 1]
+
+
+# ---------------------------------------------------------------- names and captions
+def run_name() -> str:
+    """<ds>_loop, _fresh<percent> for a fresh-data loop, _scratch without warm start."""
+    name = f"{DATASET}_loop"
+    if FRESH_FRACTION > 0:
+        name += f"_fresh{100 * FRESH_FRACTION:g}"
+    if not WARM_START:
+        name += "_scratch"
+    return name
+
+
+def image_name(image_id: int) -> str:
+    """test_<id>.png: extract_generation_embeddings.py reads the id after the last '_'."""
+    return f"test_{image_id:05d}.png"
+
+
+def prompt_captions(data: ImageDataset, count: int, seed: int) -> list[str]:
+    """The caption of each of the first ``count`` test images: a template (chosen per image with
+    ``seed``) applied to its class."""
+    choice = np.random.default_rng(seed).integers(len(CAPTION_TEMPLATES), size=count)
+    return [CAPTION_TEMPLATES[t].format(class_phrase(data.name, data.class_names[label]))
+            for t, label in zip(choice, data.y_test[:count], strict=True)]
+
+
+def coco_captions(data: ImageDataset, captions: list[str]) -> dict[str, Any]:
+    """A COCO-format caption file: an image entry and one caption per test id."""
+    return {"info": {"description": f"captions of the first {len(captions)} {data.name} test "
+                                    f"images: the prompts of the self-consuming loop; image id = "
+                                    f"index in the test split",
+                     "version": "1.0"},
+            "licenses": [],
+            "images": [{"id": i, "file_name": image_name(i), "width": 28, "height": 28}
+                       for i in range(len(captions))],
+            "annotations": [{"id": i, "image_id": i, "caption": caption}
+                            for i, caption in enumerate(captions)]}
+
+
+# ---------------------------------------------------------------- models and data
+def build_model(num_classes: int) -> ConditionalGAN:
+    """Plan 1's cGAN with a one-hot class as its condition."""
+    return ConditionalGAN(num_classes, noise_dim=NOISE_DIM,
+                          loss=AdversarialLoss(LOSS, GRADIENT_PENALTY),
+                          spectral_norm=SPECTRAL_NORM, widths=(WIDTH, 2 * WIDTH),
+                          feature_dim=FEATURE_DIM)
+
+
+def conditions(labels: np.ndarray, num_classes: int, device: torch.device) -> torch.Tensor:
+    """The generator's condition for each label: its one-hot class (Plan 1's class_condition)."""
+    return class_condition(torch.as_tensor(labels, device=device).long(), num_classes)
+
+
+@torch.no_grad()
+def generate(model: ConditionalGAN, labels: np.ndarray, num_classes: int, seed: int,
+             device: torch.device) -> np.ndarray:
+    """uint8 images (N, 28, 28), one per label, in eval mode, with noise fixed by ``seed`` (drawn
+    on the CPU, so the same on every device)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for start in range(0, len(labels), SAMPLE_BATCH_SIZE):
+        chunk = labels[start:start + SAMPLE_BATCH_SIZE]
+        noise = model.sample_noise(len(chunk), generator)
+        parts.append(to_pixels(model.sample(conditions(chunk, num_classes, device), noise)))
+    return np.concatenate(parts) if parts else np.zeros((0, 28, 28), np.uint8)
+
+
+def synthetic_training_set(previous: ConditionalGAN, data: ImageDataset, generation: int,
+                           device: torch.device) -> dict[str, np.ndarray]:
+    """Generation k's training set: TRAIN_IMAGES images of generation k-1 with labels drawn from
+    generation 0's labels, of which a FRESH_FRACTION share is replaced by real training images
+    drawn anew (without replacement) from the whole training split."""
+    rng = np.random.default_rng([SEED, generation])
+    n_fresh = int(round(FRESH_FRACTION * TRAIN_IMAGES))
+    labels = data.y_train[:TRAIN_IMAGES][rng.permutation(TRAIN_IMAGES)[:TRAIN_IMAGES - n_fresh]]
+    images = generate(previous, labels, data.num_classes, SEED * 100_003 + 7 * generation + 1,
+                      device)
+    fresh = np.sort(rng.choice(len(data.x_train), n_fresh, replace=False))
+    x = np.concatenate([images, data.x_train[fresh]])
+    y = np.concatenate([labels, data.y_train[fresh]]).astype(np.int64)
+    real = np.concatenate([np.zeros(len(images), bool), np.ones(n_fresh, bool)])
+    return {"x": x, "y": y, "real": real}
+
+
+def resume_settings(generation: int, train_hash: str) -> dict[str, Any]:
+    """What a generation's checkpoint must share with this run to be continued."""
+    return {"dataset": DATASET, "generation": generation, "train_set": train_hash,
+            "fresh_fraction": FRESH_FRACTION, "warm_start": WARM_START,
+            "train_images": TRAIN_IMAGES, "epochs": EPOCHS_FIRST if generation == 0 else EPOCHS,
+            "batch_size": BATCH_SIZE, "seed": SEED, "noise_dim": NOISE_DIM, "width": WIDTH,
+            "feature_dim": FEATURE_DIM, "loss": LOSS, "gradient_penalty": GRADIENT_PENALTY,
+            "spectral_norm": SPECTRAL_NORM, "n_critic": N_CRITIC, "lr_generator": LR_GENERATOR,
+            "lr_discriminator": LR_DISCRIMINATOR, "betas": [BETA1, BETA2],
+            "ema_decay": EMA_DECAY}
+
+
+def loop_settings() -> dict[str, Any]:
+    """Settings that change what any generation is: a results file made with others is not
+    continued."""
+    return {k: v for k, v in resume_settings(0, "").items()
+            if k not in ("generation", "train_set", "epochs")} | {
+        "epochs_first": EPOCHS_FIRST, "epochs_later": EPOCHS, "n_images": N_IMAGES}
+
+
+# ---------------------------------------------------------------- outputs
+def write_generation_folder(folder: Path, images: np.ndarray) -> None:
+    """One PNG per prompt, written into a staging folder that replaces ``folder`` when done."""
+    staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for image_id, pixels in enumerate(images):
+            Image.fromarray(pixels, mode="L").save(staging / image_name(image_id))
+        replace_directory(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def generation_complete(folder: Path, samples: Path, count: int) -> bool:
+    """Whether a generation's folder holds exactly its ``count`` images and its NPZ exists."""
+    if not folder.is_dir() or not samples.is_file():
+        return False
+    names = {p.name for p in folder.iterdir() if p.suffix == ".png"}
+    return names == {image_name(i) for i in range(count)}
+
+
+def samples_grid(rows: list[np.ndarray], labels: list[str], title: str) -> Any:
+    return image_grid_figure(rows, labels, title)
+
+
+def metrics_figure(runs: dict[str, list[dict[str, Any]]], title: str) -> Any:
+    """FID (with its floor), class consistency, recall and coverage against the generation, one
+    line per run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("fid", "FID, evaluator features (lower is better)", "fid_floor",
+               "real-vs-real floor"),
+              ("class_consistency", "class consistency", "class_consistency_real",
+               "real test images"),
+              ("recall", "recall (k=3): diversity", None, None),
+              ("coverage", "coverage (k=5): diversity", None, None))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
+    for axis, (key, name, reference, reference_name) in zip(axes, panels, strict=True):
+        for run, records in runs.items():
+            generations = [r["generation"] for r in records]
+            axis.plot(generations, [r[key] for r in records], marker="o", label=run)
+        if reference is not None:
+            first = next(iter(runs.values()))
+            axis.plot([r["generation"] for r in first], [r[reference] for r in first],
+                      linestyle="--", color="grey", label=reference_name)
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel("generation")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    axes[0].set_yscale("log")
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    return figure
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    lines = ["| generation | trained on | FID (floor) | class consistency (real) | precision | "
+             "recall | density | coverage | train time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in records:
+        lines.append(f"| {r['generation']} | {r['trained_on']} | {r['fid']:.2f} "
+                     f"({r['fid_floor']:.2f}) | {r['class_consistency']:.3f} "
+                     f"({r['class_consistency_real']:.3f}) | {r['precision']:.3f} | "
+                     f"{r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | "
+                     f"{r['train_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def read_results(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The finished generations' records of an earlier run with the same loop settings."""
+    if not path.is_file():
+        return []
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        saved, records = document["loop_settings"], document["generations"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise StageError(f"{path}: not a results file of this loop ({err}); delete it to start "
+                         f"again") from err
+    differing = {k: (v, saved.get(k)) for k, v in settings.items() if saved.get(k) != v}
+    if differing:
+        listed = ", ".join(f"{k}: now {a!r}, there {b!r}" for k, (a, b) in differing.items())
+        raise StageError(f"{path} records a loop with other settings ({listed}); delete it (and "
+                         f"the run's folders) to start again, or run with its settings")
+    return records
+
+
+# ---------------------------------------------------------------- the stage
+def main() -> None:
+    settings = configure(globals())
+    run = run_name()
+    root = Path(DATA_DIR)
+    run_dir = ensure_output_dir(root / run)
+    folders = {name: ensure_output_dir(root / name) for name in
+               ("results", "visualizations", f"checkpoints/loop/{run}")}
+    checkpoints = folders[f"checkpoints/loop/{run}"]
+    limit_cpu_threads(THREADS)
+    seed_everything(SEED, DETERMINISTIC)
+    device = pick_device(DEVICE)
+    data = load_dataset(DATASET, DATA_DIR)
+    if len(data.x_train) < TRAIN_IMAGES:
+        raise StageError(f"--train-images {TRAIN_IMAGES}: {data.name} has only "
+                         f"{len(data.x_train)} training images")
+    if TRAIN_IMAGES < BATCH_SIZE:
+        raise StageError(f"--train-images {TRAIN_IMAGES} is less than one batch of "
+                         f"--batch-size {BATCH_SIZE}")
+    if len(data.x_test) < N_IMAGES:
+        raise StageError(f"--n-images {N_IMAGES}: {data.name} has only {len(data.x_test)} test "
+                         f"images to prompt with")
+    results_path = folders["results"] / f"{run}_metrics.json"
+    records = read_results(results_path, loop_settings())
+    done = {int(r["generation"]) for r in records}
+
+    captions = prompt_captions(data, N_IMAGES, SEED)
+    caption_file = run_dir / "captions.json"
+    caption_text = json.dumps(coco_captions(data, captions), indent=1) + "\n"
+    if not caption_file.is_file() or caption_file.read_text(encoding="utf-8") != caption_text:
+        write_text(caption_file, caption_text)
+    prompt_labels = data.y_test[:N_IMAGES].astype(np.int64)
+    print(f"{data.name}: loop {run}, generations 0-{GENERATIONS}, {TRAIN_IMAGES} training "
+          f"images each ({FRESH_FRACTION:.0%} fresh real after generation 0), "
+          f"{'warm' if WARM_START else 'cold'} start, {N_IMAGES} prompts ({caption_file}); "
+          f"device {device}", flush=True)
+
+    evaluate.DATA_DIR, evaluate.SEED = DATA_DIR, SEED  # the evaluator cache evaluate.py uses
+    real = evaluate.real_images_for(data, device)
+    loop = {"n_critic": N_CRITIC, "lr_generator": LR_GENERATOR,
+            "lr_discriminator": LR_DISCRIMINATOR, "betas": (BETA1, BETA2),
+            "ema_decay": EMA_DECAY, "log_every": LOG_EVERY}
+    grid_ids = [int(np.flatnonzero(prompt_labels == c)[0]) for c in np.unique(prompt_labels)]
+    previous: ConditionalGAN | None = None
+    previous_path: Path | None = None
+    for generation in range(GENERATIONS + 1):
+        folder = run_dir / f"gen_{generation}"
+        samples_path = run_dir / f"gen_{generation}.npz"
+        checkpoint = checkpoints / f"gen_{generation}.pt"
+        if generation in done and generation_complete(folder, samples_path, N_IMAGES):
+            previous, previous_path = None, checkpoint  # loaded only if the next one needs it
+            continue
+        started = time.time()
+        seed_everything(SEED * 100_003 + generation, DETERMINISTIC)
+
+        # Training set: real images for generation 0, else the previous generation's images.
+        train_path = checkpoints / f"train_gen_{generation}.npz"
+        if generation == 0:
+            train = {"x": data.x_train[:TRAIN_IMAGES], "y": data.y_train[:TRAIN_IMAGES],
+                     "real": np.ones(TRAIN_IMAGES, bool)}
+        elif train_path.is_file():
+            train = load_npz(train_path, TRAIN_SET_KEYS, aligned=(("x", "y", "real"),))
+            if len(train["x"]) != TRAIN_IMAGES:
+                raise StageError(f"{train_path}: holds {len(train['x'])} images, not "
+                                 f"--train-images {TRAIN_IMAGES}; delete it to make it again")
+        else:
+            if previous is None:
+                previous = load_generation_model(previous_path, generation - 1, data, device)
+            train = synthetic_training_set(previous, data, generation, device)
+            save_npz(train_path, train, make_meta(
+                __file__, settings, DATASET, SEED, generation=generation,
+                made_by=f"generation {generation - 1} ({previous_path})",
+                fresh_real_images=int(train["real"].sum())))
+        train_hash = fingerprint(train["x"], train["y"])
+        n_fresh = int(train["real"].sum())
+        trained_on = "real" if generation == 0 else "fresh real only" \
+            if n_fresh == TRAIN_IMAGES else f"gen {generation - 1}" + (
+                f" + {n_fresh} fresh real" if n_fresh else "")
+
+        seed_everything(SEED * 100_003 + generation, DETERMINISTIC)
+        model = build_model(data.num_classes).to(device)
+        trainer = GANTrainer(model, LoopSettings(**loop, seed=SEED * 100_003 + generation))
+        if WARM_START and generation > 0 and not checkpoint.exists():
+            state = generation_state(previous_path, generation - 1)
+            model.load_state_dict(state["model"])
+            trainer.ema.load_state_dict(state["ema"])
+        else:
+            model.set_condition_statistics(conditions(train["y"], data.num_classes, device))
+        tensors = {"x": torch.from_numpy(train["x"]).to(device),
+                   "condition": conditions(train["y"], data.num_classes, device)}
+
+        def make_batches(epoch: int, tensors: dict[str, torch.Tensor] = tensors,
+                         seed: int = SEED * 100_003 + generation):
+            for batch in tensor_batches(tensors, BATCH_SIZE, seed, epoch):
+                yield {**batch, "x": to_signed(batch["x"])}
+
+        epochs = EPOCHS_FIRST if generation == 0 else EPOCHS
+        def on_resume(epoch: int, generation: int = generation,
+                      checkpoint: Path = checkpoint) -> None:
+            print(f"gen {generation}: resumed from {checkpoint} after epoch {epoch}", flush=True)
+
+        report = trainer.fit(make_batches, epochs, checkpoint,
+                             resume_settings(generation, train_hash),
+                             steps_per_epoch=TRAIN_IMAGES // BATCH_SIZE,
+                             desc=f"gen {generation}", on_resume=on_resume)
+        if report.diverged:
+            print(f"warning: gen {generation}: training diverged ({report.diverged}); the "
+                  f"last good epoch ({report.best_epoch}) is used", flush=True)
+        train_seconds = time.time() - started
+        previous, previous_path = trainer.best_model(), checkpoint
+
+        images = generate(previous, prompt_labels, data.num_classes, SEED, device)
+        arrays = {"x_gen": images, "idx_src": np.arange(N_IMAGES, dtype=np.int64),
+                  "y_src": prompt_labels}
+        values = evaluate.plan1_metrics(samples_path, arrays, real, device)
+        record = {"generation": generation, "trained_on": trained_on,
+                  "train_images": TRAIN_IMAGES, "fresh_real_images": n_fresh,
+                  "epochs": trainer.epoch, "diverged": report.diverged,
+                  "train_seconds": train_seconds,
+                  **{k: values[k] for k in METRIC_KEYS}, "n_generated": values["n_generated"],
+                  "n_test": values["n_test"], "floor_n_train": values["floor_n_train"]}
+        write_generation_folder(folder, images)
+        save_npz(samples_path, arrays, make_meta(
+            __file__, settings, DATASET, SEED, generation=generation, run=run,
+            checkpoint=str(checkpoint), captions=str(caption_file), train_set_hash=train_hash,
+            **{k: v for k, v in record.items() if k != "generation"}))
+        records = [r for r in records if int(r["generation"]) != generation] + [record]
+        records.sort(key=lambda r: int(r["generation"]))
+        write_results(results_path, records, settings, run, caption_file)
+        print(f"gen {generation}: trained on {trained_on} ({train_seconds:.0f} s); FID "
+              f"{values['fid']:.2f} (floor {values['fid_floor']:.2f}), class consistency "
+              f"{values['class_consistency']:.3f}, recall {values['recall']:.3f}; wrote "
+              f"{folder}/ ({N_IMAGES} images)", flush=True)
+
+    all_images = [load_npz(run_dir / f"gen_{g}.npz", {"x_gen": (3, "u")})["x_gen"]
+                  for g in range(GENERATIONS + 1)]
+    rows = [data.x_test[grid_ids]] + [images[grid_ids] for images in all_images]
+    labels = ["real"] + [f"gen {g}" for g in range(GENERATIONS + 1)]
+    figure = samples_grid(rows, labels, f"{run}: the first test prompt of each class, drawn by "
+                                        f"every generation (same noise)")
+    import matplotlib.pyplot as plt
+
+    grid_png = save_figure(figure, folders["visualizations"] / f"{run}_samples.png")
+    plt.close(figure)
+    figure = metrics_figure(compared_runs(folders["results"], run, records),
+                            f"{DATASET} self-consuming loops: {N_IMAGES} images per generation "
+                            f"against the {len(data.x_test)} real test images")
+    metrics_png = save_figure(figure, folders["visualizations"] / f"{run}_metrics.png")
+    plt.close(figure)
+    print(f"\n{run}: FID and precision/recall on the evaluator CNN's features (not Inception: "
+          f"compare with the floor, {N_IMAGES} real training images against the test set)\n")
+    print(format_table(records))
+    print(f"\nwrote {results_path}, {grid_png}, {metrics_png}; embed the generations with:\n"
+          f"  python extract_generation_embeddings.py --annotation-file {caption_file} "
+          f"--generation-dir-pattern '{run_dir}/gen_{{g}}' --num-captions {N_IMAGES} "
+          f"--model {root}/checkpoints/clip_{DATASET}")
+
+
+def generation_state(checkpoint: Path | None, generation: int) -> dict[str, Any]:
+    """The checkpoint of a finished generation, checked to come from a loop with these
+    settings."""
+    if checkpoint is None or not checkpoint.is_file():
+        raise StageError(f"{checkpoint}: the checkpoint of generation {generation} is missing; "
+                         f"the next generation needs it (delete the run's results file to run "
+                         f"the loop again)")
+    state = load_checkpoint(checkpoint, required=("model", "ema", "best_ema", "settings"))
+    saved = state["settings"]
+    check_settings_match(checkpoint, saved,
+                         resume_settings(generation, str(saved.get("train_set"))))
+    return state
+
+
+def load_generation_model(checkpoint: Path | None, generation: int, data: ImageDataset,
+                          device: torch.device) -> ConditionalGAN:
+    """The EMA generator of a finished generation (its best weights), from its checkpoint."""
+    state = generation_state(checkpoint, generation)
+    model = build_model(data.num_classes).to(device)
+    model.load_state_dict(state["best_ema"] if state["best_ema"] is not None else state["ema"])
+    return model.eval()
+
+
+def write_results(path: Path, records: list[dict[str, Any]], settings: dict[str, Any], run: str,
+                  caption_file: Path) -> None:
+    document = {"loop_settings": loop_settings(), "generations": records,
+                "meta": make_meta(__file__, settings, DATASET, SEED, run=run,
+                                  captions=str(caption_file))}
+    write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+def compared_runs(results_dir: Path, run: str, records: list[dict[str, Any]]
+                  ) -> dict[str, list[dict[str, Any]]]:
+    """This run's records and those of the other loops of the dataset found in ``results_dir``."""
+    runs = {run: records}
+    for path in sorted(results_dir.glob(f"{DATASET}_loop*_metrics.json")):
+        name = path.name.removesuffix("_metrics.json")
+        if name == run:
+            continue
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            runs[name] = list(document["generations"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            print(f"note: {path} is not readable as loop results; left out of the figure")
+    return runs
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,207 @@
+"""The self-consuming loop on digits: two generations of a handful of images, as a user runs it
+(folders, file names, the COCO caption file, what each generation trains on, Ctrl-C and resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import self_consuming_loop as loop
+from artifacts import load_checkpoint, load_npz
+from data_sources import load_dataset
+from extract_generation_embeddings import image_id_from_name, read_first_captions
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+N_IMAGES = 12
+TINY = ["--dataset", "digits", "--device", "cpu", "--threads", "1", "--generations", "1",
+        "--train-images", "640", "--batch-size", "16", "--epochs-first", "1", "--epochs", "3",
+        "--n-images", str(N_IMAGES), "--width", "16", "--feature-dim", "32", "--noise-dim", "8"]
+RUN = "digits_loop"
+
+
+def run(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "self_consuming_loop.py", *TINY, "--data-dir",
+                             str(data_dir), *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env=ENV)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def with_evaluator(source: Path, target: Path) -> Path:
+    """A fresh data dir holding the digits evaluator already trained in ``source``."""
+    evaluator = target / "checkpoints" / "evaluator"
+    evaluator.mkdir(parents=True)
+    shutil.copy(source / "checkpoints" / "evaluator" / "digits.pt", evaluator)
+    return target
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One uninterrupted loop of generations 0 and 1: (data dir, stdout)."""
+    data_dir = tmp_path_factory.mktemp("loop")
+    return data_dir, run(data_dir).stdout
+
+
+def test_generation_folders_hold_one_png_per_prompt_named_by_its_test_id(straight):
+    data_dir, stdout = straight
+    run_dir = data_dir / RUN
+    for generation in (0, 1):
+        files = sorted((run_dir / f"gen_{generation}").iterdir())
+        assert [image_id_from_name(p) for p in files] == list(range(N_IMAGES))
+        assert [p.name for p in files][:2] == ["test_00000.png", "test_00001.png"]
+        saved = load_npz(run_dir / f"gen_{generation}.npz", {"x_gen": (3, "u"),
+                                                            "idx_src": (1, "i"),
+                                                            "y_src": (1, "i")})
+        pngs = np.stack([np.array(Image.open(p)) for p in files])
+        assert pngs.dtype == np.uint8 and pngs.shape == (N_IMAGES, 28, 28)
+        np.testing.assert_array_equal(pngs, saved["x_gen"])
+        assert saved["idx_src"].tolist() == list(range(N_IMAGES))
+        assert saved["meta"]["generation"] == generation
+    assert not np.array_equal(*(np.array(Image.open(run_dir / f"gen_{g}" / "test_00000.png"))
+                                for g in (0, 1)))
+    assert not list(run_dir.glob(".*partial*"))
+    results = json.loads((data_dir / "results" / f"{RUN}_metrics.json").read_text())
+    records = results["generations"]
+    assert [r["generation"] for r in records] == [0, 1]
+    assert [r["trained_on"] for r in records] == ["real", "gen 0"]
+    assert all(np.isfinite(r[k]) for r in records for k in loop.METRIC_KEYS)
+    assert "| 1 | gen 0 |" in stdout
+    for figure in ("samples", "metrics"):
+        assert (data_dir / "visualizations" / f"{RUN}_{figure}.png").stat().st_size > 0
+
+
+def test_caption_file_is_coco_and_captions_name_the_prompts_class(straight):
+    data_dir = straight[0]
+    path = data_dir / RUN / "captions.json"
+    document = json.loads(path.read_text())
+    assert [image["id"] for image in document["images"]] == list(range(N_IMAGES))
+    assert document["images"][3]["file_name"] == "test_00003.png"
+    captions = read_first_captions(path)  # as extract_generation_embeddings.py reads it
+    assert sorted(captions) == list(range(N_IMAGES))
+    data = load_dataset("digits", str(data_dir))
+    for image_id, caption in captions.items():
+        assert caption.endswith(f"the digit {data.y_test[image_id]}")
+        assert any(caption == t.format(f"the digit {data.y_test[image_id]}")
+                   for t in loop.CAPTION_TEMPLATES)
+    assert len(set(captions.values())) > 1  # the templates vary with the seed
+    saved = load_npz(data_dir / RUN / "gen_1.npz", {"y_src": (1, "i")})
+    np.testing.assert_array_equal(saved["y_src"], data.y_test[:N_IMAGES])
+
+
+def test_generation_1_trains_only_on_generation_0s_images(straight, monkeypatch):
+    data_dir = straight[0]
+    checkpoints = data_dir / "checkpoints" / "loop" / RUN
+    train = load_npz(checkpoints / "train_gen_1.npz", loop.TRAIN_SET_KEYS)
+    assert len(train["x"]) == 640 and not train["real"].any()
+    data = load_dataset("digits", str(data_dir))
+    # The labels are generation 0's, reshuffled; the images are generation 0's drawings of them.
+    np.testing.assert_array_equal(np.sort(train["y"]), np.sort(data.y_train[:640]))
+    for name, value in {"DATASET": "digits", "TRAIN_IMAGES": 640, "FRESH_FRACTION": 0.0,
+                        "WIDTH": 16, "FEATURE_DIM": 32, "NOISE_DIM": 8, "EPOCHS_FIRST": 1,
+                        "EPOCHS": 3, "BATCH_SIZE": 16, "N_IMAGES": N_IMAGES}.items():
+        monkeypatch.setattr(loop, name, value)
+    generation_0 = loop.load_generation_model(checkpoints / "gen_0.pt", 0, data,
+                                              torch.device("cpu"))
+    again = loop.synthetic_training_set(generation_0, data, 1, torch.device("cpu"))
+    np.testing.assert_array_equal(again["x"], train["x"])
+    np.testing.assert_array_equal(again["y"], train["y"])
+    assert load_checkpoint(checkpoints / "gen_1.pt")["epoch"] == 3
+
+
+def test_fresh_fraction_replaces_that_share_with_real_training_images(monkeypatch):
+    data = load_dataset("digits", "data")
+    monkeypatch.setattr(loop, "TRAIN_IMAGES", 100)
+    monkeypatch.setattr(loop, "FRESH_FRACTION", 0.3)
+    monkeypatch.setattr(loop, "WIDTH", 8)
+    torch.manual_seed(0)
+    model = loop.build_model(data.num_classes)
+    train = loop.synthetic_training_set(model, data, 2, torch.device("cpu"))
+    assert len(train["x"]) == 100 and int(train["real"].sum()) == 30
+    real_rows = {data.x_train[i].tobytes(): data.y_train[i] for i in range(len(data.x_train))}
+    for image, label in zip(train["x"][train["real"]], train["y"][train["real"]], strict=True):
+        assert real_rows[image.tobytes()] == label  # a real training image with its label
+    assert not any(image.tobytes() in real_rows for image in train["x"][~train["real"]])
+    synthetic_labels = np.bincount(train["y"][~train["real"]], minlength=10)
+    assert np.all(synthetic_labels <= np.bincount(data.y_train[:100], minlength=10))
+    # Another generation draws other fresh images.
+    other = loop.synthetic_training_set(model, data, 3, torch.device("cpu"))
+    assert not np.array_equal(other["x"][other["real"]], train["x"][train["real"]])
+
+
+def default_sigint() -> None:
+    """Background shells start children with SIGINT ignored; restore Python's handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_in_generation_1_resumes_there_and_equals_the_straight_run(straight, tmp_path):
+    data_dir = with_evaluator(straight[0], tmp_path / "interrupted")
+    checkpoint = data_dir / "checkpoints" / "loop" / RUN / "gen_1.pt"
+    proc = subprocess.Popen([sys.executable, "self_consuming_loop.py", *TINY, "--data-dir",
+                             str(data_dir)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    deadline = time.time() + 240
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the loop ended before it could be interrupted"
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert 1 <= load_checkpoint(checkpoint)["epoch"] < 3
+    assert (data_dir / RUN / "gen_0").is_dir() and not (data_dir / RUN / "gen_1").exists()
+    gen_0_time = (data_dir / RUN / "gen_0" / "test_00000.png").stat().st_mtime_ns
+
+    resumed = run(data_dir)
+    assert f"gen 1: resumed from {checkpoint} after epoch" in resumed.stdout
+    assert "gen 0: trained" not in resumed.stdout and "gen 1: trained on gen 0" in resumed.stdout
+    assert (data_dir / RUN / "gen_0" / "test_00000.png").stat().st_mtime_ns == gen_0_time
+    for generation in (0, 1):
+        ours = load_npz(data_dir / RUN / f"gen_{generation}.npz", {"x_gen": (3, "u")})
+        theirs = load_npz(straight[0] / RUN / f"gen_{generation}.npz", {"x_gen": (3, "u")})
+        np.testing.assert_array_equal(ours["x_gen"], theirs["x_gen"])
+
+
+def test_a_longer_loop_continues_from_the_finished_generations(straight, tmp_path):
+    data_dir = tmp_path / "longer"
+    shutil.copytree(straight[0], data_dir)
+    result = run(data_dir, "--generations", "2")
+    assert "gen 0: trained" not in result.stdout and "gen 1: trained" not in result.stdout
+    assert "gen 2: trained on gen 1" in result.stdout
+    records = json.loads((data_dir / "results" / f"{RUN}_metrics.json").read_text())
+    assert [r["generation"] for r in records["generations"]] == [0, 1, 2]
+    assert len(list((data_dir / RUN / "gen_2").iterdir())) == N_IMAGES
+
+
+def run_in_process(data_dir: Path, *args: str, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Run the stage in this process (no start-up cost): (exit code, stderr)."""
+    saved = sys.argv
+    sys.argv = ["self_consuming_loop.py", *TINY, "--data-dir", str(data_dir), *args]
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            runpy.run_path(str(ROOT / "self_consuming_loop.py"), run_name="__main__")
+    finally:
+        sys.argv = saved
+    return stopped.value.code, capsys.readouterr().err
+
+
+def test_other_settings_and_impossible_sizes_are_refused(straight, capsys):
+    data_dir = straight[0]
+    code, err = run_in_process(data_dir, "--width", "12", capsys=capsys)
+    assert code == 1 and "width: now 12, there 16" in err
+    code, err = run_in_process(data_dir, "--n-images", "451", capsys=capsys)
+    assert code == 1 and "--n-images 451: digits has only 450 test images" in err
+    code, err = run_in_process(data_dir, "--fresh-fraction", "1.5", capsys=capsys)
+    assert code == 2 and "--fresh-fraction 1.5: must be <= 1" in err

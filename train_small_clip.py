@@ -1,0 +1,426 @@
+"""Train a small CLIP on a dataset's images and captions of their classes; save it like any CLIP.
+
+A real ``transformers.CLIPModel`` (a ViT image tower for 28x28 inputs, a text transformer, both
+small) learns from pairs (image, caption), the caption being a template applied to the image's
+class ("a photo of a Sneaker", "a black and white photo of the digit 3", ...), with CLIP's
+symmetric image-text contrastive loss (CL_loss_function.clip_contrastive_loss). The model, a BPE
+CLIP tokenizer trained on the captions and a CLIP image processor whose mean and standard
+deviation are those of the training pixels are saved with ``save_pretrained`` into
+data/checkpoints/clip_<ds>/, which extract_generation_embeddings.py loads like
+openai/clip-vit-base-patch32 (``--model data/checkpoints/clip_<ds>``). Reported: zero-shot accuracy
+on the test split (each image against the captions of every class, templates averaged), also per
+template; written to data/results/clip_<ds>_zero_shot.json and a confusion-matrix PNG.
+Training writes a checkpoint after every epoch (data/checkpoints/clip/<ds>.pt) and resumes from it.
+
+    python train_small_clip.py --dataset digits --epochs 2 --limit 1000
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from artifacts import (
+    check_settings_match,
+    ensure_output_dir,
+    load_checkpoint,
+    make_meta,
+    save_checkpoint,
+    save_figure,
+    write_text,
+)
+from CL_loss_function import clip_contrastive_loss
+from data_sources import load_dataset
+from runtime import (
+    StageError,
+    limit_cpu_threads,
+    pick_device,
+    require_finite,
+    run_stage,
+    seed_everything,
+)
+from settings import configure
+
+# Internal tables (no same-line comment, so not settings).
+# Patch sizes that tile a 28x28 image.
+PATCH_SIZES = (1, 2, 4, 7, 14, 28)
+# Phrasings of a caption; "{}" is the class phrase ("a Sneaker", "an Ankle boot", "the digit 3").
+CAPTION_TEMPLATES = ("a photo of {}", "a picture of {}", "an image of {}",
+                     "a black and white photo of {}", "a low-resolution photo of {}")
+DIGIT_DATASETS = ("mnist", "digits")
+IMAGE_SIZE = 28
+# CLIP's context length: what extract_generation_embeddings.py truncates captions to.
+MAX_TEXT_LENGTH = 77
+
+DATASET = "fashion-mnist"  # dataset to train on [in data_sources.DATASETS]
+DATA_DIR = "data"  # where the model, checkpoints and results are written
+OUTPUT_DIR = ""  # where save_pretrained writes the model ('': DATA_DIR/checkpoints/clip_<ds>)
+EPOCHS = 2  # passes over the training images (one-cycle schedule over all of them) [>= 1]
+BATCH_SIZE = 64  # image-caption pairs per step (small batches learned faster here) [>= 2]
+LEARNING_RATE = 3e-3  # peak AdamW learning rate of the one-cycle schedule [> 0]
+WEIGHT_DECAY = 0.05  # AdamW weight decay of the weight matrices [>= 0]
+LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
+SEED = 0  # seeds weights, batch order and template choice [>= 0]
+DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
+DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
+THREADS = 0  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
+HIDDEN_SIZE = 64  # width of both transformer towers [>= 8]
+VISION_LAYERS = 4  # transformer layers of the image tower [>= 1]
+TEXT_LAYERS = 2  # transformer layers of the text tower [>= 1]
+HEADS = 4  # attention heads per layer (must divide --hidden-size) [>= 1]
+PATCH_SIZE = 7  # ViT patch size: 7 cuts 28x28 into 16 patches [in PATCH_SIZES]
+PROJECTION_DIM = 64  # size of the joint image-text embedding [>= 2]
+VOCAB_SIZE = 400  # BPE vocabulary size: 326 bytes and symbols, then merges from captions [>= 330]
+EVAL_BATCH_SIZE = 1000  # images per forward pass when evaluating [>= 1]
+
+
+# ---------------------------------------------------------------- captions
+def class_phrase(dataset: str, class_name: str) -> str:
+    """What a caption calls a class: 'the digit 3', 'a Sneaker', 'an Ankle boot'."""
+    if dataset in DIGIT_DATASETS:
+        return f"the digit {class_name}"
+    article = "an" if class_name[:1].lower() in "aeiou" else "a"
+    return f"{article} {class_name}"
+
+
+def class_captions(dataset: str, class_names: list[str]) -> list[list[str]]:
+    """captions[c][t]: template t applied to class c."""
+    return [[template.format(class_phrase(dataset, name)) for template in CAPTION_TEMPLATES]
+            for name in class_names]
+
+
+def build_tokenizer(captions: list[str], vocab_size: int) -> Any:
+    """A CLIP tokenizer whose BPE merges are learned from ``captions`` (with CLIP's own
+    normalisation and pre-tokenisation); every printable ASCII character stays in the vocabulary
+    (inside a word and at its end), so that no other text maps to the unknown token.
+
+    The trainer's merges are deterministic, its token ids are not (they follow a hash order):
+    ids are reassigned as the special tokens, the other base tokens sorted, then the merged
+    tokens in merge order, so that a seed makes the same tokenizer in every process."""
+    from transformers import CLIPTokenizer
+
+    symbols = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tokens = [*specials, *symbols, *(s + "</w>" for s in symbols)]
+    characters = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
+    # Each symbol as a word of its own and doubled: its word-final and word-inner forms.
+    alphabet = [" ".join(symbols), " ".join(s + s for s in symbols)]
+    trained = characters.train_new_from_iterator(alphabet + captions, vocab_size=vocab_size)
+    model = json.loads(trained.backend_tokenizer.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    merged = list(dict.fromkeys(a + b for a, b in merges))
+    base = sorted(set(model["vocab"]) - set(specials) - set(merged))
+    vocab = {token: i for i, token in enumerate(specials + base + merged)}
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of the tokenizer's vocabulary (token -> id) and merges, in a fixed order."""
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    canonical = json.dumps([sorted(model["vocab"].items()), model["merges"]])
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- model and inputs
+def build_clip(vocab_size: int, bos_id: int, eos_id: int) -> Any:
+    """A CLIPModel with small towers of the current settings (pad token = end token, as in
+    OpenAI's CLIP: the text embedding is read at the first end token)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    tower = {"hidden_size": HIDDEN_SIZE, "intermediate_size": 2 * HIDDEN_SIZE,
+             "num_attention_heads": HEADS}
+    config = CLIPConfig(
+        text_config={**tower, "num_hidden_layers": TEXT_LAYERS, "vocab_size": vocab_size,
+                     "max_position_embeddings": MAX_TEXT_LENGTH, "bos_token_id": bos_id,
+                     "eos_token_id": eos_id, "pad_token_id": eos_id},
+        vision_config={**tower, "num_hidden_layers": VISION_LAYERS, "image_size": IMAGE_SIZE,
+                       "patch_size": PATCH_SIZE, "num_channels": 3},
+        projection_dim=PROJECTION_DIM)
+    return CLIPModel(config)
+
+
+def build_image_processor(mean: float, std: float) -> Any:
+    """CLIP's image processor for 28x28 images: RGB, resize and centre-crop to 28 (identity on
+    28x28 images), rescale to [0, 1], normalise with the training pixels' mean and std."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # "torchvision not installed": PIL is used
+    try:
+        from transformers import CLIPImageProcessor
+
+        return CLIPImageProcessor(do_resize=True, size={"shortest_edge": IMAGE_SIZE},
+                                  do_center_crop=True,
+                                  crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                  do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+                                  image_mean=[mean] * 3, image_std=[std] * 3,
+                                  do_convert_rgb=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def pixel_values(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> (B, 3, 28, 28) float, as the image processor makes them from a grey
+    image: the grey channel three times, x / 255 normalised with ``mean`` and ``std``."""
+    x = (images.float() / 255.0 - mean) / std
+    return x.unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+def features(output: Any) -> torch.Tensor:
+    """The projected features: a tensor in transformers 4.x, ``.pooler_output`` in 5.x."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def text_features(model: Any, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+    return features(model.get_text_features(**tokens))
+
+
+def image_features(model: Any, images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    return features(model.get_image_features(pixel_values=pixel_values(images, mean, std)))
+
+
+# ---------------------------------------------------------------- training
+def contrastive_step_loss(model: Any, images: torch.Tensor, caption_rows: torch.Tensor,
+                          tokens: dict[str, torch.Tensor], mean: float, std: float
+                          ) -> torch.Tensor:
+    """CLIP's loss on a batch of pairs (image i, caption caption_rows[i] of the caption table).
+
+    The text tower runs once on the table's distinct captions and each pair takes its row: with
+    no dropout this is the same function, and the same gradient, as one text pass per pair."""
+    texts = text_features(model, tokens)[caption_rows]
+    scale = model.logit_scale.exp().clamp(max=100.0)  # CLIP caps the inverse temperature at 100
+    return clip_contrastive_loss(image_features(model, images, mean, std), texts, scale)
+
+
+@torch.no_grad()
+def zero_shot(model: Any, images: torch.Tensor, labels: np.ndarray, tokens: dict[str, torch.Tensor],
+              num_classes: int, mean: float, std: float) -> dict[str, Any]:
+    """Zero-shot classification: each image gets the class whose caption embedding is closest in
+    cosine; 'ensemble' averages the unit caption embeddings of the templates of a class (CLIP's
+    prompt ensembling), 'per_template' uses one template at a time."""
+    model.eval()
+    texts = F.normalize(text_features(model, tokens).float(), dim=1)
+    texts = texts.view(num_classes, len(CAPTION_TEMPLATES), -1)
+    ensemble = F.normalize(texts.mean(dim=1), dim=1)
+    chunks = [F.normalize(image_features(model, chunk, mean, std).float(), dim=1)
+              for chunk in images.split(EVAL_BATCH_SIZE)]
+    embedded = torch.cat(chunks)
+    predicted = (embedded @ ensemble.T).argmax(dim=1).cpu().numpy()
+    per_template = {}
+    for t, template in enumerate(CAPTION_TEMPLATES):
+        guess = (embedded @ texts[:, t].T).argmax(dim=1).cpu().numpy()
+        per_template[template] = float(np.mean(guess == labels))
+    return {"accuracy": float(np.mean(predicted == labels)), "per_template": per_template,
+            "predicted": predicted}
+
+
+def resume_settings(n_train: int, tokenizer_hash: str) -> dict[str, Any]:
+    """What a checkpoint must share with this run to be continued."""
+    return {"dataset": DATASET, "train_images": n_train, "epochs": EPOCHS,
+            "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
+            "weight_decay": WEIGHT_DECAY, "seed": SEED, "hidden_size": HIDDEN_SIZE,
+            "vision_layers": VISION_LAYERS, "text_layers": TEXT_LAYERS, "heads": HEADS,
+            "patch_size": PATCH_SIZE, "projection_dim": PROJECTION_DIM,
+            "vocab_size": VOCAB_SIZE, "tokenizer": tokenizer_hash}
+
+
+def make_optimizer(model: Any, steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW with weight decay on weight matrices only (not on biases, norms, the logit scale),
+    and a one-cycle schedule (10% warm-up, cosine decay) over ``steps`` steps."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    other = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                                   {"params": other, "weight_decay": 0.0}], lr=LEARNING_RATE)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, LEARNING_RATE, total_steps=steps,
+                                                   pct_start=0.1)
+    return optimizer, schedule
+
+
+def give_umask_permissions(folder: Path) -> None:
+    """Give the files in ``folder`` the permissions new files get under the umask (safetensors
+    writes 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Move a fully written folder into place; an older ``target`` is removed only after."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def confusion_figure(labels: np.ndarray, predicted: np.ndarray, class_names: list[str],
+                     title: str) -> Any:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    figure, axes = plt.subplots(figsize=(7.5, 6.5))
+    ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=range(len(class_names)),
+                                            display_labels=class_names, normalize="true",
+                                            values_format=".2f", ax=axes, colorbar=False,
+                                            xticks_rotation=45)
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("zero-shot class (closest caption)")
+    axes.set_ylabel("true class")
+    figure.tight_layout()
+    return figure
+
+
+def main() -> None:
+    settings = configure(globals())
+    if HIDDEN_SIZE % HEADS:
+        raise StageError(f"--heads {HEADS} does not divide --hidden-size {HIDDEN_SIZE}")
+    root = Path(DATA_DIR)
+    folders = {name: ensure_output_dir(root / name) for name in
+               ("checkpoints/clip", "results", "visualizations")}
+    output_dir = Path(OUTPUT_DIR) if OUTPUT_DIR else root / "checkpoints" / f"clip_{DATASET}"
+    ensure_output_dir(output_dir.parent)
+    limit_cpu_threads(THREADS)
+    seed_everything(SEED, DETERMINISTIC)
+    device = pick_device(DEVICE)
+    data = load_dataset(DATASET, DATA_DIR, LIMIT)
+    n_train = len(data.x_train)
+    if n_train < BATCH_SIZE:
+        raise StageError(f"--limit {LIMIT} leaves {n_train} training images, not one full batch "
+                         f"of --batch-size {BATCH_SIZE}")
+
+    table = class_captions(DATASET, data.class_names)
+    captions = [caption for row in table for caption in row]  # row c * T + t
+    tokenizer = build_tokenizer(captions, VOCAB_SIZE)
+    tokens = {k: v.to(device) for k, v in tokenizer(captions, padding=True,
+                                                    return_tensors="pt").items()}
+    mean = float(data.x_train.mean() / 255.0)
+    std = float(data.x_train.std() / 255.0)
+    print(f"{data.name}: {n_train} train, {len(data.x_test)} test images from {data.source}; "
+          f"{len(captions)} captions ({len(CAPTION_TEMPLATES)} templates), vocabulary "
+          f"{len(tokenizer)}; device {device}")
+
+    seed_everything(SEED, DETERMINISTIC)
+    model = build_clip(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id).to(device)
+    steps_per_epoch = n_train // BATCH_SIZE
+    optimizer, schedule = make_optimizer(model, EPOCHS * steps_per_epoch)
+    resume = resume_settings(n_train, tokenizer_fingerprint(tokenizer))
+    checkpoint = folders["checkpoints/clip"] / f"{DATASET}.pt"
+    done, losses = 0, []
+    if checkpoint.exists():
+        state = load_checkpoint(checkpoint, map_location=device,
+                                required=("model", "optimizer", "schedule", "epoch", "losses",
+                                          "settings"))
+        check_settings_match(checkpoint, state["settings"], resume)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise StageError(f"{checkpoint} holds weights of another architecture; delete it to "
+                             f"start again ({str(err).splitlines()[0]})") from err
+        done, losses = int(state["epoch"]), [float(v) for v in state["losses"]]
+        print(f"resuming from {checkpoint} after epoch {done}"
+              + ("" if done < EPOCHS else "; training is finished"))
+
+    x_train = torch.from_numpy(data.x_train).to(device)
+    y_train = torch.from_numpy(data.y_train).to(device)
+    x_test = torch.from_numpy(data.x_test).to(device)
+    templates = len(CAPTION_TEMPLATES)
+    started = time.time()
+    for epoch in range(done + 1, EPOCHS + 1):
+        model.train()
+        generator = torch.Generator().manual_seed(SEED * 1_000_003 + epoch)
+        order = torch.randperm(n_train, generator=generator)[:steps_per_epoch * BATCH_SIZE]
+        template_of = torch.randint(templates, (n_train,), generator=generator)
+        order, template_of = order.to(device), template_of.to(device)
+        total = torch.zeros((), device=device)
+        bar = tqdm(order.view(steps_per_epoch, BATCH_SIZE), desc=f"CLIP epoch {epoch}/{EPOCHS}",
+                   leave=False, disable=None)
+        for step, batch in enumerate(bar):
+            rows = y_train[batch] * templates + template_of[batch]
+            loss = contrastive_step_loss(model, x_train[batch], rows, tokens, mean, std)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.detach()
+            if (step + 1) % 50 == 0:
+                bar.set_postfix(loss=f"{float(total) / (step + 1):.4f}")
+        mean_loss = float(total) / steps_per_epoch
+        if not np.isfinite(mean_loss):
+            raise StageError(f"CLIP: loss became {mean_loss} in epoch {epoch}; stopped, and the "
+                             f"last good checkpoint is kept (try a lower --learning-rate)")
+        for name, value in model.state_dict().items():
+            require_finite(value, f"CLIP: {name} after epoch {epoch} (training diverged; the "
+                                  f"last good checkpoint is kept)")
+        losses.append(mean_loss)
+        save_checkpoint(checkpoint, {"model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(),
+                                     "schedule": schedule.state_dict(), "epoch": epoch,
+                                     "losses": losses, "settings": resume})
+        accuracy = zero_shot(model, x_test, data.y_test, tokens, data.num_classes, mean,
+                             std)["accuracy"]
+        print(f"CLIP: epoch {epoch}/{EPOCHS} loss {mean_loss:.4f}, zero-shot test accuracy "
+              f"{accuracy:.4f}, logit scale {model.logit_scale.exp().item():.1f} "
+              f"({time.time() - started:.0f} s)", flush=True)
+
+    result = zero_shot(model, x_test, data.y_test, tokens, data.num_classes, mean, std)
+    predicted = result.pop("predicted")
+    per_class = {name: float(np.mean(predicted[data.y_test == c] == c))
+                 for c, name in enumerate(data.class_names) if np.any(data.y_test == c)}
+    meta = make_meta(__file__, settings, DATASET, SEED, epochs_trained=len(losses),
+                     losses=losses, train_images=n_train, test_images=len(data.x_test),
+                     data_source=data.source, pixel_mean=mean, pixel_std=std,
+                     templates=list(CAPTION_TEMPLATES), captions=table,
+                     class_names=data.class_names, checkpoint=str(checkpoint),
+                     model_dir=str(output_dir),
+                     parameters=sum(p.numel() for p in model.parameters()),
+                     zero_shot_accuracy=result["accuracy"],
+                     zero_shot_per_template=result["per_template"],
+                     zero_shot_per_class=per_class)
+
+    # save_pretrained into a staging folder, moved into place once complete.
+    staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(staging)
+        from transformers import CLIPProcessor
+
+        CLIPProcessor(image_processor=build_image_processor(mean, std),
+                      tokenizer=tokenizer).save_pretrained(staging)
+        write_text(staging / "training_meta.json", json.dumps(meta, indent=2) + "\n")
+        give_umask_permissions(staging)
+        replace_directory(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    results = write_text(folders["results"] / f"clip_{DATASET}_zero_shot.json",
+                         json.dumps(meta, indent=2) + "\n")
+    figure = confusion_figure(data.y_test, predicted, data.class_names,
+                              f"small CLIP on {DATASET}: zero-shot test accuracy "
+                              f"{result['accuracy']:.4f} (templates averaged)")
+    png = save_figure(figure, folders["visualizations"] / f"clip_{DATASET}_zero_shot.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    print(f"zero-shot test accuracy {result['accuracy']:.4f} (templates averaged); per template: "
+          + ", ".join(f"'{t}' {a:.4f}" for t, a in result["per_template"].items()))
+    print(f"wrote {output_dir} (load with CLIPModel/CLIPProcessor.from_pretrained), {results}, "
+          f"{png}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
