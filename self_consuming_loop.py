@@ -53,6 +53,7 @@ from artifacts import (
     write_text,
 )
 from data_sources import ImageDataset, load_dataset
+from evaluator_cnn import evaluator_outputs
 from gans import (
     AdversarialLoss,
     GANTrainer,
@@ -74,7 +75,8 @@ from train_small_clip import CAPTION_TEMPLATES, class_phrase, replace_directory
 # Internal tables (no same-line comment, so not settings).
 LOSS_NAMES = ("non-saturating", "hinge", "least-squares", "wasserstein")
 METRIC_KEYS = ("fid", "fid_floor", "precision", "recall", "density", "coverage",
-               "class_consistency", "class_consistency_real", "score", "score_real")
+               "class_consistency", "class_consistency_real", "score", "score_real",
+               "within_class_variance", "within_class_variance_real", "within_class_spread")
 TRAIN_SET_KEYS = {"x": (3, "u"), "y": (1, "iu"), "real": (1, "b")}
 
 DATASET = "fashion-mnist"  # dataset of the real images [in data_sources.DATASETS]
@@ -210,6 +212,17 @@ def loop_settings() -> dict[str, Any]:
         "epochs_first": EPOCHS_FIRST, "epochs_later": EPOCHS, "n_images": N_IMAGES}
 
 
+def within_class_variance(features: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes (with at least two images) of the total variance of their features:
+    (1/C) sum_c tr Cov({f_i : y_i = c}), unbiased covariances. The diversity left inside a class,
+    which a spread over the classes hides."""
+    traces = [float(np.var(features[labels == c], axis=0, ddof=1).sum())
+              for c in np.unique(labels) if np.sum(labels == c) >= 2]
+    if not traces:
+        raise ValueError("no class has two images: within-class variance is undefined")
+    return float(np.mean(traces))
+
+
 # ---------------------------------------------------------------- outputs
 def write_generation_folder(folder: Path, images: np.ndarray) -> None:
     """One PNG per prompt, written into a staging folder that replaces ``folder`` when done."""
@@ -237,8 +250,8 @@ def samples_grid(rows: list[np.ndarray], labels: list[str], title: str) -> Any:
 
 
 def metrics_figure(runs: dict[str, list[dict[str, Any]]], title: str) -> Any:
-    """FID (with its floor), class consistency, recall and coverage against the generation, one
-    line per run."""
+    """FID (with its floor), class consistency, within-class spread, recall and coverage against
+    the generation, one line per run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -247,17 +260,21 @@ def metrics_figure(runs: dict[str, list[dict[str, Any]]], title: str) -> Any:
                "real-vs-real floor"),
               ("class_consistency", "class consistency", "class_consistency_real",
                "real test images"),
-              ("recall", "recall (k=3): diversity", None, None),
-              ("coverage", "coverage (k=5): diversity", None, None))
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
+              ("within_class_spread", "within-class variance / real's", None, None),
+              ("recall", "recall (k=3)", None, None),
+              ("coverage", "coverage (k=5)", None, None))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8))
     for axis, (key, name, reference, reference_name) in zip(axes, panels, strict=True):
         for run, records in runs.items():
             generations = [r["generation"] for r in records]
-            axis.plot(generations, [r[key] for r in records], marker="o", label=run)
+            axis.plot(generations, [r.get(key, np.nan) for r in records], marker="o",
+                      label=run)
+        first = next(iter(runs.values()))
         if reference is not None:
-            first = next(iter(runs.values()))
             axis.plot([r["generation"] for r in first], [r[reference] for r in first],
                       linestyle="--", color="grey", label=reference_name)
+        if key == "within_class_spread":
+            axis.axhline(1.0, linestyle="--", color="grey", label="real test images")
         axis.set_title(name, fontsize=10)
         axis.set_xlabel("generation")
         axis.grid(alpha=0.3)
@@ -269,15 +286,15 @@ def metrics_figure(runs: dict[str, list[dict[str, Any]]], title: str) -> Any:
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
-    lines = ["| generation | trained on | FID (floor) | class consistency (real) | precision | "
-             "recall | density | coverage | train time |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| generation | trained on | FID (floor) | class consistency (real) | within-class "
+             "variance / real's | precision | recall | density | coverage | train time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         lines.append(f"| {r['generation']} | {r['trained_on']} | {r['fid']:.2f} "
                      f"({r['fid_floor']:.2f}) | {r['class_consistency']:.3f} "
-                     f"({r['class_consistency_real']:.3f}) | {r['precision']:.3f} | "
-                     f"{r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | "
-                     f"{r['train_seconds']:.0f} s |")
+                     f"({r['class_consistency_real']:.3f}) | {r['within_class_spread']:.3f} | "
+                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['density']:.3f} | "
+                     f"{r['coverage']:.3f} | {r['train_seconds']:.0f} s |")
     return "\n".join(lines)
 
 
@@ -321,6 +338,9 @@ def main() -> None:
     if len(data.x_test) < N_IMAGES:
         raise StageError(f"--n-images {N_IMAGES}: {data.name} has only {len(data.x_test)} test "
                          f"images to prompt with")
+    if np.bincount(data.y_test[:N_IMAGES]).max() < 2:
+        raise StageError(f"--n-images {N_IMAGES} gives no class two prompts: within-class "
+                         f"diversity cannot be measured")
     results_path = folders["results"] / f"{run}_metrics.json"
     records = read_results(results_path, loop_settings())
     done = {int(r["generation"]) for r in records}
@@ -338,6 +358,7 @@ def main() -> None:
 
     evaluate.DATA_DIR, evaluate.SEED = DATA_DIR, SEED  # the evaluator cache evaluate.py uses
     real = evaluate.real_images_for(data, device)
+    real_spread = within_class_variance(real.test_features[:N_IMAGES], prompt_labels)
     loop = {"n_critic": N_CRITIC, "lr_generator": LR_GENERATOR,
             "lr_discriminator": LR_DISCRIMINATOR, "betas": (BETA1, BETA2),
             "ema_decay": EMA_DECAY, "log_every": LOG_EVERY}
@@ -354,29 +375,11 @@ def main() -> None:
         started = time.time()
         seed_everything(SEED * 100_003 + generation, DETERMINISTIC)
 
-        # Training set: real images for generation 0, else the previous generation's images.
-        train_path = checkpoints / f"train_gen_{generation}.npz"
-        if generation == 0:
-            train = {"x": data.x_train[:TRAIN_IMAGES], "y": data.y_train[:TRAIN_IMAGES],
-                     "real": np.ones(TRAIN_IMAGES, bool)}
-        elif train_path.is_file():
-            train = load_npz(train_path, TRAIN_SET_KEYS, aligned=(("x", "y", "real"),))
-            if len(train["x"]) != TRAIN_IMAGES:
-                raise StageError(f"{train_path}: holds {len(train['x'])} images, not "
-                                 f"--train-images {TRAIN_IMAGES}; delete it to make it again")
-        else:
-            if previous is None:
-                previous = load_generation_model(previous_path, generation - 1, data, device)
-            train = synthetic_training_set(previous, data, generation, device)
-            save_npz(train_path, train, make_meta(
-                __file__, settings, DATASET, SEED, generation=generation,
-                made_by=f"generation {generation - 1} ({previous_path})",
-                fresh_real_images=int(train["real"].sum())))
+        train, previous = training_set(generation, data, checkpoints, previous, previous_path,
+                                       settings, device)
         train_hash = fingerprint(train["x"], train["y"])
         n_fresh = int(train["real"].sum())
-        trained_on = "real" if generation == 0 else "fresh real only" \
-            if n_fresh == TRAIN_IMAGES else f"gen {generation - 1}" + (
-                f" + {n_fresh} fresh real" if n_fresh else "")
+        trained_on = source_of(generation, n_fresh)
 
         seed_everything(SEED * 100_003 + generation, DETERMINISTIC)
         model = build_model(data.num_classes).to(device)
@@ -396,6 +399,7 @@ def main() -> None:
                 yield {**batch, "x": to_signed(batch["x"])}
 
         epochs = EPOCHS_FIRST if generation == 0 else EPOCHS
+
         def on_resume(epoch: int, generation: int = generation,
                       checkpoint: Path = checkpoint) -> None:
             print(f"gen {generation}: resumed from {checkpoint} after epoch {epoch}", flush=True)
@@ -414,6 +418,10 @@ def main() -> None:
         arrays = {"x_gen": images, "idx_src": np.arange(N_IMAGES, dtype=np.int64),
                   "y_src": prompt_labels}
         values = evaluate.plan1_metrics(samples_path, arrays, real, device)
+        features, _ = evaluator_outputs(real.evaluator.model, images, device)
+        values["within_class_variance"] = within_class_variance(features, prompt_labels)
+        values["within_class_variance_real"] = real_spread
+        values["within_class_spread"] = values["within_class_variance"] / real_spread
         record = {"generation": generation, "trained_on": trained_on,
                   "train_images": TRAIN_IMAGES, "fresh_real_images": n_fresh,
                   "epochs": trainer.epoch, "diverged": report.diverged,
@@ -455,6 +463,43 @@ def main() -> None:
           f"  python extract_generation_embeddings.py --annotation-file {caption_file} "
           f"--generation-dir-pattern '{run_dir}/gen_{{g}}' --num-captions {N_IMAGES} "
           f"--model {root}/checkpoints/clip_{DATASET}")
+
+
+def training_set(generation: int, data: ImageDataset, checkpoints: Path,
+                 previous: ConditionalGAN | None, previous_path: Path | None,
+                 settings: dict[str, Any], device: torch.device
+                 ) -> tuple[dict[str, np.ndarray], ConditionalGAN | None]:
+    """Generation k's training set and the previous generation's model (loaded if it was
+    needed): the first TRAIN_IMAGES real images for generation 0; else the set drawn from
+    generation k-1, saved beside the checkpoints the first time and read back after."""
+    if generation == 0:
+        return {"x": data.x_train[:TRAIN_IMAGES], "y": data.y_train[:TRAIN_IMAGES],
+                "real": np.ones(TRAIN_IMAGES, bool)}, previous
+    path = checkpoints / f"train_gen_{generation}.npz"
+    if path.is_file():
+        train = load_npz(path, TRAIN_SET_KEYS, aligned=(("x", "y", "real"),))
+        check_settings_match(path, train["meta"].get("loop_settings", {}), loop_settings())
+        if len(train["x"]) != TRAIN_IMAGES:
+            raise StageError(f"{path}: holds {len(train['x'])} images, not --train-images "
+                             f"{TRAIN_IMAGES}; delete it to make it again")
+        return train, previous
+    if previous is None:
+        previous = load_generation_model(previous_path, generation - 1, data, device)
+    train = synthetic_training_set(previous, data, generation, device)
+    save_npz(path, train, make_meta(__file__, settings, DATASET, SEED, generation=generation,
+                                   made_by=f"generation {generation - 1} ({previous_path})",
+                                   fresh_real_images=int(train["real"].sum()),
+                                   loop_settings=loop_settings()))
+    return train, previous
+
+
+def source_of(generation: int, n_fresh: int) -> str:
+    """What a generation was trained on, for tables: real, gen k-1 (+ fresh), fresh only."""
+    if generation == 0:
+        return "real"
+    if n_fresh == TRAIN_IMAGES:
+        return "fresh real only"
+    return f"gen {generation - 1}" + (f" + {n_fresh} fresh real" if n_fresh else "")
 
 
 def generation_state(checkpoint: Path | None, generation: int) -> dict[str, Any]:

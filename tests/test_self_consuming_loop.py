@@ -142,6 +142,15 @@ def test_fresh_fraction_replaces_that_share_with_real_training_images(monkeypatc
     assert not np.array_equal(other["x"][other["real"]], train["x"][train["real"]])
 
 
+def test_within_class_variance_of_constructed_features():
+    features = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 1.0], [1.0, 3.0], [1.0, 5.0], [9.0, 9.0]])
+    labels = np.array([0, 0, 1, 1, 1, 2])  # class 2 has one image: no variance, left out
+    # class 0: tr Cov = var(0, 2) = 2; class 1: var(1, 3, 5) = 4; mean 3.
+    assert loop.within_class_variance(features, labels) == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        loop.within_class_variance(features[:1], labels[:1])
+
+
 def default_sigint() -> None:
     """Background shells start children with SIGINT ignored; restore Python's handler."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
