@@ -60,22 +60,24 @@ from runtime import (
 )
 from settings import configure
 
-# Internal table (not a setting): the flows there are.
+# Internal tables (not settings): the flows and learning-rate schedules there are.
 FLOW_NAMES = ("realnvp", "maf", "nsf")
+LR_SCHEDULES = ("constant", "cosine")
 
 DATASET = "fashion-mnist"  # dataset whose embeddings are refined [in data_sources.DATASETS]
 DATA_DIR = "data"  # where data/embeddings/<ds>_<enc>.npz are read and every output is written
 ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")  # inputs
 FLOWS = ("realnvp", "maf", "nsf")  # flows fitted to each embedding [in FLOW_NAMES]
-EPOCHS = 100  # most epochs per flow; early stopping usually ends sooner [>= 1]
+EPOCHS = 30  # most epochs per flow (early stopping may end sooner) [>= 1]
 PATIENCE = 10  # stop after this many epochs without a better validation NLL [>= 1]
 BATCH_SIZE = 512  # vectors per optimiser step [>= 2]
-LEARNING_RATE = 1e-3  # Adam learning rate [> 0]
+LEARNING_RATE = 2e-3  # Adam learning rate (the starting rate with --lr-schedule cosine) [> 0]
+LR_SCHEDULE = "cosine"  # constant, or cosine: down to 0 over --epochs [in LR_SCHEDULES]
 WEIGHT_DECAY = 0.0  # Adam weight decay [>= 0]
 GRAD_CLIP = 10.0  # largest gradient norm per step (0: no clipping) [>= 0]
 VALIDATION_FRACTION = 0.1  # share of the train split held out for the validation NLL [> 0, < 1]
 LIMIT = 0  # use the first N training embeddings only (0: all) [>= 0]
-HIDDEN = 128  # width of the hidden layers of every conditioner network [>= 1]
+HIDDEN = 256  # width of the hidden layers of every conditioner network [>= 1]
 REALNVP_LAYERS = 8  # affine coupling layers of RealNVP [>= 1]
 MAF_LAYERS = 5  # MADE layers of MAF [>= 1]
 NSF_LAYERS = 6  # rational-quadratic coupling layers of the neural spline flow [>= 1]
@@ -562,7 +564,18 @@ def resume_settings(encoder: str, flow_name: str, fingerprint: str) -> dict[str,
                 "hidden": HIDDEN, "layers": layers, "scale_bound": SCALE_BOUND, "seed": SEED}
     if flow_name == "nsf":
         settings.update(nsf_bins=NSF_BINS, nsf_tail_bound=NSF_TAIL_BOUND)
+    if LR_SCHEDULE != "constant":  # the schedule's shape depends on the number of epochs
+        settings.update(lr_schedule=LR_SCHEDULE, epochs=EPOCHS)
     return settings
+
+
+def learning_rate_at(step: int, total_steps: int) -> float:
+    """The rate of optimiser step ``step`` (0-based) of ``total_steps``: LEARNING_RATE, or with
+    the cosine schedule (Loshchilov & Hutter 2017, no restarts)
+    LEARNING_RATE * (1 + cos(pi * step / total_steps)) / 2."""
+    if LR_SCHEDULE == "constant":
+        return LEARNING_RATE
+    return LEARNING_RATE * (1 + math.cos(math.pi * min(step / total_steps, 1.0))) / 2
 
 
 def split_train(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -583,6 +596,9 @@ def train_epoch(flow: Flow, optimizer: torch.optim.Optimizer, x: torch.Tensor, e
     total, seen = torch.zeros((), device=x.device), 0
     bar = tqdm(steps, desc=f"{label} epoch {epoch}/{EPOCHS}", leave=False, disable=None)
     for step, idx in enumerate(bar, start=1):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at((epoch - 1) * len(steps) + step - 1,
+                                           EPOCHS * len(steps))
         loss = -flow.log_prob(x[idx]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -430,18 +430,32 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
 
 def test_resume_reports_and_refuses_other_settings(tmp_path, capsys):
     write_embeddings(tmp_path)
-    run_main(tmp_path, "--encoders", "pca", "--flows", "realnvp", "--epochs", "1")
-    run_main(tmp_path, "--encoders", "pca", "--flows", "realnvp", "--epochs", "2")
-    assert "resuming from" in capsys.readouterr().out
+    args = ("--encoders", "pca", "--flows", "realnvp", "--lr-schedule", "constant")
+    run_main(tmp_path, *args, "--epochs", "1")
+    run_main(tmp_path, *args, "--epochs", "2")  # a constant rate: more epochs continue the run
+    assert "continuing at epoch 2/2" in capsys.readouterr().out
     with pytest.raises(StageError, match="hidden: now 16, checkpoint 32"):
-        run_main(tmp_path, "--encoders", "pca", "--flows", "realnvp", "--hidden", "16")
+        run_main(tmp_path, *args, "--hidden", "16")
+    # a cosine schedule is shaped by the number of epochs: another number is another run
+    with pytest.raises(StageError, match="lr_schedule: now 'cosine', checkpoint None, epochs: "
+                                         "now 3, checkpoint None"):
+        run_main(tmp_path, "--encoders", "pca", "--flows", "realnvp")
     # new stage-1 embeddings under the same name: the old flow no longer belongs to them
     arrays = load_embeddings(tmp_path / "embeddings" / "digits_pca.npz")
     arrays["z_train"] = arrays["z_train"] * 2
     save_npz(tmp_path / "embeddings" / "digits_pca.npz",
              {k: arrays[k] for k in ("z_train", "y_train", "z_test", "y_test")}, {})
     with pytest.raises(StageError, match="embeddings_sha256: now"):
-        run_main(tmp_path, "--encoders", "pca", "--flows", "realnvp", "--epochs", "2")
+        run_main(tmp_path, *args, "--epochs", "2")
+
+
+def test_cosine_schedule_runs_from_the_rate_to_zero(monkeypatch):
+    monkeypatch.setattr(flows, "LEARNING_RATE", 2e-3)
+    rates = [flows.learning_rate_at(step, 100) for step in range(101)]
+    assert rates[0] == 2e-3 and rates[50] == pytest.approx(1e-3) and rates[100] == 0.0
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    monkeypatch.setattr(flows, "LR_SCHEDULE", "constant")
+    assert flows.learning_rate_at(99, 100) == 2e-3
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path, monkeypatch):
@@ -469,7 +483,7 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     write_embeddings(tmp_path)
-    args = ("--encoders", "pca", "--flows", "nsf")
+    args = ("--encoders", "pca", "--flows", "nsf", "--lr-schedule", "constant")
     run_main(tmp_path, *args, "--epochs", "1")
     ckpt = tmp_path / "checkpoints" / "flows" / "digits_pca+nsf.pt"
     good = ckpt.read_bytes()
