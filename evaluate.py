@@ -1,8 +1,10 @@
 """Evaluate what the other stages wrote: embeddings, Plan 1 images, Plan 2 generated embeddings.
 
 Reads data/embeddings/<ds>_<enc>[+<flow>].npz (train/test embeddings),
-data/samples/plan1/<ds>_<enc>_<gan>.npz (images regenerated from test embeddings) and
-data/embeddings/<ds>_<enc>_<gan>.gen.npz (generated embeddings); writes
+data/samples/plan1/<ds>_<enc>_<gan>.npz (images regenerated from test embeddings),
+data/embeddings/<ds>_<enc>_<gan>.gen.npz (generated embeddings),
+data/samples/plan2/<ds>_<enc>_<gan>[_<decoder>].npz (generated embeddings decoded into images) and
+data/embeddings/<ds>_<encA>-to-<encB>_<gan>.npz (test embeddings translated from A to B); writes
 data/results/metrics.json (stage -> dataset -> model -> metric, with sample counts and seeds),
 data/results/metrics.csv, data/results/summary.md, and t-SNE / PCA plots in data/visualizations/.
 A file that cannot be evaluated is reported in one line and listed in the summary; the others go on.
@@ -28,7 +30,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.linear_model import LinearRegression  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
+from sklearn.metrics.pairwise import paired_cosine_distances  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 import metrics  # noqa: E402
 from artifacts import (  # noqa: E402
@@ -59,8 +64,11 @@ from runtime import (  # noqa: E402
 )
 from settings import configure  # noqa: E402
 
+# The stages there are (an internal table, not a setting): each has its files and its table.
+STAGE_NAMES = ("embeddings", "plan1", "plan2", "plan2_images", "plan2_translation")
+
 DATA_DIR = "data"  # where the other stages wrote their files; results go to <data-dir>/results
-STAGES = ("embeddings", "plan1", "plan2")  # stages to evaluate [embeddings | plan1 | plan2]
+STAGES = STAGE_NAMES  # stages to evaluate [in STAGE_NAMES]
 FILES = ("*",)  # glob patterns of the file names to evaluate, e.g. fashion-mnist_*
 SEED = 0  # seeds subsamples, k-means, t-SNE and the evaluator's training [>= 0]
 DEVICE = "auto"  # evaluator device: auto (cuda, then mps, then cpu), cuda, mps or cpu
@@ -84,7 +92,12 @@ THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 PER_FILE_ERRORS = (StageError, ValueError, TypeError, KeyError, IndexError,
                    np.linalg.LinAlgError)
 STAGE_TITLES = {"embeddings": "Embeddings (train/test)", "plan1": "Plan 1: images regenerated "
-                "from embeddings", "plan2": "Plan 2: generated embeddings"}
+                "from embeddings", "plan2": "Plan 2: generated embeddings",
+                "plan2_images": "Plan 2: generated embeddings decoded into images",
+                "plan2_translation": "Plan 2: test embeddings translated between encoders"}
+# Plan 2 images: the images, and the classes asked for when the generator is conditional.
+PLAN2_IMAGE_KEYS = {"x_gen": (3, "iu")}
+TRANSLATION_KEYS = {"z_translated": (2, "f"), "y_test": (1, "iu")}
 
 
 @dataclass
@@ -116,11 +129,14 @@ def find_files(data_dir: Path, stages: tuple[str, ...],
     embeddings_dir = data_dir / "embeddings"
     # The CLIP drift stage's files share data/embeddings/ but have their own evaluation.
     clip_files = ("coco_caption_embeddings.npz", "gen_*_embeddings.npz")
+    arrays = [p for p in embeddings_dir.glob("*.npz") if not p.name.endswith(".gen.npz")
+              and not any(fnmatch.fnmatch(p.name, c) for c in clip_files)]
     found = {
-        "embeddings": [p for p in embeddings_dir.glob("*.npz") if not p.name.endswith(".gen.npz")
-                       and not any(fnmatch.fnmatch(p.name, c) for c in clip_files)],
+        "embeddings": [p for p in arrays if "-to-" not in p.name],
         "plan1": list((data_dir / "samples" / "plan1").glob("*.npz")),
         "plan2": list(embeddings_dir.glob("*.gen.npz")),
+        "plan2_images": list((data_dir / "samples" / "plan2").glob("*.npz")),
+        "plan2_translation": [p for p in arrays if "-to-" in p.name],
     }
     return {stage: sorted(p for p in found[stage]
                           if any(fnmatch.fnmatch(p.name, pattern) for pattern in patterns))
@@ -304,11 +320,10 @@ def check_sources(path: Path, arrays: dict[str, Any], data: ImageDataset) -> Non
         raise StageError(f"{path}: {len(x_gen)} images, too few for the metrics")
 
 
-def plan1_metrics(path: Path, arrays: dict[str, Any], real: RealImages,
-                  device: Any) -> dict[str, Any]:
-    """FID and PRDC on evaluator features, Inception-style score, class consistency."""
-    x_gen, y_src = arrays["x_gen"], arrays["y_src"].astype(np.int64)
-    idx_src = arrays["idx_src"].astype(np.int64)
+def image_metrics(path: Path, x_gen: np.ndarray, real: RealImages,
+                  device: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """FID and PRDC on evaluator features and the Inception-style score, each with its
+    real-vs-real floor; and the evaluator's logits of the images."""
     n_test = len(real.data.x_test)
     features, logits = evaluator_outputs(real.evaluator.model, x_gen, device, BATCH_SIZE,
                                          f"{path}: x_gen")
@@ -320,11 +335,19 @@ def plan1_metrics(path: Path, arrays: dict[str, Any], real: RealImages,
         logits, SCORE_SPLITS, seed=SEED)
     values.update(metrics.precision_recall_density_coverage(real.test_features, features,
                                                             PRECISION_K, DENSITY_K))
+    values.update(real_image_floors(real, len(x_gen), device))
+    return values, logits
+
+
+def plan1_metrics(path: Path, arrays: dict[str, Any], real: RealImages,
+                  device: Any) -> dict[str, Any]:
+    """Image metrics and class consistency (evaluator class = class of the source test image)."""
+    y_src, idx_src = arrays["y_src"].astype(np.int64), arrays["idx_src"].astype(np.int64)
+    values, logits = image_metrics(path, arrays["x_gen"], real, device)
     values["class_consistency"] = metrics.class_consistency(logits.argmax(axis=1), y_src)
     # The same evaluator on the real test images the embeddings came from: the ceiling.
     values["class_consistency_real"] = metrics.class_consistency(
         real.test_logits[idx_src].argmax(axis=1), y_src)
-    values.update(real_image_floors(real, len(x_gen), device))
     return values
 
 
@@ -348,14 +371,30 @@ def sample_grid(x_gen: np.ndarray, y_src: np.ndarray, class_names: list[str],
 
 
 # ---------------------------------------------------------------- Plan 2 metrics
+def labelled_cluster_values(features: np.ndarray, labels: np.ndarray,
+                            suffix: str = "") -> tuple[dict[str, Any], dict[str, str]]:
+    """k-means ARI/NMI against ``labels`` and silhouette / Calinski-Harabasz / Davies-Bouldin of
+    the ``labels`` classes (None where undefined), and the reasons of the undefined ones; every
+    name ends with ``suffix``."""
+    values = metrics.kmeans_agreement(features, labels, SEED, KMEANS_INIT)
+    values.update(metrics.label_cluster_quality(features, labels, SILHOUETTE_SAMPLES, SEED))
+    undefined = metrics.cluster_quality_undefined(features, labels)
+    values.update(dict.fromkeys(undefined))
+    return ({name + suffix: value for name, value in values.items()},
+            {name + suffix: reason for name, reason in undefined.items()})
+
+
 def plan2_metrics(path: Path, arrays: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
-    """Fréchet distance and PRDC against real test embeddings, k-NN class consistency."""
+    """Fréchet distance and PRDC against real test embeddings; for a conditional generator
+    (``y_gen``, the class asked for): k-NN class consistency, train-on-synthetic-test-on-real
+    k-NN accuracy beside train-on-real (as many real training embeddings), and k-means ARI /
+    cluster indices of the classes asked for beside those of the real test embeddings."""
     z_gen = arrays["z_gen"].astype(np.float64)
     z_train, z_test = real["z_train"].astype(np.float64), real["z_test"].astype(np.float64)
     if z_gen.shape[1] != z_test.shape[1]:
         raise StageError(f"{path}: z_gen has {z_gen.shape[1]} dims, the real embeddings "
                          f"{z_test.shape[1]}")
-    if len(z_gen) <= DENSITY_K:
+    if len(z_gen) <= max(DENSITY_K, KNN_K):
         raise StageError(f"{path}: {len(z_gen)} generated embeddings, too few for the metrics")
     n = min(len(z_gen), len(z_train))
     chosen = np.sort(np.random.default_rng(SEED).choice(len(z_train), n, replace=False))
@@ -377,7 +416,59 @@ def plan2_metrics(path: Path, arrays: dict[str, Any], real: dict[str, Any]) -> d
         values["knn_accuracy_real"] = metrics.knn_accuracy(z_train, real["y_train"], z_test,
                                                            real["y_test"], KNN_K)
         values["knn_k"] = KNN_K
+        values["tstr_knn_accuracy"] = metrics.knn_accuracy(z_gen, y_gen, z_test, real["y_test"],
+                                                           KNN_K)
+        values["trtr_knn_accuracy"] = metrics.knn_accuracy(z_train[chosen], real["y_train"][chosen],
+                                                           z_test, real["y_test"], KNN_K)
+        generated, undefined = labelled_cluster_values(z_gen, y_gen)
+        if "cluster_reference" not in real:  # the real test set's values, once per source file
+            real["cluster_reference"] = labelled_cluster_values(z_test, real["y_test"], "_real")
+        reference, undefined_real = real["cluster_reference"]
+        values.update({**generated, **reference})
+        values["silhouette_samples"] = SILHOUETTE_SAMPLES
+        if undefined or undefined_real:
+            values["undefined"] = {**undefined, **undefined_real}
     return values
+
+
+def translation_metrics(path: Path, z_translated: np.ndarray, source: dict[str, Any],
+                        target: dict[str, Any]) -> dict[str, Any]:
+    """Test embeddings translated from the source encoder's space to the target's, against the
+    target's true embeddings of the same test images.
+
+    cosine: mean cosine between each translated and true vector in the target's space
+    standardised with its train statistics; k-NN accuracy of the translated vectors beside the
+    target's own (both by one k-NN fitted on the target's train embeddings); and, as a ceiling
+    that sees pairs, the same two numbers for a linear least-squares map fitted on the paired
+    standardised train embeddings."""
+    z_translated = z_translated.astype(np.float64)
+    b_train, b_test = target["z_train"].astype(np.float64), target["z_test"].astype(np.float64)
+    if z_translated.shape != b_test.shape:
+        raise StageError(f"{path}: z_translated has shape {z_translated.shape}, the target's "
+                         f"test embeddings {b_test.shape}")
+    if len(b_train) <= KNN_K:
+        raise StageError(f"{path}: {len(b_train)} target train embeddings, too few for k-NN")
+    scale_a = StandardScaler().fit(source["z_train"].astype(np.float64))
+    scale_b = StandardScaler().fit(b_train)
+    truth = scale_b.transform(b_test)
+    paired = LinearRegression().fit(scale_a.transform(source["z_train"].astype(np.float64)),
+                                    scale_b.transform(b_train))
+    linear = paired.predict(scale_a.transform(source["z_test"].astype(np.float64)))
+    y_train, y_test = target["y_train"], target["y_test"]
+
+    def knn_accuracy(features: np.ndarray) -> float:
+        return metrics.knn_accuracy(b_train, y_train, features, y_test, KNN_K)
+
+    return {
+        "n_test": len(b_test), "dims_source": int(source["z_test"].shape[1]),
+        "dims_target": int(b_test.shape[1]), "knn_k": KNN_K, "seed": SEED,
+        "cosine": float(np.mean(1.0 - paired_cosine_distances(
+            scale_b.transform(z_translated), truth))),
+        "knn_accuracy": knn_accuracy(z_translated),
+        "knn_accuracy_target": knn_accuracy(b_test),
+        "cosine_paired_linear": float(np.mean(1.0 - paired_cosine_distances(linear, truth))),
+        "knn_accuracy_paired_linear": knn_accuracy(scale_b.inverse_transform(linear)),
+    }
 
 
 def generated_overlay(z_gen: np.ndarray, z_test: np.ndarray, title: str) -> plt.Figure:
@@ -462,12 +553,38 @@ def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
             ["source embeddings", "n generated",
              "Fréchet distance, embedding space (floor: train vs test)", "precision (floor)",
              "recall (floor)", "density (floor)", "coverage (floor)",
-             f"k-NN class consistency, k={KNN_K} (real test k-NN acc)", "plots"],
+             f"k-NN class consistency, k={KNN_K} (real test k-NN acc)",
+             "TSTR k-NN acc (TRTR)", "k-means ARI, class asked (real test)",
+             "silhouette* (real)", "Calinski-Harabasz* (real)", "Davies-Bouldin* (real)",
+             "plots"],
             lambda v: [v["source_embeddings"], _number(v["n_generated"]),
                        _with(v, "frechet_distance", "frechet_distance_floor", "floor"),
                        *[_with(v, m, f"{m}_floor", "floor")
                          for m in ("precision", "recall", "density", "coverage")],
-                       _with(v, "knn_class_consistency", "knn_accuracy_real", "real")]),
+                       _with(v, "knn_class_consistency", "knn_accuracy_real", "real"),
+                       _with(v, "tstr_knn_accuracy", "trtr_knn_accuracy", "TRTR"),
+                       *[_with(v, m, f"{m}_real", "real")
+                         for m in ("kmeans_ari", "silhouette", "calinski_harabasz",
+                                   "davies_bouldin")]]),
+        "plan2_images": (
+            ["n generated", "FID, classifier features (floor: train vs test)",
+             f"IS-style score, classifier, {SCORE_SPLITS} splits (real)",
+             "precision (floor)", "recall (floor)", "density (floor)", "coverage (floor)",
+             "class consistency, class asked (real test images)", "plots"],
+            lambda v: [_number(v["n_generated"]), _with(v, "fid", "fid_floor", "floor"),
+                       _with(v, "score", "score_real", "real"),
+                       *[_with(v, m, f"{m}_floor", "floor")
+                         for m in ("precision", "recall", "density", "coverage")],
+                       _with(v, "class_consistency", "class_consistency_real", "real")]),
+        "plan2_translation": (
+            ["source embeddings", "target embeddings", "n test",
+             "cosine to the true target (paired linear map)",
+             f"k-NN acc, k={KNN_K} (target's own)", "k-NN acc of the paired linear map",
+             "plots"],
+            lambda v: [v["source_embeddings"], v["target_embeddings"], _number(v["n_test"]),
+                       _with(v, "cosine", "cosine_paired_linear", "paired linear"),
+                       _with(v, "knn_accuracy", "knn_accuracy_target", "target"),
+                       _number(v["knn_accuracy_paired_linear"])]),
     }
     notes = {
         "embeddings": "k-NN and probe: fitted on train, scored on test. k-means (k = number of "
@@ -484,7 +601,26 @@ def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
         "plan2": "Against the real test embeddings of the source embedding file. Floors: a "
                  "seeded subset of as many training embeddings as generated ones. k-NN class "
                  "consistency: the k-NN class (fitted on real train embeddings) of each "
-                 "generated embedding equals the class asked for (conditional generators only).",
+                 "generated embedding equals the class asked for. TSTR: a k-NN fitted on the "
+                 "generated embeddings and their classes scores the real test embeddings; "
+                 "TRTR: the same with as many real training embeddings. k-means (k = number of "
+                 "classes) ARI against the classes asked for, and the cluster indices of those "
+                 "classes, beside the real test embeddings' values with their true classes "
+                 "(these columns: conditional generators only). *In the embedding's own "
+                 "space.",
+        "plan2_images": "Generated embeddings decoded into images (by the encoder's decoder or "
+                        "a Plan 1 generator), scored like Plan 1 images on the evaluator CNN's "
+                        "features (not Inception). Floors: as many training images as generated "
+                        "ones, against the test images. Class consistency: the evaluator's "
+                        "class of each image equals the class asked for (conditional "
+                        "generators); real: the evaluator's accuracy on the test images.",
+        "plan2_translation": "Test embeddings of the source encoder translated into the target "
+                             "encoder's space by a GAN trained without pairs, against the "
+                             "target's true embeddings of the same images. Cosine: in the "
+                             "target space standardised with its train statistics. k-NN: "
+                             "fitted on the target's train embeddings. The paired linear map "
+                             "is a least-squares fit on paired train embeddings: a reference "
+                             "that sees the pairs the GAN never sees.",
     }
     for stage in settings["stages"]:
         header, cells = tables[stage]
@@ -610,17 +746,9 @@ def evaluate_plan2_file(path: Path, report: Report, visual_dir: Path,
     """Embedding-distribution metrics of one ``<ds>_<enc>_<gan>.gen.npz``."""
     arrays = load_npz(path, GENERATED_EMBEDDING_KEYS)
     dataset, model = dataset_and_model(path, arrays["meta"])
-    if "y_gen" in arrays:
-        y_gen = arrays["y_gen"]
-        check_array(path, "y_gen", y_gen, 1, "iu")
-        if len(y_gen) != len(arrays["z_gen"]):
-            raise StageError(f"{path}: y_gen has shape {y_gen.shape}, expected "
-                             f"({len(arrays['z_gen'])},) to match z_gen")
-        check_labels(path, {"y_gen": y_gen}, dataset)
+    check_classes_asked(path, arrays, "z_gen", dataset)
     source = source_embeddings(path, arrays["meta"], dataset)
-    if source not in real_embeddings:
-        real_embeddings[source] = load_embeddings(source)
-    real = real_embeddings[source]
+    real = real_embeddings_of(source, real_embeddings)
     values = plan2_metrics(path, arrays, real)
     report.add("plan2", dataset, model, {"file": path.name, "source_embeddings": source.name,
                                          **values})
@@ -632,6 +760,92 @@ def evaluate_plan2_file(path: Path, report: Report, visual_dir: Path,
         save_figure(figure, visual_dir / name)
         plt.close(figure)
         report.plots[("plan2", dataset, model)] = {"pca": name}
+
+
+def check_classes_asked(path: Path, arrays: dict[str, Any], key: str, dataset: str) -> None:
+    """``y_gen``, where present, must hold one class index of ``dataset`` per row of ``key``."""
+    if "y_gen" not in arrays:
+        return
+    y_gen = arrays["y_gen"]
+    check_array(path, "y_gen", y_gen, 1, "iu")
+    if len(y_gen) != len(arrays[key]):
+        raise StageError(f"{path}: y_gen has shape {y_gen.shape}, expected "
+                         f"({len(arrays[key])},) to match {key}")
+    check_labels(path, {"y_gen": y_gen}, dataset)
+
+
+def real_embeddings_of(path: Path, cache: dict[Path, dict[str, Any]]) -> dict[str, Any]:
+    """A real embedding file, loaded and checked once per run."""
+    if path not in cache:
+        cache[path] = load_embeddings(path)
+    return cache[path]
+
+
+def evaluate_plan2_image_file(path: Path, report: Report, visual_dir: Path,
+                              real_images: dict[str, RealImages], device: Any) -> None:
+    """Image metrics of one ``samples/plan2/<ds>_<enc>_<gan>[_<decoder>].npz`` (generated
+    embeddings decoded into images; ``y_gen`` the classes asked for, when conditional)."""
+    arrays = load_npz(path, PLAN2_IMAGE_KEYS)
+    dataset, model = dataset_and_model(path, arrays["meta"])
+    x_gen = check_images(arrays["x_gen"], f"{path}: x_gen")
+    check_classes_asked(path, arrays, "x_gen", dataset)
+    if len(x_gen) < max(SCORE_SPLITS, DENSITY_K + 1):
+        raise StageError(f"{path}: {len(x_gen)} images, too few for the metrics")
+    if dataset not in real_images:
+        real_images[dataset] = real_images_for(load_dataset(dataset, DATA_DIR), device)
+    real = real_images[dataset]
+    values, logits = image_metrics(path, x_gen, real, device)
+    predicted = logits.argmax(axis=1)
+    if "y_gen" in arrays:
+        values["class_consistency"] = metrics.class_consistency(predicted,
+                                                                arrays["y_gen"].astype(np.int64))
+        # The evaluator on the real test images with their labels: the ceiling.
+        values["class_consistency_real"] = metrics.class_consistency(
+            real.test_logits.argmax(axis=1), real.data.y_test)
+    report.add("plan2_images", dataset, model, {"file": path.name, **values})
+    if PLOTS:
+        name = f"plan2_{dataset}_{model}_samples.png"
+        asked = "y_gen" in arrays
+        figure = sample_grid(x_gen, arrays["y_gen"] if asked else predicted,
+                             CLASS_NAMES[dataset], f"{dataset} {model}: generated images by "
+                             f"{'class asked for' if asked else 'evaluator class'}")
+        save_figure(figure, visual_dir / name)
+        plt.close(figure)
+        report.plots[("plan2_images", dataset, model)] = {"samples": name}
+
+
+def evaluate_translation_file(path: Path, report: Report, visual_dir: Path,
+                              real_embeddings: dict[Path, dict[str, Any]]) -> None:
+    """Translation metrics of one ``<ds>_<encA>-to-<encB>_<gan>.npz`` against the true
+    embeddings of the same test images (the files its meta names)."""
+    arrays = load_npz(path, TRANSLATION_KEYS, aligned=(("z_translated", "y_test"),))
+    dataset, model = dataset_and_model(path, arrays["meta"])
+    named = {}
+    for role in ("source_embeddings", "target_embeddings"):
+        if not arrays["meta"].get(role):
+            raise StageError(f"{path}: its meta does not name its {role} file")
+        named[role] = path.parent / Path(str(arrays["meta"][role])).name
+        if not named[role].is_file():
+            raise StageError(f"{path}: meta names {role} {named[role].name!r}, not found in "
+                             f"{path.parent}")
+    source = real_embeddings_of(named["source_embeddings"], real_embeddings)
+    target = real_embeddings_of(named["target_embeddings"], real_embeddings)
+    for role, real in (("source", source), ("target", target)):
+        if not np.array_equal(real["y_test"], arrays["y_test"]):
+            raise StageError(f"{path}: y_test differs from the {role} file's test labels: the "
+                             f"translated embeddings are not of those test images")
+    values = translation_metrics(path, arrays["z_translated"], source, target)
+    report.add("plan2_translation", dataset, model,
+               {"file": path.name, "source_embeddings": named["source_embeddings"].name,
+                "target_embeddings": named["target_embeddings"].name, **values})
+    if PLOTS:
+        name = f"plan2_{dataset}_{model}_pca.png"
+        figure = generated_overlay(arrays["z_translated"].astype(np.float64),
+                                   target["z_test"].astype(np.float64),
+                                   f"{dataset} {model}: translated vs true target embeddings")
+        save_figure(figure, visual_dir / name)
+        plt.close(figure)
+        report.plots[("plan2_translation", dataset, model)] = {"pca": name}
 
 
 def main() -> None:
@@ -683,8 +897,12 @@ def main() -> None:
                     evaluate_embedding_file(path, report, visual_dir)
                 elif stage == "plan1":
                     evaluate_plan1_file(path, report, visual_dir, real_images, device)
-                else:
+                elif stage == "plan2":
                     evaluate_plan2_file(path, report, visual_dir, real_embeddings)
+                elif stage == "plan2_images":
+                    evaluate_plan2_image_file(path, report, visual_dir, real_images, device)
+                else:
+                    evaluate_translation_file(path, report, visual_dir, real_embeddings)
             except PER_FILE_ERRORS as err:
                 skip(stage, path, err)
                 continue

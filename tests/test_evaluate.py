@@ -64,6 +64,22 @@ def build_data_dir(root: Path) -> dict[str, np.ndarray]:
     save_npz(plan1 / "digits_pca12_noise.npz",
              {"x_gen": noise, "idx_src": everything, "y_src": data.y_test}, meta)
     save_npz(emb / "digits_pca12_copy.gen.npz", {"z_gen": z_test, "y_gen": data.y_test}, meta)
+    # Plan 2 images (generated embeddings decoded) and translations, with known answers: the real
+    # test images with their classes, and the true target embeddings.
+    plan2 = root / "samples" / "plan2"
+    save_npz(plan2 / "digits_pca12_copy.npz", {"x_gen": data.x_test, "y_gen": data.y_test}, meta)
+    save_npz(plan2 / "digits_pca12_unconditional.npz", {"x_gen": data.x_test[::-1].copy()},
+             meta)
+    translated = {**meta, "source_embeddings": "digits_pca12.npz",
+                  "target_embeddings": "digits_pca12.npz"}
+    save_npz(emb / "digits_pca12-to-pca12_copy.npz",
+             {"z_translated": z_test, "y_test": data.y_test}, translated)
+    save_npz(emb / "digits_pca12-to-pca12_shuffled.npz",
+             {"z_translated": z_test, "y_test": np.roll(data.y_test, 1)}, translated)
+    save_npz(emb / "digits_pca12-to-pca12_nameless.npz",
+             {"z_translated": z_test, "y_test": data.y_test}, meta)
+    save_npz(plan2 / "digits_pca12_badclass.npz",
+             {"x_gen": data.x_test, "y_gen": data.y_test + 10}, meta)
     # Broken files: each must be skipped with a one-line reason while the rest are evaluated.
     with_nan = z_test.copy()
     with_nan[5, 3] = np.nan
@@ -155,6 +171,62 @@ def test_generated_embeddings_copy_scores_zero_distance(evaluated) -> None:
     assert copy["knn_class_consistency"] == pytest.approx(copy["knn_accuracy_real"])
 
 
+def test_generated_embeddings_copy_has_the_real_cluster_values(evaluated) -> None:
+    """Generated = the real test embeddings with their classes: k-means and cluster indices equal
+    the real ones; TSTR is a k-NN fitted on the test set itself, TRTR one fitted on the floor's
+    subset of as many training embeddings."""
+    copy, real = evaluated["metrics"]["plan2"]["digits"]["pca12_copy"], evaluated["real"]
+    for name in ("kmeans_ari", "kmeans_nmi", "silhouette", "calinski_harabasz", "davies_bouldin"):
+        assert copy[name] == pytest.approx(copy[f"{name}_real"]), name
+    assert copy["tstr_knn_accuracy"] == pytest.approx(metrics.knn_accuracy(
+        real["z_test"], real["y_test"], real["z_test"], real["y_test"], k=5))
+    chosen = np.sort(np.random.default_rng(0).choice(1347, 450, replace=False))  # the floor's
+    assert copy["trtr_knn_accuracy"] == pytest.approx(metrics.knn_accuracy(
+        real["z_train"][chosen], real["y_train"][chosen], real["z_test"], real["y_test"], k=5))
+
+
+def test_plan2_images_of_real_test_images_score_like_them(evaluated) -> None:
+    images = evaluated["metrics"]["plan2_images"]["digits"]
+    assert set(images) == {"pca12_copy", "pca12_unconditional"}
+    copy = images["pca12_copy"]
+    assert copy["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert copy["precision"] == copy["recall"] == copy["coverage"] == 1.0
+    assert copy["class_consistency"] == pytest.approx(copy["class_consistency_real"])
+    assert copy["class_consistency_real"] == pytest.approx(
+        evaluated["metrics"]["evaluators"]["digits"]["test_accuracy"])
+    assert "class_consistency" not in images["pca12_unconditional"]
+    assert images["pca12_unconditional"]["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert "plan2_digits_pca12_copy_samples.png" in evaluated["summary"]
+
+
+def test_translation_to_the_true_embeddings_scores_perfectly(evaluated) -> None:
+    entry = evaluated["metrics"]["plan2_translation"]["digits"]["pca12-to-pca12_copy"]
+    assert entry["cosine"] == pytest.approx(1.0)
+    assert entry["knn_accuracy"] == entry["knn_accuracy_target"] > 0.9
+    # the same space on both sides: the paired least-squares map is the identity
+    assert entry["cosine_paired_linear"] == pytest.approx(1.0)
+    assert (entry["source_embeddings"], entry["target_embeddings"]) == ("digits_pca12.npz",) * 2
+    assert "pca12-to-pca12" not in evaluated["metrics"]["embeddings"]["digits"]
+
+
+def test_translation_cosine_is_taken_in_the_standardised_target_space() -> None:
+    """cosine = mean_i cos(s(t_i), s(b_i)) with s the target's train standardisation; a
+    translation shifted by the target's mean scores below one that is exact."""
+    gen = np.random.default_rng(0)
+    z_train, z_test = gen.normal(3.0, 1.0, (60, 4)), gen.normal(3.0, 1.0, (20, 4))
+    y_train, y_test = np.arange(60) % 2, np.arange(20) % 2
+    real = {"z_train": z_train, "y_train": y_train, "z_test": z_test, "y_test": y_test}
+    noisy = z_test + gen.normal(0.0, 0.5, z_test.shape)
+    values = evaluate.translation_metrics(Path("t.npz"), noisy, real, real)
+    mean, std = z_train.mean(0), z_train.std(0)
+    expected = np.mean([np.dot((t - mean) / std, (b - mean) / std)
+                        / np.linalg.norm((t - mean) / std) / np.linalg.norm((b - mean) / std)
+                        for t, b in zip(noisy, z_test, strict=True)])
+    assert values["cosine"] == pytest.approx(expected)
+    with pytest.raises(StageError, match="z_translated has shape"):
+        evaluate.translation_metrics(Path("t.npz"), noisy[:, :3], real, real)
+
+
 def test_bad_files_are_skipped_with_one_line_reasons(evaluated) -> None:
     skipped = {Path(item["file"]).name: item["reason"]
                for item in evaluated["metrics"]["skipped"]}
@@ -174,6 +246,9 @@ def test_bad_files_are_skipped_with_one_line_reasons(evaluated) -> None:
         "digits_pca12_shifted.npz": "misaligned",
         "digits_pca12_wide.gen.npz": "z_gen has 7 dims",
         "digits_pca12_mislabelled.npz": "meta says 'mnist'",
+        "digits_pca12-to-pca12_shuffled.npz": "y_test differs from the source file's test labels",
+        "digits_pca12-to-pca12_nameless.npz": "its meta does not name its source_embeddings file",
+        "digits_pca12_badclass.npz": "y_gen spans [10, 19], not class indices of digits",
     }
     assert set(skipped) == set(expected)
     for name, words in expected.items():
@@ -218,7 +293,8 @@ def test_stage_and_file_settings_choose_what_is_evaluated(tmp_path: Path) -> Non
     assert document["skipped"] == []
     bad = run_evaluate(tmp_path, "--stages", "plan3")
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "error: --stages plan3: must be one of embeddings, plan1, plan2"
+    assert bad.stderr.strip() == ("error: --stages plan3: must be one of embeddings, plan1, "
+                                  "plan2, plan2_images, plan2_translation")
 
 
 def test_file_names_give_dataset_and_model(tmp_path: Path) -> None:
