@@ -73,7 +73,7 @@ LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order and template choice [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
-THREADS = 0  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
+THREADS = 1  # CPU threads of torch, BLAS, OpenMP (0: library default; more were slower here) [>= 0]
 HIDDEN_SIZE = 64  # width of both transformer towers [>= 8]
 VISION_LAYERS = 4  # transformer layers of the image tower [>= 1]
 TEXT_LAYERS = 2  # transformer layers of the text tower [>= 1]
