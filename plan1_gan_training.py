@@ -64,7 +64,7 @@ LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order, noise and the saved samples [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
-THREADS = 0  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
+THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 NOISE_DIM = 32  # size of the generator's noise z [>= 1]
 WIDTH = 32  # channels of the 14x14 conv layers of G and D (twice as many at 7x7) [>= 1]
 FEATURE_DIM = 256  # width of the discriminator's feature layer [>= 1]
