@@ -21,9 +21,13 @@ extract_generation_embeddings.py reads them with
 Per generation it measures, against the real test images, the evaluator CNN's FID (classifier
 features, beside the real-vs-real floor), precision/recall, density/coverage and class
 consistency (the evaluator's class of each image against its prompt's class), as evaluate.py
-does for Plan 1; writes them to DATA_DIR/results/<run>_metrics.json, a figure of them and a grid
-of samples per generation. Checkpoints per generation (data/checkpoints/loop/<run>/); an
-interrupted loop resumes in the generation it was in, and finished generations are kept.
+does for Plan 1, and the within-class variance of the evaluator features relative to that of the
+real prompt images (the diversity left inside a class); writes them to
+DATA_DIR/results/<run>_metrics.json, DATA_DIR/<run>/gen_<k>.npz (the images in Plan 1's sample
+format), a figure of the metrics (with the other loops of the dataset found in results/) and a
+grid of samples per generation. Each generation's checkpoint and training set are kept in
+DATA_DIR/checkpoints/loop/<run>/; an interrupted loop resumes in the generation it was in, and
+finished generations are kept (a larger --generations continues a finished loop).
 
     python self_consuming_loop.py --dataset digits --generations 2 --n-images 50 --train-images 500
 """
