@@ -90,7 +90,7 @@ SAMPLES = 10000  # samples per flow written to <ds>_<enc>+<flow>.gen.npz [>= 1]
 SEED = 0  # seeds the split, the weights, the batch order, the mixture and the samples [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
-THREADS = 0  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
+THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 
 # A column whose standard deviation is below this share of its scale counts as constant.
 CONSTANT_COLUMN_TOLERANCE = 1e-6
@@ -525,10 +525,14 @@ def fit_preprocessing(z_train: np.ndarray, z_test: np.ndarray) -> Preprocessing:
             np.eye(dims)
         pre = Preprocessing(mean=np.zeros(dims - 1), std=np.ones(dims - 1), radius=radius,
                             centre=reflection[:, 0], basis=reflection[:, 1:])
-        x = pre.chart(x)
         if dims < 3:
             raise StageError(f"{dims}-d vectors of one norm leave {dims - 1} chart coordinate(s); "
                              "a flow needs at least 2")
+        closest = float(min((z / radius @ pre.centre).min() for z in (x, z_test)))
+        if closest < -1 + 1e-9:
+            raise StageError("a vector lies at the pole of the sphere chart (opposite the mean "
+                             "direction of the train vectors), where it has no coordinates")
+        x = pre.chart(x)
     pre.mean, pre.std = x.mean(axis=0), x.std(axis=0)
     return pre
 
@@ -544,7 +548,7 @@ def gaussian_nll(train: np.ndarray, test: np.ndarray) -> float:
 def mixture_nll(train: np.ndarray, test: np.ndarray, components: int,
                 seed: int) -> tuple[float, GaussianMixture]:
     """Test NLL per dimension of a full-covariance Gaussian mixture (scikit-learn EM, k-means
-    initialisation), and the fitted mixture."""
+    initialisation, at most 200 iterations), and the fitted mixture."""
     mixture = GaussianMixture(components, covariance_type="full", max_iter=200,
                               random_state=seed)
     with warnings.catch_warnings():
@@ -719,6 +723,7 @@ def learning_curves(histories: dict[str, dict[str, Any]], baselines: dict[str, f
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for i, (name, state) in enumerate(histories.items()):
@@ -730,6 +735,8 @@ def learning_curves(histories: dict[str, dict[str, Any]], baselines: dict[str, f
         axis.plot([state["best_epoch"]], [state["best_val_nll"]], "o", color=colour)
     for style, (label, value) in zip((":", "-."), baselines.items(), strict=True):
         axis.axhline(value, color="0.3", linestyle=style, label=f"{label} (test)")
+    axis.plot([], [], "o", color="0.3", label="best epoch (kept)")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
     axis.set_ylabel("NLL, nats per dimension (standardised)")
     axis.set_title(title, fontsize=10)
@@ -737,7 +744,7 @@ def learning_curves(histories: dict[str, dict[str, Any]], baselines: dict[str, f
     return figure
 
 
-RESULT_COLUMNS = ("flow", "dims", "test NLL", "Gaussian", "mixture", "gain over Gaussian",
+RESULT_COLUMNS = ("embedding+flow", "dims", "test NLL", "Gaussian", "mixture", "gain over Gaussian",
                   "gain over mixture", "k-NN original", "k-NN refined", "best epoch / run",
                   "s per epoch")
 
@@ -792,11 +799,12 @@ def main() -> None:
               f"{z_train.shape[1]}-d{note}")
         started = time.time()
         baselines = {"gaussian": gaussian_nll(m_train, m_test)}
-        baselines["mixture"], _ = mixture_nll(m_train, m_test, GMM_COMPONENTS, SEED)
+        baselines["mixture"], mixture = mixture_nll(m_train, m_test, GMM_COMPONENTS, SEED)
         knn_original = knn_accuracy(z_train, data["y_train"], z_test, data["y_test"], KNN_K)
         print(f"{encoder}: test NLL per dim: Gaussian {baselines['gaussian']:.4f}, "
-              f"{GMM_COMPONENTS}-component mixture {baselines['mixture']:.4f}; k-NN accuracy "
-              f"{knn_original:.4f} ({time.time() - started:.1f} s)")
+              f"{GMM_COMPONENTS}-component mixture {baselines['mixture']:.4f}"
+              f"{'' if mixture.converged_ else ' (EM did not converge in 200 iterations)'}; "
+              f"k-NN accuracy {knn_original:.4f} ({time.time() - started:.1f} s)")
         fit_idx, val_idx = split_train(len(m_train))
         x_train = torch.from_numpy(m_train.astype(np.float32)).to(device)
         x_test = torch.from_numpy(m_test.astype(np.float32)).to(device)
@@ -822,6 +830,7 @@ def main() -> None:
             results = {"dims": pre.dims, "sphere_radius": pre.radius, "test_nll": test_nll,
                        "gaussian_nll": baselines["gaussian"],
                        "mixture_nll": baselines["mixture"], "mixture_components": GMM_COMPONENTS,
+                       "mixture_converged": bool(mixture.converged_),
                        "knn_original": knn_original, "knn_refined": knn_refined, "knn_k": KNN_K,
                        "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
                        "best_val_nll": state["best_val_nll"],

@@ -243,6 +243,10 @@ def test_unit_vectors_get_a_sphere_chart():
     np.testing.assert_allclose(np.linalg.norm(anywhere, axis=1), pre.radius, rtol=1e-12)
     # norms that differ by more than the tolerance: no chart
     assert flows.fit_preprocessing(z * rng.uniform(0.9, 1.1, (400, 1)), z[:40]).radius == 0
+    # a vector at the pole has no chart coordinates: refused, not mapped to infinity
+    with pytest.raises(StageError, match="pole of the sphere chart"):
+        flows.fit_preprocessing(np.array([[1.0, 0, 0], [0.6, 0.8, 0], [0.6, -0.8, 0]]),
+                                np.array([[-1.0, 0, 0]]))
 
 
 # ---------------------------------------------------------------- densities with known answers
