@@ -32,6 +32,7 @@ fashion-data:
 # Every stage that exists, on Fashion-MNIST, in a quick preset (a few minutes on 2 CPU cores).
 demo: install fashion-data
 	$(PY) encoder_models.py --dataset fashion-mnist --epochs 2 --limit 10000 --data-dir $(DATA_DIR)
+	$(PY) flows.py --dataset fashion-mnist --encoders ae_basic,triplet --epochs 3 --data-dir $(DATA_DIR)
 	$(PY) plan1_gan_training.py --dataset fashion-mnist --epochs 2 --limit 10000 --data-dir $(DATA_DIR)
 	$(PY) evaluate.py --data-dir $(DATA_DIR)
 
@@ -44,6 +45,7 @@ lint: install
 # Benchmarks (not tests): tens of minutes on 2 CPU cores.
 bench: install fashion-data
 	$(PY) bench/bench_encoders.py
+	$(PY) bench/bench_flows.py
 	$(PY) bench/bench_evaluate.py --dataset fashion-mnist
 	$(PY) bench/bench_plan1.py
 	$(PY) bench/bench_clip_extraction.py
