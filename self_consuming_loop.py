@@ -253,39 +253,47 @@ def samples_grid(rows: list[np.ndarray], labels: list[str], title: str) -> Any:
     return image_grid_figure(rows, labels, title)
 
 
+def run_label(run: str) -> str:
+    """A legend label for a run name: 'fully synthetic', '20% fresh real', '... from scratch'."""
+    fresh = run.partition("_fresh")[2].removesuffix("_scratch")
+    label = f"{fresh}% fresh real" if fresh else "fully synthetic"
+    if fresh == "100":
+        label += " (control)"
+    return label + (", from scratch" if run.endswith("_scratch") else "")
+
+
 def metrics_figure(runs: dict[str, list[dict[str, Any]]], title: str) -> Any:
     """FID (with its floor), class consistency, within-class spread, recall and coverage against
-    the generation, one line per run."""
+    the generation, one line per run; the real-image references as dashed grey lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("fid", "FID, evaluator features (lower is better)", "fid_floor",
-               "real-vs-real floor"),
-              ("class_consistency", "class consistency", "class_consistency_real",
-               "real test images"),
-              ("within_class_spread", "within-class variance / real's", None, None),
-              ("recall", "recall (k=3)", None, None),
-              ("coverage", "coverage (k=5)", None, None))
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8))
-    for axis, (key, name, reference, reference_name) in zip(axes, panels, strict=True):
+    panels = (("fid", "FID, evaluator features (log scale)", "fid_floor"),
+              ("class_consistency", "class consistency", "class_consistency_real"),
+              ("within_class_spread", "within-class variance / real's", None),
+              ("recall", "recall (k=3)", None),
+              ("coverage", "coverage (k=5)", None))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2))
+    first = next(iter(runs.values()))
+    for axis, (key, name, reference) in zip(axes, panels, strict=True):
         for run, records in runs.items():
-            generations = [r["generation"] for r in records]
-            axis.plot(generations, [r.get(key, np.nan) for r in records], marker="o",
-                      label=run)
-        first = next(iter(runs.values()))
+            axis.plot([r["generation"] for r in records], [r.get(key, np.nan) for r in records],
+                      marker="o", markersize=4, label=run_label(run))
         if reference is not None:
             axis.plot([r["generation"] for r in first], [r[reference] for r in first],
-                      linestyle="--", color="grey", label=reference_name)
-        if key == "within_class_spread":
-            axis.axhline(1.0, linestyle="--", color="grey", label="real test images")
+                      linestyle="--", color="grey", label="real images")
+        elif key == "within_class_spread":
+            axis.axhline(1.0, linestyle="--", color="grey", label="real images")
         axis.set_title(name, fontsize=10)
         axis.set_xlabel("generation")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
     axes[0].set_yscale("log")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9,
+                  frameon=False)
     figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
     return figure
 
 
@@ -463,7 +471,8 @@ def main() -> None:
     print(f"\n{run}: FID and precision/recall on the evaluator CNN's features (not Inception: "
           f"compare with the floor, {N_IMAGES} real training images against the test set)\n")
     print(format_table(records))
-    print(f"\nwrote {results_path}, {grid_png}, {metrics_png}; embed the generations with:\n"
+    print(f"\nresults: {results_path}; figures: {grid_png}, {metrics_png}; embed the "
+          f"generations with:\n"
           f"  python extract_generation_embeddings.py --annotation-file {caption_file} "
           f"--generation-dir-pattern '{run_dir}/gen_{{g}}' --num-captions {N_IMAGES} "
           f"--model {root}/checkpoints/clip_{DATASET}")
