@@ -60,13 +60,15 @@ from runtime import (
 )
 from settings import configure
 
-# Internal tables (not settings): the flows and learning-rate schedules there are.
+# Internal tables (not settings): the flows and learning-rate schedules there are, and the
+# encoders stage 1 trains by default (any other name of a stage-1 file works too).
 FLOW_NAMES = ("realnvp", "maf", "nsf")
 LR_SCHEDULES = ("constant", "cosine")
+STAGE1_ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")
 
 DATASET = "fashion-mnist"  # dataset whose embeddings are refined [in data_sources.DATASETS]
 DATA_DIR = "data"  # where data/embeddings/<ds>_<enc>.npz are read and every output is written
-ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")  # inputs
+ENCODERS = STAGE1_ENCODERS  # stage-1 embeddings <ds>_<enc>.npz to refine, by encoder
 FLOWS = ("realnvp", "maf", "nsf")  # flows fitted to each embedding [in FLOW_NAMES]
 EPOCHS = 30  # most epochs per flow (early stopping may end sooner) [>= 1]
 PATIENCE = 10  # stop after this many epochs without a better validation NLL [>= 1]

@@ -35,7 +35,7 @@ AUTOENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae")
 
 DATASET = "fashion-mnist"  # dataset of the embeddings [in data_sources.DATASETS]
 DATA_DIR = "data/bench_flows"  # stage-1 embeddings here (made if missing), and every output
-ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")  # inputs
+ENCODERS = flows.STAGE1_ENCODERS  # stage-1 embeddings to fit flows to, by encoder
 FLOWS = ("realnvp", "maf", "nsf")  # flows to fit [in flows.FLOW_NAMES]
 EPOCHS = 30  # most epochs per flow, passed to flows.py [>= 1]
 ENCODER_EPOCHS = 2  # epochs of encoder_models.py for a missing stage-1 file [>= 1]
