@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -497,7 +498,9 @@ class GANTrainer:
 
         ``make_batches(epoch)`` gives the batches of that epoch (1-based); ``score(ema_model)``,
         lower is better, picks the best epoch's EMA weights (kept in the checkpoint);
-        ``on_epoch(epoch, means)`` is called after each checkpoint, ``on_resume(epoch)`` after
+        The history's epoch records hold the means, the score and the epoch's wall-clock
+        ``seconds`` (training and scoring). ``on_epoch(epoch, record)`` is called after each
+        checkpoint, ``on_resume(epoch)`` after
         loading a checkpoint of that many epochs. On divergence training
         stops, ``FitReport.diverged`` says why, the checkpoint keeps the last good epoch and the
         best weights, and a later run does not train it again.
@@ -513,6 +516,7 @@ class GANTrainer:
         while self.epoch < epochs and self.diverged is None:
             epoch = self.epoch + 1
             torch.manual_seed(epoch_seed(self.settings.seed, epoch))
+            started = time.perf_counter()
             try:
                 means = self.train_epoch(make_batches(epoch), steps_per_epoch,
                                          f"{desc} epoch {epoch}/{epochs}".strip())
@@ -533,6 +537,7 @@ class GANTrainer:
                     raise StageError(f"{desc or 'GAN'}: the validation score of epoch {epoch} "
                                      f"is {record['score']}; the checkpoint of epoch "
                                      f"{epoch - 1} is kept")
+            record["seconds"] = time.perf_counter() - started
             improved = self.best_ema is None or score is None or (
                 self.best_score is None or record["score"] < self.best_score)
             if improved and not (self.diverged and self.best_ema is not None):
