@@ -49,6 +49,22 @@ def with_evaluator(source: Path, target: Path) -> Path:
     return target
 
 
+def run_in_process(data_dir: Path, *args: str, capsys: pytest.CaptureFixture
+                   ) -> tuple[int, str, str]:
+    """Run the stage in this process (no start-up cost): (exit code, stdout, stderr)."""
+    saved = sys.argv
+    sys.argv = ["self_consuming_loop.py", *TINY, "--data-dir", str(data_dir), *args]
+    code = 0
+    try:
+        runpy.run_path(str(ROOT / "self_consuming_loop.py"), run_name="__main__")
+    except SystemExit as stopped:
+        code = int(stopped.code)
+    finally:
+        sys.argv = saved
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One uninterrupted loop of generations 0 and 1: (data dir, stdout)."""
@@ -183,34 +199,40 @@ def test_ctrl_c_in_generation_1_resumes_there_and_equals_the_straight_run(straig
         np.testing.assert_array_equal(ours["x_gen"], theirs["x_gen"])
 
 
-def test_a_longer_loop_continues_from_the_finished_generations(straight, tmp_path):
+def test_a_longer_loop_continues_from_the_finished_generations(straight, tmp_path, capsys):
     data_dir = tmp_path / "longer"
     shutil.copytree(straight[0], data_dir)
-    result = run(data_dir, "--generations", "2")
-    assert "gen 0: trained" not in result.stdout and "gen 1: trained" not in result.stdout
-    assert "gen 2: trained on gen 1" in result.stdout
+    code, out, err = run_in_process(data_dir, "--generations", "2", capsys=capsys)
+    assert code == 0, err
+    assert "gen 0: trained" not in out and "gen 1: trained" not in out
+    assert "gen 2: trained on gen 1" in out
     records = json.loads((data_dir / "results" / f"{RUN}_metrics.json").read_text())
     assert [r["generation"] for r in records["generations"]] == [0, 1, 2]
     assert len(list((data_dir / RUN / "gen_2").iterdir())) == N_IMAGES
 
 
-def run_in_process(data_dir: Path, *args: str, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """Run the stage in this process (no start-up cost): (exit code, stderr)."""
-    saved = sys.argv
-    sys.argv = ["self_consuming_loop.py", *TINY, "--data-dir", str(data_dir), *args]
-    try:
-        with pytest.raises(SystemExit) as stopped:
-            runpy.run_path(str(ROOT / "self_consuming_loop.py"), run_name="__main__")
-    finally:
-        sys.argv = saved
-    return stopped.value.code, capsys.readouterr().err
-
-
 def test_other_settings_and_impossible_sizes_are_refused(straight, capsys):
     data_dir = straight[0]
-    code, err = run_in_process(data_dir, "--width", "12", capsys=capsys)
+    code, _, err = run_in_process(data_dir, "--width", "12", capsys=capsys)
     assert code == 1 and "width: now 12, there 16" in err
-    code, err = run_in_process(data_dir, "--n-images", "451", capsys=capsys)
+    code, _, err = run_in_process(data_dir, "--n-images", "451", capsys=capsys)
     assert code == 1 and "--n-images 451: digits has only 450 test images" in err
-    code, err = run_in_process(data_dir, "--fresh-fraction", "1.5", capsys=capsys)
+    code, _, err = run_in_process(data_dir, "--fresh-fraction", "1.5", capsys=capsys)
     assert code == 2 and "--fresh-fraction 1.5: must be <= 1" in err
+
+
+def test_fresh_data_loop_from_scratch_runs_in_its_own_folder(straight, tmp_path, capsys):
+    data_dir = with_evaluator(straight[0], tmp_path / "fresh")
+    code, _, err = run_in_process(data_dir, "--fresh-fraction", "0.5", "--warm-start", "false",
+                                  "--epochs", "1", capsys=capsys)
+    assert code == 0, err
+    run_dir = data_dir / "digits_loop_fresh50_scratch"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["captions.json", "gen_0", "gen_0.npz",
+                                                        "gen_1", "gen_1.npz"]
+    train = load_npz(data_dir / "checkpoints" / "loop" / run_dir.name / "train_gen_1.npz",
+                     loop.TRAIN_SET_KEYS)
+    assert int(train["real"].sum()) == 320
+    records = json.loads((data_dir / "results" / f"{run_dir.name}_metrics.json").read_text())
+    assert records["generations"][1]["trained_on"] == "gen 0 + 320 fresh real"
+    assert records["loop_settings"]["warm_start"] is False
+
