@@ -84,6 +84,7 @@ INFO_CONTINUOUS = 2  # InfoGAN: continuous codes, uniform in [-1, 1] [>= 0]
 INFO_WEIGHT = 1.0  # InfoGAN: weight of the categorical mutual-information term [>= 0]
 INFO_CONTINUOUS_WEIGHT = 0.1  # InfoGAN: weight of the continuous codes' term [>= 0]
 VALIDATION_IMAGES = 2000  # training images regenerated per epoch to pick the best epoch [>= 0]
+TEST_IMAGES = 0  # regenerate the first N test images only, for quick runs (0: all) [>= 0]
 GRID_NOISE_ROWS = 3  # rows of regenerations (one noise each) under the real row [>= 1]
 LOG_EVERY = 50  # steps between reads of the summed losses (progress bar, curves) [>= 1]
 SAMPLE_BATCH_SIZE = 1000  # images per generator pass when writing samples [>= 1]
@@ -438,6 +439,10 @@ def main() -> None:
     if n_train < BATCH_SIZE:
         raise StageError(f"--limit {LIMIT} leaves {n_train} training images, not one full batch "
                          f"of --batch-size {BATCH_SIZE}")
+    n_test = min(TEST_IMAGES, len(data.x_test)) if TEST_IMAGES else len(data.x_test)
+    if n_test <= EVALUATOR_FEATURE_DIM:
+        raise StageError(f"--test-images {TEST_IMAGES}: the FID on {EVALUATOR_FEATURE_DIM}-d "
+                         f"features needs more than {EVALUATOR_FEATURE_DIM} images")
     embedding_path = root / "embeddings" / f"{DATASET}_{ENCODER}.npz"
     z_train_np, z_test_np, embedding_meta = paired_embeddings(embedding_path, data, n_train)
     embedding_hash = fingerprint(z_train_np, z_test_np)
@@ -507,19 +512,20 @@ def main() -> None:
         train_seconds = sum(e["seconds"] for e in epochs) if all(
             "seconds" in e for e in epochs) else None
         best = trainer.best_model()
-        x_gen = regenerate(best, z_test, SEED)
-        arrays = {"x_gen": x_gen, "idx_src": np.arange(len(x_gen), dtype=np.int64),
-                  "y_src": data.y_test.astype(np.int64)}
+        x_gen = regenerate(best, z_test[:n_test], SEED)
+        arrays = {"x_gen": x_gen, "idx_src": np.arange(n_test, dtype=np.int64),
+                  "y_src": data.y_test[:n_test].astype(np.int64)}
         out = folders["samples/plan1"] / f"{tag}.npz"
         evaluate.check_sources(out, arrays, data)
         values = evaluate.plan1_metrics(out, arrays, real, device)
-        pixel_mae = float(np.abs(x_gen.astype(np.float64) - data.x_test).mean() / 255.0)
+        pixel_mae = float(np.abs(x_gen.astype(np.float64) - data.x_test[:n_test]).mean() / 255)
         meta = make_meta(__file__, settings, DATASET, SEED, encoder=ENCODER, gan=name,
                          embeddings=str(embedding_path), embeddings_hash=embedding_hash,
                          embeddings_time=embedding_meta.get("time"), checkpoint=str(checkpoint),
                          epochs_trained=trainer.epoch, best_epoch=report.best_epoch,
                          validation_fid=report.best_score, diverged=report.diverged,
-                         train_images=n_train, pixel_mae=pixel_mae, train_seconds=train_seconds,
+                         train_images=n_train, test_images=n_test, pixel_mae=pixel_mae,
+                         train_seconds=train_seconds,
                          parameters=sum(p.numel() for p in model.parameters()))
         save_npz(out, arrays, meta)
         curves = loss_curves_figure(trainer.history, f"{name} on {DATASET} {ENCODER} "
@@ -531,7 +537,7 @@ def main() -> None:
         print(f"{name}: wrote {out} and {png}")
         rows.append({"model": name, "epochs": trainer.epoch, "best_epoch": report.best_epoch,
                      "pixel_mae": pixel_mae, "train_seconds": train_seconds, **values})
-    print(f"\n{DATASET}, conditions {ENCODER}, {len(data.x_test)} test images regenerated; FID "
+    print(f"\n{DATASET}, conditions {ENCODER}, {n_test} test images regenerated; FID "
           f"and precision/recall on the evaluator CNN's features (not Inception: compare with "
           f"the floor), IS-style score over 10 splits, pixel MAE in [0, 1] units\n")
     print(report_table(rows))

@@ -227,7 +227,7 @@ def test_embeddings_that_do_not_match_the_images_are_refused(tmp_path, digits, c
 
 # ---------------------------------------------------------------- the stage, as a user runs it
 STAGE_ARGS = ("--dataset", "digits", "--encoder", "ae_basic", "--threads", "1", "--epochs", "2",
-              "--limit", "256", "--batch-size", "8")
+              "--limit", "256", "--batch-size", "8", "--test-images", "300")
 
 
 def run_stage(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -270,13 +270,14 @@ def test_stage_writes_samples_grids_curves_and_report(straight):
         tag = f"digits_ae_basic_{name}"
         path = data_dir / "samples" / "plan1" / f"{tag}.npz"
         arrays = load_npz(path, PLAN1_SAMPLE_KEYS, aligned=(("x_gen", "idx_src", "y_src"),))
-        assert arrays["x_gen"].dtype == np.uint8 and arrays["x_gen"].shape == (450, 28, 28)
+        assert arrays["x_gen"].dtype == np.uint8 and arrays["x_gen"].shape == (300, 28, 28)
         assert arrays["x_gen"].max() > arrays["x_gen"].min()  # not a blank image set
-        assert np.array_equal(arrays["idx_src"], np.arange(450))
-        assert np.array_equal(arrays["y_src"], digits.y_test)
+        assert np.array_equal(arrays["idx_src"], np.arange(300))  # the first 300 test images
+        assert np.array_equal(arrays["y_src"], digits.y_test[:300])
         evaluate.check_sources(path, arrays, digits)  # what evaluate.py checks
         meta = arrays["meta"]
-        assert meta["gan"] == name and meta["encoder"] == "ae_basic" and meta["train_images"] == 256
+        assert meta["gan"] == name and meta["encoder"] == "ae_basic"
+        assert meta["train_images"] == 256 and meta["test_images"] == 300
         assert meta["epochs_trained"] == 2 and meta["best_epoch"] in (1, 2)
         visual = data_dir / "visualizations"
         for epoch in (1, 2):
@@ -348,3 +349,9 @@ def test_limit_without_a_full_batch_is_refused(stage_main, tmp_path):
     with pytest.raises(StageError, match="--limit 100 leaves 100 training images, not one full "
                                          "batch of --batch-size 128"):
         stage_main("--data-dir", str(tmp_path), "--limit", "100", "--batch-size", "128")
+
+
+def test_too_few_test_images_for_a_fid_are_refused(stage_main, tmp_path):
+    with pytest.raises(StageError, match="--test-images 100: the FID on 128-d features needs "
+                                         "more than 128 images"):
+        stage_main("--data-dir", str(tmp_path), "--test-images", "100")
