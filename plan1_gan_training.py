@@ -59,7 +59,7 @@ DATASET = "fashion-mnist"  # dataset whose images are regenerated [in data_sourc
 DATA_DIR = "data"  # where embeddings are read and every output is written
 ENCODER = "vae"  # stage-1 embedding to condition on: embeddings/<ds>_<enc>.npz
 MODELS = GAN_NAMES  # GANs to train, comma-separated [in GAN_NAMES]
-EPOCHS = 20  # total epochs per model (more continues a finished run) [>= 1]
+EPOCHS = 15  # total epochs per model (more continues a finished run) [>= 1]
 BATCH_SIZE = 128  # images per step [>= 2]
 LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order, noise and the saved samples [>= 0]

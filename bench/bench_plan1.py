@@ -10,7 +10,7 @@ Gaussian pixel noise (sd 25), and each autoencoder's own reconstructions of the 
 (every autoencoder checkpoint found in the data folder). Writes a grid of real test images,
 reconstructions and regenerations.
 
-    python bench/bench_plan1.py --epochs 20 --threads 1
+    python bench/bench_plan1.py --epochs 15 --threads 1
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ DATA_DIR = "data/bench"  # embeddings, checkpoints and samples of the benchmark
 ENCODER = "vae"  # stage-1 embedding the GANs are conditioned on
 ENCODER_EPOCHS = 10  # encoder epochs when its embedding file has to be made [>= 1]
 MODELS = GAN_NAMES  # GANs to train and measure [in GAN_NAMES]
-EPOCHS = 20  # GAN epochs (a finished shorter run is continued) [>= 1]
+EPOCHS = 15  # GAN epochs (a finished shorter run is continued) [>= 1]
 SPEED = True  # time one epoch of cgan (batch 128) and acgan (batch 64)
 SPEED_THREADS = 1  # CPU threads for the timed epochs (0: library default) [>= 0]
 QUALITY = True  # train the GANs and measure their regenerations
