@@ -384,6 +384,29 @@ def labelled_cluster_values(features: np.ndarray, labels: np.ndarray,
             {name + suffix: reason for name, reason in undefined.items()})
 
 
+def real_references(real: dict[str, Any], n: int) -> dict[str, dict[str, float]]:
+    """The real-vs-real values beside n generated embeddings, computed once per source file and
+    n (kept in ``real``): "floors", the Fréchet distance and PRDC of a seeded subset of n train
+    embeddings against the test ones; "classes", the test k-NN accuracy fitted on every train
+    embedding and (TRTR) on that subset."""
+    cache = real.setdefault("references", {})
+    if n not in cache:
+        z_train, z_test = real["z_train"].astype(np.float64), real["z_test"].astype(np.float64)
+        chosen = np.sort(np.random.default_rng(SEED).choice(len(z_train), n, replace=False))
+        prdc = metrics.precision_recall_density_coverage(z_test, z_train[chosen], PRECISION_K,
+                                                         DENSITY_K)
+        cache[n] = {
+            "floors": {"frechet_distance_floor": metrics.frechet_distance(z_train[chosen],
+                                                                          z_test),
+                       **{f"{name}_floor": value for name, value in prdc.items()}},
+            "classes": {
+                "knn_accuracy_real": metrics.knn_accuracy(z_train, real["y_train"], z_test,
+                                                          real["y_test"], KNN_K),
+                "trtr_knn_accuracy": metrics.knn_accuracy(
+                    z_train[chosen], real["y_train"][chosen], z_test, real["y_test"], KNN_K)}}
+    return cache[n]
+
+
 def plan2_metrics(path: Path, arrays: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
     """Fréchet distance and PRDC against real test embeddings; for a conditional generator
     (``y_gen``, the class asked for): k-NN class consistency, train-on-synthetic-test-on-real
@@ -397,29 +420,21 @@ def plan2_metrics(path: Path, arrays: dict[str, Any], real: dict[str, Any]) -> d
     if len(z_gen) <= max(DENSITY_K, KNN_K):
         raise StageError(f"{path}: {len(z_gen)} generated embeddings, too few for the metrics")
     n = min(len(z_gen), len(z_train))
-    chosen = np.sort(np.random.default_rng(SEED).choice(len(z_train), n, replace=False))
     values: dict[str, Any] = {
         "n_generated": len(z_gen), "n_test": len(z_test), "floor_n_train": n, "seed": SEED,
         "dims": int(z_gen.shape[1]), "precision_k": PRECISION_K, "density_k": DENSITY_K,
-        "frechet_distance": metrics.frechet_distance(z_gen, z_test),
-        "frechet_distance_floor": metrics.frechet_distance(z_train[chosen], z_test),
-    }
+        "frechet_distance": metrics.frechet_distance(z_gen, z_test)}
     values.update(metrics.precision_recall_density_coverage(z_test, z_gen, PRECISION_K,
                                                             DENSITY_K))
-    floor = metrics.precision_recall_density_coverage(z_test, z_train[chosen], PRECISION_K,
-                                                      DENSITY_K)
-    values.update({f"{name}_floor": value for name, value in floor.items()})
+    values.update(real_references(real, n)["floors"])
     if "y_gen" in arrays:
         y_gen = arrays["y_gen"].astype(np.int64)
         predicted = metrics.knn_predict(z_train, real["y_train"], z_gen, KNN_K)
         values["knn_class_consistency"] = metrics.class_consistency(predicted, y_gen)
-        values["knn_accuracy_real"] = metrics.knn_accuracy(z_train, real["y_train"], z_test,
-                                                           real["y_test"], KNN_K)
         values["knn_k"] = KNN_K
         values["tstr_knn_accuracy"] = metrics.knn_accuracy(z_gen, y_gen, z_test, real["y_test"],
                                                            KNN_K)
-        values["trtr_knn_accuracy"] = metrics.knn_accuracy(z_train[chosen], real["y_train"][chosen],
-                                                           z_test, real["y_test"], KNN_K)
+        values.update(real_references(real, n)["classes"])
         generated, undefined = labelled_cluster_values(z_gen, y_gen)
         if "cluster_reference" not in real:  # the real test set's values, once per source file
             real["cluster_reference"] = labelled_cluster_values(z_test, real["y_test"], "_real")

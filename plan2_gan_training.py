@@ -73,22 +73,23 @@ DATA_DIR = "data"  # where embeddings are read and every output is written
 ENCODER = "ae_advanced"  # embedding to learn (an autoencoder's decodes to images); domain A
 ENCODER_B = "vae"  # domain B of CycleGAN and DualGAN: another encoder of the same images
 MODELS = GAN_NAMES  # GANs to train, comma-separated [in GAN_NAMES]
-EPOCHS = 60  # total epochs per model (more continues a finished run) [>= 1]
+EPOCHS = 40  # total epochs per model (more continues a finished run) [>= 1]
 BATCH_SIZE = 256  # embeddings per step [>= 2]
 LIMIT = 0  # train on the first N training embeddings only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order, noise, the halves and the saved samples [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
-THREADS = 0  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
+THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 NOISE_DIM = 32  # size of the generator's noise (VAE-GAN: of its latent code) [>= 1]
 HIDDEN = 256  # width of every hidden layer of every network [>= 1]
 DEPTH = 3  # hidden layers of every generator, critic and encoder [>= 1]
 WGAN_CONDITIONAL = True  # WGAN-GP generates a class asked for (writes y_gen)
 GRADIENT_PENALTY = 10.0  # WGAN-GP penalty weight of the Wasserstein models (paper: 10) [>= 0]
 N_CRITIC = 5  # critic steps per generator step of the Wasserstein models (paper: 5) [>= 1]
-WASSERSTEIN_LR = 1e-4  # Adam rate of WGAN-GP, contrastive GAN, DualGAN (paper: 1e-4) [> 0]
-LEARNING_RATE = 2e-4  # Adam rate of VAE-GAN and CycleGAN [> 0]
-EMA_DECAY = 0.999  # decay of the generators' weight average used for sampling [>= 0, < 1]
+WASSERSTEIN_LR = 1e-3  # Adam rate of WGAN-GP, contrastive GAN, DualGAN (paper: 1e-4) [> 0]
+LEARNING_RATE = 1e-3  # Adam rate of VAE-GAN and CycleGAN [> 0]
+LR_DECAY = False  # learning rates fall linearly over --epochs (to 1/epochs of theirs in the last)
+EMA_DECAY = 0.99  # decay of the generators' weight average used for sampling [>= 0, < 1]
 VAE_BETA = 1.0  # VAE-GAN: weight of the KL term [>= 0]
 VAEGAN_GAMMA = 0.1  # VAE-GAN: the decoder's weight of the feature reconstruction [> 0]
 CONTRASTIVE_WEIGHT = 1.0  # contrastive GAN: weight of the NT-Xent term [>= 0]
@@ -657,7 +658,9 @@ def resume_settings(name: str, embedding_hash: str, n_train: int) -> dict[str, A
                 "batch_size": BATCH_SIZE, "seed": SEED, "hidden": HIDDEN, "depth": DEPTH,
                 "n_critic": loop.n_critic, "learning_rate": loop.lr_generator,
                 "betas": list(loop.betas), "ema_decay": EMA_DECAY,
-                "validation_samples": VALIDATION_SAMPLES}
+                "validation_samples": VALIDATION_SAMPLES, "lr_decay": LR_DECAY}
+    if LR_DECAY:  # the schedule's shape depends on the number of epochs
+        settings["epochs"] = EPOCHS
     if name in GENERATORS:
         settings["noise_dim"] = NOISE_DIM
     if name in ("wgan_gp", "contrastive_gan", "dualgan"):
@@ -679,15 +682,26 @@ def resume_settings(name: str, embedding_hash: str, n_train: int) -> dict[str, A
 def train(name: str, model: GANModel, make_batches: Any, steps: int, score: Any,
           embedding_hash: str, n_train: int, checkpoint: Path) -> tuple[GANTrainer, Any, float]:
     """Train (or resume) one model; returns its trainer, the fit report and the seconds spent."""
-    trainer = GANTrainer(model, loop_settings(name))
+    loop = loop_settings(name)
+    trainer = GANTrainer(model, loop)
     started = time.time()
+
+    def scheduled_batches(epoch: int) -> Any:
+        """The epoch's batches, after setting the epoch's learning rates (from the epoch alone,
+        so that a resumed run follows the same schedule)."""
+        factor = 1.0 - (epoch - 1) / EPOCHS if LR_DECAY else 1.0
+        for optimizer, rate in ((trainer.opt_g, loop.lr_generator),
+                                (trainer.opt_d, loop.lr_discriminator)):
+            for group in optimizer.param_groups:
+                group["lr"] = rate * factor
+        return make_batches(epoch)
 
     def on_epoch(epoch: int, record: dict[str, Any]) -> None:
         shown = "" if record["score"] is None else f", validation FD {record['score']:.4f}"
         print(f"{name}: epoch {epoch}/{EPOCHS} D {record['d/loss']:.3f} G "
               f"{record['g/loss']:.3f}{shown} ({time.time() - started:.0f} s)", flush=True)
 
-    report = trainer.fit(make_batches, EPOCHS, checkpoint,
+    report = trainer.fit(scheduled_batches, EPOCHS, checkpoint,
                          resume_settings(name, embedding_hash, n_train), steps_per_epoch=steps,
                          score=score, score_name="validation Fréchet distance (standardised)",
                          on_epoch=on_epoch, desc=name)

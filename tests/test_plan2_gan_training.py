@@ -106,11 +106,18 @@ def test_wasserstein_critics_score_each_vector_on_its_own(name, small):
     torch.testing.assert_close(together, alone)
 
 
-def test_stage_uses_the_wgan_gp_paper_defaults():
-    """Gulrajani et al. 2017: lambda 10, 5 critic steps, Adam 1e-4 with betas (0.5, 0.9)."""
-    loop = p2.loop_settings("wgan_gp")
-    assert (p2.GRADIENT_PENALTY, loop.n_critic, loop.lr_generator, loop.lr_discriminator,
-            loop.betas) == (10.0, 5, 1e-4, 1e-4, (0.5, 0.9))
+def test_wasserstein_models_train_with_the_wgan_gp_schedule():
+    """Gulrajani et al. 2017: penalty weight 10, 5 critic steps per generator step, Adam betas
+    (0.5, 0.9); the other models one D step per G step with DCGAN's betas."""
+    for name in ("wgan_gp", "contrastive_gan", "dualgan"):
+        loop = p2.loop_settings(name)
+        assert (loop.n_critic, loop.betas, loop.lr_generator) == (5, (0.5, 0.9),
+                                                                  p2.WASSERSTEIN_LR)
+    for name in ("vaegan", "cyclegan"):
+        loop = p2.loop_settings(name)
+        assert (loop.n_critic, loop.betas, loop.lr_generator) == (1, (0.5, 0.999),
+                                                                  p2.LEARNING_RATE)
+    assert p2.GRADIENT_PENALTY == 10.0 and p2.N_CRITIC == 5
 
 
 # ---------------------------------------------------------------- losses against formulas
@@ -497,3 +504,47 @@ def test_errors_reach_the_shell_as_one_line(tmp_path):
     with pytest.raises(SystemExit) as raised:
         run_main(tmp_path, "--models", "gan")
     assert raised.value.code == 2
+
+
+def test_plan1_generators_decode_the_generated_embeddings(stage1, tmp_path, monkeypatch, capsys):
+    """A Plan 1 generator of the encoder is rebuilt from its checkpoint's settings (here a width
+    other than plan1's default) and renders every generated embedding; one trained on other
+    embeddings is left out with a note."""
+    import plan1_gan_training as plan1
+
+    root = fresh_copy(stage1, tmp_path / "data")
+    emb = load_embeddings(root / "embeddings" / "digits_ae_basic.npz")
+    folder = root / "checkpoints" / "plan1"
+    trainers = {}
+    for name, z_train in (("cgan", emb["z_train"]), ("acgan", emb["z_train"] + 1)):
+        monkeypatch.setattr(plan1, "WIDTH", 8)
+        torch.manual_seed(0)
+        model = plan1.build_model(name, 32, 10)
+        model.set_condition_statistics(torch.from_numpy(emb["z_train"]))
+        trainers[name] = GANTrainer(model, LoopSettings())
+        trainers[name].save(folder / f"digits_ae_basic_{name}.pt", plan1.resume_settings(
+            name, plan1.fingerprint(z_train, emb["z_test"]), len(z_train)))
+        monkeypatch.undo()  # the stage must take the width from the checkpoint
+    capsys.readouterr()
+    run_main(root, "--models", "wgan_gp", "--epochs", "1")
+    assert "digits_ae_basic_acgan.pt: trained on other embeddings" in capsys.readouterr().out
+    samples = root / "samples" / "plan2"
+    assert not (samples / "digits_ae_basic_wgan_gp_plan1-acgan.npz").exists()
+    images = load_npz(samples / "digits_ae_basic_wgan_gp_plan1-cgan.npz", {"x_gen": (3, "u")})
+    gen = load_npz(root / "embeddings" / "digits_ae_basic_wgan_gp.gen.npz", {"z_gen": 2})
+    expected = plan1.regenerate(trainers["cgan"].ema, torch.from_numpy(gen["z_gen"]), 0)
+    np.testing.assert_array_equal(images["x_gen"], expected)
+    np.testing.assert_array_equal(images["y_gen"], gen["y_gen"])
+    assert images["meta"]["decoded_by"] == "plan1-cgan"
+
+
+def test_learning_rate_decay_follows_the_epoch(stage1, tmp_path):
+    """--lr-decay: epoch e of E trains at rate x (1 - (e - 1) / E), in both optimisers; the
+    number of epochs joins the settings a checkpoint must share."""
+    root = fresh_copy(stage1, tmp_path / "data")
+    run_main(root, "--models", "wgan_gp", "--epochs", "2", "--lr-decay", "true")
+    state = load_checkpoint(root / "checkpoints" / "plan2" / "digits_ae_basic_wgan_gp.pt")
+    for optimizer in ("optimizer_g", "optimizer_d"):
+        assert state[optimizer]["param_groups"][0]["lr"] == pytest.approx(p2.WASSERSTEIN_LR / 2)
+    with pytest.raises(StageError, match="epochs: now 3, checkpoint 2"):
+        run_main(root, "--models", "wgan_gp", "--epochs", "3", "--lr-decay", "true")
