@@ -246,7 +246,7 @@ def draw_tsne(coordinates: np.ndarray, groups: list[tuple[str, slice]], metrics:
                "mean t-SNE position of a group"]
     axes.legend(handles, labels, loc="best", fontsize=9, framealpha=0.9)
     listed = ", ".join(str(e["generation"]) for e in metrics["generations"])
-    axes.set_title(f"CLIP embeddings of COCO captions and of generated images, generations "
+    axes.set_title(f"CLIP embeddings of the captions and of generated images, generations "
                    f"{listed}\n(joint t-SNE, {tsne_settings['metric']} metric, perplexity "
                    f"{tsne_settings['perplexity']:.0f})", fontsize=12)
     axes.set_xlabel("t-SNE 1")
