@@ -35,7 +35,7 @@ demo: install fashion-data
 	$(PY) encoder_models.py --dataset fashion-mnist --epochs 2 --limit 10000 --data-dir $(DATA_DIR)
 	$(PY) flows.py --dataset fashion-mnist --encoders ae_basic,triplet --epochs 3 --data-dir $(DATA_DIR)
 	$(PY) plan1_gan_training.py --dataset fashion-mnist --epochs 2 --limit 5000 --batch-size 32 --test-images 2000 --data-dir $(DATA_DIR)
-	$(PY) plan2_gan_training.py --dataset fashion-mnist --epochs 2 --samples 2000 --plot-points 300 \
+	$(PY) plan2_gan_training.py --dataset fashion-mnist --epochs 20 --samples 2000 --plot-points 300 \
 	    --data-dir $(DATA_DIR)
 	$(PY) evaluate.py --data-dir $(DATA_DIR)
 	$(PY) train_small_clip.py --dataset fashion-mnist --data-dir $(DATA_DIR)

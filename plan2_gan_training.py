@@ -14,7 +14,8 @@ models), data/embeddings/<ds>_<encA>-to-<encB>_<gan>.npz (translated test embedd
 the encoder is an autoencoder with its checkpoint, data/samples/plan2/<ds>_<enc>_<gan>.npz: the
 generated embeddings decoded into images (and _plan1-<gan>.npz through each Plan 1 generator of
 the encoder); loss curves and a PCA / t-SNE picture of real against generated embeddings in
-data/visualizations/; a results table (printed and in data/results/plan2_<ds>_<enc>.md).
+data/visualizations/; results tables (printed, and in data/results/: plan2_<ds>_<enc>.md for
+the generators, plan2_<ds>_<encA>-to-<encB>.md for the translators).
 
     python plan2_gan_training.py --dataset digits --encoder ae_basic --encoder-b vae --epochs 5
 """
@@ -932,15 +933,18 @@ def main() -> None:
     print(f"{DATASET}: {n_train} train, {len(real_a['z_test'])} test embeddings of "
           f"{real_a['z_train'].shape[1]} dims from {path_a}; device {device}")
     evaluate.SEED = SEED  # the metric code evaluate.py uses, with this run's seed
-    results = [f"# Plan 2 on {DATASET} {ENCODER} embeddings\n",
-               f"Written by `plan2_gan_training.py`; settings: `{json.dumps(settings)}`.\n"]
+    header = f"Written by `plan2_gan_training.py`; settings: `{json.dumps(settings)}`.\n"
+    written = []
     if generators:
         rows = train_generators(generators, real_a, path_a, n_train, folders, settings, device)
         table = generator_table(rows)
         print(f"\n{DATASET} {ENCODER}: {SAMPLES} generated embeddings against the "
               f"{len(real_a['z_test'])} real test embeddings (floors: as many real train "
               f"embeddings); TSTR: k-NN fitted on generated, scored on real test\n\n{table}\n")
-        results.append(f"## Generated embeddings\n\n{table}\n")
+        written.append(write_text(
+            folders["results"] / f"plan2_{DATASET}_{ENCODER}.md",
+            f"# Plan 2 on {DATASET} {ENCODER} embeddings\n\n{header}\n"
+            f"## Generated embeddings\n\n{table}\n"))
     if translators:
         rows = train_translators(translators, real_a, path_a, real_b, path_b, n_train, folders,
                                  settings, device)
@@ -949,9 +953,11 @@ def main() -> None:
               f"training images (no pairs), scored on the {len(real_a['z_test'])} test images: "
               f"cosine in B's standardised space; cycle error: mean squared error per dimension "
               f"in standardised units\n\n{table}\n")
-        results.append(f"## Translation {ENCODER} -> {ENCODER_B}\n\n{table}\n")
-    out = write_text(folders["results"] / f"plan2_{DATASET}_{ENCODER}.md", "\n".join(results))
-    print(f"wrote {out}")
+        written.append(write_text(
+            folders["results"] / f"plan2_{DATASET}_{ENCODER}-to-{ENCODER_B}.md",
+            f"# Plan 2 on {DATASET}: translation {ENCODER} -> {ENCODER_B}\n\n{header}\n"
+            f"## Translation {ENCODER} -> {ENCODER_B}\n\n{table}\n"))
+    print(f"wrote {', '.join(str(p) for p in written)}")
 
 
 if __name__ == "__main__":

@@ -385,7 +385,10 @@ def test_stage_writes_every_file_in_its_format(end_to_end):
         assert out["meta"]["halves"] == [673, 673]
     assert "| wgan_gp | 2 (" in end_to_end["stdout"]
     assert "| cyclegan | 2 (" in end_to_end["stdout"]
-    assert (root / "results" / "plan2_digits_ae_basic.md").read_text().count("| dualgan |") == 1
+    generated = (root / "results" / "plan2_digits_ae_basic.md").read_text()
+    translated = (root / "results" / "plan2_digits_ae_basic-to-pca.md").read_text()
+    assert generated.count("| wgan_gp |") == 1 and "| dualgan |" not in generated
+    assert translated.count("| dualgan |") == 1 and "| wgan_gp |" not in translated
 
 
 def test_images_are_the_autoencoders_decoding(end_to_end):
