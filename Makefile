@@ -47,8 +47,11 @@ demo: install fashion-data
 	$(PY) plot_generation_clusters.py --generations 0,4,10 --embedding-dir $(DATA_DIR)/embeddings \
 	    --visualization-dir $(DATA_DIR)/visualizations --results-dir $(DATA_DIR)/results
 
+# Two pytest workers (pytest-xdist): 3 minutes instead of 5.5 on 2 idle CPU cores.
+TEST_WORKERS ?= 2
+
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 lint: install
 	$(VENV)/bin/ruff check .
