@@ -39,6 +39,7 @@ optional validation score) and resumes from it exactly: each epoch reseeds from 
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 import time
@@ -155,7 +156,7 @@ def apply_spectral_norm(module: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------- the model protocol
-class GANModel(nn.Module):
+class GANModel(nn.Module, abc.ABC):
     """Networks plus losses; see the module docstring for the protocol the loop relies on."""
 
     adversarial_loss: AdversarialLoss
@@ -167,11 +168,13 @@ class GANModel(nn.Module):
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return list(self.discriminator.parameters())
 
+    @abc.abstractmethod
     def discriminator_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+        """Implemented by every variant (see the module docstring)."""
 
+    @abc.abstractmethod
     def generator_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+        """Implemented by every variant (see the module docstring)."""
 
     @property
     def device(self) -> torch.device:
@@ -184,8 +187,9 @@ class GANModel(nn.Module):
             return torch.randn(n, self.noise_dim, generator=generator).to(self.device)
         return torch.randn(n, self.noise_dim, device=self.device)
 
+    @abc.abstractmethod
     def sample(self, condition: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Implemented by every variant (see the module docstring)."""
 
 
 # ---------------------------------------------------------------- batches and figures
