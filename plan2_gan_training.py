@@ -560,6 +560,17 @@ def save_plot(figure: Any, path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- from embeddings to images
+def save_pictures(trainer: GANTrainer, stem: Path, losses_title: str, real: np.ndarray,
+                  fake: np.ndarray, title: str, labels: tuple[str, str]) -> list[Path]:
+    """The loss curves (<stem>_losses.png) and the PCA / t-SNE picture of real against generated
+    or translated vectors (<stem>_real_vs_generated.png)."""
+    return [save_plot(loss_curves_figure(trainer.history, f"{losses_title}: losses per "
+                                         f"{LOG_EVERY} steps"),
+                      stem.with_name(stem.name + "_losses.png")),
+            save_plot(real_vs_generated_figure(real, fake, title, *labels),
+                      stem.with_name(stem.name + "_real_vs_generated.png"))]
+
+
 def autoencoder_decoder(z_test: np.ndarray, data: ImageDataset):
     """decode(z) -> uint8 images with the decoder of the --encoder autoencoder, or (None, why).
 
@@ -817,13 +828,11 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
                                     {"x_gen": decode(z_gen), **classes},
                                     {**meta, "decoded_by": made_by}))
         if PLOTS:
-            written.append(save_plot(loss_curves_figure(
-                trainer.history, f"{name} on {DATASET} {ENCODER} embeddings: losses per "
-                f"{LOG_EVERY} steps"), folders["visualizations"] / f"plan2_{tag}_losses.png"))
-            written.append(save_plot(real_vs_generated_figure(
-                real["z_test"], z_gen, f"{name} on {DATASET} {ENCODER}: real test vs generated "
-                f"embeddings", "real test", "generated"),
-                folders["visualizations"] / f"plan2_{tag}_real_vs_generated.png"))
+            written += save_pictures(
+                trainer, folders["visualizations"] / f"plan2_{tag}",
+                f"{name} on {DATASET} {ENCODER} embeddings", real["z_test"], z_gen,
+                f"{name} on {DATASET} {ENCODER}: real test vs generated embeddings",
+                ("real test", "generated"))
         print(f"{name}: wrote {', '.join(str(p) for p in written)}")
         rows.append({"model": name, "epochs": trainer.epoch, "best_epoch": report.best_epoch,
                      "train_seconds": seconds, **values})
@@ -893,14 +902,11 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
         written = [save_npz(out, {"z_translated": z_translated,
                                   "y_test": real_a["y_test"].astype(np.int64)}, meta)]
         if PLOTS:
-            written.append(save_plot(loss_curves_figure(
-                trainer.history, f"{name} {ENCODER} -> {ENCODER_B} on {DATASET}: losses per "
-                f"{LOG_EVERY} steps"), folders["visualizations"] / f"plan2_{tag}_losses.png"))
-            written.append(save_plot(real_vs_generated_figure(
-                real_b["z_test"], z_translated, f"{name} on {DATASET}: true {ENCODER_B} test "
-                f"embeddings vs {ENCODER} test embeddings translated", f"true {ENCODER_B}",
-                f"translated from {ENCODER}"),
-                folders["visualizations"] / f"plan2_{tag}_real_vs_generated.png"))
+            written += save_pictures(
+                trainer, folders["visualizations"] / f"plan2_{tag}",
+                f"{name} {ENCODER} -> {ENCODER_B} on {DATASET}", real_b["z_test"], z_translated,
+                f"{name} on {DATASET}: true {ENCODER_B} test embeddings vs {ENCODER} test "
+                f"embeddings translated", (f"true {ENCODER_B}", f"translated from {ENCODER}"))
         print(f"{name}: wrote {', '.join(str(p) for p in written)}")
         rows.append({"model": name, "epochs": trainer.epoch, "best_epoch": report.best_epoch,
                      "train_seconds": seconds, **values})
