@@ -87,6 +87,7 @@ DEPTH = 3  # hidden layers of every generator, critic and encoder [>= 1]
 WGAN_CONDITIONAL = True  # WGAN-GP generates a class asked for (writes y_gen)
 GRADIENT_PENALTY = 10.0  # WGAN-GP penalty weight of the Wasserstein models (paper: 10) [>= 0]
 N_CRITIC = 5  # critic steps per generator step of the Wasserstein models (paper: 5) [>= 1]
+MODE_SEEKING = 0.0  # WGAN-GP and contrastive GAN: weight of the mode-seeking term (MSGAN) [>= 0]
 WASSERSTEIN_LR = 1e-3  # Adam rate of WGAN-GP, contrastive GAN, DualGAN (paper: 1e-4) [> 0]
 LEARNING_RATE = 1e-3  # Adam rate of VAE-GAN and CycleGAN [> 0]
 LR_DECAY = False  # learning rates fall linearly over --epochs (to 1/epochs of theirs in the last)
@@ -129,6 +130,16 @@ def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
     return x.detach() + factor * (x - x.detach())
 
 
+def mode_seeking_loss(fake: torch.Tensor, noise: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mode-seeking term (Mao et al. 2019, MSGAN): 1 / (mean ratio + eps), the ratio being the mean
+    absolute difference of two samples over that of their noises; the pairs are rows i and
+    i + B/2 of the batch. Minimising it spreads samples whose noises differ."""
+    half = len(fake) // 2
+    d_sample = (fake[:half] - fake[half:2 * half]).abs().mean(dim=1)
+    d_noise = (noise[:half] - noise[half:2 * half]).abs().mean(dim=1)
+    return 1.0 / ((d_sample / d_noise).mean() + eps)
+
+
 def class_groups(labels: np.ndarray) -> np.ndarray:
     """(G, K) batch positions, K the classes present and G the fewest examples of one: row g
     holds the g-th example of each class, so a row never holds two of one class."""
@@ -146,10 +157,12 @@ class WGANGP(GANModel):
     only."""
 
     def __init__(self, dim: int, num_classes: int = 0, noise_dim: int = 32, hidden: int = 256,
-                 depth: int = 3, gradient_penalty: float = 10.0) -> None:
+                 depth: int = 3, gradient_penalty: float = 10.0,
+                 mode_seeking: float = 0.0) -> None:
         super().__init__()
         self.adversarial_loss = AdversarialLoss("wasserstein", gradient_penalty)
         self.dim, self.noise_dim, self.num_classes = dim, noise_dim, num_classes
+        self.mode_seeking = mode_seeking
         self.generator = mlp([noise_dim + num_classes, *[hidden] * depth, dim])
         self.discriminator = Critic(dim, hidden, depth, num_classes)
 
@@ -188,8 +201,11 @@ class WGANGP(GANModel):
     def generator_loss(self, batch: dict[str, torch.Tensor]
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.condition(batch.get("label"))
-        fake = self.sample(c, self.sample_noise(len(batch["x"])))
+        noise = self.sample_noise(len(batch["x"]))
+        fake = self.sample(c, noise)
         parts = {"adversarial": self.adversarial_loss.generator(self.critic(fake, c))}
+        if self.mode_seeking:
+            parts["mode_seeking"] = self.mode_seeking * mode_seeking_loss(fake, noise)
         parts.update(self.generator_extra(batch, fake))
         return sum(parts.values()), parts
 
@@ -371,10 +387,11 @@ def build_model(name: str, dim: int, num_classes: int, dim_b: int = 0) -> GANMod
     common = {"hidden": HIDDEN, "depth": DEPTH}
     if name == "wgan_gp":
         return WGANGP(dim, num_classes if WGAN_CONDITIONAL else 0, NOISE_DIM,
-                      gradient_penalty=GRADIENT_PENALTY, **common)
+                      gradient_penalty=GRADIENT_PENALTY, mode_seeking=MODE_SEEKING, **common)
     if name == "contrastive_gan":
         return ContrastiveGAN(dim, num_classes, CONTRASTIVE_WEIGHT, CONTRASTIVE_TEMPERATURE,
-                              noise_dim=NOISE_DIM, gradient_penalty=GRADIENT_PENALTY, **common)
+                              noise_dim=NOISE_DIM, gradient_penalty=GRADIENT_PENALTY,
+                              mode_seeking=MODE_SEEKING, **common)
     if name == "vaegan":
         return VAEGAN(dim, NOISE_DIM, beta=VAE_BETA, gamma=VAEGAN_GAMMA, **common)
     classes = num_classes if TRANSLATION_CLASSES else 0
@@ -677,6 +694,8 @@ def resume_settings(name: str, embedding_hash: str, n_train: int) -> dict[str, A
         settings["noise_dim"] = NOISE_DIM
     if name in ("wgan_gp", "contrastive_gan", "dualgan"):
         settings["gradient_penalty"] = GRADIENT_PENALTY
+    if name in ("wgan_gp", "contrastive_gan") and MODE_SEEKING:  # older checkpoints: none
+        settings["mode_seeking"] = MODE_SEEKING
     settings.update({
         "wgan_gp": {"conditional": WGAN_CONDITIONAL},
         "contrastive_gan": {"contrastive_weight": CONTRASTIVE_WEIGHT,

@@ -551,3 +551,25 @@ def test_learning_rate_decay_follows_the_epoch(stage1, tmp_path):
         assert state[optimizer]["param_groups"][0]["lr"] == pytest.approx(p2.WASSERSTEIN_LR / 2)
     with pytest.raises(StageError, match="epochs: now 3, checkpoint 2"):
         run_main(root, "--models", "wgan_gp", "--epochs", "3", "--lr-decay", "true")
+
+
+def test_mode_seeking_term_against_its_formula(small):
+    """MSGAN's term, 1 / (mean over pairs (i, i + B/2) of |G(z_i) - G(z_j)|_1 / |z_i - z_j|_1 +
+    eps) with means over dimensions, against a loop; it joins the WGAN-GP generator loss with
+    its weight, and with weight 0 it is absent."""
+    gen = torch.Generator().manual_seed(1)
+    fake, noise = torch.randn(7, 4, generator=gen), torch.randn(7, 3, generator=gen)
+    ratios = [(fake[i] - fake[i + 3]).abs().mean() / (noise[i] - noise[i + 3]).abs().mean()
+              for i in range(3)]
+    expected = 1.0 / (sum(ratios) / 3 + 1e-5)
+    torch.testing.assert_close(p2.mode_seeking_loss(fake, noise), expected)
+    model = p2.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2, mode_seeking=2.0)
+    fixed = torch.randn(12, 3, generator=gen)
+    model.sample_noise = lambda n, generator=None: fixed[:n]
+    batch = toy_batch()
+    _, parts = model.generator_loss(batch)
+    sampled = model.sample(model.condition(batch["label"]), fixed)
+    torch.testing.assert_close(parts["mode_seeking"], 2.0 * p2.mode_seeking_loss(sampled, fixed))
+    plain = p2.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2)
+    plain.sample_noise = model.sample_noise
+    assert "mode_seeking" not in plain.generator_loss(batch)[1]
