@@ -133,7 +133,8 @@ def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
 def mode_seeking_loss(fake: torch.Tensor, noise: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Mode-seeking term (Mao et al. 2019, MSGAN): 1 / (mean ratio + eps), the ratio being the mean
     absolute difference of two samples over that of their noises; the pairs are rows i and
-    i + B/2 of the batch. Minimising it spreads samples whose noises differ."""
+    i + B/2 of the batch, whatever their classes (MSGAN pairs two noises under one condition).
+    Minimising it spreads samples whose noises differ."""
     half = len(fake) // 2
     d_sample = (fake[:half] - fake[half:2 * half]).abs().mean(dim=1)
     d_noise = (noise[:half] - noise[half:2 * half]).abs().mean(dim=1)
