@@ -538,6 +538,20 @@ def plot_links(report: Report, stage: str, dataset: str, model: str) -> str:
         or note or "—"
 
 
+def image_columns(consistency: str) -> tuple[list[str], Any]:
+    """Header and row function of a summary table of generated images (Plan 1, Plan 2 decoded):
+    the image metrics with their floors; ``consistency`` names the class-consistency column."""
+    return (["n generated", "FID, classifier features (floor: train vs test)",
+             f"IS-style score, classifier, {SCORE_SPLITS} splits (real)",
+             "precision (floor)", "recall (floor)", "density (floor)", "coverage (floor)",
+             consistency, "plots"],
+            lambda v: [_number(v["n_generated"]), _with(v, "fid", "fid_floor", "floor"),
+                       _with(v, "score", "score_real", "real"),
+                       *[_with(v, m, f"{m}_floor", "floor")
+                         for m in ("precision", "recall", "density", "coverage")],
+                       _with(v, "class_consistency", "class_consistency_real", "real")])
+
+
 def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
     """summary.md: one table per stage, floors beside metrics, links to plots, skipped files."""
     out = io.StringIO()
@@ -554,16 +568,7 @@ def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
                        _number(v["linear_probe_accuracy"]), _number(v["kmeans_ari"]),
                        _number(v["kmeans_nmi"]), _number(v["silhouette"]),
                        _number(v["calinski_harabasz"], 1), _number(v["davies_bouldin"])]),
-        "plan1": (
-            ["n generated", "FID, classifier features (floor: train vs test)",
-             f"IS-style score, classifier, {SCORE_SPLITS} splits (real)",
-             "precision (floor)", "recall (floor)", "density (floor)", "coverage (floor)",
-             "class consistency (real source images)", "plots"],
-            lambda v: [_number(v["n_generated"]), _with(v, "fid", "fid_floor", "floor"),
-                       _with(v, "score", "score_real", "real"),
-                       *[_with(v, m, f"{m}_floor", "floor")
-                         for m in ("precision", "recall", "density", "coverage")],
-                       _with(v, "class_consistency", "class_consistency_real", "real")]),
+        "plan1": image_columns("class consistency (real source images)"),
         "plan2": (
             ["source embeddings", "n generated",
              "Fréchet distance, embedding space (floor: train vs test)", "precision (floor)",
@@ -581,16 +586,7 @@ def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
                        *[_with(v, m, f"{m}_real", "real")
                          for m in ("kmeans_ari", "silhouette", "calinski_harabasz",
                                    "davies_bouldin")]]),
-        "plan2_images": (
-            ["n generated", "FID, classifier features (floor: train vs test)",
-             f"IS-style score, classifier, {SCORE_SPLITS} splits (real)",
-             "precision (floor)", "recall (floor)", "density (floor)", "coverage (floor)",
-             "class consistency, class asked (real test images)", "plots"],
-            lambda v: [_number(v["n_generated"]), _with(v, "fid", "fid_floor", "floor"),
-                       _with(v, "score", "score_real", "real"),
-                       *[_with(v, m, f"{m}_floor", "floor")
-                         for m in ("precision", "recall", "density", "coverage")],
-                       _with(v, "class_consistency", "class_consistency_real", "real")]),
+        "plan2_images": image_columns("class consistency, class asked (real test images)"),
         "plan2_translation": (
             ["source embeddings", "target embeddings", "n test",
              "cosine to the true target (paired linear map)",

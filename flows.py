@@ -559,6 +559,23 @@ def mixture_nll(train: np.ndarray, test: np.ndarray, components: int,
     return float(-mixture.score(test) / train.shape[1]), mixture
 
 
+def baseline_samples(z_train: np.ndarray, z_test: np.ndarray, n: int, seed: int
+                     ) -> dict[str, np.ndarray]:
+    """n samples of the full-covariance Gaussian and of the GMM_COMPONENTS mixture, fitted as
+    this stage fits its baselines (in the standardised model space of the train split), mapped
+    back to the embedding space; the benchmarks score them beside the flows' samples."""
+    pre = fit_preprocessing(z_train, z_test)
+    m_train = pre.to_model(z_train)
+    _, mixture = mixture_nll(m_train, m_train[:10], GMM_COMPONENTS, seed)
+    mixture_draws, _ = mixture.sample(n)
+    rng = np.random.default_rng(seed)
+    gaussian_draws = rng.multivariate_normal(m_train.mean(0), np.cov(m_train, rowvar=False,
+                                                                     bias=True), n)
+    # GaussianMixture.sample returns its draws grouped by component: shuffle for the metrics.
+    return {"mixture": pre.from_model(rng.permutation(mixture_draws)),
+            "Gaussian": pre.from_model(gaussian_draws)}
+
+
 # ---------------------------------------------------------------- training
 def resume_settings(encoder: str, flow_name: str, fingerprint: str) -> dict[str, Any]:
     """What a checkpoint must share with this run to be continued."""

@@ -484,6 +484,12 @@ class GANTrainer:
     def save(self, path: Path, settings: Mapping[str, Any]) -> None:
         save_checkpoint(path, {**self.state_dict(), "settings": dict(settings)})
 
+    def training_seconds(self) -> float | None:
+        """Seconds of every epoch trained so far, resumed runs included (None when a checkpoint
+        of an older version lacks the epoch times)."""
+        epochs = self.history["epochs"]
+        return sum(e["seconds"] for e in epochs) if all("seconds" in e for e in epochs) else None
+
     def best_model(self) -> GANModel:
         """The EMA model with the weights of the best epoch (the last one without a score)."""
         model = copy.deepcopy(self.ema)

@@ -508,9 +508,7 @@ def main() -> None:
         if report.diverged:
             print(f"warning: {name}: training diverged ({report.diverged}); stopped, and the "
                   f"best checkpoint (epoch {report.best_epoch}) is used", file=sys.stderr)
-        epochs = trainer.history["epochs"]  # checkpoints of older versions lack the times
-        train_seconds = sum(e["seconds"] for e in epochs) if all(
-            "seconds" in e for e in epochs) else None
+        train_seconds = trainer.training_seconds()
         best = trainer.best_model()
         x_gen = regenerate(best, z_test[:n_test], SEED)
         arrays = {"x_gen": x_gen, "idx_src": np.arange(n_test, dtype=np.int64),

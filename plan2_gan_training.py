@@ -712,8 +712,10 @@ def resume_settings(name: str, embedding_hash: str, n_train: int) -> dict[str, A
 
 
 def train(name: str, model: GANModel, make_batches: Any, steps: int, score: Any,
-          embedding_hash: str, n_train: int, checkpoint: Path) -> tuple[GANTrainer, Any, float]:
-    """Train (or resume) one model; returns its trainer, the fit report and the seconds spent."""
+          embedding_hash: str, n_train: int, checkpoint: Path
+          ) -> tuple[GANTrainer, Any, float | None]:
+    """Train (or resume) one model; returns its trainer, the fit report and the seconds of every
+    epoch trained (resumed runs included; ``GANTrainer.training_seconds``)."""
     loop = loop_settings(name)
     trainer = GANTrainer(model, loop)
     started = time.time()
@@ -743,7 +745,7 @@ def train(name: str, model: GANModel, make_batches: Any, steps: int, score: Any,
     if report.diverged:
         print(f"warning: {name}: training stopped ({report.diverged}); the best checkpoint "
               f"(epoch {report.best_epoch}) is used")
-    return trainer, report, time.time() - started
+    return trainer, report, trainer.training_seconds()
 
 
 def generator_table(rows: list[dict[str, Any]]) -> str:
@@ -763,7 +765,7 @@ def generator_table(rows: list[dict[str, Any]]) -> str:
                f"{r['tstr_knn_accuracy']:.3f} ({r['trtr_knn_accuracy']:.3f}) | "
                f"{r['kmeans_ari']:.3f} ({r['kmeans_ari_real']:.3f})" if conditional
                else " | — | — | —")
-            + f" | {r['train_seconds']:.0f} s |")
+            + (" | — |" if r["train_seconds"] is None else f" | {r['train_seconds']:.0f} s |"))
     return "\n".join(lines)
 
 
@@ -774,7 +776,8 @@ def translation_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['model']} | {r['epochs']} ({r['best_epoch']}) | {r['cosine']:.3f} "
                      f"({r['cosine_paired_linear']:.3f}) | {r['knn_accuracy']:.3f} "
                      f"({r['knn_accuracy_target']:.3f}) | {r['cycle_error_a']:.3f} "
-                     f"({r['cycle_error_b']:.3f}) | {r['train_seconds']:.0f} s |")
+                     f"({r['cycle_error_b']:.3f}) | "
+                     + ("— |" if r["train_seconds"] is None else f"{r['train_seconds']:.0f} s |"))
     return "\n".join(lines)
 
 
@@ -838,7 +841,7 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
                          train_embeddings=n_train, checkpoint=str(checkpoint),
                          epochs_trained=trainer.epoch, best_epoch=report.best_epoch,
                          validation_frechet=report.best_score, diverged=report.diverged,
-                         conditional=conditional,
+                         train_seconds=seconds, conditional=conditional,
                          parameters=sum(p.numel() for p in model.parameters()))
         written = [save_npz(out, {"z_gen": z_gen, **classes}, meta)]
         for decoder, decode in decoders.items():
@@ -916,7 +919,8 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
                          train_embeddings=n_train, halves=[len(h) for h in halves],
                          checkpoint=str(checkpoint), epochs_trained=trainer.epoch,
                          best_epoch=report.best_epoch, validation_frechet=report.best_score,
-                         diverged=report.diverged, cycle_error_a=values["cycle_error_a"],
+                         diverged=report.diverged, train_seconds=seconds,
+                         cycle_error_a=values["cycle_error_a"],
                          cycle_error_b=values["cycle_error_b"],
                          parameters=sum(p.numel() for p in model.parameters()))
         written = [save_npz(out, {"z_translated": z_translated,

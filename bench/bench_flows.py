@@ -54,22 +54,6 @@ def run_script(script: str, *args: str) -> None:
         raise StageError(f"{script} stopped with exit code {code} (its message is above)")
 
 
-def baseline_samples(z_train: np.ndarray, z_test: np.ndarray, n: int, seed: int
-                     ) -> dict[str, np.ndarray]:
-    """n samples of the Gaussian and of the mixture, fitted as flows.py fits them (in the
-    standardised model space of the train split), mapped back to the embedding space."""
-    pre = flows.fit_preprocessing(z_train, z_test)
-    m_train = pre.to_model(z_train)
-    _, mixture = flows.mixture_nll(m_train, m_train[:10], flows.GMM_COMPONENTS, seed)
-    mixture_draws, _ = mixture.sample(n)
-    rng = np.random.default_rng(seed)
-    gaussian_draws = rng.multivariate_normal(m_train.mean(0), np.cov(m_train, rowvar=False,
-                                                                     bias=True), n)
-    # GaussianMixture.sample returns its draws grouped by component: shuffle for the metrics.
-    return {"mixture": pre.from_model(rng.permutation(mixture_draws)),
-            "Gaussian": pre.from_model(gaussian_draws)}
-
-
 def sample_metrics(fake: np.ndarray, z_test: np.ndarray) -> dict[str, float]:
     values = {"fd": frechet_distance(fake, z_test)}
     values.update(precision_recall_density_coverage(z_test, fake))
@@ -125,7 +109,7 @@ def fit_and_score(emb: Path) -> tuple[list[str], list[str]]:
         n = min(min(len(z) for z in generated.values()), len(z_train))
         for name, z_gen in generated.items():
             sample_rows.append((encoder, name, sample_metrics(z_gen[:n], z_test)))
-        for label, fake in baseline_samples(z_train, z_test, n, SEED).items():
+        for label, fake in flows.baseline_samples(z_train, z_test, n, SEED).items():
             sample_rows.append((encoder, label, sample_metrics(fake, z_test)))
         chosen = np.sort(np.random.default_rng(SEED).choice(len(z_train), n, replace=False))
         sample_rows.append((encoder, f"floor: {n} train embeddings",

@@ -19,13 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from sklearn.mixture import GaussianMixture
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
+import flows  # noqa: E402
 from artifacts import load_embeddings, load_npz  # noqa: E402
 from runtime import StageError, limit_cpu_threads, run_stage  # noqa: E402
 from settings import configure  # noqa: E402
@@ -41,7 +39,6 @@ STAGE_ARGS = ""  # more plan2_gan_training.py flags, e.g. --stage-args="--batch-
 FLOWS = ("realnvp",)  # flows.py flows whose samples join the table (empty: none)
 FLOW_ARGS = ""  # more flows.py flags
 SAMPLES = 10000  # samples of every generator, fitted baseline and flow [>= 10]
-GMM_COMPONENTS = 20  # components of the full-covariance Gaussian-mixture baseline [>= 1]
 SEED = 0  # seeds the stages, the baselines and the metrics [>= 0]
 DEVICE = "auto"  # passed to the stages
 THREADS = 1  # CPU threads of the metrics here and of each stage (0: library default) [>= 0]
@@ -56,26 +53,8 @@ def run(script: str, *args: str) -> float:
     return time.time() - started
 
 
-def fitted_baselines(real: dict[str, Any]) -> dict[str, tuple[np.ndarray, float]]:
-    """Samples of a full-covariance Gaussian and of a Gaussian mixture fitted to the
-    standardised train embeddings, mapped back, with their fitting times."""
-    z_train = real["z_train"].astype(np.float64)
-    mean, std = z_train.mean(axis=0), z_train.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    scaled = (z_train - mean) / std
-    started = time.time()
-    gaussian = np.random.default_rng(SEED).multivariate_normal(
-        scaled.mean(axis=0), np.cov(scaled, rowvar=False), SAMPLES)
-    samples = {"Gaussian (fitted)": (gaussian * std + mean, time.time() - started)}
-    started = time.time()
-    mixture = GaussianMixture(GMM_COMPONENTS, covariance_type="full", random_state=SEED)
-    drawn, _ = mixture.fit(scaled).sample(SAMPLES)
-    drawn = drawn[np.random.default_rng(SEED).permutation(SAMPLES)]  # sample() sorts by component
-    samples[f"GMM-{GMM_COMPONENTS} full (fitted)"] = (drawn * std + mean, time.time() - started)
-    return samples
-
-
-def row(name: str, values: dict[str, Any], seconds: float) -> dict[str, Any]:
+def row(name: str, values: dict[str, Any], seconds: float | None) -> dict[str, Any]:
+    """A table row; seconds: the training (or fitting) time, None where it is not separate."""
     return {"name": name, "seconds": seconds, **values,
             "ratio": values["frechet_distance"] / values["frechet_distance_floor"]}
 
@@ -86,21 +65,26 @@ def generator_rows(encoder: str) -> list[dict[str, Any]]:
     source = folder / f"{DATASET}_{encoder}.npz"
     real = load_embeddings(source)
     rows = []
-    for name, (samples, seconds) in fitted_baselines(real).items():
-        rows.append(row(name, evaluate.plan2_metrics(source, {"z_gen": samples}, real), seconds))
+    started = time.time()  # flows.py's baselines, fitted as it fits them
+    baselines = flows.baseline_samples(real["z_train"], real["z_test"], SAMPLES, SEED)
+    fitted = time.time() - started
+    for name, key, seconds in (("Gaussian (fitted)", "Gaussian", None),
+                               (f"GMM-{flows.GMM_COMPONENTS} full (fitted)", "mixture", fitted)):
+        rows.append(row(name, evaluate.plan2_metrics(source, {"z_gen": baselines[key]}, real),
+                        seconds))
     for flow in FLOWS:
         seconds = run("flows.py", "--encoders", encoder, "--flows", flow, "--samples",
                       str(SAMPLES), "--threads", str(THREADS), *shlex.split(FLOW_ARGS))
         generated = load_npz(folder / f"{DATASET}_{encoder}+{flow}.gen.npz", {"z_gen": (2, "f")})
         rows.append(row(f"{flow} (flows.py)", evaluate.plan2_metrics(source, generated, real),
                         seconds))
-    seconds = run("plan2_gan_training.py", "--encoder", encoder, "--models", ",".join(MODELS),
+    run("plan2_gan_training.py", "--encoder", encoder, "--models", ",".join(MODELS),
                   "--epochs", str(EPOCHS), "--samples", str(SAMPLES), "--threads", str(THREADS),
                   *shlex.split(STAGE_ARGS))
     for name in MODELS:
         generated = load_npz(folder / f"{DATASET}_{encoder}_{name}.gen.npz", {"z_gen": (2, "f")})
         rows.append(row(name, evaluate.plan2_metrics(source, generated, real),
-                        seconds / len(MODELS)))
+                        generated["meta"].get("train_seconds")))
     return rows
 
 
@@ -110,14 +94,15 @@ def generator_table(encoder: str, rows: list[dict[str, Any]]) -> str:
              f"precision {floor['precision_floor']:.3f}, recall {floor['recall_floor']:.3f}, "
              f"density {floor['density_floor']:.3f}, coverage {floor['coverage_floor']:.3f})", "",
              "| generator | Fréchet distance / floor | precision | recall | density | coverage | "
-             "k-NN class match | TSTR k-NN (TRTR) | wall time |", "| --- " * 9 + "|"]
+             "k-NN class match | TSTR k-NN (TRTR) | time (GANs: training; flows: flows.py; "
+             "mixture: fitting both baselines) |", "| --- " * 9 + "|"]
     for r in rows:
         conditional = "knn_class_consistency" in r
         lines.append(f"| {r['name']} | {r['ratio']:.2f} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | "
                      + (f"{r['knn_class_consistency']:.3f} | {r['tstr_knn_accuracy']:.3f} "
                         f"({r['trtr_knn_accuracy']:.3f})" if conditional else "— | —")
-                     + f" | {r['seconds']:.0f} s |")
+                     + (" | — |" if r["seconds"] is None else f" | {r['seconds']:.0f} s |"))
     return "\n".join(lines)
 
 
@@ -144,7 +129,7 @@ def translation_rows(pair: str) -> list[dict[str, Any]]:
     folder = ROOT / DATA_DIR / "embeddings"
     source = load_embeddings(folder / f"{DATASET}_{source_name}.npz")
     target = load_embeddings(folder / f"{DATASET}_{target_name}.npz")
-    seconds = run("plan2_gan_training.py", "--encoder", source_name, "--encoder-b", target_name,
+    run("plan2_gan_training.py", "--encoder", source_name, "--encoder-b", target_name,
                   "--models", "cyclegan,dualgan", "--epochs", str(EPOCHS), "--threads",
                   str(THREADS), *shlex.split(STAGE_ARGS))
     rows = []
@@ -152,8 +137,8 @@ def translation_rows(pair: str) -> list[dict[str, Any]]:
         path = folder / f"{DATASET}_{source_name}-to-{target_name}_{name}.npz"
         translated = load_npz(path, {"z_translated": (2, "f")})
         values = evaluate.translation_metrics(path, translated["z_translated"], source, target)
-        rows.append({"name": f"{name} {source_name} -> {target_name}", "seconds": seconds / 2,
-                     **values})
+        rows.append({"name": f"{name} {source_name} -> {target_name}",
+                     "seconds": translated["meta"].get("train_seconds"), **values})
     return rows
 
 

@@ -439,6 +439,12 @@ def test_resumed_run_equals_an_uninterrupted_one(stage1, tmp_path, capsys):
     name = "digits_ae_basic_wgan_gp.gen.npz"
     np.testing.assert_array_equal(np.load(straight / "embeddings" / name)["z_gen"],
                                   np.load(resumed / "embeddings" / name)["z_gen"])
+    # The training time counts both epochs, the one before the resume too.
+    checkpoint = load_checkpoint(resumed / "checkpoints" / "plan2" / "digits_ae_basic_wgan_gp.pt")
+    epoch_seconds = [e["seconds"] for e in checkpoint["history"]["epochs"]]
+    meta = load_npz(resumed / "embeddings" / name, {"z_gen": (2, "f")})["meta"]
+    assert len(epoch_seconds) == 2 and all(t > 0 for t in epoch_seconds)
+    assert meta["train_seconds"] == pytest.approx(sum(epoch_seconds))
     with pytest.raises(StageError, match="hidden: now 48, checkpoint 32"):
         run_main(resumed, *args, "--epochs", "3", "--hidden", "48")
 
