@@ -164,7 +164,7 @@ def main() -> None:
     print("\nTargets:\n" + "\n".join(f"- {v}" for v in verdicts))
     if translations:
         print("\n| translation | cosine to the true B (paired linear map) | k-NN acc. of A->B "
-              "| B's own k-NN acc. | within 10 points | wall time |\n" + "| --- " * 6 + "|")
+              "| B's own k-NN acc. | within 10 points | training time |\n" + "| --- " * 6 + "|")
         for r in translations:
             gap = r["knn_accuracy_target"] - r["knn_accuracy"]
             print(f"| {r['name']} | {r['cosine']:.3f} ({r['cosine_paired_linear']:.3f}) | "
