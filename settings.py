@@ -10,8 +10,9 @@ before the stage reads anything:
 - comparisons ``>= 1``, ``> 0``, ``<= 1``, ``< 5``, combined with commas: ``[> 0, <= 1]``;
 - choices ``[constant | one-cycle]``, or ``[in GAN_NAMES]`` for the items of a module-level
   sequence ``GAN_NAMES`` of the script, or ``[in data_sources.DATASETS]`` for one of a module.
-For a tuple setting the rule applies to every item; a tuple must be non-empty and must not repeat
-an item. Floats must be finite. A broken value stops the script with one line and exit code 2.
+For a tuple setting the rule applies to every item; a tuple must not repeat an item, and must be
+non-empty unless its rule says ``or empty`` (``[in FLOW_NAMES, or empty]``; ``--flows ""``).
+Floats must be finite. A broken value stops the script with one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Rule:
     text: str = ""
     bounds: list[tuple[str, float]] = field(default_factory=list)
     choices: tuple[str, ...] | None = None
+    may_be_empty: bool = False
 
     def check(self, flag: str, value: Any) -> None:
         """Raise SettingsError unless ``value`` (one item) satisfies the rule."""
@@ -64,6 +66,8 @@ class Rule:
         parts = [f"{s} {_plain(b)}" for s, b in self.bounds]
         if self.choices is not None:
             parts.append("one of " + ", ".join(self.choices))
+        if self.may_be_empty:
+            parts.append("or empty")
         return "; ".join(parts)
 
 
@@ -83,6 +87,8 @@ def parse_rule(text: str, name: str, namespace: dict[str, Any]) -> Rule:
                 rule.bounds.append((comparison.group(1), float(comparison.group(2))))
             except ValueError as err:
                 raise SettingsError(f"{name}: cannot read the rule [{text}]") from err
+        elif item == "or empty":
+            rule.may_be_empty = True
         elif item.startswith("in "):
             table = _lookup(item[3:].strip(), namespace)
             if not isinstance(table, Sequence) or isinstance(table, str) or not table:
@@ -149,7 +155,7 @@ def declared_settings(source: str) -> list[tuple[str, str]]:
 def check_value(flag: str, value: Any, rule: Rule) -> None:
     """Check one setting's value (a scalar, or every item of a tuple) against its rule."""
     if isinstance(value, tuple | list):
-        if not value:
+        if not value and not rule.may_be_empty:
             raise SettingsError(f"{flag}: the list is empty")
         repeated = sorted({str(v) for v in value if list(value).count(v) > 1})
         if repeated:

@@ -32,11 +32,11 @@ DATASET = "fashion-mnist"  # dataset of the embeddings [in data_sources.DATASETS
 DATA_DIR = "data/bench_plan2"  # where the benchmark's embeddings, checkpoints and samples go
 ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae")  # embeddings to generate
 MODELS = ("wgan_gp", "vaegan", "contrastive_gan")  # generators [in plan2_gan_training.GENERATORS]
-PAIRS = ("ae_basic:vae", "ae_advanced:ntxent")  # translations A:B by CycleGAN and DualGAN
+PAIRS = ("ae_basic:vae", "ae_advanced:ntxent")  # translations A:B (CycleGAN, DualGAN) [or empty]
 ENCODER_EPOCHS = 2  # epochs of encoder_models.py for an encoder that is missing [>= 1]
-EPOCHS = 40  # epochs of plan2_gan_training.py [>= 1]
+EPOCHS = 120  # epochs of plan2_gan_training.py (its default) [>= 1]
 STAGE_ARGS = ""  # more plan2_gan_training.py flags, e.g. --stage-args="--batch-size 128"
-FLOWS = ("realnvp",)  # flows.py flows whose samples join the table (empty: none)
+FLOWS = ("realnvp",)  # flows whose samples join the table [in flows.FLOW_NAMES, or empty]
 FLOW_ARGS = ""  # more flows.py flags
 SAMPLES = 10000  # samples of every generator, fitted baseline and flow [>= 10]
 SEED = 0  # seeds the stages, the baselines and the metrics [>= 0]

@@ -105,6 +105,22 @@ def test_values_within_the_rules_pass_and_help_shows_the_rules(tmp_path, capsys)
     assert "variants (default: a,b; one of a, b, c)" in text
 
 
+def test_a_list_whose_rule_says_or_empty_may_be_empty(tmp_path, capsys):
+    """``[in NAMES, or empty]``: an empty list passes, its items still obey the rule; a list
+    without it stays refused when empty."""
+    source = SCRIPT.replace("# variants [in NAMES]", "# variants [in NAMES, or empty]")
+    ns = namespace(tmp_path, source)
+    configure(ns, ["--models", ""])
+    assert ns["MODELS"] == ()
+    assert configure_error(tmp_path, ["--models", "a,z"], capsys,
+                           source) == "error: --models z: must be one of a, b, c"
+    with pytest.raises(SystemExit):
+        configure(namespace(tmp_path, source), ["--help"])
+    assert "one of a, b, c; or empty" in " ".join(capsys.readouterr().out.split())
+    assert configure_error(tmp_path, ["--models", ""],
+                           capsys) == "error: --models: the list is empty"
+
+
 def test_a_default_breaking_its_rule_or_an_unreadable_rule_is_refused(tmp_path, capsys):
     broken = SCRIPT.replace("EPOCHS = 3", "EPOCHS = 0")
     assert configure_error(tmp_path, [], capsys, broken) == "error: --epochs 0: must be >= 1"
