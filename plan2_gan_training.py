@@ -74,7 +74,7 @@ DATA_DIR = "data"  # where embeddings are read and every output is written
 ENCODER = "ae_advanced"  # embedding to learn (an autoencoder's decodes to images); domain A
 ENCODER_B = "vae"  # domain B of CycleGAN and DualGAN: another encoder of the same images
 MODELS = GAN_NAMES  # GANs to train, comma-separated [in GAN_NAMES]
-EPOCHS = 40  # total epochs per model (more continues a finished run) [>= 1]
+EPOCHS = 120  # total epochs per model (with --lr-decay false, more continues a finished run) [>= 1]
 BATCH_SIZE = 256  # embeddings per step [>= 2]
 LIMIT = 0  # train on the first N training embeddings only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order, noise, the halves and the saved samples [>= 0]
@@ -87,10 +87,11 @@ DEPTH = 3  # hidden layers of every generator, critic and encoder [>= 1]
 WGAN_CONDITIONAL = True  # WGAN-GP generates a class asked for (writes y_gen)
 GRADIENT_PENALTY = 10.0  # WGAN-GP penalty weight of the Wasserstein models (paper: 10) [>= 0]
 N_CRITIC = 5  # critic steps per generator step of the Wasserstein models (paper: 5) [>= 1]
-MODE_SEEKING = 0.0  # WGAN-GP and contrastive GAN: weight of the mode-seeking term (MSGAN) [>= 0]
+ENERGY_WEIGHT = 0.0  # WGAN-GP and contrastive GAN: weight of the energy-distance term [>= 0]
+MODE_SEEKING = 1.5  # WGAN-GP and contrastive GAN: weight of the mode-seeking term (MSGAN) [>= 0]
 WASSERSTEIN_LR = 1e-3  # Adam rate of WGAN-GP, contrastive GAN, DualGAN (paper: 1e-4) [> 0]
 LEARNING_RATE = 1e-3  # Adam rate of VAE-GAN and CycleGAN [> 0]
-LR_DECAY = False  # learning rates fall linearly over --epochs (to 1/epochs of theirs in the last)
+LR_DECAY = True  # learning rates fall linearly over --epochs (to 1/epochs of theirs in the last)
 EMA_DECAY = 0.99  # decay of the generators' weight average used for sampling [>= 0, < 1]
 VAE_BETA = 1.0  # VAE-GAN: weight of the KL term [>= 0]
 VAEGAN_GAMMA = 0.1  # VAE-GAN: the decoder's weight of the feature reconstruction [> 0]
@@ -130,15 +131,32 @@ def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
     return x.detach() + factor * (x - x.detach())
 
 
-def mode_seeking_loss(fake: torch.Tensor, noise: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Mode-seeking term (Mao et al. 2019, MSGAN): 1 / (mean ratio + eps), the ratio being the mean
-    absolute difference of two samples over that of their noises; the pairs are rows i and
-    i + B/2 of the batch, whatever their classes (MSGAN pairs two noises under one condition).
-    Minimising it spreads samples whose noises differ."""
-    half = len(fake) // 2
-    d_sample = (fake[:half] - fake[half:2 * half]).abs().mean(dim=1)
-    d_noise = (noise[:half] - noise[half:2 * half]).abs().mean(dim=1)
+def mode_seeking_loss(fake: torch.Tensor, other: torch.Tensor, noise: torch.Tensor,
+                      other_noise: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mode-seeking term (Mao et al. 2019, MSGAN): 1 / (mean ratio + eps), the ratio of row i
+    being the mean absolute difference of two samples ``fake[i]``, ``other[i]`` drawn under one
+    condition over that of their noises. Minimising it spreads the samples of one condition
+    whose noises differ."""
+    d_sample = (fake - other).abs().mean(dim=1)
+    d_noise = (noise - other_noise).abs().mean(dim=1)
     return 1.0 / ((d_sample / d_noise).mean() + eps)
+
+
+def energy_distance_term(real: torch.Tensor, fake: torch.Tensor,
+                         labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The part of the energy distance (Szekely & Rizzo 2013) between fake and real samples
+    that depends on the fake ones: 2 E||x - y|| - E||y - y'||, x real, y and y' fake, Euclidean
+    norms over the pairs of one class (every pair without ``labels``; y != y'). It is smallest
+    when the fake samples are distributed as the real ones: the first part pulls samples
+    towards real points, the second spreads them, no further than the real points are spread."""
+    def distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ((a[:, None] - b[None]).pow(2).sum(-1) + 1e-12).sqrt()
+
+    n = len(fake)
+    same = (torch.ones(n, n, dtype=torch.bool, device=fake.device) if labels is None
+            else labels[:, None] == labels[None, :])
+    apart = same & ~torch.eye(n, dtype=torch.bool, device=fake.device)
+    return 2 * distances(fake, real)[same].mean() - distances(fake, fake)[apart].mean()
 
 
 def class_groups(labels: np.ndarray) -> np.ndarray:
@@ -159,11 +177,11 @@ class WGANGP(GANModel):
 
     def __init__(self, dim: int, num_classes: int = 0, noise_dim: int = 32, hidden: int = 256,
                  depth: int = 3, gradient_penalty: float = 10.0,
-                 mode_seeking: float = 0.0) -> None:
+                 mode_seeking: float = 0.0, energy_weight: float = 0.0) -> None:
         super().__init__()
         self.adversarial_loss = AdversarialLoss("wasserstein", gradient_penalty)
         self.dim, self.noise_dim, self.num_classes = dim, noise_dim, num_classes
-        self.mode_seeking = mode_seeking
+        self.mode_seeking, self.energy_weight = mode_seeking, energy_weight
         self.generator = mlp([noise_dim + num_classes, *[hidden] * depth, dim])
         self.discriminator = Critic(dim, hidden, depth, num_classes)
 
@@ -205,8 +223,13 @@ class WGANGP(GANModel):
         noise = self.sample_noise(len(batch["x"]))
         fake = self.sample(c, noise)
         parts = {"adversarial": self.adversarial_loss.generator(self.critic(fake, c))}
-        if self.mode_seeking:
-            parts["mode_seeking"] = self.mode_seeking * mode_seeking_loss(fake, noise)
+        if self.mode_seeking:  # a second sample of each row's class from other noise
+            other_noise = self.sample_noise(len(noise))
+            parts["mode_seeking"] = self.mode_seeking * mode_seeking_loss(
+                fake, self.sample(c, other_noise), noise, other_noise)
+        if self.energy_weight:  # real and fake rows of one batch have the same classes
+            parts["energy"] = self.energy_weight * energy_distance_term(
+                batch["x"], fake, batch["label"] if self.conditional else None)
         parts.update(self.generator_extra(batch, fake))
         return sum(parts.values()), parts
 
@@ -388,11 +411,13 @@ def build_model(name: str, dim: int, num_classes: int, dim_b: int = 0) -> GANMod
     common = {"hidden": HIDDEN, "depth": DEPTH}
     if name == "wgan_gp":
         return WGANGP(dim, num_classes if WGAN_CONDITIONAL else 0, NOISE_DIM,
-                      gradient_penalty=GRADIENT_PENALTY, mode_seeking=MODE_SEEKING, **common)
+                      gradient_penalty=GRADIENT_PENALTY, mode_seeking=MODE_SEEKING,
+                      energy_weight=ENERGY_WEIGHT, **common)
     if name == "contrastive_gan":
         return ContrastiveGAN(dim, num_classes, CONTRASTIVE_WEIGHT, CONTRASTIVE_TEMPERATURE,
                               noise_dim=NOISE_DIM, gradient_penalty=GRADIENT_PENALTY,
-                              mode_seeking=MODE_SEEKING, **common)
+                              mode_seeking=MODE_SEEKING, energy_weight=ENERGY_WEIGHT,
+                              **common)
     if name == "vaegan":
         return VAEGAN(dim, NOISE_DIM, beta=VAE_BETA, gamma=VAEGAN_GAMMA, **common)
     classes = num_classes if TRANSLATION_CLASSES else 0
@@ -697,6 +722,9 @@ def resume_settings(name: str, embedding_hash: str, n_train: int) -> dict[str, A
         settings["gradient_penalty"] = GRADIENT_PENALTY
     if name in ("wgan_gp", "contrastive_gan") and MODE_SEEKING:  # older checkpoints: none
         settings["mode_seeking"] = MODE_SEEKING
+        settings["mode_seeking_pairs"] = "same class"  # earlier: rows i, i + B/2 of a batch
+    if name in ("wgan_gp", "contrastive_gan") and ENERGY_WEIGHT:
+        settings["energy_weight"] = ENERGY_WEIGHT
     settings.update({
         "wgan_gp": {"conditional": WGAN_CONDITIONAL},
         "contrastive_gan": {"contrastive_weight": CONTRASTIVE_WEIGHT,

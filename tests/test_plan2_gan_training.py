@@ -427,12 +427,29 @@ def test_evaluate_scores_what_the_stage_wrote(end_to_end):
     assert translation["cosine_paired_linear"] > 0.5 and translation["knn_accuracy_target"] > 0.8
 
 
-def test_resumed_run_equals_an_uninterrupted_one(stage1, tmp_path, capsys):
+@pytest.mark.parametrize("schedule", ["decaying", "constant"])
+def test_resumed_run_equals_an_uninterrupted_one(stage1, tmp_path, capsys, monkeypatch,
+                                                 schedule):
+    """A decaying-rate run (the default) interrupted by Ctrl-C after its first epoch, then
+    run again with the same command; a constant-rate run of 1 epoch continued to 2: both equal
+    an uninterrupted 2-epoch run."""
     straight = fresh_copy(stage1, tmp_path / "straight")
     resumed = fresh_copy(stage1, tmp_path / "resumed")
-    args = ("--models", "wgan_gp",)
+    args = ("--models", "wgan_gp", "--lr-decay", "true" if schedule == "decaying" else "false")
     run_main(straight, *args, "--epochs", "2")
-    run_main(resumed, *args, "--epochs", "1")
+    if schedule == "decaying":
+        save = GANTrainer.save
+
+        def save_then_interrupt(self, path, settings):
+            save(self, path, settings)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(GANTrainer, "save", save_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_main(resumed, *args, "--epochs", "2")
+        monkeypatch.undo()
+    else:
+        run_main(resumed, *args, "--epochs", "1")
     capsys.readouterr()
     run_main(resumed, *args, "--epochs", "2")
     assert "wgan_gp: resumed from" in capsys.readouterr().out
@@ -446,12 +463,12 @@ def test_resumed_run_equals_an_uninterrupted_one(stage1, tmp_path, capsys):
     assert len(epoch_seconds) == 2 and all(t > 0 for t in epoch_seconds)
     assert meta["train_seconds"] == pytest.approx(sum(epoch_seconds))
     with pytest.raises(StageError, match="hidden: now 48, checkpoint 32"):
-        run_main(resumed, *args, "--epochs", "3", "--hidden", "48")
+        run_main(resumed, *args, "--epochs", "2", "--hidden", "48")
 
 
 def test_nan_loss_stops_and_keeps_the_best_checkpoint(stage1, tmp_path, monkeypatch, capsys):
     root = fresh_copy(stage1, tmp_path / "data")
-    run_main(root, "--models", "wgan_gp", "--epochs", "1")
+    run_main(root, "--models", "wgan_gp", "--lr-decay", "false", "--epochs", "1")
     checkpoint = root / "checkpoints" / "plan2" / "digits_ae_basic_wgan_gp.pt"
     good = load_checkpoint(checkpoint)["model"]
     original = p2.WGANGP.generator_loss
@@ -462,7 +479,8 @@ def test_nan_loss_stops_and_keeps_the_best_checkpoint(stage1, tmp_path, monkeypa
 
     monkeypatch.setattr(p2.WGANGP, "generator_loss", broken)  # kept: no reload below
     capsys.readouterr()
-    run_main(root, "--models", "wgan_gp", "--epochs", "3", reload=False)
+    run_main(root, "--models", "wgan_gp", "--lr-decay", "false", "--epochs", "3",
+                 reload=False)
     assert "warning: wgan_gp: training stopped (non-finite loss" in capsys.readouterr().out
     state = load_checkpoint(checkpoint)
     assert state["epoch"] == 1 and state["diverged"]
@@ -559,23 +577,71 @@ def test_learning_rate_decay_follows_the_epoch(stage1, tmp_path):
         run_main(root, "--models", "wgan_gp", "--epochs", "3", "--lr-decay", "true")
 
 
-def test_mode_seeking_term_against_its_formula(small):
-    """MSGAN's term, 1 / (mean over pairs (i, i + B/2) of |G(z_i) - G(z_j)|_1 / |z_i - z_j|_1 +
-    eps) with means over dimensions, against a loop; it joins the WGAN-GP generator loss with
-    its weight, and with weight 0 it is absent."""
-    gen = torch.Generator().manual_seed(1)
-    fake, noise = torch.randn(7, 4, generator=gen), torch.randn(7, 3, generator=gen)
-    ratios = [(fake[i] - fake[i + 3]).abs().mean() / (noise[i] - noise[i + 3]).abs().mean()
-              for i in range(3)]
-    expected = 1.0 / (sum(ratios) / 3 + 1e-5)
-    torch.testing.assert_close(p2.mode_seeking_loss(fake, noise), expected)
-    model = p2.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2, mode_seeking=2.0)
-    fixed = torch.randn(12, 3, generator=gen)
-    model.sample_noise = lambda n, generator=None: fixed[:n]
+def test_energy_distance_term_against_its_formula(small):
+    """2 E||x - y|| - E||y - y'|| over the pairs of one class (y != y') against a loop, with and
+    without classes; in the WGAN-GP generator loss with its weight, on the batch's own rows."""
+    gen = torch.Generator().manual_seed(2)
+    real, fake = torch.randn(9, 4, generator=gen), torch.randn(9, 4, generator=gen)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1])
+    for classes in (labels, None):
+        cross, within = [], []
+        for i in range(9):
+            for j in range(9):
+                if classes is None or classes[i] == classes[j]:
+                    cross.append((fake[i] - real[j]).norm())
+                    if i != j:
+                        within.append((fake[i] - fake[j]).norm())
+        expected = 2 * sum(cross) / len(cross) - sum(within) / len(within)
+        torch.testing.assert_close(p2.energy_distance_term(real, fake, classes), expected)
+    model = p2.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2, energy_weight=0.5)
     batch = toy_batch()
+    noise = torch.randn(len(batch["x"]), 3, generator=gen)
+    model.sample_noise = lambda n, generator=None: noise[:n]
     _, parts = model.generator_loss(batch)
-    sampled = model.sample(model.condition(batch["label"]), fixed)
-    torch.testing.assert_close(parts["mode_seeking"], 2.0 * p2.mode_seeking_loss(sampled, fixed))
+    fake = model.sample(model.condition(batch["label"]), noise)
+    torch.testing.assert_close(parts["energy"],
+                               0.5 * p2.energy_distance_term(batch["x"], fake, batch["label"]))
+
+
+def test_energy_distance_term_is_smallest_at_the_real_spread():
+    """With the real points' own term added, the energy distance of scaled copies s * x' of the
+    real distribution is near 0 at s = 1 and grows when the samples are spread too far or too
+    little, which is what keeps its spreading part from inflating the spread."""
+    gen = torch.Generator().manual_seed(3)
+    real, other = torch.randn(600, 8, generator=gen), torch.randn(600, 8, generator=gen)
+    real_term = torch.cdist(real, real).sum() / (600 * 599)
+    energy = {s: float(p2.energy_distance_term(real, s * other) - real_term)
+              for s in (0.7, 1.0, 1.4)}
+    assert abs(energy[1.0]) < 0.02
+    assert energy[0.7] > energy[1.0] + 0.05 and energy[1.4] > energy[1.0] + 0.05
+
+
+def test_mode_seeking_term_against_its_formula(small):
+    """MSGAN's term, 1 / (mean over rows i of |G(z_i, c_i) - G(z'_i, c_i)|_1 / |z_i - z'_i|_1 +
+    eps) with means over dimensions, against a loop; in the WGAN-GP generator loss, with its
+    weight, the second sample of each row has the row's own class and fresh noise; with weight
+    0 the term is absent."""
+    gen = torch.Generator().manual_seed(1)
+    fake, other = torch.randn(5, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    noise, other_noise = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    ratios = [(fake[i] - other[i]).abs().mean() / (noise[i] - other_noise[i]).abs().mean()
+              for i in range(5)]
+    expected = 1.0 / (sum(ratios) / 5 + 1e-5)
+    torch.testing.assert_close(p2.mode_seeking_loss(fake, other, noise, other_noise), expected)
+    model = p2.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2, mode_seeking=2.0)
+    batch = toy_batch()
+    n = len(batch["x"])
+    draws = iter([torch.randn(n, 3, generator=gen), torch.randn(n, 3, generator=gen)])
+    first, second = next(draws), next(draws)
+    draws = iter([first, second])
+    model.sample_noise = lambda n, generator=None: next(draws)
+    _, parts = model.generator_loss(batch)
+    c = model.condition(batch["label"])
+    pairs = [(model.sample(c[i:i + 1], first[i:i + 1]), model.sample(c[i:i + 1], second[i:i + 1]))
+             for i in range(n)]
+    ratios = [(a - b).abs().mean() / (first[i] - second[i]).abs().mean()
+              for i, (a, b) in enumerate(pairs)]
+    torch.testing.assert_close(parts["mode_seeking"], 2.0 / (sum(ratios) / n + 1e-5))
     plain = p2.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2)
-    plain.sample_noise = model.sample_noise
+    plain.sample_noise = lambda n, generator=None: first[:n]
     assert "mode_seeking" not in plain.generator_loss(batch)[1]
