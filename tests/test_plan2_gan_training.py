@@ -479,8 +479,7 @@ def test_nan_loss_stops_and_keeps_the_best_checkpoint(stage1, tmp_path, monkeypa
 
     monkeypatch.setattr(p2.WGANGP, "generator_loss", broken)  # kept: no reload below
     capsys.readouterr()
-    run_main(root, "--models", "wgan_gp", "--lr-decay", "false", "--epochs", "3",
-                 reload=False)
+    run_main(root, "--models", "wgan_gp", "--lr-decay", "false", "--epochs", "3", reload=False)
     assert "warning: wgan_gp: training stopped (non-finite loss" in capsys.readouterr().out
     state = load_checkpoint(checkpoint)
     assert state["epoch"] == 1 and state["diverged"]
@@ -631,8 +630,7 @@ def test_mode_seeking_term_against_its_formula(small):
     model = p2.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2, mode_seeking=2.0)
     batch = toy_batch()
     n = len(batch["x"])
-    draws = iter([torch.randn(n, 3, generator=gen), torch.randn(n, 3, generator=gen)])
-    first, second = next(draws), next(draws)
+    first, second = torch.randn(n, 3, generator=gen), torch.randn(n, 3, generator=gen)
     draws = iter([first, second])
     model.sample_noise = lambda n, generator=None: next(draws)
     _, parts = model.generator_loss(batch)
