@@ -148,15 +148,13 @@ def energy_distance_term(real: torch.Tensor, fake: torch.Tensor,
     that depends on the fake ones: 2 E||x - y|| - E||y - y'||, x real, y and y' fake, Euclidean
     norms over the pairs of one class (every pair without ``labels``; y != y'). It is smallest
     when the fake samples are distributed as the real ones: the first part pulls samples
-    towards real points, the second spreads them, no further than the real points are spread."""
-    def distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return ((a[:, None] - b[None]).pow(2).sum(-1) + 1e-12).sqrt()
-
+    towards real points, the second spreads them, no further than the real points are spread.
+    (``torch.cdist``'s gradient is finite at the zero distances on the diagonal.)"""
     n = len(fake)
     same = (torch.ones(n, n, dtype=torch.bool, device=fake.device) if labels is None
             else labels[:, None] == labels[None, :])
     apart = same & ~torch.eye(n, dtype=torch.bool, device=fake.device)
-    return 2 * distances(fake, real)[same].mean() - distances(fake, fake)[apart].mean()
+    return 2 * torch.cdist(fake, real)[same].mean() - torch.cdist(fake, fake)[apart].mean()
 
 
 def class_groups(labels: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae")  # embeddings t
 MODELS = ("wgan_gp", "vaegan", "contrastive_gan")  # generators [in plan2_gan_training.GENERATORS]
 PAIRS = ("ae_basic:vae", "ae_advanced:ntxent")  # translations A:B (CycleGAN, DualGAN) [or empty]
 ENCODER_EPOCHS = 2  # epochs of encoder_models.py for an encoder that is missing [>= 1]
-EPOCHS = 120  # epochs of plan2_gan_training.py (its default) [>= 1]
+EPOCHS = 0  # epochs of plan2_gan_training.py (0: the stage's own default) [>= 0]
 STAGE_ARGS = ""  # more plan2_gan_training.py flags, e.g. --stage-args="--batch-size 128"
 FLOWS = ("realnvp",)  # flows whose samples join the table [in flows.FLOW_NAMES, or empty]
 FLOW_ARGS = ""  # more flows.py flags
@@ -51,6 +51,11 @@ def run(script: str, *args: str) -> float:
                     DATA_DIR, "--seed", str(SEED), "--device", DEVICE, *args], cwd=ROOT,
                    check=True)
     return time.time() - started
+
+
+def epochs_args() -> list[str]:
+    """--epochs for the stage, or nothing: its own default."""
+    return ["--epochs", str(EPOCHS)] if EPOCHS else []
 
 
 def row(name: str, values: dict[str, Any], seconds: float | None) -> dict[str, Any]:
@@ -79,8 +84,8 @@ def generator_rows(encoder: str) -> list[dict[str, Any]]:
         rows.append(row(f"{flow} (flows.py)", evaluate.plan2_metrics(source, generated, real),
                         seconds))
     run("plan2_gan_training.py", "--encoder", encoder, "--models", ",".join(MODELS),
-                  "--epochs", str(EPOCHS), "--samples", str(SAMPLES), "--threads", str(THREADS),
-                  *shlex.split(STAGE_ARGS))
+        *epochs_args(), "--samples", str(SAMPLES), "--threads", str(THREADS),
+        *shlex.split(STAGE_ARGS))
     for name in MODELS:
         generated = load_npz(folder / f"{DATASET}_{encoder}_{name}.gen.npz", {"z_gen": (2, "f")})
         rows.append(row(name, evaluate.plan2_metrics(source, generated, real),
@@ -130,8 +135,8 @@ def translation_rows(pair: str) -> list[dict[str, Any]]:
     source = load_embeddings(folder / f"{DATASET}_{source_name}.npz")
     target = load_embeddings(folder / f"{DATASET}_{target_name}.npz")
     run("plan2_gan_training.py", "--encoder", source_name, "--encoder-b", target_name,
-                  "--models", "cyclegan,dualgan", "--epochs", str(EPOCHS), "--threads",
-                  str(THREADS), *shlex.split(STAGE_ARGS))
+        "--models", "cyclegan,dualgan", *epochs_args(), "--threads", str(THREADS),
+        *shlex.split(STAGE_ARGS))
     rows = []
     for name in ("cyclegan", "dualgan"):
         path = folder / f"{DATASET}_{source_name}-to-{target_name}_{name}.npz"
@@ -158,8 +163,9 @@ def main() -> None:
         verdicts.append(verdict(encoder, rows))
         print(f"\n{tables[-1]}\n{verdicts[-1]}\n", flush=True)
     translations = [r for pair in PAIRS for r in translation_rows(pair)]
+    epochs = EPOCHS or "the stage's default"
     print(f"\n# Plan 2 on {DATASET} embeddings: {SAMPLES} samples each against the test split; "
-          f"GANs: {EPOCHS} epochs{f' ({STAGE_ARGS})' if STAGE_ARGS else ''}, seed {SEED}\n")
+          f"GANs: {epochs} epochs{f' ({STAGE_ARGS})' if STAGE_ARGS else ''}, seed {SEED}\n")
     print("\n\n".join(tables))
     print("\nTargets:\n" + "\n".join(f"- {v}" for v in verdicts))
     if translations:
