@@ -146,8 +146,9 @@ def train_evaluator(data: ImageDataset, checkpoint: Path, device: torch.device, 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])  # dropout masks continue as if never stopped
+        # map_location moved every tensor to ``device``; CPU generators take CPU states only
+        generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())  # dropout masks continue as if never stopped
         start_epoch = int(state["epoch"])
     inputs = images_to_tensor(data.x_train, f"{data.name} training images")
     targets = torch.from_numpy(data.y_train)

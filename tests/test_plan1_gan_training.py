@@ -307,7 +307,7 @@ def test_ctrl_c_then_resume_equals_the_uninterrupted_run(prepared, straight, tmp
     assert proc.poll() is None, "the run ended before it could be interrupted"
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     assert load_checkpoint(ckpt)["epoch"] == 1
     result = run_stage(data_dir, "--models", "cgan")
     assert f"resuming from {ckpt} after epoch 1, continuing at epoch 2/2" in result.stdout
