@@ -7,7 +7,8 @@ autocast, on N_IMAGES JPEG files of 512 pixels cut from real photographs:
 1. model only: the image tower on preprocessed batches (before and after the end-to-end runs);
 2. end to end, the stage's image path (DataLoader workers, batch BATCH_SIZE), with the fast
    preprocessing for each worker count in WORKER_COUNTS, and with the processor path once;
-   target: fast end to end >= 0.8 x model only with enough workers;
+   target: fast end to end >= 0.8 x model only with enough workers; and the fast path's
+   DataLoader alone (no tower) for each worker count, which shows whether loading is the limit;
 3. the fast path against the processor path on the GPU: cosine of the embeddings per image
    (target >= 0.999);
 4. a sharded extraction (2 shards, merged) against an unsharded one, run as a user runs the stage
@@ -88,6 +89,18 @@ def end_to_end(model: CLIPModel, files: list[Path], preprocessing: str, processo
     return time.perf_counter() - started, embeddings
 
 
+def loader_only_seconds(files: list[Path], processor: Any, pipeline: PixelPipeline,
+                        workers: int, device: torch.device) -> float:
+    """Seconds to receive every fast-path batch of ``files`` from the stage's DataLoader."""
+    started = time.perf_counter()
+    received = sum(len(rows) for groups, _ in image_batches(
+        files, batch_blocks(len(files), BATCH_SIZE, None), "fast", processor, pipeline, workers,
+        device) for rows, _, _ in groups)
+    if received != len(files):
+        raise RuntimeError(f"the loader gave {received} of {len(files)} pictures")
+    return time.perf_counter() - started
+
+
 def shard_check(device: torch.device, folder: Path) -> dict[str, Any]:
     """Run the stage unsharded and as 2 shards on ``device`` with a tiny CLIP; compare."""
     from transformers import CLIPProcessor, CLIPTokenizer
@@ -158,6 +171,10 @@ def main() -> None:
             seconds, _ = end_to_end(model, files, "fast", processor, pipeline, workers, device)
             fast[workers] = len(files) / seconds
             print(f"fast path, {workers} workers: {fast[workers]:.0f} images/s", flush=True)
+        loader = {w: len(files) / loader_only_seconds(files, processor, pipeline, w, device)
+                  for w in WORKER_COUNTS}
+        print("fast path's DataLoader alone: " + ", ".join(
+            f"{w} workers {r:.0f} images/s" for w, r in loader.items()), flush=True)
         seconds, _ = end_to_end(model, files, "processor", processor, None, PROCESSOR_WORKERS,
                                 device)
         processor_rate = len(files) / seconds
@@ -172,6 +189,7 @@ def main() -> None:
         model_only_runs=[round(model_images / before, 1), round(model_images / after, 1)],
         fast_end_to_end_images_per_s={str(w): round(r, 1) for w, r in fast.items()},
         fast_over_model_only={str(w): round(r / model_rate, 3) for w, r in fast.items()},
+        loader_only_images_per_s={str(w): round(r, 1) for w, r in loader.items()},
         processor_end_to_end_images_per_s=round(processor_rate, 1),
         processor_workers=PROCESSOR_WORKERS,
         processor_over_model_only=round(processor_rate / model_rate, 3),
