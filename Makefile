@@ -63,5 +63,6 @@ bench: install fashion-data
 	$(PY) bench/bench_evaluate.py --dataset fashion-mnist
 	$(PY) bench/bench_plan1.py
 	$(PY) bench/bench_plan2.py
+	$(PY) bench/bench_plan2_sampling.py --data-dir data/bench_plan2 --encoder ae_advanced
 	$(PY) bench/bench_clip_extraction.py
 	$(PY) bench/bench_drift_experiment.py

@@ -78,6 +78,7 @@ EPOCHS = 120  # total epochs per model (with --lr-decay false, more continues a 
 BATCH_SIZE = 256  # embeddings per step [>= 2]
 LIMIT = 0  # train on the first N training embeddings only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order, noise, the halves and the saved samples [>= 0]
+ENSEMBLE = 1  # generators per model, member k trained as --seed SEED+k; samples split evenly [>= 1]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
@@ -430,14 +431,14 @@ def build_model(name: str, dim: int, num_classes: int, dim_b: int = 0) -> GANMod
     raise StageError(f"unknown model {name!r}; valid names: {', '.join(GAN_NAMES)}")
 
 
-def loop_settings(name: str) -> LoopSettings:
+def loop_settings(name: str, seed: int) -> LoopSettings:
     """The optimiser schedule of a model: WGAN-GP's paper for the Wasserstein models."""
     wasserstein = name in ("wgan_gp", "contrastive_gan", "dualgan")
     lr = WASSERSTEIN_LR if wasserstein else LEARNING_RATE
     return LoopSettings(n_critic=N_CRITIC if wasserstein else 1, lr_generator=lr,
                         lr_discriminator=lr,
                         betas=WASSERSTEIN_BETAS if wasserstein else ADAM_BETAS,
-                        ema_decay=EMA_DECAY, log_every=LOG_EVERY, seed=SEED)
+                        ema_decay=EMA_DECAY, log_every=LOG_EVERY, seed=seed)
 
 
 # ---------------------------------------------------------------- data
@@ -545,6 +546,25 @@ def generate(model: GANModel, labels: np.ndarray | None, n: int, seed: int) -> n
         parts.append(model.sample(condition, model.sample_noise(count, generator))
                      .float().cpu().numpy())
     return np.concatenate(parts)
+
+
+def generate_ensemble(models: list[GANModel], labels: np.ndarray | None, n: int,
+                      seed: int) -> np.ndarray:
+    """n standardised samples split evenly over the members, interleaved: row i comes from
+    member i mod M, with noise seeded ``seed + member``. One member: ``generate(model, labels,
+    n, seed)``."""
+    rows = [np.arange(member, n, len(models)) for member in range(len(models))]
+    parts = [generate(model, None if labels is None else labels[index], len(index), seed + k)
+             for k, (model, index) in enumerate(zip(models, rows, strict=True))]
+    out = np.empty((n, parts[0].shape[1]), dtype=parts[0].dtype)
+    for index, part in zip(rows, parts, strict=True):
+        out[index] = part
+    return out
+
+
+def member_suffix(member: int) -> str:
+    """The file-name suffix of an ensemble member: none for member 0 (the model's own files)."""
+    return f"_member{member}" if member else ""
 
 
 @torch.no_grad()
@@ -703,12 +723,12 @@ def plan1_decoders(z_train: np.ndarray, z_test: np.ndarray, num_classes: int,
 
 
 # ---------------------------------------------------------------- the stage
-def resume_settings(name: str, embedding_hash: str, n_train: int) -> dict[str, Any]:
+def resume_settings(name: str, embedding_hash: str, n_train: int, seed: int) -> dict[str, Any]:
     """What a checkpoint must share with this run to be continued."""
-    loop = loop_settings(name)
+    loop = loop_settings(name, seed)
     settings = {"model": name, "dataset": DATASET, "encoder": ENCODER,
                 "embeddings": embedding_hash, "train_embeddings": n_train,
-                "batch_size": BATCH_SIZE, "seed": SEED, "hidden": HIDDEN, "depth": DEPTH,
+                "batch_size": BATCH_SIZE, "seed": seed, "hidden": HIDDEN, "depth": DEPTH,
                 "n_critic": loop.n_critic, "learning_rate": loop.lr_generator,
                 "betas": list(loop.betas), "ema_decay": EMA_DECAY,
                 "validation_samples": VALIDATION_SAMPLES, "lr_decay": LR_DECAY}
@@ -738,11 +758,11 @@ def resume_settings(name: str, embedding_hash: str, n_train: int) -> dict[str, A
 
 
 def train(name: str, model: GANModel, make_batches: Any, steps: int, score: Any,
-          embedding_hash: str, n_train: int, checkpoint: Path
+          embedding_hash: str, n_train: int, checkpoint: Path, seed: int
           ) -> tuple[GANTrainer, Any, float | None]:
     """Train (or resume) one model; returns its trainer, the fit report and the seconds of every
     epoch trained (resumed runs included; ``GANTrainer.training_seconds``)."""
-    loop = loop_settings(name)
+    loop = loop_settings(name, seed)
     trainer = GANTrainer(model, loop)
     started = time.time()
 
@@ -762,7 +782,8 @@ def train(name: str, model: GANModel, make_batches: Any, steps: int, score: Any,
               f"{record['g/loss']:.3f}{shown} ({time.time() - started:.0f} s)", flush=True)
 
     report = trainer.fit(scheduled_batches, EPOCHS, checkpoint,
-                         resume_settings(name, embedding_hash, n_train), steps_per_epoch=steps,
+                         resume_settings(name, embedding_hash, n_train, seed),
+                         steps_per_epoch=steps,
                          score=score, score_name="validation Fréchet distance (standardised)",
                          on_epoch=on_epoch, desc=name)
     if report.resumed_from:
@@ -807,11 +828,11 @@ def translation_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def validation_score(reference: np.ndarray, labels: np.ndarray):
+def validation_score(reference: np.ndarray, labels: np.ndarray, seed: int):
     """score(ema): Fréchet distance between samples (the same noise and classes every epoch) and
     a fixed subset of the standardised training embeddings; lower is better. Never the test."""
     def score(model: GANModel) -> float:
-        return frechet_distance(generate(model, labels, len(reference), SEED + 1), reference)
+        return frechet_distance(generate(model, labels, len(reference), seed + 1), reference)
 
     return score
 
@@ -836,39 +857,62 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
     for note in notes:
         print(f"note: Plan 1 generator not used: {note}")
     decoders.update({f"plan1-{gan}": f for gan, f in plan1.items()})
-    chosen = np.random.default_rng(SEED).choice(n_train, min(VALIDATION_SAMPLES, n_train),
-                                                replace=False)
 
-    def make_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        for index in index_batches(n_train, SEED, epoch):
-            groups = torch.from_numpy(class_groups(y_train[index.numpy()]))
-            index = index.to(device)
-            yield {"x": z_train[index], "label": labels[index], "groups": groups}
+    def train_member(name: str, member: int) -> tuple[GANTrainer, Any, float | None, Path]:
+        """Member ``member`` of a model's ensemble, trained (or resumed) exactly as a run with
+        ``--seed SEED+member`` trains the model alone: weights, batch order, noise and the
+        validation subset all follow that seed. Member 0's checkpoint is the model's own."""
+        seed = SEED + member
+        chosen = np.random.default_rng(seed).choice(n_train, min(VALIDATION_SAMPLES, n_train),
+                                                    replace=False)
+
+        def make_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+            for index in index_batches(n_train, seed, epoch):
+                groups = torch.from_numpy(class_groups(y_train[index.numpy()]))
+                index = index.to(device)
+                yield {"x": z_train[index], "label": labels[index], "groups": groups}
+
+        seed_everything(seed, DETERMINISTIC)
+        model = build_model(name, z_train.shape[1], num_classes).to(device)
+        score = validation_score(z_train[chosen].cpu().numpy(), y_train[chosen], seed) \
+            if len(chosen) > 1 else None
+        checkpoint = (folders["checkpoints/plan2"]
+                      / f"{DATASET}_{ENCODER}_{name}{member_suffix(member)}.pt")
+        if ENSEMBLE > 1:
+            print(f"{name}: ensemble member {member + 1}/{ENSEMBLE} (seed {seed})")
+        return (*train(name, model, make_batches, n_train // BATCH_SIZE, score, embedding_hash,
+                       n_train, checkpoint, seed), checkpoint)
 
     rows = []
     for name in names:
         tag = f"{DATASET}_{ENCODER}_{name}"
-        seed_everything(SEED, DETERMINISTIC)
-        model = build_model(name, z_train.shape[1], num_classes).to(device)
-        score = validation_score(z_train[chosen].cpu().numpy(), y_train[chosen]) \
-            if len(chosen) > 1 else None
-        checkpoint = folders["checkpoints/plan2"] / f"{tag}.pt"
-        trainer, report, seconds = train(name, model, make_batches, n_train // BATCH_SIZE, score,
-                                         embedding_hash, n_train, checkpoint)
-        best = trainer.best_model()
-        conditional = getattr(best, "conditional", False)
+        members = [train_member(name, member) for member in range(ENSEMBLE)]
+        trainers = [m[0] for m in members]
+        reports = [m[1] for m in members]
+        bests = [trainer.best_model() for trainer in trainers]
+        conditional = getattr(bests[0], "conditional", False)
         y_gen = class_draw(y_train, SAMPLES, num_classes, SEED) if conditional else None
-        z_gen = scaler.inverse(generate(best, y_gen, SAMPLES, SEED))
+        z_gen = scaler.inverse(generate_ensemble(bests, y_gen, SAMPLES, SEED))
+        seconds = [m[2] for m in members]
+        one = ENSEMBLE == 1  # one member: scalars, as before ensembles; several: lists
+        per_member = {
+            "checkpoint": [str(m[3]) for m in members],
+            "epochs_trained": [trainer.epoch for trainer in trainers],
+            "best_epoch": [report.best_epoch for report in reports],
+            "validation_frechet": [report.best_score for report in reports],
+            "diverged": [report.diverged for report in reports]}
+        if one:
+            per_member = {key: value[0] for key, value in per_member.items()}
         classes = {"y_gen": y_gen} if conditional else {}
         out = folders["embeddings"] / f"{tag}.gen.npz"
         values = evaluate.plan2_metrics(out, {"z_gen": z_gen, **classes}, real)
         meta = make_meta(__file__, settings, DATASET, SEED, gan=name, encoder=ENCODER,
                          source_embeddings=source.name, embeddings_hash=embedding_hash,
-                         train_embeddings=n_train, checkpoint=str(checkpoint),
-                         epochs_trained=trainer.epoch, best_epoch=report.best_epoch,
-                         validation_frechet=report.best_score, diverged=report.diverged,
-                         train_seconds=seconds, conditional=conditional,
-                         parameters=sum(p.numel() for p in model.parameters()))
+                         train_embeddings=n_train, ensemble=ENSEMBLE,
+                         member_seeds=[SEED + k for k in range(ENSEMBLE)], **per_member,
+                         train_seconds=None if None in seconds else sum(seconds),
+                         conditional=conditional,
+                         parameters=sum(p.numel() for p in bests[0].parameters()))
         written = [save_npz(out, {"z_gen": z_gen, **classes}, meta)]
         for decoder, decode in decoders.items():
             suffix = "" if decoder == "decoder" else f"_{decoder}"
@@ -878,13 +922,21 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
                                     {**meta, "decoded_by": made_by}))
         if PLOTS:
             written += save_pictures(
-                trainer, folders["visualizations"] / f"plan2_{tag}",
+                trainers[0], folders["visualizations"] / f"plan2_{tag}",
                 f"{name} on {DATASET} {ENCODER} embeddings", real["z_test"], z_gen,
                 f"{name} on {DATASET} {ENCODER}: real test vs generated embeddings",
                 ("real test", "generated"))
+            for member, trainer in enumerate(trainers[1:], start=1):
+                written.append(save_plot(
+                    loss_curves_figure(trainer.history, f"{name} on {DATASET} {ENCODER} "
+                                       f"embeddings, ensemble member {member + 1} (seed "
+                                       f"{SEED + member}): losses per {LOG_EVERY} steps"),
+                    folders["visualizations"] / f"plan2_{tag}{member_suffix(member)}_losses.png"))
         print(f"{name}: wrote {', '.join(str(p) for p in written)}")
-        rows.append({"model": name, "epochs": trainer.epoch, "best_epoch": report.best_epoch,
-                     "train_seconds": seconds, **values})
+        rows.append({"model": name if one else f"{name} x{ENSEMBLE}",
+                     "epochs": ", ".join(str(t.epoch) for t in trainers),
+                     "best_epoch": ", ".join(str(r.best_epoch) for r in reports),
+                     "train_seconds": meta["train_seconds"], **values})
     return rows
 
 
@@ -929,7 +981,7 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
         checkpoint = folders["checkpoints/plan2"] / f"{tag}.pt"
         trainer, report, seconds = train(name, model, make_batches, len(halves[0]) // BATCH_SIZE,
                                          score if checked > 1 else None, embedding_hash, n_train,
-                                         checkpoint)
+                                         checkpoint, SEED)
         best = trainer.best_model()
         translated = translate(best, test_a, "a_to_b")
         z_translated = scaler_b.inverse(translated)

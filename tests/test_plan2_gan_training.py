@@ -110,11 +110,11 @@ def test_wasserstein_models_train_with_the_wgan_gp_schedule():
     """Gulrajani et al. 2017: penalty weight 10, 5 critic steps per generator step, Adam betas
     (0.5, 0.9); the other models one D step per G step with DCGAN's betas."""
     for name in ("wgan_gp", "contrastive_gan", "dualgan"):
-        loop = p2.loop_settings(name)
+        loop = p2.loop_settings(name, 0)
         assert (loop.n_critic, loop.betas, loop.lr_generator) == (5, (0.5, 0.9),
                                                                   p2.WASSERSTEIN_LR)
     for name in ("vaegan", "cyclegan"):
-        loop = p2.loop_settings(name)
+        loop = p2.loop_settings(name, 0)
         assert (loop.n_critic, loop.betas, loop.lr_generator) == (1, (0.5, 0.999),
                                                                   p2.LEARNING_RATE)
     assert p2.GRADIENT_PENALTY == 10.0 and p2.N_CRITIC == 5
@@ -574,6 +574,69 @@ def test_learning_rate_decay_follows_the_epoch(stage1, tmp_path):
         assert state[optimizer]["param_groups"][0]["lr"] == pytest.approx(p2.WASSERSTEIN_LR / 2)
     with pytest.raises(StageError, match="epochs: now 3, checkpoint 2"):
         run_main(root, "--models", "wgan_gp", "--epochs", "3", "--lr-decay", "true")
+
+
+def test_ensemble_members_are_the_single_seed_runs(stage1, tmp_path, capsys):
+    """--ensemble 2: member k is the run of --seed k alone (same best weights; its checkpoint
+    is accepted as finished when copied in) and the samples interleave the two runs' own
+    samples (unconditional, so that each run's first rows are the ensemble's)."""
+    args = ("--models", "wgan_gp", "--epochs", "2", "--wgan-conditional", "false")
+    ensemble = fresh_copy(stage1, tmp_path / "ensemble")
+    alone = [fresh_copy(stage1, tmp_path / f"seed{seed}") for seed in (0, 1)]
+    run_main(ensemble, *args, "--ensemble", "2")
+    for seed, root in enumerate(alone):
+        run_main(root, *args, "--seed", str(seed))
+    folder = "checkpoints/plan2/digits_ae_basic_wgan_gp"
+    for member, root in enumerate(alone):
+        made = load_checkpoint(ensemble / f"{folder}{'_member1' if member else ''}.pt")
+        single = load_checkpoint(root / f"{folder}.pt")
+        assert made["settings"] == single["settings"]
+        for key, value in single["best_ema"].items():
+            torch.testing.assert_close(made["best_ema"][key], value, rtol=0, atol=0)
+    name = "embeddings/digits_ae_basic_wgan_gp.gen.npz"
+    gen = load_npz(ensemble / name, {"z_gen": (2, "f")})
+    singles = [np.load(root / name)["z_gen"] for root in alone]
+    assert gen["z_gen"].shape == singles[0].shape == (300, 32)
+    np.testing.assert_array_equal(gen["z_gen"][0::2], singles[0][:150])
+    np.testing.assert_array_equal(gen["z_gen"][1::2], singles[1][:150])
+    meta = gen["meta"]
+    assert meta["ensemble"] == 2 and meta["member_seeds"] == [0, 1]
+    assert meta["epochs_trained"] == [2, 2] and len(meta["best_epoch"]) == 2
+    # a finished --seed 1 run joins an ensemble as its member 1 without training again
+    gathered = fresh_copy(stage1, tmp_path / "gathered")
+    (gathered / "checkpoints" / "plan2").mkdir(parents=True, exist_ok=True)
+    shutil.copy(alone[0] / f"{folder}.pt", gathered / f"{folder}.pt")
+    shutil.copy(alone[1] / f"{folder}.pt", gathered / f"{folder}_member1.pt")
+    capsys.readouterr()
+    run_main(gathered, *args, "--ensemble", "2")
+    assert capsys.readouterr().out.count("(nothing left to train)") == 2
+    np.testing.assert_array_equal(np.load(gathered / name)["z_gen"], gen["z_gen"])
+
+
+def test_sampling_bench_reproduces_the_stage_at_its_seed(stage1, tmp_path):
+    """bench/bench_plan2_sampling.py, run as a user runs it on a finished --ensemble 2 run: its
+    row for sampling seed 0 (the stage's --seed) is evaluate.plan2_metrics of the stage's own
+    file, and another seed gives other samples."""
+    import evaluate
+
+    root = fresh_copy(stage1, tmp_path / "data")
+    run_main(root, "--models", "wgan_gp", "--epochs", "1", "--ensemble", "2")
+    result = subprocess.run([sys.executable, "bench/bench_plan2_sampling.py", "--dataset",
+                             "digits", "--data-dir", str(root), "--encoder", "ae_basic",
+                             "--samples", "300", "--sampling-seeds", "0,1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert "(2 members)" in result.stdout
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:6]
+            for line in result.stdout.splitlines() if line.startswith("| ")}
+    source = root / "embeddings" / "digits_ae_basic.npz"
+    gen = load_npz(root / "embeddings" / "digits_ae_basic_wgan_gp.gen.npz", {"z_gen": (2, "f")})
+    evaluate.SEED = 0
+    values = evaluate.plan2_metrics(source, gen, load_embeddings(source))
+    expected = [f"{values['frechet_distance'] / values['frechet_distance_floor']:.2f}",
+                *(f"{values[k]:.3f}" for k in ("precision", "recall", "density", "coverage"))]
+    assert rows["0"] == expected
+    assert rows["1"] != rows["0"] and "GMM-20 full (fitted)" in rows
 
 
 def test_energy_distance_term_against_its_formula(small):
