@@ -21,7 +21,6 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
 import flows  # noqa: E402
-import metrics  # noqa: E402
 import plan2_gan_training as p2  # noqa: E402
 from artifacts import load_checkpoint, load_embeddings, load_npz  # noqa: E402
 from data_sources import CLASS_NAMES  # noqa: E402
@@ -65,15 +64,11 @@ def load_members(gen_path: Path, checkpoints: Path, real: dict[str, Any]) -> tup
     return models, p2.Standardiser(z_train), y_train
 
 
-def scores(real: dict[str, Any], z_gen: np.ndarray) -> dict[str, float]:
-    """Fréchet distance / floor and PRDC, as evaluate.plan2_metrics computes them."""
-    z_test = real["z_test"].astype(np.float64)
-    z_gen = z_gen.astype(np.float64)
-    floor = evaluate.real_references(real, min(len(z_gen), len(real["z_train"])))["floors"]
-    values = metrics.precision_recall_density_coverage(z_test, z_gen, evaluate.PRECISION_K,
-                                                       evaluate.DENSITY_K)
-    return {"ratio": metrics.frechet_distance(z_gen, z_test) / floor["frechet_distance_floor"],
-            **values}
+def scores(path: Path, real: dict[str, Any], z_gen: np.ndarray) -> dict[str, float]:
+    """evaluate.plan2_metrics of the samples without their classes (Fréchet distance, PRDC and
+    floors; the class metrics are skipped), with the Fréchet distance / floor as "ratio"."""
+    values = evaluate.plan2_metrics(path, {"z_gen": z_gen}, real)
+    return {**values, "ratio": values["frechet_distance"] / values["frechet_distance_floor"]}
 
 
 def line(name: str, row: dict[str, float], verdict: str) -> str:
@@ -98,7 +93,7 @@ def main() -> None:
     mixture = None
     if MIXTURE:
         draws = flows.baseline_samples(real["z_train"], real["z_test"], SAMPLES, SEED)["mixture"]
-        mixture = scores(real, draws)
+        mixture = scores(source, real, draws)
     print(f"{DATASET} {ENCODER} {MODEL} ({len(models)} member{'s' * (len(models) > 1)}), "
           f"{SAMPLES} samples per sampling seed against the {len(real['z_test'])} test "
           f"embeddings; floor subset seed {SEED}\n")
@@ -110,8 +105,8 @@ def main() -> None:
     for seed in SAMPLING_SEEDS:
         labels = p2.class_draw(y_train, SAMPLES, len(CLASS_NAMES[DATASET]), seed) \
             if conditional else None
-        rows.append(scores(real, scaler.inverse(p2.generate_ensemble(models, labels, SAMPLES,
-                                                                     seed))))
+        rows.append(scores(gen_path, real, scaler.inverse(
+            p2.generate_ensemble(models, labels, SAMPLES, seed))))
         met = "—" if mixture is None else "met" if (
             rows[-1]["recall"] >= 0.8 and rows[-1]["ratio"] <= 2.0
             and rows[-1]["precision"] > mixture["precision"]
