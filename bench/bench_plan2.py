@@ -111,15 +111,27 @@ def generator_table(encoder: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def within_target(row: dict[str, Any]) -> bool:
+    """Issue 10's bounds on one generator's row: recall >= 0.8, Fréchet distance <= 2x the
+    floor (``ratio``)."""
+    return row["recall"] >= 0.8 and row["ratio"] <= 2.0
+
+
+def meets_target(row: dict[str, Any], mixture: dict[str, Any]) -> bool:
+    """Issue 10's target on one row: within its bounds, and above the 20-component mixture's
+    precision and density."""
+    return within_target(row) and row["precision"] > mixture["precision"] \
+        and row["density"] > mixture["density"]
+
+
 def verdict(encoder: str, rows: list[dict[str, Any]]) -> str:
     """The target: the best GAN with recall >= 0.8 and Fréchet distance <= 2x the floor beats
     the mixture on precision and density."""
     mixture = next(r for r in rows if r["name"].startswith("GMM"))
     gans = [r for r in rows if r["name"] in MODELS]
-    eligible = [r for r in gans if r["recall"] >= 0.8 and r["ratio"] <= 2.0]
+    eligible = [r for r in gans if within_target(r)]
     best = max(eligible or gans, key=lambda r: (r["precision"], r["density"]))
-    met = bool(eligible) and best["precision"] > mixture["precision"] \
-        and best["density"] > mixture["density"]
+    met = bool(eligible) and meets_target(best, mixture)
     return (f"{encoder}: {'met' if met else 'NOT met'}: best GAN {best['name']} precision "
             f"{best['precision']:.3f} (mixture {mixture['precision']:.3f}), density "
             f"{best['density']:.3f} ({mixture['density']:.3f}), recall {best['recall']:.3f}, "

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from bench_plan2 import meets_target  # noqa: E402
 
 import evaluate  # noqa: E402
 import flows  # noqa: E402
@@ -107,10 +109,8 @@ def main() -> None:
             if conditional else None
         rows.append(scores(gen_path, real, scaler.inverse(
             p2.generate_ensemble(models, labels, SAMPLES, seed))))
-        met = "—" if mixture is None else "met" if (
-            rows[-1]["recall"] >= 0.8 and rows[-1]["ratio"] <= 2.0
-            and rows[-1]["precision"] > mixture["precision"]
-            and rows[-1]["density"] > mixture["density"]) else "not met"
+        met = "—" if mixture is None else "met" if meets_target(rows[-1], mixture) \
+            else "not met"
         print(line(str(seed), rows[-1], met), flush=True)
     table = np.array([[r[k] for k in METRICS] for r in rows])
     spread = table.std(axis=0, ddof=1) if len(rows) > 1 else np.zeros(len(METRICS))
