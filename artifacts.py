@@ -8,10 +8,12 @@ are renamed into place, so a reader never sees a half-written file.
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -215,6 +217,32 @@ def check_settings_match(path: str | Path, saved: Mapping[str, Any],
         listed = ", ".join(f"{k}: now {a!r}, checkpoint {b!r}" for k, (a, b) in differing.items())
         raise StageError(f"{path} was trained with other settings ({listed}); delete it to start "
                          "again, or run with the checkpoint's settings")
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """A short hash of arrays' bytes: a checkpoint is only resumed on the same data."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def give_umask_permissions(folder: Path) -> None:
+    """Give the files in ``folder`` the permissions new files get under the umask (safetensors
+    writes 0600)."""
+    umask = _current_umask()
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Move a fully written folder into place; an older ``target`` is removed only after."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -30,14 +31,20 @@ from artifacts import (
     save_figure,
     save_npz,
 )
-from CL_loss_function import batch_triplet_loss, nt_xent_loss
 from data_sources import load_dataset
-from nets import ConvDecoder, ConvEncoder, mlp
+from encoders import (
+    ENCODER_NAMES,
+    FLIP_KEEPS_CLASS,
+    EncoderConfig,
+    architecture,
+    build_encoder,
+    embed_all,
+    to_unit,
+)
 from runtime import StageError, pick_device, require_finite, run_stage, seed_everything
-from settings import configure
+from settings import configure, pick
 
-# Internal tables (no same-line comment, so not settings): the encoders and schedules there are.
-ENCODER_NAMES = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent", "triplet")
+# Internal tables (no same-line comment, so not settings): the schedules there are.
 LR_SCHEDULES = ("constant", "one-cycle")
 
 DATASET = "fashion-mnist"  # dataset to embed [in data_sources.DATASETS]
@@ -60,165 +67,27 @@ TRIPLET_MARGIN = 0.2  # margin of the triplet loss (embeddings are unit vectors)
 TRIPLET_MINING = "all"  # all (batch-all) or hard (batch-hard; collapses early) [all | hard]
 EMBED_BATCH_SIZE = 1024  # images per forward pass when writing embeddings [>= 1]
 
-# Horizontal flips keep the class of clothes, not of digits.
-FLIP_KEEPS_CLASS = {"fashion-mnist": True, "mnist": False, "digits": False}
 
+@dataclass(frozen=True)
+class EncoderTraining:
+    """How this run trains every encoder and where it writes (the encoders' own
+    hyper-parameters: EncoderConfig)."""
 
-# ---------------------------------------------------------------- models
-class Autoencoder(nn.Module):
-    """Encoder to a D-dim code, decoder to pixel logits; loss: per-image summed BCE."""
-
-    kind = "autoencoder"
-
-    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder, self.decoder = encoder, decoder
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(self.embed(x))).view_as(x)
-
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = self.decoder(self.encoder(x)).view_as(x)
-        return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
-
-
-class VAE(nn.Module):
-    """VAE (Kingma & Welling 2014): q(z|x) = N(mu, diag(exp(logvar))), p(z) = N(0, I).
-
-    loss = E_q[-log p(x|z)] + beta * KL(q(z|x) || p(z)),
-    KL = -1/2 sum(1 + logvar - mu^2 - exp(logvar)), per image, averaged over the batch.
-    The embedding is the posterior mean mu.
-    """
-
-    kind = "autoencoder"
-
-    def __init__(self, dim: int, beta: float) -> None:
-        super().__init__()
-        self.beta = beta
-        self.encoder = ConvEncoder(2 * dim, widths=(32, 64))
-        self.decoder = ConvDecoder(dim, widths=(32, 64))
-
-    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
-        return mu, logvar.clamp(-12.0, 8.0)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.posterior(x)[0]
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(self.embed(x))).view_as(x)
-
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        mu, logvar = self.posterior(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
-        logits = self.decoder(z).view_as(x)
-        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-        return (recon + self.beta * kl) / len(x)
-
-
-class ContrastiveEncoder(nn.Module):
-    """SimCLR-style: backbone -> embedding -> projection head; NT-Xent on two augmented views.
-    The embedding is taken before the head (Chen et al. 2020).
-
-    The backbone is the plain two-conv encoder: with a residual block at each scale it was 3.5x
-    slower per epoch and no better (k-NN 0.815 with it, 0.818 without, after 3 passes over
-    20,000 Fashion-MNIST images)."""
-
-    kind = "contrastive"
-
-    def __init__(self, dim: int, projection_dim: int, temperature: float, flips: bool) -> None:
-        super().__init__()
-        self.temperature, self.flips = temperature, flips
-        self.backbone = ConvEncoder(dim, widths=(32, 64))
-        self.head = mlp([dim, 128, projection_dim], norm=nn.BatchNorm1d)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        views = augment(torch.cat([x, x]), self.flips)
-        projected = self.head(self.backbone(views))
-        return nt_xent_loss(*projected.chunk(2), temperature=self.temperature)
-
-
-class TripletEncoder(nn.Module):
-    """Conv backbone trained with the triplet loss mined inside each labelled batch.
-
-    Embeddings are L2-normalised, so that the margin has a fixed scale and the loss cannot be
-    lowered by shrinking everything (batch-hard mining collapses otherwise)."""
-
-    kind = "triplet"
-
-    def __init__(self, dim: int, margin: float, mining: str) -> None:
-        super().__init__()
-        self.margin, self.mining = margin, mining
-        self.backbone = ConvEncoder(dim, widths=(32, 64), residual_blocks=1)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.backbone(x), dim=1)
-
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return batch_triplet_loss(self.embed(x), y, self.margin, self.mining)
-
-
-def build_model(name: str, dim: int, dataset: str) -> nn.Module:
-    """An encoder by name, with the hyper-parameters of the current settings."""
-    if name == "ae_basic":
-        return Autoencoder(
-            nn.Sequential(nn.Flatten(), mlp([784, 512, 256, dim], norm=nn.BatchNorm1d)),
-            nn.Sequential(mlp([dim, 256, 512, 784], norm=nn.BatchNorm1d),
-                          nn.Unflatten(1, (1, 28, 28))))
-    if name == "ae_intermediate":
-        return Autoencoder(ConvEncoder(dim, widths=(16, 32)), ConvDecoder(dim, widths=(16, 32)))
-    if name == "ae_advanced":
-        return Autoencoder(ConvEncoder(dim, widths=(32, 64), residual_blocks=1),
-                           ConvDecoder(dim, widths=(32, 64), residual_blocks=1))
-    if name == "vae":
-        return VAE(dim, VAE_BETA)
-    if name == "ntxent":
-        return ContrastiveEncoder(dim, PROJECTION_DIM, TEMPERATURE, FLIP_KEEPS_CLASS[dataset])
-    if name == "triplet":
-        return TripletEncoder(dim, TRIPLET_MARGIN, TRIPLET_MINING)
-    raise StageError(f"unknown model {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
-
-
-def augment(x: torch.Tensor, flips: bool, max_zoom: float = 1.4, max_shift: float = 0.15,
-            jitter: float = 1.5, gamma: float = 0.7, noise: float = 0.1) -> torch.Tensor:
-    """Random views of a batch in [0, 1], on its own device: an affine crop (zoom in by up to
-    max_zoom, shift by up to max_shift of the image), an optional horizontal flip,
-    brightness/contrast jitter (contrast 1 +- 0.4 jitter, brightness +- 0.2 jitter), a gamma
-    curve x ** exp(u), u uniform in +-gamma, and Gaussian pixel noise of standard deviation noise.
-    With max_zoom=1, max_shift=0, jitter=0, gamma=0, noise=0 and no flips it returns x.
-
-    Rotation and random erasing are left out: on Fashion-MNIST both lowered the NT-Xent encoder's
-    k-NN accuracy (erasing: 0.795 against 0.815 after 3 passes over 20,000 images)."""
-    b, device = len(x), x.device
-    zoom = 1.0 / (1.0 + (max_zoom - 1.0) * torch.rand(b, device=device))
-    flip = torch.where(torch.rand(b, device=device) < 0.5, -1.0, 1.0) if flips else \
-        torch.ones(b, device=device)
-    shift = (torch.rand(b, 2, device=device) * 2 - 1) * max_shift
-    zero = torch.zeros(b, device=device)
-    theta = torch.stack([torch.stack([zoom * flip, zero, shift[:, 0]], 1),
-                         torch.stack([zero, zoom, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
-    contrast = 1.0 + jitter * (0.8 * torch.rand(b, 1, 1, 1, device=device) - 0.4)
-    brightness = jitter * (torch.rand(b, 1, 1, 1, device=device) - 0.5) * 0.4
-    out = ((out - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
-    out = out ** torch.exp((torch.rand(b, 1, 1, 1, device=device) * 2 - 1) * gamma)
-    return (out + noise * torch.randn_like(out)).clamp(0, 1)
+    dataset: str
+    data_dir: str
+    models: tuple[str, ...]
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    lr_schedule: str
+    weight_decay: float
+    limit: int
+    seed: int
+    deterministic: bool
+    embed_batch_size: int
 
 
 # ---------------------------------------------------------------- training
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1]."""
-    return images.unsqueeze(1).float() / 255.0
-
-
 def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     """Shuffled index batches; a last batch of one example is dropped (BatchNorm needs two)."""
     order = torch.randperm(n, generator=generator)
@@ -226,33 +95,35 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.T
     return [c for c in chunks if len(c) > 1]
 
 
-def learning_rate_at(step: int, total_steps: int) -> float:
-    """The learning rate of optimiser step `step` (0-based) of `total_steps`, per LR_SCHEDULE.
+def learning_rate_at(step: int, total_steps: int, train: EncoderTraining) -> float:
+    """The learning rate of optimiser step `step` (0-based) of `total_steps`, per --lr-schedule.
 
-    one-cycle (Smith & Topin 2019): cosine warm-up from LEARNING_RATE / 25 to LEARNING_RATE over
-    the first 10% of the steps, then cosine decay to 0."""
-    if LR_SCHEDULE == "constant":
-        return LEARNING_RATE
+    one-cycle (Smith & Topin 2019): cosine warm-up from the learning rate / 25 to the learning
+    rate over the first 10% of the steps, then cosine decay to 0."""
+    peak = train.learning_rate
+    if train.lr_schedule == "constant":
+        return peak
     warm = max(1, round(0.1 * total_steps))
     if step < warm:
-        start = LEARNING_RATE / 25
-        return start + (LEARNING_RATE - start) * (1 - math.cos(math.pi * step / warm)) / 2
+        start = peak / 25
+        return start + (peak - start) * (1 - math.cos(math.pi * step / warm)) / 2
     progress = (step - warm) / max(1, total_steps - warm)
-    return LEARNING_RATE * (1 + math.cos(math.pi * min(progress, 1.0))) / 2
+    return peak * (1 + math.cos(math.pi * min(progress, 1.0))) / 2
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                    y: torch.Tensor, epoch: int, label: str) -> float:
+                    y: torch.Tensor, epoch: int, label: str, train: EncoderTraining) -> float:
     """One pass over (x, y) in a seeded order; returns the mean loss; raises if it is not finite."""
-    generator = torch.Generator().manual_seed(SEED * 100_003 + epoch)
-    torch.manual_seed(SEED * 100_003 + epoch)  # augmentation and VAE noise, per epoch
+    generator = torch.Generator().manual_seed(train.seed * 100_003 + epoch)
+    torch.manual_seed(train.seed * 100_003 + epoch)  # augmentation and VAE noise, per epoch
     model.train()
     total, count = 0.0, 0
-    order = batches(len(x), BATCH_SIZE, generator)
-    bar = tqdm(order, desc=f"{label} epoch {epoch}/{EPOCHS}", leave=False, disable=None)
+    order = batches(len(x), train.batch_size, generator)
+    bar = tqdm(order, desc=f"{label} epoch {epoch}/{train.epochs}", leave=False, disable=None)
     for i, idx in enumerate(bar):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at((epoch - 1) * len(order) + i, EPOCHS * len(order))
+            group["lr"] = learning_rate_at((epoch - 1) * len(order) + i,
+                                           train.epochs * len(order), train)
         idx = idx.to(x.device)
         loss = model.training_loss(to_unit(x[idx]), y[idx])
         if not torch.isfinite(loss):
@@ -272,40 +143,33 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch
     for name, value in model.state_dict().items():
         require_finite(value, f"{label}: {name} {diverged}")
     with torch.no_grad():
-        require_finite(embed_all(model, x[order[0].to(x.device)]), f"{label}: embeddings "
-                       f"{diverged}")
+        require_finite(embed_all(model, x[order[0].to(x.device)], train.embed_batch_size),
+                       f"{label}: embeddings {diverged}")
     return total / count
 
 
-@torch.no_grad()
-def embed_all(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Embeddings of uint8 images (N, 28, 28) in eval mode, as float32 (N, D)."""
-    model.eval()
-    parts = [model.embed(to_unit(chunk)).float().cpu() for chunk in x.split(EMBED_BATCH_SIZE)]
-    return torch.cat(parts).numpy().astype(np.float32)
-
-
-def resume_settings() -> dict:
+def resume_settings(train: EncoderTraining, config: EncoderConfig) -> dict[str, Any]:
     """The settings a checkpoint must share with this run to be continued (with a one-cycle
     schedule, the number of epochs too: it shapes the schedule)."""
-    settings = {"dataset": DATASET, "limit": LIMIT, "embedding_dim": EMBEDDING_DIM,
-                "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
-                "lr_schedule": LR_SCHEDULE, "weight_decay": WEIGHT_DECAY, "seed": SEED,
-                "vae_beta": VAE_BETA, "temperature": TEMPERATURE,
-                "projection_dim": PROJECTION_DIM, "triplet_margin": TRIPLET_MARGIN,
-                "triplet_mining": TRIPLET_MINING}
-    if LR_SCHEDULE != "constant":
-        settings["epochs"] = EPOCHS
+    settings = {"dataset": train.dataset, "limit": train.limit,
+                "embedding_dim": config.embedding_dim, "batch_size": train.batch_size,
+                "learning_rate": train.learning_rate, "lr_schedule": train.lr_schedule,
+                "weight_decay": train.weight_decay, "seed": train.seed,
+                "vae_beta": config.vae_beta, "temperature": config.temperature,
+                "projection_dim": config.projection_dim, "triplet_margin": config.triplet_margin,
+                "triplet_mining": config.triplet_mining}
+    if train.lr_schedule != "constant":
+        settings["epochs"] = train.epochs
     return settings
 
 
 def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-            device: torch.device) -> tuple[int, list[float]]:
+            device: torch.device, settings: dict[str, Any]) -> tuple[int, list[float]]:
     """Load a checkpoint into model and optimiser; returns (epochs done, loss history)."""
     state = load_checkpoint(path, map_location=device,
                             required=("model", "optimizer", "epoch", "losses", "settings"))
     saved = {"lr_schedule": "constant", **state["settings"]}  # older checkpoints
-    check_settings_match(path, saved, resume_settings())
+    check_settings_match(path, saved, settings)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -338,60 +202,66 @@ def save_reconstructions(model: nn.Module, x_test: torch.Tensor, path: Path, tit
     plt.close(fig)
 
 
-def main() -> None:
-    settings = configure(globals())
-    root = Path(DATA_DIR)
+def main(argv: list[str] | None = None) -> None:
+    values = configure(globals(), argv)
+    train = pick(EncoderTraining, values)
+    config = pick(EncoderConfig, values, flips=FLIP_KEEPS_CLASS[train.dataset])
+    root = Path(train.data_dir)
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "checkpoints/encoders")}
-    device = pick_device(DEVICE)
-    data = load_dataset(DATASET, DATA_DIR, LIMIT)
+    device = pick_device(values["device"])
+    data = load_dataset(train.dataset, train.data_dir, train.limit)
     if len(data.x_train) < 2:
-        raise StageError(f"--limit {LIMIT} leaves {len(data.x_train)} training image(s); a batch "
-                         f"needs at least 2")
+        raise StageError(f"--limit {train.limit} leaves {len(data.x_train)} training image(s); "
+                         f"a batch needs at least 2")
     print(f"{data.name}: {len(data.x_train)} train, {len(data.x_test)} test images "
           f"from {data.source}; device {device}")
     x_train = torch.from_numpy(data.x_train).to(device)
     y_train = torch.from_numpy(data.y_train).to(device)
     x_test = torch.from_numpy(data.x_test).to(device)
-    for name in MODELS:
-        seed_everything(SEED, DETERMINISTIC)
-        model = build_model(name, EMBEDDING_DIM, DATASET).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE,
-                                     weight_decay=WEIGHT_DECAY)
-        ckpt = folders["checkpoints/encoders"] / f"{DATASET}_{name}.pt"
-        done, losses = restore(ckpt, model, optimizer, device) if ckpt.exists() else (0, [])
+    resume = resume_settings(train, config)
+    for name in train.models:
+        seed_everything(train.seed, train.deterministic)
+        model = build_encoder(name, config).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate,
+                                     weight_decay=train.weight_decay)
+        ckpt = folders["checkpoints/encoders"] / f"{train.dataset}_{name}.pt"
+        done, losses = restore(ckpt, model, optimizer, device, resume) if ckpt.exists() \
+            else (0, [])
         if done:
             print(f"{name}: resuming from {ckpt} after epoch {done}"
-                  + (f", continuing at epoch {done + 1}/{EPOCHS}" if done < EPOCHS else
-                     f"; {EPOCHS} epoch(s) asked for, so no training"))
+                  + (f", continuing at epoch {done + 1}/{train.epochs}" if done < train.epochs
+                     else f"; {train.epochs} epoch(s) asked for, so no training"))
         started = time.time()
-        for epoch in range(done + 1, EPOCHS + 1):
-            losses.append(train_one_epoch(model, optimizer, x_train, y_train, epoch, name))
+        for epoch in range(done + 1, train.epochs + 1):
+            losses.append(train_one_epoch(model, optimizer, x_train, y_train, epoch, name,
+                                          train))
             save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "epoch": epoch, "losses": losses,
-                                   "settings": resume_settings(), "encoder": name})
-            print(f"{name}: epoch {epoch}/{EPOCHS} loss {losses[-1]:.4f} "
+                                   "epoch": epoch, "losses": losses, "settings": resume,
+                                   "encoder": name, "architecture": architecture(name, config)})
+            print(f"{name}: epoch {epoch}/{train.epochs} loss {losses[-1]:.4f} "
                   f"({time.time() - started:.0f} s)")
-        z_train, z_test = embed_all(model, x_train), embed_all(model, x_test)
+        z_train = embed_all(model, x_train, train.embed_batch_size)
+        z_test = embed_all(model, x_test, train.embed_batch_size)
         require_finite(z_train, f"{name}: train embeddings")
         require_finite(z_test, f"{name}: test embeddings")
         if np.ptp(z_test, axis=0).max() == 0:
             print(f"warning: {name}: every test embedding is the same vector (the encoder "
                   f"collapsed); try another --learning-rate")
-        meta = make_meta(__file__, settings, DATASET, SEED, encoder=name,
+        meta = make_meta(__file__, values, train.dataset, train.seed, encoder=name,
                          epochs_trained=len(losses), final_loss=losses[-1] if losses
                          else None, checkpoint=str(ckpt), data_source=data.source,
                          num_train=len(z_train), num_test=len(z_test),
                          class_names=data.class_names,
                          parameters=sum(p.numel() for p in model.parameters()))
-        out = save_npz(folders["embeddings"] / f"{DATASET}_{name}.npz",
+        out = save_npz(folders["embeddings"] / f"{train.dataset}_{name}.npz",
                        {"z_train": z_train, "y_train": data.y_train, "z_test": z_test,
                         "y_test": data.y_test}, meta)
         print(f"{name}: wrote {out} ({z_train.shape[1]}-d)")
         if model.kind == "autoencoder":
-            png = folders["visualizations"] / f"{DATASET}_{name}_reconstructions.png"
-            save_reconstructions(model, x_test, png, f"{name} on {DATASET} test images "
-                                 f"({EMBEDDING_DIM}-d code, {len(losses)} epochs)")
+            png = folders["visualizations"] / f"{train.dataset}_{name}_reconstructions.png"
+            save_reconstructions(model, x_test, png, f"{name} on {train.dataset} test images "
+                                 f"({config.embedding_dim}-d code, {len(losses)} epochs)")
             print(f"{name}: wrote {png}")
 
 

@@ -30,12 +30,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.linear_model import LinearRegression  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
-from sklearn.metrics.pairwise import paired_cosine_distances  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 import metrics  # noqa: E402
+import scoring  # noqa: E402
 from artifacts import (  # noqa: E402
     GENERATED_EMBEDDING_KEYS,
     PLAN1_SAMPLE_KEYS,
@@ -47,14 +45,8 @@ from artifacts import (  # noqa: E402
     save_figure,
     write_text,
 )
-from data_sources import CLASS_NAMES, DATASETS, ImageDataset, load_dataset  # noqa: E402
-from evaluator_cnn import (  # noqa: E402
-    Evaluator,
-    check_images,
-    checkpoint_path,
-    evaluator_outputs,
-    train_evaluator,
-)
+from data_sources import CLASS_NAMES, DATASETS, load_dataset  # noqa: E402
+from evaluator_cnn import check_images  # noqa: E402
 from runtime import (  # noqa: E402
     StageError,
     limit_cpu_threads,
@@ -62,7 +54,7 @@ from runtime import (  # noqa: E402
     run_stage,
     seed_everything,
 )
-from settings import configure  # noqa: E402
+from settings import configure, pick  # noqa: E402
 
 # The stages there are (an internal table, not a setting): each has its files and its table.
 STAGE_NAMES = ("embeddings", "plan1", "plan2", "plan2_images", "plan2_translation")
@@ -100,6 +92,18 @@ PLAN2_IMAGE_KEYS = {"x_gen": (3, "iu")}
 TRANSLATION_KEYS = {"z_translated": (2, "f"), "y_test": (1, "iu")}
 
 
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """What this run evaluates and draws; the metrics' own settings are in ScoringSettings."""
+
+    data_dir: str
+    stages: tuple[str, ...]
+    files: tuple[str, ...]
+    baseline_components: int
+    plots: bool
+    plot_points: int
+
+
 @dataclass
 class Skipped:
     """A file that was not evaluated, and why."""
@@ -120,6 +124,40 @@ class Report:
 
     def add(self, stage: str, dataset: str, model: str, values: dict[str, Any]) -> None:
         self.results.setdefault(stage, {}).setdefault(dataset, {})[model] = values
+
+
+@dataclass
+class Evaluation:
+    """One run: its settings, where it draws, its device, the report and what it loaded once."""
+
+    run: EvaluateSettings
+    scoring: scoring.ScoringSettings
+    evaluator: scoring.EvaluatorSettings
+    device: Any
+    visual_dir: Path
+    report: Report = field(default_factory=Report)
+    real_images: dict[str, scoring.RealImages] = field(default_factory=dict)
+    real_embeddings: dict[Path, dict[str, Any]] = field(default_factory=dict)
+
+    def images_of(self, dataset: str) -> scoring.RealImages:
+        """A dataset's images and evaluator outputs, loaded (and the evaluator trained) once."""
+        if dataset not in self.real_images:
+            self.real_images[dataset] = scoring.real_images_for(
+                load_dataset(dataset, self.run.data_dir), self.device, self.evaluator,
+                self.scoring)
+        return self.real_images[dataset]
+
+    def embeddings_of(self, path: Path) -> dict[str, Any]:
+        """A real embedding file, loaded and checked once per run."""
+        if path not in self.real_embeddings:
+            self.real_embeddings[path] = load_embeddings(path)
+        return self.real_embeddings[path]
+
+    def save_plot(self, figure: plt.Figure, key: tuple[str, str, str], kind: str,
+                  name: str) -> None:
+        save_figure(figure, self.visual_dir / name)
+        plt.close(figure)
+        self.report.plots.setdefault(key, {})[kind] = name
 
 
 # ---------------------------------------------------------------- finding and naming files
@@ -176,44 +214,12 @@ def source_embeddings(path: Path, meta: dict[str, Any], dataset: str) -> Path:
     return max(candidates, key=lambda p: len(p.name))
 
 
-# ---------------------------------------------------------------- embedding metrics
-def embedding_metrics(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray,
-                      y_test: np.ndarray) -> dict[str, Any]:
-    """k-NN and linear-probe accuracy (train -> test); k-means and cluster indices on test.
-
-    An index undefined for these points is None, with the reason under ``undefined``."""
-    if len(z_train) <= KNN_K or len(z_test) < 3:
-        raise StageError(f"{len(z_train)} train and {len(z_test)} test embeddings: too few for "
-                         f"k-NN with --knn-k {KNN_K} and the cluster indices")
-    values: dict[str, Any] = {
-        "dims": int(z_train.shape[1]), "n_train": len(z_train), "n_test": len(z_test),
-        "seed": SEED, "knn_k": KNN_K,
-        "knn_accuracy": metrics.knn_accuracy(z_train, y_train, z_test, y_test, KNN_K),
-        "linear_probe_accuracy": metrics.linear_probe_accuracy(z_train, y_train, z_test, y_test,
-                                                               PROBE_MAX_ITER),
-    }
-    values.update(metrics.kmeans_agreement(z_test, y_test, SEED, KMEANS_INIT))
-    values.update(metrics.label_cluster_quality(z_test, y_test, SILHOUETTE_SAMPLES, SEED))
-    values["silhouette_samples"] = min(SILHOUETTE_SAMPLES or len(z_test), len(z_test))
-    undefined = metrics.cluster_quality_undefined(z_test, y_test)
-    if undefined:
-        values.update(dict.fromkeys(undefined))
-        values["undefined"] = undefined
-    return values
-
-
-def pixel_pca(data: ImageDataset, components: int) -> tuple[np.ndarray, np.ndarray]:
-    """PCA of the [0, 1] pixels fitted on train: the baseline a learned embedding should beat."""
-    pca = PCA(n_components=components, random_state=SEED)
-    z_train = pca.fit_transform(data.x_train.reshape(len(data.x_train), -1) / 255.0)
-    return z_train, pca.transform(data.x_test.reshape(len(data.x_test), -1) / 255.0)
-
-
-def plot_subsample(n: int) -> np.ndarray:
-    """A seeded choice of at most PLOT_POINTS indices of n, in order."""
-    if n <= PLOT_POINTS:
+# ---------------------------------------------------------------- plots
+def plot_subsample(n: int, points: int, seed: int) -> np.ndarray:
+    """A seeded choice of at most ``points`` indices of n, in order."""
+    if n <= points:
         return np.arange(n)
-    return np.sort(np.random.default_rng(SEED).choice(n, PLOT_POINTS, replace=False))
+    return np.sort(np.random.default_rng(seed).choice(n, points, replace=False))
 
 
 def scatter_by_class(points: np.ndarray, labels: np.ndarray, class_names: list[str],
@@ -237,118 +243,24 @@ def scatter_by_class(points: np.ndarray, labels: np.ndarray, class_names: list[s
 
 
 def embedding_plots(z_test: np.ndarray, y_test: np.ndarray, class_names: list[str],
-                    name: str) -> dict[str, plt.Figure]:
+                    name: str, points: int, seed: int) -> dict[str, plt.Figure]:
     """t-SNE and PCA scatter plots of (a seeded subsample of) the test embeddings."""
-    chosen = plot_subsample(len(z_test))
+    chosen = plot_subsample(len(z_test), points, seed)
     points, labels = z_test[chosen].astype(np.float64), y_test[chosen]
     tsne = TSNE(n_components=2, init="pca", learning_rate="auto",
-                perplexity=min(30.0, (len(points) - 1) / 3), random_state=SEED)
-    pca = PCA(n_components=2, random_state=SEED).fit(points)
+                perplexity=min(30.0, (len(points) - 1) / 3), random_state=seed)
+    pca = PCA(n_components=2, random_state=seed).fit(points)
     explained = pca.explained_variance_ratio_.sum()
     count = f"{len(points)} of {len(z_test)} test embeddings ({z_test.shape[1]}-d)"
     return {
         "tsne": scatter_by_class(tsne.fit_transform(points), labels, class_names,
                                  f"{name}: t-SNE of {count}",
                                  "t-SNE cluster sizes and gaps carry no meaning; distances are "
-                                 f"measured in the embedding space (seed {SEED})"),
+                                 f"measured in the embedding space (seed {seed})"),
         "pca": scatter_by_class(pca.transform(points), labels, class_names,
                                 f"{name}: PCA of {count}",
                                 f"first two principal components: {explained:.0%} of the variance"),
     }
-
-
-# ---------------------------------------------------------------- image metrics (Plan 1)
-@dataclass
-class RealImages:
-    """A dataset, its evaluator, and the evaluator's outputs on the test images."""
-
-    data: ImageDataset
-    evaluator: Evaluator
-    test_features: np.ndarray
-    test_logits: np.ndarray
-    floors: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-
-def get_evaluator(data: ImageDataset, device: Any) -> Evaluator:
-    """Load the cached evaluator of a dataset, training (or resuming) it first if needed."""
-    checkpoint = checkpoint_path(DATA_DIR, data.name)
-    print(f"{data.name} evaluator CNN ({EVALUATOR_EPOCHS} epochs, {len(data.x_train)} images): "
-          f"{checkpoint}")
-    start = time.time()
-    evaluator = train_evaluator(
-        data, checkpoint, device, EVALUATOR_EPOCHS, EVALUATOR_BATCH_SIZE,
-        EVALUATOR_LEARNING_RATE, SEED,
-        on_epoch=lambda epoch, loss, accuracy: print(
-            f"  epoch {epoch}/{EVALUATOR_EPOCHS}: loss {loss:.4f}, test accuracy {accuracy:.4f}, "
-            f"{time.time() - start:.0f} s", flush=True))
-    return evaluator
-
-
-def real_image_floors(real: RealImages, count: int, device: Any) -> dict[str, Any]:
-    """Real-vs-real references for ``count`` generated images: a seeded subset of that many
-    training images against the test images (FID, PRDC) and on its own (score)."""
-    if count not in real.floors:
-        n = min(count, len(real.data.x_train))
-        chosen = np.sort(np.random.default_rng(SEED).choice(len(real.data.x_train), n,
-                                                            replace=False))
-        features, logits = evaluator_outputs(real.evaluator.model, real.data.x_train[chosen],
-                                             device, BATCH_SIZE, f"{real.data.name} train images")
-        floor = {"floor_n_train": n,
-                 "fid_floor": metrics.frechet_distance(features, real.test_features)}
-        floor["score_real"], floor["score_real_std"] = metrics.inception_style_score(
-            logits, SCORE_SPLITS, seed=SEED)
-        prdc = metrics.precision_recall_density_coverage(real.test_features, features,
-                                                         PRECISION_K, DENSITY_K)
-        floor.update({f"{name}_floor": value for name, value in prdc.items()})
-        real.floors[count] = floor
-    return real.floors[count]
-
-
-def check_sources(path: Path, arrays: dict[str, Any], data: ImageDataset) -> None:
-    """x_gen must be images, idx_src test indices, y_src their test labels (the same order)."""
-    x_gen = check_images(arrays["x_gen"], f"{path}: x_gen")
-    idx_src, y_src = arrays["idx_src"].astype(np.int64), arrays["y_src"].astype(np.int64)
-    n_test = len(data.x_test)
-    if len(idx_src) and (idx_src.min() < 0 or idx_src.max() >= n_test):
-        raise StageError(f"{path}: idx_src spans [{idx_src.min()}, {idx_src.max()}], outside the "
-                         f"{n_test} test images of {data.name}")
-    if not np.array_equal(data.y_test[idx_src], y_src):
-        wrong = int(np.sum(data.y_test[idx_src] != y_src))
-        raise StageError(f"{path}: y_src disagrees with the test labels at idx_src for {wrong} "
-                         f"of {len(y_src)} samples: images and labels are misaligned")
-    if len(x_gen) < max(SCORE_SPLITS, DENSITY_K + 1):
-        raise StageError(f"{path}: {len(x_gen)} images, too few for the metrics")
-
-
-def image_metrics(path: Path, x_gen: np.ndarray, real: RealImages,
-                  device: Any) -> tuple[dict[str, Any], np.ndarray]:
-    """FID and PRDC on evaluator features and the Inception-style score, each with its
-    real-vs-real floor; and the evaluator's logits of the images."""
-    n_test = len(real.data.x_test)
-    features, logits = evaluator_outputs(real.evaluator.model, x_gen, device, BATCH_SIZE,
-                                         f"{path}: x_gen")
-    values: dict[str, Any] = {"n_generated": len(x_gen), "n_test": n_test, "seed": SEED,
-                              "score_splits": SCORE_SPLITS, "precision_k": PRECISION_K,
-                              "density_k": DENSITY_K,
-                              "fid": metrics.frechet_distance(features, real.test_features)}
-    values["score"], values["score_std"] = metrics.inception_style_score(
-        logits, SCORE_SPLITS, seed=SEED)
-    values.update(metrics.precision_recall_density_coverage(real.test_features, features,
-                                                            PRECISION_K, DENSITY_K))
-    values.update(real_image_floors(real, len(x_gen), device))
-    return values, logits
-
-
-def plan1_metrics(path: Path, arrays: dict[str, Any], real: RealImages,
-                  device: Any) -> dict[str, Any]:
-    """Image metrics and class consistency (evaluator class = class of the source test image)."""
-    y_src, idx_src = arrays["y_src"].astype(np.int64), arrays["idx_src"].astype(np.int64)
-    values, logits = image_metrics(path, arrays["x_gen"], real, device)
-    values["class_consistency"] = metrics.class_consistency(logits.argmax(axis=1), y_src)
-    # The same evaluator on the real test images the embeddings came from: the ceiling.
-    values["class_consistency_real"] = metrics.class_consistency(
-        real.test_logits[idx_src].argmax(axis=1), y_src)
-    return values
 
 
 def sample_grid(x_gen: np.ndarray, y_src: np.ndarray, class_names: list[str],
@@ -370,126 +282,12 @@ def sample_grid(x_gen: np.ndarray, y_src: np.ndarray, class_names: list[str],
     return figure
 
 
-# ---------------------------------------------------------------- Plan 2 metrics
-def labelled_cluster_values(features: np.ndarray, labels: np.ndarray,
-                            suffix: str = "") -> tuple[dict[str, Any], dict[str, str]]:
-    """k-means ARI/NMI against ``labels`` and silhouette / Calinski-Harabasz / Davies-Bouldin of
-    the ``labels`` classes (None where undefined), and the reasons of the undefined ones; every
-    name ends with ``suffix``."""
-    values = metrics.kmeans_agreement(features, labels, SEED, KMEANS_INIT)
-    values.update(metrics.label_cluster_quality(features, labels, SILHOUETTE_SAMPLES, SEED))
-    undefined = metrics.cluster_quality_undefined(features, labels)
-    values.update(dict.fromkeys(undefined))
-    return ({name + suffix: value for name, value in values.items()},
-            {name + suffix: reason for name, reason in undefined.items()})
-
-
-def real_references(real: dict[str, Any], n: int) -> dict[str, dict[str, float]]:
-    """The real-vs-real values beside n generated embeddings, computed once per source file and
-    n (kept in ``real``): "floors", the Fréchet distance and PRDC of a seeded subset of n train
-    embeddings against the test ones; "classes", the test k-NN accuracy fitted on every train
-    embedding and (TRTR) on that subset."""
-    cache = real.setdefault("references", {})
-    if n not in cache:
-        z_train, z_test = real["z_train"].astype(np.float64), real["z_test"].astype(np.float64)
-        chosen = np.sort(np.random.default_rng(SEED).choice(len(z_train), n, replace=False))
-        prdc = metrics.precision_recall_density_coverage(z_test, z_train[chosen], PRECISION_K,
-                                                         DENSITY_K)
-        cache[n] = {
-            "floors": {"frechet_distance_floor": metrics.frechet_distance(z_train[chosen],
-                                                                          z_test),
-                       **{f"{name}_floor": value for name, value in prdc.items()}},
-            "classes": {
-                "knn_accuracy_real": metrics.knn_accuracy(z_train, real["y_train"], z_test,
-                                                          real["y_test"], KNN_K),
-                "trtr_knn_accuracy": metrics.knn_accuracy(
-                    z_train[chosen], real["y_train"][chosen], z_test, real["y_test"], KNN_K)}}
-    return cache[n]
-
-
-def plan2_metrics(path: Path, arrays: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
-    """Fréchet distance and PRDC against real test embeddings; for a conditional generator
-    (``y_gen``, the class asked for): k-NN class consistency, train-on-synthetic-test-on-real
-    k-NN accuracy beside train-on-real (as many real training embeddings), and k-means ARI /
-    cluster indices of the classes asked for beside those of the real test embeddings."""
-    z_gen = arrays["z_gen"].astype(np.float64)
-    z_train, z_test = real["z_train"].astype(np.float64), real["z_test"].astype(np.float64)
-    if z_gen.shape[1] != z_test.shape[1]:
-        raise StageError(f"{path}: z_gen has {z_gen.shape[1]} dims, the real embeddings "
-                         f"{z_test.shape[1]}")
-    if len(z_gen) <= max(DENSITY_K, KNN_K):
-        raise StageError(f"{path}: {len(z_gen)} generated embeddings, too few for the metrics")
-    n = min(len(z_gen), len(z_train))
-    values: dict[str, Any] = {
-        "n_generated": len(z_gen), "n_test": len(z_test), "floor_n_train": n, "seed": SEED,
-        "dims": int(z_gen.shape[1]), "precision_k": PRECISION_K, "density_k": DENSITY_K,
-        "frechet_distance": metrics.frechet_distance(z_gen, z_test)}
-    values.update(metrics.precision_recall_density_coverage(z_test, z_gen, PRECISION_K,
-                                                            DENSITY_K))
-    values.update(real_references(real, n)["floors"])
-    if "y_gen" in arrays:
-        y_gen = arrays["y_gen"].astype(np.int64)
-        predicted = metrics.knn_predict(z_train, real["y_train"], z_gen, KNN_K)
-        values["knn_class_consistency"] = metrics.class_consistency(predicted, y_gen)
-        values["knn_k"] = KNN_K
-        values["tstr_knn_accuracy"] = metrics.knn_accuracy(z_gen, y_gen, z_test, real["y_test"],
-                                                           KNN_K)
-        values.update(real_references(real, n)["classes"])
-        generated, undefined = labelled_cluster_values(z_gen, y_gen)
-        if "cluster_reference" not in real:  # the real test set's values, once per source file
-            real["cluster_reference"] = labelled_cluster_values(z_test, real["y_test"], "_real")
-        reference, undefined_real = real["cluster_reference"]
-        values.update({**generated, **reference})
-        values["silhouette_samples"] = SILHOUETTE_SAMPLES
-        if undefined or undefined_real:
-            values["undefined"] = {**undefined, **undefined_real}
-    return values
-
-
-def translation_metrics(path: Path, z_translated: np.ndarray, source: dict[str, Any],
-                        target: dict[str, Any]) -> dict[str, Any]:
-    """Test embeddings translated from the source encoder's space to the target's, against the
-    target's true embeddings of the same test images.
-
-    cosine: mean cosine between each translated and true vector in the target's space
-    standardised with its train statistics; k-NN accuracy of the translated vectors beside the
-    target's own (both by one k-NN fitted on the target's train embeddings); and, as a ceiling
-    that sees pairs, the same two numbers for a linear least-squares map fitted on the paired
-    standardised train embeddings."""
-    z_translated = z_translated.astype(np.float64)
-    b_train, b_test = target["z_train"].astype(np.float64), target["z_test"].astype(np.float64)
-    if z_translated.shape != b_test.shape:
-        raise StageError(f"{path}: z_translated has shape {z_translated.shape}, the target's "
-                         f"test embeddings {b_test.shape}")
-    if len(b_train) <= KNN_K:
-        raise StageError(f"{path}: {len(b_train)} target train embeddings, too few for k-NN")
-    scale_a = StandardScaler().fit(source["z_train"].astype(np.float64))
-    scale_b = StandardScaler().fit(b_train)
-    truth = scale_b.transform(b_test)
-    paired = LinearRegression().fit(scale_a.transform(source["z_train"].astype(np.float64)),
-                                    scale_b.transform(b_train))
-    linear = paired.predict(scale_a.transform(source["z_test"].astype(np.float64)))
-    y_train, y_test = target["y_train"], target["y_test"]
-
-    def knn_accuracy(features: np.ndarray) -> float:
-        return metrics.knn_accuracy(b_train, y_train, features, y_test, KNN_K)
-
-    return {
-        "n_test": len(b_test), "dims_source": int(source["z_test"].shape[1]),
-        "dims_target": int(b_test.shape[1]), "knn_k": KNN_K, "seed": SEED,
-        "cosine": float(np.mean(1.0 - paired_cosine_distances(
-            scale_b.transform(z_translated), truth))),
-        "knn_accuracy": knn_accuracy(z_translated),
-        "knn_accuracy_target": knn_accuracy(b_test),
-        "cosine_paired_linear": float(np.mean(1.0 - paired_cosine_distances(linear, truth))),
-        "knn_accuracy_paired_linear": knn_accuracy(scale_b.inverse_transform(linear)),
-    }
-
-
-def generated_overlay(z_gen: np.ndarray, z_test: np.ndarray, title: str) -> plt.Figure:
+def generated_overlay(z_gen: np.ndarray, z_test: np.ndarray, title: str, points: int,
+                      seed: int) -> plt.Figure:
     """Generated and real test embeddings in the first two principal axes of the real ones."""
-    pca = PCA(n_components=2, random_state=SEED).fit(z_test)
-    chosen_real, chosen_gen = plot_subsample(len(z_test)), plot_subsample(len(z_gen))
+    pca = PCA(n_components=2, random_state=seed).fit(z_test)
+    chosen_real = plot_subsample(len(z_test), points, seed)
+    chosen_gen = plot_subsample(len(z_gen), points, seed)
     real_2d, gen_2d = pca.transform(z_test[chosen_real]), pca.transform(z_gen[chosen_gen])
     figure, axis = plt.subplots(figsize=(6.5, 6))
     axis.scatter(real_2d[:, 0], real_2d[:, 1], s=6, alpha=0.5, color="tab:blue", linewidths=0,
@@ -538,11 +336,11 @@ def plot_links(report: Report, stage: str, dataset: str, model: str) -> str:
         or note or "—"
 
 
-def image_columns(consistency: str) -> tuple[list[str], Any]:
+def image_columns(consistency: str, score_splits: int) -> tuple[list[str], Any]:
     """Header and row function of a summary table of generated images (Plan 1, Plan 2 decoded):
     the image metrics with their floors; ``consistency`` names the class-consistency column."""
     return (["n generated", "FID, classifier features (floor: train vs test)",
-             f"IS-style score, classifier, {SCORE_SPLITS} splits (real)",
+             f"IS-style score, classifier, {score_splits} splits (real)",
              "precision (floor)", "recall (floor)", "density (floor)", "coverage (floor)",
              consistency, "plots"],
             lambda v: [_number(v["n_generated"]), _with(v, "fid", "fid_floor", "floor"),
@@ -552,28 +350,29 @@ def image_columns(consistency: str) -> tuple[list[str], Any]:
                        _with(v, "class_consistency", "class_consistency_real", "real")])
 
 
-def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
+def summary_markdown(report: Report, stages: tuple[str, ...],
+                     s: scoring.ScoringSettings) -> str:
     """summary.md: one table per stage, floors beside metrics, links to plots, skipped files."""
     out = io.StringIO()
     out.write(f"# Evaluation summary\n\nWritten by `evaluate.py` at "
-              f"{time.strftime('%Y-%m-%d %H:%M:%S')}; seed {SEED}; stages "
-              f"{', '.join(settings['stages'])}. Numbers are in `metrics.json` and "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S')}; seed {s.seed}; stages "
+              f"{', '.join(stages)}. Numbers are in `metrics.json` and "
               f"`metrics.csv`.\n\n")
     tables = {
         "embeddings": (
-            ["dims", f"k-NN acc (k={KNN_K})", "linear probe acc", "k-means ARI",
+            ["dims", f"k-NN acc (k={s.knn_k})", "linear probe acc", "k-means ARI",
              "k-means NMI", "silhouette*", "Calinski-Harabasz*", "Davies-Bouldin* (lower "
              "better)", "plots"],
             lambda v: [_number(v["dims"]), _number(v["knn_accuracy"]),
                        _number(v["linear_probe_accuracy"]), _number(v["kmeans_ari"]),
                        _number(v["kmeans_nmi"]), _number(v["silhouette"]),
                        _number(v["calinski_harabasz"], 1), _number(v["davies_bouldin"])]),
-        "plan1": image_columns("class consistency (real source images)"),
+        "plan1": image_columns("class consistency (real source images)", s.score_splits),
         "plan2": (
             ["source embeddings", "n generated",
              "Fréchet distance, embedding space (floor: train vs test)", "precision (floor)",
              "recall (floor)", "density (floor)", "coverage (floor)",
-             f"k-NN class consistency, k={KNN_K} (real test k-NN acc)",
+             f"k-NN class consistency, k={s.knn_k} (real test k-NN acc)",
              "TSTR k-NN acc (TRTR)", "k-means ARI, class asked (real test)",
              "silhouette* (real)", "Calinski-Harabasz* (real)", "Davies-Bouldin* (real)",
              "plots"],
@@ -586,11 +385,12 @@ def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
                        *[_with(v, m, f"{m}_real", "real")
                          for m in ("kmeans_ari", "silhouette", "calinski_harabasz",
                                    "davies_bouldin")]]),
-        "plan2_images": image_columns("class consistency, class asked (real test images)"),
+        "plan2_images": image_columns("class consistency, class asked (real test images)",
+                                      s.score_splits),
         "plan2_translation": (
             ["source embeddings", "target embeddings", "n test",
              "cosine to the true target (paired linear map)",
-             f"k-NN acc, k={KNN_K} (target's own)", "k-NN acc of the paired linear map",
+             f"k-NN acc, k={s.knn_k} (target's own)", "k-NN acc of the paired linear map",
              "plots"],
             lambda v: [v["source_embeddings"], v["target_embeddings"], _number(v["n_test"]),
                        _with(v, "cosine", "cosine_paired_linear", "paired linear"),
@@ -606,9 +406,10 @@ def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
         "plan1": "Features and logits come from the evaluator CNN of the dataset (see below), "
                  "not from Inception: these values are not comparable with published FIDs. "
                  "Floors: a seeded subset of as many training images as generated ones, "
-                 f"against the test images (precision/recall k={PRECISION_K}, density/coverage "
-                 f"k={DENSITY_K}). Class consistency: the evaluator's class of each generated "
-                 "image equals the class of the test image whose embedding it came from.",
+                 f"against the test images (precision/recall k={s.precision_k}, "
+                 f"density/coverage k={s.density_k}). Class consistency: the evaluator's class "
+                 "of each generated image equals the class of the test image whose embedding it "
+                 "came from.",
         "plan2": "Against the real test embeddings of the source embedding file. Floors: a "
                  "seeded subset of as many training embeddings as generated ones. k-NN class "
                  "consistency: the k-NN class (fitted on real train embeddings) of each "
@@ -633,7 +434,7 @@ def summary_markdown(report: Report, settings: dict[str, Any]) -> str:
                              "is a least-squares fit on paired train embeddings: a reference "
                              "that sees the pairs the GAN never sees.",
     }
-    for stage in settings["stages"]:
+    for stage in stages:
         header, cells = tables[stage]
         out.write(f"## {STAGE_TITLES[stage]}\n\n{notes[stage]}\n\n")
         rows = [(dataset, model, values)
@@ -685,92 +486,70 @@ def check_labels(path: Path, labels: dict[str, np.ndarray], dataset: str) -> Non
                              f"not class indices of {dataset} (0..{classes - 1})")
 
 
-def evaluate_baseline(dataset: str, report: Report) -> None:
+def evaluate_baseline(dataset: str, ev: Evaluation) -> None:
     """PCA of the pixels, evaluated like an embedding: the row a learned embedding should beat."""
-    data = load_dataset(dataset, DATA_DIR)
-    z_train, z_test = pixel_pca(data, BASELINE_COMPONENTS)
-    report.add("embeddings", dataset, f"pixels_pca{BASELINE_COMPONENTS} (baseline)",
-               {"file": None, **embedding_metrics(z_train, data.y_train, z_test, data.y_test)})
+    data = load_dataset(dataset, ev.run.data_dir)
+    components = ev.run.baseline_components
+    z_train, z_test = scoring.pixel_pca(data, components, ev.scoring.seed)
+    ev.report.add("embeddings", dataset, f"pixels_pca{components} (baseline)",
+                  {"file": None, **scoring.embedding_metrics(z_train, data.y_train, z_test,
+                                                             data.y_test, ev.scoring)})
 
 
-def evaluate_embedding_file(path: Path, report: Report, visual_dir: Path) -> None:
+def evaluate_embedding_file(path: Path, ev: Evaluation) -> None:
     """Embedding metrics and t-SNE / PCA plots of one ``<ds>_<enc>.npz``."""
     arrays = load_embeddings(path)
     dataset, model = dataset_and_model(path, arrays["meta"])
     check_labels(path, {"y_train": arrays["y_train"], "y_test": arrays["y_test"]}, dataset)
-    values = embedding_metrics(arrays["z_train"], arrays["y_train"], arrays["z_test"],
-                               arrays["y_test"])
+    values = scoring.embedding_metrics(arrays["z_train"], arrays["y_train"], arrays["z_test"],
+                                       arrays["y_test"], ev.scoring)
     constant = np.ptp(arrays["z_test"], axis=0).max(initial=0.0) == 0
-    if PLOTS and constant:  # scikit-learn's t-SNE crashes (SIGSEGV) on identical points
+    if ev.run.plots and constant:  # scikit-learn's t-SNE crashes (SIGSEGV) on identical points
         values["plots_note"] = "no plots: every test embedding is the same vector"
-    report.add("embeddings", dataset, model, {"file": path.name, **values})
-    if PLOTS and not constant:
+    ev.report.add("embeddings", dataset, model, {"file": path.name, **values})
+    if ev.run.plots and not constant:
         figures = embedding_plots(arrays["z_test"], arrays["y_test"], CLASS_NAMES[dataset],
-                                  f"{dataset} {model}")
+                                  f"{dataset} {model}", ev.run.plot_points, ev.scoring.seed)
         for kind, figure in figures.items():
-            name = f"{dataset}_{model}_{kind}.png"
-            save_figure(figure, visual_dir / name)
-            plt.close(figure)
-            report.plots.setdefault(("embeddings", dataset, model), {})[kind] = name
+            ev.save_plot(figure, ("embeddings", dataset, model), kind,
+                         f"{dataset}_{model}_{kind}.png")
 
 
-def real_images_for(data: ImageDataset, device: Any) -> RealImages:
-    """A dataset's images, its evaluator (trained if missing) and the test-image outputs."""
-    dataset = data.name
-    evaluator = get_evaluator(data, device)
-    print(f"{dataset} evaluator: test accuracy {evaluator.test_accuracy:.4f}"
-          + (f" (target {evaluator.target_accuracy})" if evaluator.target_accuracy else ""))
-    if evaluator.target_accuracy and evaluator.test_accuracy < evaluator.target_accuracy:
-        print(f"warning: the {dataset} evaluator is below its target accuracy; train it longer "
-              f"(delete {evaluator.checkpoint} and raise --evaluator-epochs)", file=sys.stderr)
-    features, logits = evaluator_outputs(evaluator.model, data.x_test, device, BATCH_SIZE,
-                                         f"{dataset} test images")
-    return RealImages(data, evaluator, features, logits)
-
-
-def evaluate_plan1_file(path: Path, report: Report, visual_dir: Path,
-                        real_images: dict[str, RealImages], device: Any) -> None:
+def evaluate_plan1_file(path: Path, ev: Evaluation) -> None:
     """Image metrics of one ``samples/plan1/<ds>_<enc>_<gan>.npz`` and a grid of its images."""
     arrays = load_npz(path, PLAN1_SAMPLE_KEYS, aligned=(("x_gen", "idx_src", "y_src"),))
     dataset, model = dataset_and_model(path, arrays["meta"])
     check_images(arrays["x_gen"], f"{path}: x_gen")
     check_labels(path, {"y_src": arrays["y_src"]}, dataset)
-    if dataset not in real_images:
-        data = load_dataset(dataset, DATA_DIR)
-        check_sources(path, arrays, data)  # before training an evaluator for a broken file
-        real_images[dataset] = real_images_for(data, device)
-    real = real_images[dataset]
-    check_sources(path, arrays, real.data)
-    values = plan1_metrics(path, arrays, real, device)
-    report.add("plan1", dataset, model, {"file": path.name, **values})
-    if PLOTS:
-        name = f"plan1_{dataset}_{model}_samples.png"
+    if dataset not in ev.real_images:  # checked before training an evaluator for a broken file
+        scoring.check_sources(path, arrays, load_dataset(dataset, ev.run.data_dir), ev.scoring)
+    real = ev.images_of(dataset)
+    scoring.check_sources(path, arrays, real.data, ev.scoring)
+    values = scoring.plan1_metrics(path, arrays, real, ev.device, ev.scoring)
+    ev.report.add("plan1", dataset, model, {"file": path.name, **values})
+    if ev.run.plots:
         figure = sample_grid(arrays["x_gen"], arrays["y_src"], CLASS_NAMES[dataset],
                              f"{dataset} {model}: generated images by source class")
-        save_figure(figure, visual_dir / name)
-        plt.close(figure)
-        report.plots[("plan1", dataset, model)] = {"samples": name}
+        ev.save_plot(figure, ("plan1", dataset, model), "samples",
+                     f"plan1_{dataset}_{model}_samples.png")
 
 
-def evaluate_plan2_file(path: Path, report: Report, visual_dir: Path,
-                        real_embeddings: dict[Path, dict[str, Any]]) -> None:
+def evaluate_plan2_file(path: Path, ev: Evaluation) -> None:
     """Embedding-distribution metrics of one ``<ds>_<enc>_<gan>.gen.npz``."""
     arrays = load_npz(path, GENERATED_EMBEDDING_KEYS)
     dataset, model = dataset_and_model(path, arrays["meta"])
     check_classes_asked(path, arrays, "z_gen", dataset)
     source = source_embeddings(path, arrays["meta"], dataset)
-    real = real_embeddings_of(source, real_embeddings)
-    values = plan2_metrics(path, arrays, real)
-    report.add("plan2", dataset, model, {"file": path.name, "source_embeddings": source.name,
-                                         **values})
-    if PLOTS:
-        name = f"plan2_{dataset}_{model}_pca.png"
+    real = ev.embeddings_of(source)
+    values = scoring.plan2_metrics(path, arrays, real, ev.scoring)
+    ev.report.add("plan2", dataset, model, {"file": path.name, "source_embeddings": source.name,
+                                            **values})
+    if ev.run.plots:
         figure = generated_overlay(arrays["z_gen"].astype(np.float64),
                                    real["z_test"].astype(np.float64),
-                                   f"{dataset} {model}: generated vs real embeddings")
-        save_figure(figure, visual_dir / name)
-        plt.close(figure)
-        report.plots[("plan2", dataset, model)] = {"pca": name}
+                                   f"{dataset} {model}: generated vs real embeddings",
+                                   ev.run.plot_points, ev.scoring.seed)
+        ev.save_plot(figure, ("plan2", dataset, model), "pca", f"plan2_{dataset}_{model}_pca.png")
 
 
 def check_classes_asked(path: Path, arrays: dict[str, Any], key: str, dataset: str) -> None:
@@ -785,27 +564,16 @@ def check_classes_asked(path: Path, arrays: dict[str, Any], key: str, dataset: s
     check_labels(path, {"y_gen": y_gen}, dataset)
 
 
-def real_embeddings_of(path: Path, cache: dict[Path, dict[str, Any]]) -> dict[str, Any]:
-    """A real embedding file, loaded and checked once per run."""
-    if path not in cache:
-        cache[path] = load_embeddings(path)
-    return cache[path]
-
-
-def evaluate_plan2_image_file(path: Path, report: Report, visual_dir: Path,
-                              real_images: dict[str, RealImages], device: Any) -> None:
+def evaluate_plan2_image_file(path: Path, ev: Evaluation) -> None:
     """Image metrics of one ``samples/plan2/<ds>_<enc>_<gan>[_<decoder>].npz`` (generated
     embeddings decoded into images; ``y_gen`` the classes asked for, when conditional)."""
     arrays = load_npz(path, PLAN2_IMAGE_KEYS)
     dataset, model = dataset_and_model(path, arrays["meta"])
     x_gen = check_images(arrays["x_gen"], f"{path}: x_gen")
     check_classes_asked(path, arrays, "x_gen", dataset)
-    if len(x_gen) < max(SCORE_SPLITS, DENSITY_K + 1):
-        raise StageError(f"{path}: {len(x_gen)} images, too few for the metrics")
-    if dataset not in real_images:
-        real_images[dataset] = real_images_for(load_dataset(dataset, DATA_DIR), device)
-    real = real_images[dataset]
-    values, logits = image_metrics(path, x_gen, real, device)
+    scoring.check_image_count(path, len(x_gen), ev.scoring)
+    real = ev.images_of(dataset)
+    values, logits = scoring.image_metrics(path, x_gen, real, ev.device, ev.scoring)
     predicted = logits.argmax(axis=1)
     if "y_gen" in arrays:
         values["class_consistency"] = metrics.class_consistency(predicted,
@@ -813,20 +581,17 @@ def evaluate_plan2_image_file(path: Path, report: Report, visual_dir: Path,
         # The evaluator on the real test images with their labels: the ceiling.
         values["class_consistency_real"] = metrics.class_consistency(
             real.test_logits.argmax(axis=1), real.data.y_test)
-    report.add("plan2_images", dataset, model, {"file": path.name, **values})
-    if PLOTS:
-        name = f"plan2_{dataset}_{model}_samples.png"
+    ev.report.add("plan2_images", dataset, model, {"file": path.name, **values})
+    if ev.run.plots:
         asked = "y_gen" in arrays
         figure = sample_grid(x_gen, arrays["y_gen"] if asked else predicted,
                              CLASS_NAMES[dataset], f"{dataset} {model}: generated images by "
                              f"{'class asked for' if asked else 'evaluator class'}")
-        save_figure(figure, visual_dir / name)
-        plt.close(figure)
-        report.plots[("plan2_images", dataset, model)] = {"samples": name}
+        ev.save_plot(figure, ("plan2_images", dataset, model), "samples",
+                     f"plan2_{dataset}_{model}_samples.png")
 
 
-def evaluate_translation_file(path: Path, report: Report, visual_dir: Path,
-                              real_embeddings: dict[Path, dict[str, Any]]) -> None:
+def evaluate_translation_file(path: Path, ev: Evaluation) -> None:
     """Translation metrics of one ``<ds>_<encA>-to-<encB>_<gan>.npz`` against the true
     embeddings of the same test images (the files its meta names)."""
     arrays = load_npz(path, TRANSLATION_KEYS, aligned=(("z_translated", "y_test"),))
@@ -839,46 +604,37 @@ def evaluate_translation_file(path: Path, report: Report, visual_dir: Path,
         if not named[role].is_file():
             raise StageError(f"{path}: meta names {role} {named[role].name!r}, not found in "
                              f"{path.parent}")
-    source = real_embeddings_of(named["source_embeddings"], real_embeddings)
-    target = real_embeddings_of(named["target_embeddings"], real_embeddings)
+    source = ev.embeddings_of(named["source_embeddings"])
+    target = ev.embeddings_of(named["target_embeddings"])
     for role, real in (("source", source), ("target", target)):
         if not np.array_equal(real["y_test"], arrays["y_test"]):
             raise StageError(f"{path}: y_test differs from the {role} file's test labels: the "
                              f"translated embeddings are not of those test images")
-    values = translation_metrics(path, arrays["z_translated"], source, target)
-    report.add("plan2_translation", dataset, model,
-               {"file": path.name, "source_embeddings": named["source_embeddings"].name,
-                "target_embeddings": named["target_embeddings"].name, **values})
-    if PLOTS:
-        name = f"plan2_{dataset}_{model}_pca.png"
+    values = scoring.translation_metrics(path, arrays["z_translated"], source, target,
+                                         ev.scoring)
+    ev.report.add("plan2_translation", dataset, model,
+                  {"file": path.name, "source_embeddings": named["source_embeddings"].name,
+                   "target_embeddings": named["target_embeddings"].name, **values})
+    if ev.run.plots:
         figure = generated_overlay(arrays["z_translated"].astype(np.float64),
                                    target["z_test"].astype(np.float64),
-                                   f"{dataset} {model}: translated vs true target embeddings")
-        save_figure(figure, visual_dir / name)
-        plt.close(figure)
-        report.plots[("plan2_translation", dataset, model)] = {"pca": name}
+                                   f"{dataset} {model}: translated vs true target embeddings",
+                                   ev.run.plot_points, ev.scoring.seed)
+        ev.save_plot(figure, ("plan2_translation", dataset, model), "pca",
+                     f"plan2_{dataset}_{model}_pca.png")
 
 
-def main() -> None:
-    settings = configure(globals())
-    data_dir = Path(DATA_DIR)
-    if not data_dir.is_dir():
-        raise StageError(f"--data-dir {data_dir}: no such folder (the other stages write there)")
-    results_dir = ensure_output_dir(data_dir / "results")
-    visual_dir = ensure_output_dir(data_dir / "visualizations")
-    files = find_files(data_dir, STAGES, FILES)
-    if not any(files.values()):
-        raise StageError(f"no file under {data_dir} matches --files {','.join(FILES)} for the "
-                         f"stages {', '.join(STAGES)}; nothing evaluated, earlier results are "
-                         f"left as they were")
-    seed_everything(SEED)
-    limit_cpu_threads(THREADS)
-    report = Report()
-    device = pick_device(DEVICE)
-    real_images: dict[str, RealImages] = {}
-    real_embeddings: dict[Path, dict[str, Any]] = {}
+EVALUATE_FILE = {"embeddings": evaluate_embedding_file, "plan1": evaluate_plan1_file,
+                 "plan2": evaluate_plan2_file, "plan2_images": evaluate_plan2_image_file,
+                 "plan2_translation": evaluate_translation_file}
+
+
+def evaluate_all(files: dict[str, list[Path]], ev: Evaluation) -> int:
+    """The pixel baselines and every file, each broken file reported and skipped; the number of
+    files evaluated."""
+    report = ev.report
     baseline_datasets = sorted({p.name.partition("_")[0] for p in files.get("embeddings", [])}
-                               & set(DATASETS)) if BASELINE_COMPONENTS else []
+                               & set(DATASETS)) if ev.run.baseline_components else []
 
     def skip(stage: str, path: Path, err: Exception) -> None:
         reason = str(err).removeprefix(f"{path}: ")
@@ -891,44 +647,61 @@ def main() -> None:
     for dataset in baseline_datasets:
         start = time.time()
         try:
-            evaluate_baseline(dataset, report)
+            evaluate_baseline(dataset, ev)
         except StageError as err:
             print(f"no pixel baseline for {dataset}: {err}", file=sys.stderr)
             report.skipped.append(Skipped("embeddings", f"{dataset} pixel baseline", str(err)))
             continue
         print(f"[embeddings] {dataset} pixel PCA baseline: {time.time() - start:.1f} s")
     evaluated = 0
-    for stage in STAGES:
+    for stage in ev.run.stages:
         if not files[stage]:
             print(f"[{stage}] no files")
         for path in files[stage]:
             start = time.time()
             try:
-                if stage == "embeddings":
-                    evaluate_embedding_file(path, report, visual_dir)
-                elif stage == "plan1":
-                    evaluate_plan1_file(path, report, visual_dir, real_images, device)
-                elif stage == "plan2":
-                    evaluate_plan2_file(path, report, visual_dir, real_embeddings)
-                elif stage == "plan2_images":
-                    evaluate_plan2_image_file(path, report, visual_dir, real_images, device)
-                else:
-                    evaluate_translation_file(path, report, visual_dir, real_embeddings)
+                EVALUATE_FILE[stage](path, ev)
             except PER_FILE_ERRORS as err:
                 skip(stage, path, err)
                 continue
             evaluated += 1
             print(f"[{stage}] {path.name}: {time.time() - start:.1f} s")
+    return evaluated
+
+
+def main(argv: list[str] | None = None) -> None:
+    values = configure(globals(), argv)
+    run = pick(EvaluateSettings, values)
+    score_settings = pick(scoring.ScoringSettings, values)
+    evaluator = scoring.EvaluatorSettings(
+        data_dir=run.data_dir, epochs=values["evaluator_epochs"],
+        batch_size=values["evaluator_batch_size"],
+        learning_rate=values["evaluator_learning_rate"], seed=values["seed"])
+    data_dir = Path(run.data_dir)
+    if not data_dir.is_dir():
+        raise StageError(f"--data-dir {data_dir}: no such folder (the other stages write there)")
+    results_dir = ensure_output_dir(data_dir / "results")
+    visual_dir = ensure_output_dir(data_dir / "visualizations")
+    files = find_files(data_dir, run.stages, run.files)
+    if not any(files.values()):
+        raise StageError(f"no file under {data_dir} matches --files {','.join(run.files)} for "
+                         f"the stages {', '.join(run.stages)}; nothing evaluated, earlier results "
+                         f"are left as they were")
+    seed_everything(values["seed"])
+    limit_cpu_threads(values["threads"])
+    ev = Evaluation(run, score_settings, evaluator, pick_device(values["device"]), visual_dir)
+    evaluated = evaluate_all(files, ev)
+    report = ev.report
     if not evaluated:
         raise StageError(f"every one of the {len(report.skipped)} file(s) was skipped (see the "
                          f"lines above); nothing evaluated, earlier results are left as they were")
-    for dataset, real in real_images.items():
+    for dataset, real in ev.real_images.items():
         report.evaluators[dataset] = {
             "test_accuracy": real.evaluator.test_accuracy,
             "target_accuracy": real.evaluator.target_accuracy,
             "checkpoint": str(real.evaluator.checkpoint), "settings": real.evaluator.settings}
 
-    meta = make_meta(__file__, settings, None, SEED)
+    meta = make_meta(__file__, values, None, values["seed"])
     document = {**report.results, "evaluators": report.evaluators,
                 "skipped": [vars(s) for s in report.skipped], "meta": meta}
     write_text(results_dir / "metrics.json", json.dumps(document, indent=2, default=str,
@@ -938,7 +711,7 @@ def main() -> None:
     writer.writerow(["stage", "dataset", "model", "metric", "value"])
     writer.writerows(csv_rows(report))
     write_text(results_dir / "metrics.csv", table.getvalue())
-    write_text(results_dir / "summary.md", summary_markdown(report, settings))
+    write_text(results_dir / "summary.md", summary_markdown(report, run.stages, score_settings))
     print(f"wrote {results_dir / 'metrics.json'}, metrics.csv, summary.md"
           f"{f'; skipped {len(report.skipped)} file(s)' if report.skipped else ''}")
 

@@ -47,7 +47,7 @@ from artifacts import ensure_output_dir, load_npz, make_meta, save_npz
 from clip_images import PixelPipeline, image_batches, model_inputs
 from generation_metrics import check_generations
 from runtime import StageError, pick_device, run_stage, seed_everything
-from settings import configure
+from settings import configure, pick
 
 ANNOTATION_FILE = "data/coco/annotations/captions_train2014.json"  # COCO captions JSON
 GENERATION_DIR_PATTERN = "data/coco/sd_to_sd_cfg_7_steps_50_gen_{g}"  # one folder per generation
@@ -63,6 +63,27 @@ SEED = 0  # seeds torch and numpy; the extraction itself draws nothing at random
 SHARD = ""  # 'i/n' (0 <= i < n): embed only shard i of n into OUTPUT_DIR/shards; '': everything
 MERGE = False  # only join the shard files in OUTPUT_DIR/shards into the usual files
 OUTPUT_DIR = "data/embeddings"  # where the NPZ files are written
+
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """What this run embeds, with which model, and where it writes."""
+
+    annotation_file: str
+    generation_dir_pattern: str
+    generations: tuple[int, ...]
+    model: str
+    num_captions: int
+    pairing: str
+    preprocessing: str
+    batch_size: int
+    workers: int
+    seed: int
+    shard: str
+    merge: bool
+    output_dir: str
+
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # The COCO image id: the digits after the last '_' or '-' of the stem, or an all-digit stem.
@@ -153,11 +174,12 @@ def natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def list_images(folder: Path) -> tuple[list[Path], int]:
-    """Image files directly in ``folder`` (hidden files skipped) and the count of other files."""
+def list_images(folder: Path, pattern: str) -> tuple[list[Path], int]:
+    """Image files directly in ``folder`` (hidden files skipped) and the count of other files;
+    ``pattern`` is the --generation-dir-pattern the folder came from (for the error)."""
     if not folder.is_dir():
         raise StageError(f"{folder}: generation folder not found (--generation-dir-pattern "
-                         f"{GENERATION_DIR_PATTERN!r})")
+                         f"{pattern!r})")
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     return sorted(images, key=natural_key), len(files) - len(images)
@@ -306,12 +328,12 @@ def embed_images(model: Any, batches: Iterable, pipeline: PixelPipeline | None,
     return embeddings[order], rows[order], failed
 
 
-def folder_of(generation: int) -> Path:
-    """The folder of one generation, from GENERATION_DIR_PATTERN."""
-    if "{g}" not in GENERATION_DIR_PATTERN:
-        raise StageError(f"--generation-dir-pattern {GENERATION_DIR_PATTERN!r} has no '{{g}}' "
+def folder_of(generation: int, pattern: str) -> Path:
+    """The folder of one generation, from --generation-dir-pattern."""
+    if "{g}" not in pattern:
+        raise StageError(f"--generation-dir-pattern {pattern!r} has no '{{g}}' "
                          f"where the generation number goes")
-    return Path(GENERATION_DIR_PATTERN.format(g=generation))
+    return Path(pattern.format(g=generation))
 
 
 def shown(names: list[str], limit: int = 5) -> str:
@@ -321,7 +343,7 @@ def shown(names: list[str], limit: int = 5) -> str:
 
 
 def shard_path(shard_dir: Path, name: str, index: int, count: int) -> Path:
-    """OUTPUT_DIR/shards/<name>.shard-<i>-of-<n>.npz for OUTPUT_DIR/<name>.npz."""
+    """<output-dir>/shards/<name>.shard-<i>-of-<n>.npz for <output-dir>/<name>.npz."""
     return shard_dir / f"{Path(name).stem}.shard-{index}-of-{count}.npz"
 
 
@@ -433,7 +455,8 @@ def shard_count_in(shard_dir: Path) -> int:
 
 
 def write_merged(output_dir: Path, shards: dict[str, Any], count: int) -> list[Path]:
-    """Merge the shards of an n-shard run into OUTPUT_DIR's usual files; the paths written."""
+    """Merge the shards of an n-shard run into the output folder's usual files; the paths
+    written."""
     captions, generations = merge_shards(shards, count)
     written = [save_npz(output_dir / CAPTION_FILE, captions["arrays"], captions["meta"])]
     for generation, merged in generations.items():
@@ -442,14 +465,15 @@ def write_merged(output_dir: Path, shards: dict[str, Any], count: int) -> list[P
     return written
 
 
-def main() -> None:
-    settings = configure(globals())
-    shard = parse_shard(SHARD)
-    check_generations(GENERATIONS)
-    seed_everything(SEED)
-    output_dir = Path(OUTPUT_DIR)
+def main(argv: list[str] | None = None) -> None:
+    values = configure(globals(), argv)
+    s = pick(ExtractSettings, values)
+    shard = parse_shard(s.shard)
+    check_generations(s.generations)
+    seed_everything(s.seed)
+    output_dir = Path(s.output_dir)
     shard_dir = output_dir / "shards"
-    if MERGE:
+    if s.merge:
         ensure_output_dir(output_dir)
         count = shard[1] if shard else shard_count_in(shard_dir)
         shards, why = read_shards(shard_dir, count)
@@ -458,25 +482,27 @@ def main() -> None:
         for path in write_merged(output_dir, shards, count):
             print(f"merged {count} shards -> {path}")
         return
-    annotation_file = Path(ANNOTATION_FILE)
+    annotation_file = Path(s.annotation_file)
     first_captions = read_first_captions(annotation_file)
 
     # Every folder is listed (and every missing one reported) before the model is loaded.
-    listings = {g: (folder_of(g), *list_images(folder_of(g))) for g in GENERATIONS}
+    folders = {g: folder_of(g, s.generation_dir_pattern) for g in s.generations}
+    listings = {g: (folder, *list_images(folder, s.generation_dir_pattern))
+                for g, folder in folders.items()}
     empty = [str(folder) for folder, files, _ in listings.values() if not files]
     if empty:
         raise StageError(f"no images to embed in {', '.join(empty)} (image files end in "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     file_ids = {g: ids_by_file(folder, files) for g, (folder, files, _) in listings.items()} \
-        if PAIRING == "id" else {}
-    wanted = {i for ids in file_ids.values() for i in ids.values()} if PAIRING == "id" else None
-    caption_set = select_captions(first_captions, wanted, NUM_CAPTIONS)
+        if s.pairing == "id" else {}
+    wanted = {i for ids in file_ids.values() for i in ids.values()} if s.pairing == "id" else None
+    caption_set = select_captions(first_captions, wanted, s.num_captions)
     if not caption_set.captions:
         raise StageError(f"{annotation_file}: none of the image ids in the generation folders "
                          f"({', '.join(str(folder) for folder, _, _ in listings.values())}) has a "
                          f"caption; are these the right annotations?")
     pairs = {g: pair_by_id(folder, files, file_ids[g], caption_set, not_images)
-             if PAIRING == "id" else pair_by_position(folder, files, caption_set, not_images)
+             if s.pairing == "id" else pair_by_position(folder, files, caption_set, not_images)
              for g, (folder, files, not_images) in listings.items()}
     unpaired = [str(p.folder) for p in pairs.values() if not p.files]
     if unpaired:
@@ -484,30 +510,30 @@ def main() -> None:
                          f"id among the {len(caption_set.captions)} caption ids")
     ensure_output_dir(shard_dir if shard else output_dir)
 
-    device = pick_device(DEVICE)
-    model, processor = load_clip(MODEL, device)
+    device = pick_device(values["device"])
+    model, processor = load_clip(s.model, device)
     pipeline = PixelPipeline.from_processor(processor.image_processor) \
-        if PREPROCESSING == "fast" else None
+        if s.preprocessing == "fast" else None
     part = f", shard {shard[0]}/{shard[1]}" if shard else ""
-    print(f"model {MODEL} on {device}, {PREPROCESSING} preprocessing{part}; "
+    print(f"model {s.model} on {device}, {s.preprocessing} preprocessing{part}; "
           f"{len(caption_set.captions)} captions from {annotation_file}", flush=True)
     started = time.perf_counter()
     caption_rows, text_embeddings = embed_captions(
         model, processor.tokenizer, caption_set.captions,
-        batch_blocks(len(caption_set.captions), BATCH_SIZE, shard), device)
+        batch_blocks(len(caption_set.captions), s.batch_size, shard), device)
     print(f"captions: {len(caption_rows)} embedded in {time.perf_counter() - started:.1f} s",
           flush=True)
     digest = inputs_digest(caption_set, pairs)
-    common = {"model": MODEL, "device": str(device), "annotation_file": str(annotation_file),
-              "preprocessing": PREPROCESSING, "pixel_pipeline": pipeline.__dict__ if pipeline
+    common = {"model": s.model, "device": str(device), "annotation_file": str(annotation_file),
+              "preprocessing": s.preprocessing, "pixel_pipeline": pipeline.__dict__ if pipeline
               else None, "inputs_digest": digest}
 
     results = {}
     for generation, paired in pairs.items():
         started = time.perf_counter()
-        blocks = batch_blocks(len(paired.files), BATCH_SIZE, shard)
-        batches = image_batches(paired.files, blocks, PREPROCESSING, processor.image_processor,
-                                pipeline, WORKERS, device)
+        blocks = batch_blocks(len(paired.files), s.batch_size, shard)
+        batches = image_batches(paired.files, blocks, s.preprocessing, processor.image_processor,
+                                pipeline, s.workers, device)
         image_embeddings, kept, failed = embed_images(
             model, tqdm(batches, desc=f"gen {generation}", unit="batch", disable=None,
                         leave=False), pipeline, device)
@@ -523,8 +549,8 @@ def main() -> None:
               f"({len(unreadable)} unreadable) in {seconds:.1f} s "
               f"({len(kept) / max(seconds, 1e-9):.1f} images/s)", flush=True)
         meta = make_meta(
-            __file__, settings, "coco-generations", SEED, generation=int(generation),
-            folder=str(paired.folder), pairing=PAIRING, caption_file=str(output_dir /
+            __file__, values, "coco-generations", s.seed, generation=int(generation),
+            folder=str(paired.folder), pairing=s.pairing, caption_file=str(output_dir /
                                                                       CAPTION_FILE),
             n_image_files=len(paired.files) + len(paired.no_caption),
             n_paired=len(paired.files), n_embedded=len(kept), n_unreadable=len(unreadable),
@@ -534,10 +560,10 @@ def main() -> None:
         results[generation] = (paired, image_embeddings, kept, meta, blocks)
 
     caption_meta = make_meta(
-        __file__, settings, "coco-captions", SEED, n_captions=len(caption_set.captions),
-        embedding_dim=int(text_embeddings.shape[1]), generations=list(GENERATIONS),
+        __file__, values, "coco-captions", s.seed, n_captions=len(caption_set.captions),
+        embedding_dim=int(text_embeddings.shape[1]), generations=list(s.generations),
         caption_order="ascending image id; per id the caption with the lowest annotation id",
-        caption_ids_from="ids in the generation folders" if PAIRING == "id" else "all ids",
+        caption_ids_from="ids in the generation folders" if s.pairing == "id" else "all ids",
         **common)
     captions = np.array(caption_set.captions, dtype=str)
     if shard is None:

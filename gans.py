@@ -304,11 +304,28 @@ class FitReport:
     best_score: float | None
 
 
-class GANTrainer:
-    """Trains a ``GANModel``: optimisers, EMA, step counters, history, checkpoints."""
+def check_generator_steps(batches_per_epoch: int, n_critic: int, what: str) -> None:
+    """Refuse, before training, an epoch too short for a generator step: with fewer batches than
+    ``n_critic`` discriminator steps per generator step the generator would never learn.
+    ``what`` names the data and settings that give the batches (for the one-line error)."""
+    if batches_per_epoch < n_critic:
+        raise StageError(f"{what} give {batches_per_epoch} batch(es) per epoch, fewer than the "
+                         f"{n_critic} discriminator steps per generator step (n-critic): no "
+                         f"generator step; use more data or a smaller batch size")
 
-    def __init__(self, model: GANModel, settings: LoopSettings) -> None:
+
+class GANTrainer:
+    """Trains a ``GANModel``: optimisers, EMA, step counters, history, checkpoints.
+
+    ``architecture`` (the model family's record of its name, sizes and config) is stored in every
+    checkpoint, so that the family's ``from_checkpoint`` rebuilds the model from the file alone;
+    a checkpoint made before it was stored gets it when a run resumes from it."""
+
+    def __init__(self, model: GANModel, settings: LoopSettings,
+                 architecture: Mapping[str, Any] | None = None) -> None:
         self.model, self.settings = model, settings
+        self.architecture = dict(architecture) if architecture is not None else None
+        self._lacks_architecture = False
         g_params, d_params = model.generator_parameters(), model.discriminator_parameters()
         g_ids, d_ids = {id(p) for p in g_params}, {id(p) for p in d_params}
         named = dict(model.named_parameters())
@@ -425,6 +442,10 @@ class GANTrainer:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.endswith("/loss")})
         if steps == 0:
             raise ValueError("the batch source yielded no batch")
+        if "g/loss" not in sums:
+            raise ValueError(f"epoch {self.epoch + 1} made no generator step: {steps} batches, "
+                             f"n_critic {self.settings.n_critic} (check_generator_steps refuses "
+                             f"this before training)")
         if interval:
             self.history["intervals"].append({"epoch": self.epoch + 1, "d_steps": self.d_steps,
                                               **read(interval, interval_counts)})
@@ -451,7 +472,8 @@ class GANTrainer:
                 "optimizer_d": self.opt_d.state_dict(), "epoch": self.epoch,
                 "d_steps": self.d_steps, "g_steps": self.g_steps, "history": self.history,
                 "best_epoch": self.best_epoch, "best_score": self.best_score,
-                "best_ema": self.best_ema, "diverged": self.diverged, "rng": rng}
+                "best_ema": self.best_ema, "diverged": self.diverged, "rng": rng,
+                **({"architecture": self.architecture} if self.architecture else {})}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -475,6 +497,7 @@ class GANTrainer:
             raise StageError(f"{path} is not a GAN checkpoint of this project; delete it to "
                              "start again")
         check_settings_match(path, state.get("settings", {}), settings)
+        self._lacks_architecture = "architecture" not in state
         try:
             self.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError) as err:
@@ -518,6 +541,8 @@ class GANTrainer:
         checkpoint = Path(checkpoint)
         if checkpoint.exists():
             self.restore(checkpoint, settings)
+            if self.architecture is not None and self._lacks_architecture:
+                self.save(checkpoint, settings)  # the same state, now with its architecture
             if on_resume is not None:
                 on_resume(self.epoch)
         resumed_from = self.epoch

@@ -18,6 +18,7 @@ images identical) is refused: every ratio to it would be undefined.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from generation_metrics import (
     total_variance,
 )
 from runtime import StageError, run_stage, seed_everything
-from settings import configure
+from settings import configure, pick
 
 EMBEDDING_DIR = "data/embeddings"  # where extract_generation_embeddings.py wrote its files
 GENERATIONS = (0, 4, 10)  # generations to compare, in order; the first is the reference [>= 0]
@@ -57,6 +58,25 @@ TSNE_MAX_ITER = 1000  # t-SNE optimisation steps [>= 250]
 NORM_TOLERANCE = 1e-3  # largest allowed | ||x|| - 1 | of a stored embedding [> 0, < 1]
 CAPTION_COLOUR = "tab:blue"  # matplotlib colour of the caption points (a name or #rrggbb)
 FIGURE_DPI = 150  # resolution of the PNG figures [>= 10, <= 1200]
+
+
+
+@dataclass(frozen=True)
+class DriftPlotSettings:
+    """What this run reads, draws and writes."""
+
+    embedding_dir: str
+    generations: tuple[int, ...]
+    visualization_dir: str
+    results_dir: str
+    seed: int
+    perplexity: float
+    tsne_pca_dims: int
+    tsne_max_iter: int
+    norm_tolerance: float
+    caption_colour: str
+    figure_dpi: int
+
 
 CAPTION_KEYS = {"text_embeddings": (2, "f"), "captions": (1, "U"), "image_ids": (1, "iu")}
 GENERATION_KEYS = {"image_embeddings": (2, "f"), "text_embeddings": (2, "f"), "captions": (1, "U"),
@@ -71,20 +91,21 @@ def check_normalised(path: Path, key: str, embeddings: np.ndarray, tolerance: fl
                          f"); run extract_generation_embeddings.py again")
 
 
-def load_captions(path: Path) -> dict[str, Any]:
+def load_captions(path: Path, tolerance: float) -> dict[str, Any]:
     """The caption file, checked: keys, lengths, finite values, unit norms, unique ids."""
     data = load_npz(path, CAPTION_KEYS, aligned=(tuple(CAPTION_KEYS),))
-    check_normalised(path, "text_embeddings", data["text_embeddings"], NORM_TOLERANCE)
+    check_normalised(path, "text_embeddings", data["text_embeddings"], tolerance)
     if len(np.unique(data["image_ids"])) != len(data["image_ids"]):
         raise StageError(f"{path}: key 'image_ids' repeats an id")
     return data
 
 
-def load_generation(path: Path, captions: dict[str, Any], caption_path: Path) -> dict[str, Any]:
+def load_generation(path: Path, captions: dict[str, Any], caption_path: Path,
+                    tolerance: float) -> dict[str, Any]:
     """One generation file, checked, and checked against the caption file it was paired with."""
     data = load_npz(path, GENERATION_KEYS, aligned=(tuple(GENERATION_KEYS),))
     for key in ("image_embeddings", "text_embeddings"):
-        check_normalised(path, key, data[key], NORM_TOLERANCE)
+        check_normalised(path, key, data[key], tolerance)
     if len(data["image_ids"]) < 2:
         raise StageError(f"{path}: holds {len(data['image_ids'])} image(s); at least 2 are needed")
     if len(np.unique(data["image_ids"])) != len(data["image_ids"]):
@@ -189,13 +210,13 @@ def median_radius(points: np.ndarray) -> float:
 
 
 def draw_tsne(coordinates: np.ndarray, groups: list[tuple[str, slice]], metrics: dict[str, Any],
-              dims: int, tsne_settings: dict[str, Any]) -> Figure:
+              dims: int, tsne_settings: dict[str, Any], caption_colour: str) -> Figure:
     """The joint t-SNE figure: points, a circle per group, arrows between generation centres.
 
     ``groups`` are (name, rows of ``coordinates``): the captions first, then the generations in
     the order of ``metrics["generations"]``.
     """
-    colours = [CAPTION_COLOUR] + generation_colours(len(groups) - 1)
+    colours = [caption_colour] + generation_colours(len(groups) - 1)
     consecutive = [m for m in metrics["movements"] if m["kind"] == "consecutive"]
     figure = Figure(figsize=(12, 9.5))
     axes = figure.subplots()
@@ -353,7 +374,7 @@ def draw_metrics(metrics: dict[str, Any], dims: int) -> Figure:
 
 
 def draw_pca(caption_embeddings: np.ndarray, generations: dict[int, dict[str, Any]],
-             seed: int) -> Figure:
+             seed: int, caption_colour: str) -> Figure:
     """PCA views: captions and images together, and the images alone (drift image to image)."""
     colours = generation_colours(len(generations))
     image_sets = [data["image_embeddings"] for data in generations.values()]
@@ -363,7 +384,7 @@ def draw_pca(caption_embeddings: np.ndarray, generations: dict[int, dict[str, An
         sets = ([caption_embeddings] if with_captions else []) + image_sets
         pca = PCA(n_components=2, random_state=seed).fit(np.concatenate(sets))
         names = (["captions"] if with_captions else []) + [f"gen {g}" for g in generations]
-        set_colours = ([CAPTION_COLOUR] if with_captions else []) + colours
+        set_colours = ([caption_colour] if with_captions else []) + colours
         centres = []
         for index, (name, points, colour) in enumerate(zip(names, sets, set_colours,
                                                            strict=True)):
@@ -418,34 +439,36 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    settings = configure(globals())
-    check_generations(GENERATIONS)
-    if not matplotlib.colors.is_color_like(CAPTION_COLOUR):
-        raise StageError(f"--caption-colour {CAPTION_COLOUR!r}: not a matplotlib colour (a name "
+def main(argv: list[str] | None = None) -> None:
+    values = configure(globals(), argv)
+    s = pick(DriftPlotSettings, values)
+    check_generations(s.generations)
+    if not matplotlib.colors.is_color_like(s.caption_colour):
+        raise StageError(f"--caption-colour {s.caption_colour!r}: not a matplotlib colour (a name "
                          f"such as tab:blue or red, or #rrggbb)")
-    seed_everything(SEED)
-    embedding_dir = Path(EMBEDDING_DIR)
+    seed_everything(s.seed)
+    embedding_dir = Path(s.embedding_dir)
     caption_path = embedding_dir / "coco_caption_embeddings.npz"
-    captions = load_captions(caption_path)
-    paths = {g: embedding_dir / f"gen_{g}_embeddings.npz" for g in GENERATIONS}
+    captions = load_captions(caption_path, s.norm_tolerance)
+    paths = {g: embedding_dir / f"gen_{g}_embeddings.npz" for g in s.generations}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise StageError(f"{', '.join(missing)}: not found; run extract_generation_embeddings.py "
-                         f"with --generations {','.join(map(str, GENERATIONS))}")
-    generations = {g: load_generation(path, captions, caption_path) for g, path in paths.items()}
+                         f"with --generations {','.join(map(str, s.generations))}")
+    generations = {g: load_generation(path, captions, caption_path, s.norm_tolerance)
+                   for g, path in paths.items()}
     dims = captions["text_embeddings"].shape[1]
-    reference = generations[GENERATIONS[0]]["image_embeddings"]
+    reference = generations[s.generations[0]]["image_embeddings"]
     if np.all(reference == reference[0]):
-        raise StageError(f"{paths[GENERATIONS[0]]}: all {len(reference)} image embeddings of "
-                         f"generation {GENERATIONS[0]}, the reference, are identical (a collapsed "
-                         f"generation): every ratio to it is undefined; put another generation "
-                         f"first in --generations")
-    visualization_dir, results_dir = Path(VISUALIZATION_DIR), Path(RESULTS_DIR)
+        raise StageError(f"{paths[s.generations[0]]}: all {len(reference)} image embeddings of "
+                         f"generation {s.generations[0]}, the reference, are identical (a "
+                         f"collapsed generation): every ratio to it is undefined; put another "
+                         f"generation first in --generations")
+    visualization_dir, results_dir = Path(s.visualization_dir), Path(s.results_dir)
     ensure_output_dir(visualization_dir)
     ensure_output_dir(results_dir)
 
-    metrics = drift_metrics(captions, generations, SEED)
+    metrics = drift_metrics(captions, generations, s.seed)
     groups, start = [("captions", slice(0, len(captions["text_embeddings"])))], \
         len(captions["text_embeddings"])
     for g, data in generations.items():
@@ -455,21 +478,21 @@ def main() -> None:
                             + [d["image_embeddings"] for d in generations.values()])
     print(f"t-SNE of {len(points)} points ({len(captions['text_embeddings'])} captions, "
           f"{len(generations)} generations, {dims} dims) ...")
-    coordinates, tsne_settings = joint_tsne(points, SEED, PERPLEXITY, TSNE_PCA_DIMS,
-                                            TSNE_MAX_ITER)
+    coordinates, tsne_settings = joint_tsne(points, s.seed, s.perplexity, s.tsne_pca_dims,
+                                            s.tsne_max_iter)
 
     written = []
-    figure = draw_tsne(coordinates, groups, metrics, dims, tsne_settings)
+    figure = draw_tsne(coordinates, groups, metrics, dims, tsne_settings, s.caption_colour)
     written.append(save_figure(figure, visualization_dir / "generation_clusters_tsne_clean.png",
-                               FIGURE_DPI))
+                               s.figure_dpi))
     figure = draw_metrics(metrics, dims)
     written.append(save_figure(figure, visualization_dir / "generation_metrics_tsne_clean.png",
-                               FIGURE_DPI))
-    figure = draw_pca(captions["text_embeddings"], generations, SEED)
+                               s.figure_dpi))
+    figure = draw_pca(captions["text_embeddings"], generations, s.seed, s.caption_colour)
     written.append(save_figure(figure, visualization_dir / "generation_clusters_pca.png",
-                               FIGURE_DPI))
+                               s.figure_dpi))
 
-    meta = make_meta(__file__, settings, "coco-generations", SEED, tsne=tsne_settings,
+    meta = make_meta(__file__, values, "coco-generations", s.seed, tsne=tsne_settings,
                      inputs={str(p): generations[g]["meta"].get("time") for g, p in paths.items()}
                      | {str(caption_path): captions["meta"].get("time")},
                      model=captions["meta"].get("model"), embedding_dim=int(dims),

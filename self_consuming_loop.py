@@ -38,6 +38,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,39 +46,37 @@ import numpy as np
 import torch
 from PIL import Image
 
-import evaluate
+import image_gans
+import scoring
 from artifacts import (
     check_settings_match,
     ensure_output_dir,
+    fingerprint,
     load_checkpoint,
     load_npz,
     make_meta,
+    replace_directory,
     save_figure,
     save_npz,
     write_text,
 )
+from captions import CAPTION_TEMPLATES, class_phrase
 from data_sources import ImageDataset, load_dataset
 from evaluator_cnn import evaluator_outputs
 from gans import (
-    AdversarialLoss,
+    LOSS_KINDS,
     GANTrainer,
     LoopSettings,
+    check_generator_steps,
     image_grid_figure,
     tensor_batches,
 )
-from plan1_gan_training import (
-    ConditionalGAN,
-    class_condition,
-    fingerprint,
-    to_pixels,
-    to_signed,
-)
+from image_gans import ConditionalGAN, ImageGANConfig, class_condition, to_signed
 from runtime import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
-from settings import configure
-from train_small_clip import CAPTION_TEMPLATES, class_phrase, replace_directory
+from settings import configure, pick
 
 # Internal tables (no same-line comment, so not settings).
-LOSS_NAMES = ("non-saturating", "hinge", "least-squares", "wasserstein")
+LOSS_NAMES = LOSS_KINDS
 METRIC_KEYS = ("fid", "fid_floor", "precision", "recall", "density", "coverage",
                "class_consistency", "class_consistency_real", "score", "score_real",
                "within_class_variance", "within_class_variance_real", "within_class_spread")
@@ -113,13 +112,33 @@ LOG_EVERY = 50  # steps between reads of the summed losses [>= 1]
 SAMPLE_BATCH_SIZE = 1000  # images per generator pass when sampling [>= 1]
 
 
+@dataclass(frozen=True)
+class LoopRun:
+    """What the loop trains and writes (the GAN's own hyper-parameters: ImageGANConfig; its
+    optimiser: LoopSettings)."""
+
+    dataset: str
+    data_dir: str
+    generations: int
+    fresh_fraction: float
+    warm_start: bool
+    train_images: int
+    n_images: int
+    epochs_first: int
+    epochs: int
+    batch_size: int
+    seed: int
+    deterministic: bool
+    sample_batch_size: int
+
+
 # ---------------------------------------------------------------- names and captions
-def run_name() -> str:
+def run_name(run: LoopRun) -> str:
     """<ds>_loop, _fresh<percent> for a fresh-data loop, _scratch without warm start."""
-    name = f"{DATASET}_loop"
-    if FRESH_FRACTION > 0:
-        name += f"_fresh{100 * FRESH_FRACTION:g}"
-    if not WARM_START:
+    name = f"{run.dataset}_loop"
+    if run.fresh_fraction > 0:
+        name += f"_fresh{100 * run.fresh_fraction:g}"
+    if not run.warm_start:
         name += "_scratch"
     return name
 
@@ -151,12 +170,9 @@ def coco_captions(data: ImageDataset, captions: list[str]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- models and data
-def build_model(num_classes: int) -> ConditionalGAN:
+def build_model(num_classes: int, config: ImageGANConfig) -> ConditionalGAN:
     """Plan 1's cGAN with a one-hot class as its condition."""
-    return ConditionalGAN(num_classes, noise_dim=NOISE_DIM,
-                          loss=AdversarialLoss(LOSS, GRADIENT_PENALTY),
-                          spectral_norm=SPECTRAL_NORM, widths=(WIDTH, 2 * WIDTH),
-                          feature_dim=FEATURE_DIM)
+    return image_gans.build_image_gan("cgan", num_classes, num_classes, config)
 
 
 def conditions(labels: np.ndarray, num_classes: int, device: torch.device) -> torch.Tensor:
@@ -164,31 +180,25 @@ def conditions(labels: np.ndarray, num_classes: int, device: torch.device) -> to
     return class_condition(torch.as_tensor(labels, device=device).long(), num_classes)
 
 
-@torch.no_grad()
 def generate(model: ConditionalGAN, labels: np.ndarray, num_classes: int, seed: int,
-             device: torch.device) -> np.ndarray:
+             device: torch.device, batch_size: int) -> np.ndarray:
     """uint8 images (N, 28, 28), one per label, in eval mode, with noise fixed by ``seed`` (drawn
     on the CPU, so the same on every device)."""
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    parts = []
-    for start in range(0, len(labels), SAMPLE_BATCH_SIZE):
-        chunk = labels[start:start + SAMPLE_BATCH_SIZE]
-        noise = model.sample_noise(len(chunk), generator)
-        parts.append(to_pixels(model.sample(conditions(chunk, num_classes, device), noise)))
-    return np.concatenate(parts) if parts else np.zeros((0, 28, 28), np.uint8)
+    return image_gans.regenerate(model, conditions(labels, num_classes, device), seed,
+                                 batch_size)
 
 
 def synthetic_training_set(previous: ConditionalGAN, data: ImageDataset, generation: int,
-                           device: torch.device) -> dict[str, np.ndarray]:
-    """Generation k's training set: TRAIN_IMAGES images of generation k-1 with labels drawn from
-    generation 0's labels, of which a FRESH_FRACTION share is replaced by real training images
-    drawn anew (without replacement) from the whole training split."""
-    rng = np.random.default_rng([SEED, generation])
-    n_fresh = int(round(FRESH_FRACTION * TRAIN_IMAGES))
-    labels = data.y_train[:TRAIN_IMAGES][rng.permutation(TRAIN_IMAGES)[:TRAIN_IMAGES - n_fresh]]
-    images = generate(previous, labels, data.num_classes, SEED * 100_003 + 7 * generation + 1,
-                      device)
+                           device: torch.device, run: LoopRun) -> dict[str, np.ndarray]:
+    """Generation k's training set: --train-images images of generation k-1 with labels drawn
+    from generation 0's labels, of which a --fresh-fraction share is replaced by real training
+    images drawn anew (without replacement) from the whole training split."""
+    rng = np.random.default_rng([run.seed, generation])
+    n = run.train_images
+    n_fresh = int(round(run.fresh_fraction * n))
+    labels = data.y_train[:n][rng.permutation(n)[:n - n_fresh]]
+    images = generate(previous, labels, data.num_classes,
+                      run.seed * 100_003 + 7 * generation + 1, device, run.sample_batch_size)
     fresh = np.sort(rng.choice(len(data.x_train), n_fresh, replace=False))
     x = np.concatenate([images, data.x_train[fresh]])
     y = np.concatenate([labels, data.y_train[fresh]]).astype(np.int64)
@@ -196,35 +206,27 @@ def synthetic_training_set(previous: ConditionalGAN, data: ImageDataset, generat
     return {"x": x, "y": y, "real": real}
 
 
-def resume_settings(generation: int, train_hash: str) -> dict[str, Any]:
+def resume_settings(generation: int, train_hash: str, run: LoopRun, config: ImageGANConfig,
+                    loop: LoopSettings) -> dict[str, Any]:
     """What a generation's checkpoint must share with this run to be continued."""
-    return {"dataset": DATASET, "generation": generation, "train_set": train_hash,
-            "fresh_fraction": FRESH_FRACTION, "warm_start": WARM_START,
-            "train_images": TRAIN_IMAGES, "epochs": EPOCHS_FIRST if generation == 0 else EPOCHS,
-            "batch_size": BATCH_SIZE, "seed": SEED, "noise_dim": NOISE_DIM, "width": WIDTH,
-            "feature_dim": FEATURE_DIM, "loss": LOSS, "gradient_penalty": GRADIENT_PENALTY,
-            "spectral_norm": SPECTRAL_NORM, "n_critic": N_CRITIC, "lr_generator": LR_GENERATOR,
-            "lr_discriminator": LR_DISCRIMINATOR, "betas": [BETA1, BETA2],
-            "ema_decay": EMA_DECAY}
+    return {"dataset": run.dataset, "generation": generation, "train_set": train_hash,
+            "fresh_fraction": run.fresh_fraction, "warm_start": run.warm_start,
+            "train_images": run.train_images,
+            "epochs": run.epochs_first if generation == 0 else run.epochs,
+            "batch_size": run.batch_size, "seed": run.seed, "noise_dim": config.noise_dim,
+            "width": config.width, "feature_dim": config.feature_dim, "loss": config.loss,
+            "gradient_penalty": config.gradient_penalty, "spectral_norm": config.spectral_norm,
+            "n_critic": loop.n_critic, "lr_generator": loop.lr_generator,
+            "lr_discriminator": loop.lr_discriminator, "betas": list(loop.betas),
+            "ema_decay": loop.ema_decay}
 
 
-def loop_settings() -> dict[str, Any]:
+def loop_settings(run: LoopRun, config: ImageGANConfig, loop: LoopSettings) -> dict[str, Any]:
     """Settings that change what any generation is: a results file made with others is not
     continued."""
-    return {k: v for k, v in resume_settings(0, "").items()
+    return {k: v for k, v in resume_settings(0, "", run, config, loop).items()
             if k not in ("generation", "train_set", "epochs")} | {
-        "epochs_first": EPOCHS_FIRST, "epochs_later": EPOCHS, "n_images": N_IMAGES}
-
-
-def within_class_variance(features: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over classes (with at least two images) of the total variance of their features:
-    (1/C) sum_c tr Cov({f_i : y_i = c}), unbiased covariances. The diversity left inside a class,
-    which a spread over the classes hides."""
-    traces = [float(np.var(features[labels == c], axis=0, ddof=1).sum())
-              for c in np.unique(labels) if np.sum(labels == c) >= 2]
-    if not traces:
-        raise ValueError("no class has two images: within-class variance is undefined")
-    return float(np.mean(traces))
+        "epochs_first": run.epochs_first, "epochs_later": run.epochs, "n_images": run.n_images}
 
 
 # ---------------------------------------------------------------- outputs
@@ -329,75 +331,101 @@ def read_results(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- the stage
-def main() -> None:
-    settings = configure(globals())
-    run = run_name()
-    root = Path(DATA_DIR)
-    run_dir = ensure_output_dir(root / run)
-    folders = {name: ensure_output_dir(root / name) for name in
-               ("results", "visualizations", f"checkpoints/loop/{run}")}
-    checkpoints = folders[f"checkpoints/loop/{run}"]
-    limit_cpu_threads(THREADS)
-    seed_everything(SEED, DETERMINISTIC)
-    device = pick_device(DEVICE)
-    data = load_dataset(DATASET, DATA_DIR)
-    if len(data.x_train) < TRAIN_IMAGES:
-        raise StageError(f"--train-images {TRAIN_IMAGES}: {data.name} has only "
+@dataclass(frozen=True)
+class Loop:
+    """Everything a generation needs: the run, the GAN's config and optimiser, the data."""
+
+    run: LoopRun
+    config: ImageGANConfig
+    optimiser: LoopSettings
+    data: ImageDataset
+    checkpoints: Path
+    device: torch.device
+
+    def settings(self) -> dict[str, Any]:
+        return loop_settings(self.run, self.config, self.optimiser)
+
+
+def main(argv: list[str] | None = None) -> None:
+    values = configure(globals(), argv)
+    run = pick(LoopRun, values)
+    config = pick(ImageGANConfig, values)
+    optimiser = LoopSettings(n_critic=values["n_critic"], lr_generator=values["lr_generator"],
+                             lr_discriminator=values["lr_discriminator"],
+                             betas=(values["beta1"], values["beta2"]),
+                             ema_decay=values["ema_decay"], log_every=values["log_every"])
+    score_settings = scoring.ScoringSettings(seed=run.seed)
+    name = run_name(run)
+    root = Path(run.data_dir)
+    run_dir = ensure_output_dir(root / name)
+    folders = {folder: ensure_output_dir(root / folder) for folder in
+               ("results", "visualizations", f"checkpoints/loop/{name}")}
+    checkpoints = folders[f"checkpoints/loop/{name}"]
+    limit_cpu_threads(values["threads"])
+    seed_everything(run.seed, run.deterministic)
+    device = pick_device(values["device"])
+    data = load_dataset(run.dataset, run.data_dir)
+    if len(data.x_train) < run.train_images:
+        raise StageError(f"--train-images {run.train_images}: {data.name} has only "
                          f"{len(data.x_train)} training images")
-    if TRAIN_IMAGES < BATCH_SIZE:
-        raise StageError(f"--train-images {TRAIN_IMAGES} is less than one batch of "
-                         f"--batch-size {BATCH_SIZE}")
-    if len(data.x_test) < N_IMAGES:
-        raise StageError(f"--n-images {N_IMAGES}: {data.name} has only {len(data.x_test)} test "
-                         f"images to prompt with")
-    if np.bincount(data.y_test[:N_IMAGES]).max() < 2:
-        raise StageError(f"--n-images {N_IMAGES} gives no class two prompts: within-class "
+    if run.train_images < run.batch_size:
+        raise StageError(f"--train-images {run.train_images} is less than one batch of "
+                         f"--batch-size {run.batch_size}")
+    check_generator_steps(run.train_images // run.batch_size, optimiser.n_critic,
+                          f"--train-images {run.train_images} at --batch-size {run.batch_size}")
+    if len(data.x_test) < run.n_images:
+        raise StageError(f"--n-images {run.n_images}: {data.name} has only {len(data.x_test)} "
+                         f"test images to prompt with")
+    if np.bincount(data.y_test[:run.n_images]).max() < 2:
+        raise StageError(f"--n-images {run.n_images} gives no class two prompts: within-class "
                          f"diversity cannot be measured")
-    results_path = folders["results"] / f"{run}_metrics.json"
-    records = read_results(results_path, loop_settings())
+    loop = Loop(run, config, optimiser, data, checkpoints, device)
+    results_path = folders["results"] / f"{name}_metrics.json"
+    records = read_results(results_path, loop.settings())
     done = {int(r["generation"]) for r in records}
 
-    captions = prompt_captions(data, N_IMAGES, SEED)
+    captions = prompt_captions(data, run.n_images, run.seed)
     caption_file = run_dir / "captions.json"
     caption_text = json.dumps(coco_captions(data, captions), indent=1) + "\n"
     if not caption_file.is_file() or caption_file.read_text(encoding="utf-8") != caption_text:
         write_text(caption_file, caption_text)
-    prompt_labels = data.y_test[:N_IMAGES].astype(np.int64)
-    print(f"{data.name}: loop {run}, generations 0-{GENERATIONS}, {TRAIN_IMAGES} training "
-          f"images each ({FRESH_FRACTION:.0%} fresh real after generation 0), "
-          f"{'warm' if WARM_START else 'cold'} start, {N_IMAGES} prompts ({caption_file}); "
-          f"device {device}", flush=True)
+    prompt_labels = data.y_test[:run.n_images].astype(np.int64)
+    print(f"{data.name}: loop {name}, generations 0-{run.generations}, {run.train_images} "
+          f"training images each ({run.fresh_fraction:.0%} fresh real after generation 0), "
+          f"{'warm' if run.warm_start else 'cold'} start, {run.n_images} prompts "
+          f"({caption_file}); device {device}", flush=True)
 
-    evaluate.DATA_DIR, evaluate.SEED = DATA_DIR, SEED  # the evaluator cache evaluate.py uses
-    real = evaluate.real_images_for(data, device)
-    real_spread = within_class_variance(real.test_features[:N_IMAGES], prompt_labels)
-    loop = {"n_critic": N_CRITIC, "lr_generator": LR_GENERATOR,
-            "lr_discriminator": LR_DISCRIMINATOR, "betas": (BETA1, BETA2),
-            "ema_decay": EMA_DECAY, "log_every": LOG_EVERY}
+    real = scoring.real_images_for(
+        data, device, scoring.EvaluatorSettings(data_dir=run.data_dir, seed=run.seed),
+        score_settings)
+    real_spread = scoring.within_class_variance(real.test_features[:run.n_images],
+                                                prompt_labels)
     grid_ids = [int(np.flatnonzero(prompt_labels == c)[0]) for c in np.unique(prompt_labels)]
     previous: ConditionalGAN | None = None
     previous_path: Path | None = None
-    for generation in range(GENERATIONS + 1):
+    for generation in range(run.generations + 1):
         folder = run_dir / f"gen_{generation}"
         samples_path = run_dir / f"gen_{generation}.npz"
         checkpoint = checkpoints / f"gen_{generation}.pt"
-        if generation in done and generation_complete(folder, samples_path, N_IMAGES):
+        if generation in done and generation_complete(folder, samples_path, run.n_images):
             previous, previous_path = None, checkpoint  # loaded only if the next one needs it
             continue
         started = time.time()
-        seed_everything(SEED * 100_003 + generation, DETERMINISTIC)
+        generation_seed = run.seed * 100_003 + generation
+        seed_everything(generation_seed, run.deterministic)
 
-        train, previous = training_set(generation, data, checkpoints, previous, previous_path,
-                                       settings, device)
+        train, previous = training_set(generation, loop, previous, previous_path, values)
         train_hash = fingerprint(train["x"], train["y"])
         n_fresh = int(train["real"].sum())
-        trained_on = source_of(generation, n_fresh)
+        trained_on = source_of(generation, n_fresh, run)
 
-        seed_everything(SEED * 100_003 + generation, DETERMINISTIC)
-        model = build_model(data.num_classes).to(device)
-        trainer = GANTrainer(model, LoopSettings(**loop, seed=SEED * 100_003 + generation))
-        if WARM_START and generation > 0 and not checkpoint.exists():
-            state = generation_state(previous_path, generation - 1)
+        seed_everything(generation_seed, run.deterministic)
+        model = build_model(data.num_classes, config).to(device)
+        trainer = GANTrainer(model, LoopSettings(**{**vars(optimiser), "seed": generation_seed}),
+                             image_gans.architecture("cgan", data.num_classes, data.num_classes,
+                                                     config))
+        if run.warm_start and generation > 0 and not checkpoint.exists():
+            state = generation_state(previous_path, generation - 1, loop)
             model.load_state_dict(state["model"])
             trainer.ema.load_state_dict(state["ema"])
         else:
@@ -406,19 +434,19 @@ def main() -> None:
                    "condition": conditions(train["y"], data.num_classes, device)}
 
         def make_batches(epoch: int, tensors: dict[str, torch.Tensor] = tensors,
-                         seed: int = SEED * 100_003 + generation):
-            for batch in tensor_batches(tensors, BATCH_SIZE, seed, epoch):
+                         seed: int = generation_seed):
+            for batch in tensor_batches(tensors, run.batch_size, seed, epoch):
                 yield {**batch, "x": to_signed(batch["x"])}
 
-        epochs = EPOCHS_FIRST if generation == 0 else EPOCHS
+        epochs = run.epochs_first if generation == 0 else run.epochs
 
         def on_resume(epoch: int, generation: int = generation,
                       checkpoint: Path = checkpoint) -> None:
             print(f"gen {generation}: resumed from {checkpoint} after epoch {epoch}", flush=True)
 
         report = trainer.fit(make_batches, epochs, checkpoint,
-                             resume_settings(generation, train_hash),
-                             steps_per_epoch=TRAIN_IMAGES // BATCH_SIZE,
+                             resume_settings(generation, train_hash, run, config, optimiser),
+                             steps_per_epoch=run.train_images // run.batch_size,
                              desc=f"gen {generation}", on_resume=on_resume)
         if report.diverged:
             print(f"warning: gen {generation}: training diverged ({report.diverged}); the "
@@ -426,96 +454,104 @@ def main() -> None:
         train_seconds = time.time() - started
         previous, previous_path = trainer.best_model(), checkpoint
 
-        images = generate(previous, prompt_labels, data.num_classes, SEED, device)
-        arrays = {"x_gen": images, "idx_src": np.arange(N_IMAGES, dtype=np.int64),
+        images = generate(previous, prompt_labels, data.num_classes, run.seed, device,
+                          run.sample_batch_size)
+        arrays = {"x_gen": images, "idx_src": np.arange(run.n_images, dtype=np.int64),
                   "y_src": prompt_labels}
-        values = evaluate.plan1_metrics(samples_path, arrays, real, device)
+        metric_values = scoring.plan1_metrics(samples_path, arrays, real, device, score_settings)
         features, _ = evaluator_outputs(real.evaluator.model, images, device)
-        values["within_class_variance"] = within_class_variance(features, prompt_labels)
-        values["within_class_variance_real"] = real_spread
-        values["within_class_spread"] = values["within_class_variance"] / real_spread
+        metric_values["within_class_variance"] = scoring.within_class_variance(features,
+                                                                               prompt_labels)
+        metric_values["within_class_variance_real"] = real_spread
+        metric_values["within_class_spread"] = metric_values["within_class_variance"] / \
+            real_spread
         record = {"generation": generation, "trained_on": trained_on,
-                  "train_images": TRAIN_IMAGES, "fresh_real_images": n_fresh,
+                  "train_images": run.train_images, "fresh_real_images": n_fresh,
                   "epochs": trainer.epoch, "diverged": report.diverged,
                   "train_seconds": train_seconds,
-                  **{k: values[k] for k in METRIC_KEYS}, "n_generated": values["n_generated"],
-                  "n_test": values["n_test"], "floor_n_train": values["floor_n_train"]}
+                  **{k: metric_values[k] for k in METRIC_KEYS},
+                  "n_generated": metric_values["n_generated"],
+                  "n_test": metric_values["n_test"],
+                  "floor_n_train": metric_values["floor_n_train"]}
         write_generation_folder(folder, images)
         save_npz(samples_path, arrays, make_meta(
-            __file__, settings, DATASET, SEED, generation=generation, run=run,
+            __file__, values, run.dataset, run.seed, generation=generation, run=name,
             checkpoint=str(checkpoint), captions=str(caption_file), train_set_hash=train_hash,
             **{k: v for k, v in record.items() if k != "generation"}))
         records = [r for r in records if int(r["generation"]) != generation] + [record]
         records.sort(key=lambda r: int(r["generation"]))
-        write_results(results_path, records, settings, run, caption_file)
+        write_results(results_path, records, values, name, caption_file, loop)
         print(f"gen {generation}: trained on {trained_on} ({train_seconds:.0f} s); FID "
-              f"{values['fid']:.2f} (floor {values['fid_floor']:.2f}), class consistency "
-              f"{values['class_consistency']:.3f}, recall {values['recall']:.3f}; wrote "
-              f"{folder}/ ({N_IMAGES} images)", flush=True)
+              f"{metric_values['fid']:.2f} (floor {metric_values['fid_floor']:.2f}), class "
+              f"consistency {metric_values['class_consistency']:.3f}, recall "
+              f"{metric_values['recall']:.3f}; wrote {folder}/ ({run.n_images} images)",
+              flush=True)
 
     all_images = [load_npz(run_dir / f"gen_{g}.npz", {"x_gen": (3, "u")})["x_gen"]
-                  for g in range(GENERATIONS + 1)]
+                  for g in range(run.generations + 1)]
     rows = [data.x_test[grid_ids]] + [images[grid_ids] for images in all_images]
-    labels = ["real"] + [f"gen {g}" for g in range(GENERATIONS + 1)]
-    figure = samples_grid(rows, labels, f"{run}: the first test prompt of each class, drawn by "
-                                        f"every generation (same noise)")
+    labels = ["real"] + [f"gen {g}" for g in range(run.generations + 1)]
+    figure = samples_grid(rows, labels, f"{name}: the first test prompt of each class, drawn "
+                                        f"by every generation (same noise)")
     import matplotlib.pyplot as plt
 
-    grid_png = save_figure(figure, folders["visualizations"] / f"{run}_samples.png")
+    grid_png = save_figure(figure, folders["visualizations"] / f"{name}_samples.png")
     plt.close(figure)
-    figure = metrics_figure(compared_runs(folders["results"], run, records),
-                            f"{DATASET} self-consuming loops: {N_IMAGES} images per generation "
-                            f"against the {len(data.x_test)} real test images")
-    metrics_png = save_figure(figure, folders["visualizations"] / f"{run}_metrics.png")
+    figure = metrics_figure(compared_runs(folders["results"], name, records, run),
+                            f"{run.dataset} self-consuming loops: {run.n_images} images per "
+                            f"generation against the {len(data.x_test)} real test images")
+    metrics_png = save_figure(figure, folders["visualizations"] / f"{name}_metrics.png")
     plt.close(figure)
-    print(f"\n{run}: FID and precision/recall on the evaluator CNN's features (not Inception: "
-          f"compare with the floor, {N_IMAGES} real training images against the test set)\n")
+    print(f"\n{name}: FID and precision/recall on the evaluator CNN's features (not Inception: "
+          f"compare with the floor, {run.n_images} real training images against the test "
+          f"set)\n")
     print(format_table(records))
     print(f"\nresults: {results_path}; figures: {grid_png}, {metrics_png}; embed the "
           f"generations with:\n"
           f"  python extract_generation_embeddings.py --annotation-file {caption_file} "
-          f"--generation-dir-pattern '{run_dir}/gen_{{g}}' --num-captions {N_IMAGES} "
-          f"--model {root}/checkpoints/clip_{DATASET}")
+          f"--generation-dir-pattern '{run_dir}/gen_{{g}}' --num-captions {run.n_images} "
+          f"--model {root}/checkpoints/clip_{run.dataset}")
 
 
-def training_set(generation: int, data: ImageDataset, checkpoints: Path,
-                 previous: ConditionalGAN | None, previous_path: Path | None,
-                 settings: dict[str, Any], device: torch.device
+def training_set(generation: int, loop: Loop, previous: ConditionalGAN | None,
+                 previous_path: Path | None, values: dict[str, Any]
                  ) -> tuple[dict[str, np.ndarray], ConditionalGAN | None]:
     """Generation k's training set and the previous generation's model (loaded if it was
-    needed): the first TRAIN_IMAGES real images for generation 0; else the set drawn from
+    needed): the first --train-images real images for generation 0; else the set drawn from
     generation k-1, saved beside the checkpoints the first time and read back after."""
+    run, data = loop.run, loop.data
     if generation == 0:
-        return {"x": data.x_train[:TRAIN_IMAGES], "y": data.y_train[:TRAIN_IMAGES],
-                "real": np.ones(TRAIN_IMAGES, bool)}, previous
-    path = checkpoints / f"train_gen_{generation}.npz"
+        return {"x": data.x_train[:run.train_images], "y": data.y_train[:run.train_images],
+                "real": np.ones(run.train_images, bool)}, previous
+    path = loop.checkpoints / f"train_gen_{generation}.npz"
     if path.is_file():
         train = load_npz(path, TRAIN_SET_KEYS, aligned=(("x", "y", "real"),))
-        check_settings_match(path, train["meta"].get("loop_settings", {}), loop_settings())
-        if len(train["x"]) != TRAIN_IMAGES:
+        check_settings_match(path, train["meta"].get("loop_settings", {}), loop.settings())
+        if len(train["x"]) != run.train_images:
             raise StageError(f"{path}: holds {len(train['x'])} images, not --train-images "
-                             f"{TRAIN_IMAGES}; delete it to make it again")
+                             f"{run.train_images}; delete it to make it again")
         return train, previous
     if previous is None:
-        previous = load_generation_model(previous_path, generation - 1, data, device)
-    train = synthetic_training_set(previous, data, generation, device)
-    save_npz(path, train, make_meta(__file__, settings, DATASET, SEED, generation=generation,
+        previous = load_generation_model(previous_path, generation - 1, loop)
+    train = synthetic_training_set(previous, data, generation, loop.device, run)
+    save_npz(path, train, make_meta(__file__, values, run.dataset, run.seed,
+                                   generation=generation,
                                    made_by=f"generation {generation - 1} ({previous_path})",
                                    fresh_real_images=int(train["real"].sum()),
-                                   loop_settings=loop_settings()))
+                                   loop_settings=loop.settings()))
     return train, previous
 
 
-def source_of(generation: int, n_fresh: int) -> str:
+def source_of(generation: int, n_fresh: int, run: LoopRun) -> str:
     """What a generation was trained on, for tables: real, gen k-1 (+ fresh), fresh only."""
     if generation == 0:
         return "real"
-    if n_fresh == TRAIN_IMAGES:
+    if n_fresh == run.train_images:
         return "fresh real only"
     return f"gen {generation - 1}" + (f" + {n_fresh} fresh real" if n_fresh else "")
 
 
-def generation_state(checkpoint: Path | None, generation: int) -> dict[str, Any]:
+def generation_state(checkpoint: Path | None, generation: int, loop: Loop) -> dict[str, Any]:
     """The checkpoint of a finished generation, checked to come from a loop with these
     settings."""
     if checkpoint is None or not checkpoint.is_file():
@@ -525,38 +561,37 @@ def generation_state(checkpoint: Path | None, generation: int) -> dict[str, Any]
     state = load_checkpoint(checkpoint, required=("model", "ema", "best_ema", "settings"))
     saved = state["settings"]
     check_settings_match(checkpoint, saved,
-                         resume_settings(generation, str(saved.get("train_set"))))
+                         resume_settings(generation, str(saved.get("train_set")), loop.run,
+                                         loop.config, loop.optimiser))
     return state
 
 
-def load_generation_model(checkpoint: Path | None, generation: int, data: ImageDataset,
-                          device: torch.device) -> ConditionalGAN:
+def load_generation_model(checkpoint: Path | None, generation: int,
+                          loop: Loop) -> ConditionalGAN:
     """The EMA generator of a finished generation (its best weights), from its checkpoint."""
-    state = generation_state(checkpoint, generation)
-    model = build_model(data.num_classes).to(device)
-    model.load_state_dict(state["best_ema"] if state["best_ema"] is not None else state["ema"])
-    return model.eval()
+    state = generation_state(checkpoint, generation, loop)
+    return image_gans.from_checkpoint(checkpoint, loop.device, state=state)
 
 
-def write_results(path: Path, records: list[dict[str, Any]], settings: dict[str, Any], run: str,
-                  caption_file: Path) -> None:
-    document = {"loop_settings": loop_settings(), "generations": records,
-                "meta": make_meta(__file__, settings, DATASET, SEED, run=run,
+def write_results(path: Path, records: list[dict[str, Any]], values: dict[str, Any], name: str,
+                  caption_file: Path, loop: Loop) -> None:
+    document = {"loop_settings": loop.settings(), "generations": records,
+                "meta": make_meta(__file__, values, loop.run.dataset, loop.run.seed, run=name,
                                   captions=str(caption_file))}
     write_text(path, json.dumps(document, indent=2) + "\n")
 
 
-def compared_runs(results_dir: Path, run: str, records: list[dict[str, Any]]
-                  ) -> dict[str, list[dict[str, Any]]]:
+def compared_runs(results_dir: Path, name: str, records: list[dict[str, Any]],
+                  run: LoopRun) -> dict[str, list[dict[str, Any]]]:
     """This run's records and those of the other loops of the dataset found in ``results_dir``."""
-    runs = {run: records}
-    for path in sorted(results_dir.glob(f"{DATASET}_loop*_metrics.json")):
-        name = path.name.removesuffix("_metrics.json")
-        if name == run:
+    runs = {name: records}
+    for path in sorted(results_dir.glob(f"{run.dataset}_loop*_metrics.json")):
+        other = path.name.removesuffix("_metrics.json")
+        if other == name:
             continue
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
-            runs[name] = list(document["generations"])
+            runs[other] = list(document["generations"])
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
             print(f"note: {path} is not readable as loop results; left out of the figure")
     return runs

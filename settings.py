@@ -1,9 +1,11 @@
 """Command-line overrides for the settings at the top of a stage script, validated up front.
 
-A setting is a module-level UPPER_CASE constant with a comment on the same line; the script calls
-``configure(globals())`` first thing in ``main()``. ``BATCH_SIZE = 128  # images per step [>= 2]``
-becomes ``--batch-size 128``; ``--help`` lists every setting with its comment and default. An
-UPPER_CASE constant without a same-line comment is an internal table, not a setting.
+A setting is a module-level UPPER_CASE constant with a comment on the same line:
+``BATCH_SIZE = 128  # images per step [>= 2]`` becomes ``--batch-size 128``; ``--help`` lists every
+setting with its comment and default. An UPPER_CASE constant without a same-line comment is an
+internal table, not a setting. A stage's ``main(argv)`` calls ``values = configure(globals(),
+argv)`` first and packs the values into frozen dataclasses with ``pick``; nothing below ``main``
+reads a module's settings, and the constants are never rewritten.
 
 A comment may end with a rule in square brackets, checked for the default and for any override
 before the stage reads anything:
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import importlib
 import io
 import math
@@ -26,10 +29,12 @@ import operator
 import re
 import sys
 import tokenize
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
+
+T = TypeVar("T")
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
@@ -182,9 +187,11 @@ def _to_json(value: Any) -> Any:
 
 
 def configure(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[str, Any]:
-    """Override a script's settings from argv (default sys.argv) in place, and check them.
+    """Read a script's settings from argv (default sys.argv) and check them against their rules.
 
-    Returns the settings as a JSON-friendly dict keyed by the lower-case names, for ``meta``.
+    Returns every setting's value keyed by its lower-case name (list settings as tuples); the
+    script's constants are left as they are, so that ``main`` can be called again with other
+    arguments. ``main`` packs the values into frozen dataclasses (``pick``) and passes them down.
     A value that breaks its rule ends the process with one ``error:`` line and exit code 2.
     """
     source = Path(namespace["__file__"]).read_text(encoding="utf-8")
@@ -195,7 +202,7 @@ def configure(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[
     rules: dict[str, tuple[str, Rule]] = {}
     try:
         for name, comment in declared_settings(source):
-            if name not in namespace:  # assigned later, e.g. SETTINGS = configure(globals())
+            if name not in namespace:  # assigned later in the module
                 continue
             default = namespace[name]
             flag = "--" + name.lower().replace("_", "-")
@@ -212,7 +219,8 @@ def configure(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[
             text = RULE_AT_END.sub("", comment)
             shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
             allowed = f"; {rule.describe()}" if rule.describe() else ""
-            parser.add_argument(flag, dest=name, type=kind, default=default,
+            parser.add_argument(flag, dest=name, type=kind,
+                                default=tuple(default) if isinstance(default, list) else default,
                                 help=f"{text} (default: {shown}{allowed})".replace("%", "%%"),
                                 metavar=type(default).__name__.upper() if not isinstance(
                                     default, list | tuple) else "A,B")
@@ -223,6 +231,17 @@ def configure(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[
     except SettingsError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    for name in rules:
-        namespace[name] = getattr(args, name)
-    return {name.lower(): _to_json(namespace[name]) for name in rules}
+    return {name.lower(): getattr(args, name) for name in rules}
+
+
+def pick(cls: type[T], values: Mapping[str, Any], **extra: Any) -> T:
+    """An instance of the dataclass ``cls`` whose fields take the settings of the same name in
+    ``values`` (what ``configure`` returned), and ``extra`` for fields that are not settings."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    chosen = {k: v for k, v in values.items() if k in names}
+    return cls(**{**chosen, **extra})
+
+
+def as_record(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings as JSON-friendly values (lists, strings) for ``meta``."""
+    return {name: _to_json(value) for name, value in values.items()}

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,15 @@ from tqdm import tqdm
 from artifacts import (
     check_settings_match,
     ensure_output_dir,
+    give_umask_permissions,
     load_checkpoint,
     make_meta,
+    replace_directory,
     save_checkpoint,
     save_figure,
     write_text,
 )
+from captions import CAPTION_TEMPLATES, class_captions
 from CL_loss_function import clip_contrastive_loss
 from data_sources import load_dataset
 from runtime import (
@@ -49,15 +53,11 @@ from runtime import (
     run_stage,
     seed_everything,
 )
-from settings import configure
+from settings import configure, pick
 
 # Internal tables (no same-line comment, so not settings).
 # Patch sizes that tile a 28x28 image.
 PATCH_SIZES = (1, 2, 4, 7, 14, 28)
-# Phrasings of a caption; "{}" is the class phrase ("a Sneaker", "an Ankle boot", "the digit 3").
-CAPTION_TEMPLATES = ("a photo of {}", "a picture of {}", "an image of {}",
-                     "a black and white photo of {}", "a low-resolution photo of {}")
-DIGIT_DATASETS = ("mnist", "digits")
 IMAGE_SIZE = 28
 # CLIP's context length: what extract_generation_embeddings.py truncates captions to.
 MAX_TEXT_LENGTH = 77
@@ -84,21 +84,31 @@ VOCAB_SIZE = 400  # BPE vocabulary size: 326 bytes and symbols, then merges from
 EVAL_BATCH_SIZE = 1000  # images per forward pass when evaluating [>= 1]
 
 
+@dataclass(frozen=True)
+class ClipSettings:
+    """The small CLIP's towers, its training and where it is written."""
+
+    dataset: str
+    data_dir: str
+    output_dir: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    limit: int
+    seed: int
+    deterministic: bool
+    hidden_size: int
+    vision_layers: int
+    text_layers: int
+    heads: int
+    patch_size: int
+    projection_dim: int
+    vocab_size: int
+    eval_batch_size: int
+
+
 # ---------------------------------------------------------------- captions
-def class_phrase(dataset: str, class_name: str) -> str:
-    """What a caption calls a class: 'the digit 3', 'a Sneaker', 'an Ankle boot'."""
-    if dataset in DIGIT_DATASETS:
-        return f"the digit {class_name}"
-    article = "an" if class_name[:1].lower() in "aeiou" else "a"
-    return f"{article} {class_name}"
-
-
-def class_captions(dataset: str, class_names: list[str]) -> list[list[str]]:
-    """captions[c][t]: template t applied to class c."""
-    return [[template.format(class_phrase(dataset, name)) for template in CAPTION_TEMPLATES]
-            for name in class_names]
-
-
 def build_tokenizer(captions: list[str], vocab_size: int) -> Any:
     """A CLIP tokenizer whose BPE merges are learned from ``captions`` (with CLIP's own
     normalisation and pre-tokenisation); every printable ASCII character stays in the vocabulary
@@ -132,20 +142,20 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 # ---------------------------------------------------------------- model and inputs
-def build_clip(vocab_size: int, bos_id: int, eos_id: int) -> Any:
-    """A CLIPModel with small towers of the current settings (pad token = end token, as in
-    OpenAI's CLIP: the text embedding is read at the first end token)."""
+def build_clip(vocab_size: int, bos_id: int, eos_id: int, s: ClipSettings) -> Any:
+    """A CLIPModel with small towers (pad token = end token, as in OpenAI's CLIP: the text
+    embedding is read at the first end token)."""
     from transformers import CLIPConfig, CLIPModel
 
-    tower = {"hidden_size": HIDDEN_SIZE, "intermediate_size": 2 * HIDDEN_SIZE,
-             "num_attention_heads": HEADS}
+    tower = {"hidden_size": s.hidden_size, "intermediate_size": 2 * s.hidden_size,
+             "num_attention_heads": s.heads}
     config = CLIPConfig(
-        text_config={**tower, "num_hidden_layers": TEXT_LAYERS, "vocab_size": vocab_size,
+        text_config={**tower, "num_hidden_layers": s.text_layers, "vocab_size": vocab_size,
                      "max_position_embeddings": MAX_TEXT_LENGTH, "bos_token_id": bos_id,
                      "eos_token_id": eos_id, "pad_token_id": eos_id},
-        vision_config={**tower, "num_hidden_layers": VISION_LAYERS, "image_size": IMAGE_SIZE,
-                       "patch_size": PATCH_SIZE, "num_channels": 3},
-        projection_dim=PROJECTION_DIM)
+        vision_config={**tower, "num_hidden_layers": s.vision_layers, "image_size": IMAGE_SIZE,
+                       "patch_size": s.patch_size, "num_channels": 3},
+        projection_dim=s.projection_dim)
     return CLIPModel(config)
 
 
@@ -204,7 +214,8 @@ def contrastive_step_loss(model: Any, images: torch.Tensor, caption_rows: torch.
 
 @torch.no_grad()
 def zero_shot(model: Any, images: torch.Tensor, labels: np.ndarray, tokens: dict[str, torch.Tensor],
-              num_classes: int, mean: float, std: float) -> dict[str, Any]:
+              num_classes: int, mean: float, std: float, batch_size: int = 1000
+              ) -> dict[str, Any]:
     """Zero-shot classification: each image gets the class whose caption embedding is closest in
     cosine; 'ensemble' averages the unit caption embeddings of the templates of a class (CLIP's
     prompt ensembling), 'per_template' uses one template at a time."""
@@ -213,7 +224,7 @@ def zero_shot(model: Any, images: torch.Tensor, labels: np.ndarray, tokens: dict
     texts = texts.view(num_classes, len(CAPTION_TEMPLATES), -1)
     ensemble = F.normalize(texts.mean(dim=1), dim=1)
     chunks = [F.normalize(image_features(model, chunk, mean, std).float(), dim=1)
-              for chunk in images.split(EVAL_BATCH_SIZE)]
+              for chunk in images.split(batch_size)]
     embedded = torch.cat(chunks)
     predicted = (embedded @ ensemble.T).argmax(dim=1).cpu().numpy()
     per_template = {}
@@ -224,45 +235,27 @@ def zero_shot(model: Any, images: torch.Tensor, labels: np.ndarray, tokens: dict
             "predicted": predicted}
 
 
-def resume_settings(n_train: int, tokenizer_hash: str) -> dict[str, Any]:
+def resume_settings(n_train: int, tokenizer_hash: str, s: ClipSettings) -> dict[str, Any]:
     """What a checkpoint must share with this run to be continued."""
-    return {"dataset": DATASET, "train_images": n_train, "epochs": EPOCHS,
-            "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
-            "weight_decay": WEIGHT_DECAY, "seed": SEED, "hidden_size": HIDDEN_SIZE,
-            "vision_layers": VISION_LAYERS, "text_layers": TEXT_LAYERS, "heads": HEADS,
-            "patch_size": PATCH_SIZE, "projection_dim": PROJECTION_DIM,
-            "vocab_size": VOCAB_SIZE, "tokenizer": tokenizer_hash}
+    return {"dataset": s.dataset, "train_images": n_train, "epochs": s.epochs,
+            "batch_size": s.batch_size, "learning_rate": s.learning_rate,
+            "weight_decay": s.weight_decay, "seed": s.seed, "hidden_size": s.hidden_size,
+            "vision_layers": s.vision_layers, "text_layers": s.text_layers, "heads": s.heads,
+            "patch_size": s.patch_size, "projection_dim": s.projection_dim,
+            "vocab_size": s.vocab_size, "tokenizer": tokenizer_hash}
 
 
-def make_optimizer(model: Any, steps: int) -> tuple[torch.optim.Optimizer, Any]:
+def make_optimizer(model: Any, steps: int, s: ClipSettings
+                   ) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW with weight decay on weight matrices only (not on biases, norms, the logit scale),
     and a one-cycle schedule (10% warm-up, cosine decay) over ``steps`` steps."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     other = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": other, "weight_decay": 0.0}], lr=LEARNING_RATE)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, LEARNING_RATE, total_steps=steps,
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                                   {"params": other, "weight_decay": 0.0}], lr=s.learning_rate)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, s.learning_rate, total_steps=steps,
                                                    pct_start=0.1)
     return optimizer, schedule
-
-
-def give_umask_permissions(folder: Path) -> None:
-    """Give the files in ``folder`` the permissions new files get under the umask (safetensors
-    writes 0600)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    for path in folder.iterdir():
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
-
-
-def replace_directory(staging: Path, target: Path) -> None:
-    """Move a fully written folder into place; an older ``target`` is removed only after."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def confusion_figure(labels: np.ndarray, predicted: np.ndarray, class_names: list[str],
@@ -284,27 +277,28 @@ def confusion_figure(labels: np.ndarray, predicted: np.ndarray, class_names: lis
     return figure
 
 
-def main() -> None:
-    settings = configure(globals())
-    if HIDDEN_SIZE % HEADS:
-        raise StageError(f"--heads {HEADS} does not divide --hidden-size {HIDDEN_SIZE}")
-    root = Path(DATA_DIR)
+def main(argv: list[str] | None = None) -> None:
+    values = configure(globals(), argv)
+    s = pick(ClipSettings, values)
+    if s.hidden_size % s.heads:
+        raise StageError(f"--heads {s.heads} does not divide --hidden-size {s.hidden_size}")
+    root = Path(s.data_dir)
     folders = {name: ensure_output_dir(root / name) for name in
                ("checkpoints/clip", "results", "visualizations")}
-    output_dir = Path(OUTPUT_DIR) if OUTPUT_DIR else root / "checkpoints" / f"clip_{DATASET}"
+    output_dir = Path(s.output_dir) if s.output_dir else root / "checkpoints" / f"clip_{s.dataset}"
     ensure_output_dir(output_dir.parent)
-    limit_cpu_threads(THREADS)
-    seed_everything(SEED, DETERMINISTIC)
-    device = pick_device(DEVICE)
-    data = load_dataset(DATASET, DATA_DIR, LIMIT)
+    limit_cpu_threads(values["threads"])
+    seed_everything(s.seed, s.deterministic)
+    device = pick_device(values["device"])
+    data = load_dataset(s.dataset, s.data_dir, s.limit)
     n_train = len(data.x_train)
-    if n_train < BATCH_SIZE:
-        raise StageError(f"--limit {LIMIT} leaves {n_train} training images, not one full batch "
-                         f"of --batch-size {BATCH_SIZE}")
+    if n_train < s.batch_size:
+        raise StageError(f"--limit {s.limit} leaves {n_train} training images, not one full "
+                         f"batch of --batch-size {s.batch_size}")
 
-    table = class_captions(DATASET, data.class_names)
+    table = class_captions(s.dataset, data.class_names)
     captions = [caption for row in table for caption in row]  # row c * T + t
-    tokenizer = build_tokenizer(captions, VOCAB_SIZE)
+    tokenizer = build_tokenizer(captions, s.vocab_size)
     tokens = {k: v.to(device) for k, v in tokenizer(captions, padding=True,
                                                     return_tensors="pt").items()}
     mean = float(data.x_train.mean() / 255.0)
@@ -313,12 +307,13 @@ def main() -> None:
           f"{len(captions)} captions ({len(CAPTION_TEMPLATES)} templates), vocabulary "
           f"{len(tokenizer)}; device {device}")
 
-    seed_everything(SEED, DETERMINISTIC)
-    model = build_clip(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id).to(device)
-    steps_per_epoch = n_train // BATCH_SIZE
-    optimizer, schedule = make_optimizer(model, EPOCHS * steps_per_epoch)
-    resume = resume_settings(n_train, tokenizer_fingerprint(tokenizer))
-    checkpoint = folders["checkpoints/clip"] / f"{DATASET}.pt"
+    seed_everything(s.seed, s.deterministic)
+    model = build_clip(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+                       s).to(device)
+    steps_per_epoch = n_train // s.batch_size
+    optimizer, schedule = make_optimizer(model, s.epochs * steps_per_epoch, s)
+    resume = resume_settings(n_train, tokenizer_fingerprint(tokenizer), s)
+    checkpoint = folders["checkpoints/clip"] / f"{s.dataset}.pt"
     done, losses = 0, []
     if checkpoint.exists():
         state = load_checkpoint(checkpoint, map_location=device,
@@ -334,21 +329,21 @@ def main() -> None:
                              f"start again ({str(err).splitlines()[0]})") from err
         done, losses = int(state["epoch"]), [float(v) for v in state["losses"]]
         print(f"resuming from {checkpoint} after epoch {done}"
-              + ("" if done < EPOCHS else "; training is finished"))
+              + ("" if done < s.epochs else "; training is finished"))
 
     x_train = torch.from_numpy(data.x_train).to(device)
     y_train = torch.from_numpy(data.y_train).to(device)
     x_test = torch.from_numpy(data.x_test).to(device)
     templates = len(CAPTION_TEMPLATES)
     started = time.time()
-    for epoch in range(done + 1, EPOCHS + 1):
+    for epoch in range(done + 1, s.epochs + 1):
         model.train()
-        generator = torch.Generator().manual_seed(SEED * 1_000_003 + epoch)
-        order = torch.randperm(n_train, generator=generator)[:steps_per_epoch * BATCH_SIZE]
+        generator = torch.Generator().manual_seed(s.seed * 1_000_003 + epoch)
+        order = torch.randperm(n_train, generator=generator)[:steps_per_epoch * s.batch_size]
         template_of = torch.randint(templates, (n_train,), generator=generator)
         order, template_of = order.to(device), template_of.to(device)
         total = torch.zeros((), device=device)
-        bar = tqdm(order.view(steps_per_epoch, BATCH_SIZE), desc=f"CLIP epoch {epoch}/{EPOCHS}",
+        bar = tqdm(order.view(steps_per_epoch, s.batch_size), desc=f"CLIP epoch {epoch}/{s.epochs}",
                    leave=False, disable=None)
         for step, batch in enumerate(bar):
             rows = y_train[batch] * templates + template_of[batch]
@@ -373,16 +368,17 @@ def main() -> None:
                                      "schedule": schedule.state_dict(), "epoch": epoch,
                                      "losses": losses, "settings": resume})
         accuracy = zero_shot(model, x_test, data.y_test, tokens, data.num_classes, mean,
-                             std)["accuracy"]
-        print(f"CLIP: epoch {epoch}/{EPOCHS} loss {mean_loss:.4f}, zero-shot test accuracy "
+                             std, s.eval_batch_size)["accuracy"]
+        print(f"CLIP: epoch {epoch}/{s.epochs} loss {mean_loss:.4f}, zero-shot test accuracy "
               f"{accuracy:.4f}, logit scale {model.logit_scale.exp().item():.1f} "
               f"({time.time() - started:.0f} s)", flush=True)
 
-    result = zero_shot(model, x_test, data.y_test, tokens, data.num_classes, mean, std)
+    result = zero_shot(model, x_test, data.y_test, tokens, data.num_classes, mean, std,
+                       s.eval_batch_size)
     predicted = result.pop("predicted")
     per_class = {name: float(np.mean(predicted[data.y_test == c] == c))
                  for c, name in enumerate(data.class_names) if np.any(data.y_test == c)}
-    meta = make_meta(__file__, settings, DATASET, SEED, epochs_trained=len(losses),
+    meta = make_meta(__file__, values, s.dataset, s.seed, epochs_trained=len(losses),
                      losses=losses, train_images=n_train, test_images=len(data.x_test),
                      data_source=data.source, pixel_mean=mean, pixel_std=std,
                      templates=list(CAPTION_TEMPLATES), captions=table,
@@ -407,12 +403,12 @@ def main() -> None:
         replace_directory(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    results = write_text(folders["results"] / f"clip_{DATASET}_zero_shot.json",
+    results = write_text(folders["results"] / f"clip_{s.dataset}_zero_shot.json",
                          json.dumps(meta, indent=2) + "\n")
     figure = confusion_figure(data.y_test, predicted, data.class_names,
-                              f"small CLIP on {DATASET}: zero-shot test accuracy "
+                              f"small CLIP on {s.dataset}: zero-shot test accuracy "
                               f"{result['accuracy']:.4f} (templates averaged)")
-    png = save_figure(figure, folders["visualizations"] / f"clip_{DATASET}_zero_shot.png")
+    png = save_figure(figure, folders["visualizations"] / f"clip_{s.dataset}_zero_shot.png")
     import matplotlib.pyplot as plt
 
     plt.close(figure)

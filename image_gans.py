@@ -1,0 +1,323 @@
+"""Plan 1's image GANs: generators of 28x28 images from a condition vector, and their critics.
+
+A conditional GAN with a projection discriminator, an ACGAN (an auxiliary class head on real
+labels) and an InfoGAN (categorical and continuous codes recovered by a Q head), all trained by the
+one loop in gans.py. The condition is any vector: a stage-1 embedding in Plan 1, a one-hot class in
+the self-consuming loop. A variant is a class and a registry entry (``IMAGE_GANS``); its
+hyper-parameters are an ``ImageGANConfig``, which every checkpoint stores beside the condition's
+size (``architecture``), so that ``from_checkpoint(path)`` rebuilds the model without any
+settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from artifacts import load_checkpoint
+from gans import AdversarialLoss, GANModel, apply_spectral_norm
+from nets import ConvCritic, ConvGenerator, ProjectionHead, mlp
+from runtime import StageError
+
+FAMILY = "image_gans"
+
+
+@dataclass(frozen=True)
+class ImageGANConfig:
+    """Hyper-parameters of an image GAN (each variant reads the ones it has)."""
+
+    noise_dim: int = 32  # size of the generator's noise z
+    width: int = 32  # channels of the 14x14 conv layers of G and D (twice as many at 7x7)
+    feature_dim: int = 256  # width of the discriminator's feature layer
+    loss: str = "hinge"  # adversarial loss (gans.LOSS_KINDS)
+    gradient_penalty: float = 0.0  # weight of the WGAN-GP gradient penalty
+    spectral_norm: bool = True  # spectral normalisation of every discriminator layer
+    aux_weight: float = 1.0  # ACGAN: weight of the auxiliary class cross-entropy
+    info_categories: int = 10  # InfoGAN: categories of the categorical code
+    info_continuous: int = 2  # InfoGAN: continuous codes, uniform in [-1, 1]
+    info_weight: float = 1.0  # InfoGAN: weight of the categorical mutual-information term
+    info_continuous_weight: float = 0.1  # InfoGAN: weight of the continuous codes' term
+
+
+# ---------------------------------------------------------------- models
+class ConditionalGAN(GANModel):
+    """cGAN (Mirza & Osindero 2014) with a projection discriminator (Miyato & Koyama 2018):
+    G(z, c) and D(x, c) = w.phi(x) + b + <V c, phi(x)>; c is the standardised condition.
+
+    The condition is any vector: a stage-1 embedding here, a one-hot class in the self-consuming
+    loop (``condition_dim`` = number of classes; the first layers then learn class embeddings).
+    ``set_condition_statistics`` stores the training conditions' mean and standard deviation as
+    buffers, so that checkpoints carry them.
+    """
+
+    def __init__(self, condition_dim: int, noise_dim: int = 32,
+                 loss: AdversarialLoss | None = None, spectral_norm: bool = True,
+                 widths: tuple[int, int] = (32, 64), feature_dim: int = 256) -> None:
+        super().__init__()
+        self.adversarial_loss = loss or AdversarialLoss("hinge")
+        self.noise_dim, self.condition_dim = noise_dim, condition_dim
+        self.register_buffer("condition_mean", torch.zeros(condition_dim))
+        self.register_buffer("condition_std", torch.ones(condition_dim))
+        self.generator = ConvGenerator(self.generator_input_dim(), condition_dim, widths)
+        self.discriminator = nn.ModuleDict({"trunk": ConvCritic(widths, feature_dim),
+                                            "score": ProjectionHead(feature_dim, condition_dim)})
+        self.add_discriminator_heads(feature_dim)
+        if spectral_norm:
+            apply_spectral_norm(self.discriminator)
+
+    def generator_input_dim(self) -> int:
+        return self.noise_dim
+
+    def add_discriminator_heads(self, feature_dim: int) -> None:
+        """Extra heads on the discriminator's features (ACGAN's class head)."""
+
+    def set_condition_statistics(self, conditions: torch.Tensor) -> None:
+        """Standardise conditions with these training conditions' per-dimension mean and std."""
+        std = conditions.float().std(dim=0)
+        self.condition_mean.copy_(conditions.float().mean(dim=0))
+        self.condition_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+
+    def normalise(self, condition: torch.Tensor) -> torch.Tensor:
+        return (condition.float() - self.condition_mean) / self.condition_std
+
+    def sample(self, condition: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], (B, 1, 28, 28), for raw (unstandardised) conditions."""
+        return self.generator(noise, self.normalise(condition))
+
+    def score(self, features: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return self.discriminator["score"](features, self.normalise(condition))
+
+    # ------------------------------------------------------------ losses
+    def discriminator_loss(self, batch: dict[str, torch.Tensor]
+                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, c = batch["x"], batch["condition"]
+        noise = self.sample_noise(len(x))
+        fake = self.sample(c, noise)  # the generator's weights are frozen here: no graph
+        features = self.discriminator["trunk"](torch.cat([x, fake]))
+        real_features, fake_features = features.chunk(2)
+        loss_fn = self.adversarial_loss
+        adversarial = loss_fn.discriminator(self.score(real_features, c),
+                                            self.score(fake_features, c))
+        parts = {"adversarial": adversarial}
+        if loss_fn.gradient_penalty:
+            parts["gradient_penalty"] = loss_fn.penalty(
+                lambda v: self.score(self.discriminator["trunk"](v), c), x, fake)
+        parts.update(self.discriminator_extra(batch, real_features, fake_features, noise))
+        return sum(parts.values()), parts
+
+    def generator_loss(self, batch: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c = batch["condition"]
+        noise = self.sample_noise(len(c))
+        fake_features = self.discriminator["trunk"](self.sample(c, noise))
+        parts = {"adversarial": self.adversarial_loss.generator(self.score(fake_features, c))}
+        parts.update(self.generator_extra(batch, fake_features, noise))
+        return sum(parts.values()), parts
+
+    def discriminator_extra(self, batch: dict[str, torch.Tensor], real_features: torch.Tensor,
+                            fake_features: torch.Tensor, noise: torch.Tensor
+                            ) -> dict[str, torch.Tensor]:
+        """Weighted extra terms of the discriminator loss (none for the plain cGAN)."""
+        return {}
+
+    def generator_extra(self, batch: dict[str, torch.Tensor], fake_features: torch.Tensor,
+                        noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted extra terms of the generator loss (none for the plain cGAN)."""
+        return {}
+
+
+class ACGAN(ConditionalGAN):
+    """ACGAN (Odena et al. 2017) conditioned on the embedding: the discriminator's features feed
+    the projection score and an auxiliary class head whose logits go into cross-entropy (no
+    softmax in front). D's head learns the real images' labels; G is trained so that its image is
+    classified as the class of the image whose embedding it was given."""
+
+    def __init__(self, condition_dim: int, num_classes: int, aux_weight: float = 1.0,
+                 **kwargs: Any) -> None:
+        self.num_classes, self.aux_weight = num_classes, aux_weight
+        super().__init__(condition_dim, **kwargs)
+
+    def add_discriminator_heads(self, feature_dim: int) -> None:
+        self.discriminator["classes"] = nn.Linear(feature_dim, self.num_classes)
+
+    def class_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.discriminator["classes"](features)
+
+    def discriminator_extra(self, batch, real_features, fake_features, noise):
+        logits = self.class_logits(real_features)
+        return {"classes": self.aux_weight * F.cross_entropy(logits, batch["label"])}
+
+    def generator_extra(self, batch, fake_features, noise):
+        logits = self.class_logits(fake_features)
+        return {"classes": self.aux_weight * F.cross_entropy(logits, batch["label"])}
+
+
+class InfoGAN(ConditionalGAN):
+    """InfoGAN (Chen et al. 2016) on top of the embedding condition: G(z, k, u, e) with a
+    categorical code k (one-hot) and continuous codes u ~ U(-1, 1); a Q head on the
+    discriminator's features predicts them. The mutual-information lower bound is maximised by
+    minimising CE(Q_k(x), k) + 1/2 ||Q_u(x) - u||^2 (a unit-variance Gaussian for u). In the
+    discriminator step it trains the shared trunk; in the generator step G and the Q head (which
+    sits in the generator's optimiser group), on every step."""
+
+    def __init__(self, condition_dim: int, categories: int = 10, continuous: int = 2,
+                 info_weight: float = 1.0, continuous_weight: float = 0.1,
+                 **kwargs: Any) -> None:
+        self.categories, self.continuous = categories, continuous
+        self.info_weight, self.continuous_weight = info_weight, continuous_weight
+        super().__init__(condition_dim, **kwargs)
+        feature_dim = self.discriminator["trunk"].feature_dim
+        self.q_head = mlp([feature_dim, 128, categories + continuous], activation=nn.LeakyReLU)
+
+    def generator_input_dim(self) -> int:
+        return self.noise_dim + self.categories + self.continuous
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return [*self.generator.parameters(), *self.q_head.parameters()]
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[z ~ N(0, I), one-hot k ~ uniform, u ~ U(-1, 1)] of size noise_dim + codes."""
+        device = None if generator is not None else self.device
+        z = torch.randn(n, self.noise_dim, generator=generator, device=device)
+        k = torch.randint(self.categories, (n,), generator=generator, device=device)
+        u = torch.rand(n, self.continuous, generator=generator, device=device) * 2 - 1
+        one_hot = (k[:, None] == torch.arange(self.categories, device=k.device)).float()
+        return torch.cat([z, one_hot, u], dim=1).to(self.device)  # (F.one_hot syncs on CUDA)
+
+    def information_loss(self, features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """CE of the categorical code (logits) + continuous weight x 1/2 squared error."""
+        predicted = self.q_head(features)
+        codes = noise[:, self.noise_dim:]
+        k = codes[:, :self.categories].argmax(dim=1)
+        loss = F.cross_entropy(predicted[:, :self.categories], k)
+        if self.continuous:
+            error = predicted[:, self.categories:] - codes[:, self.categories:]
+            loss = loss + self.continuous_weight * 0.5 * (error ** 2).sum(dim=1).mean()
+        return self.info_weight * loss
+
+    def discriminator_extra(self, batch, real_features, fake_features, noise):
+        return {"information": self.information_loss(fake_features, noise)}
+
+    def generator_extra(self, batch, fake_features, noise):
+        return {"information": self.information_loss(fake_features, noise)}
+
+
+def class_condition(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One-hot float conditions (B, num_classes) for class-conditioned generation: the first
+    linear layers of G and D then learn an embedding of each class."""
+    return (labels[:, None] == torch.arange(num_classes, device=labels.device)).float()
+
+
+# ---------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class ImageGANSpec:
+    """A variant: how to build it, and the config fields only it reads (which its checkpoints
+    must match to be resumed)."""
+
+    build: Callable[[int, int, ImageGANConfig, dict[str, Any]], ConditionalGAN]
+    own_settings: tuple[str, ...] = ()
+
+
+IMAGE_GANS: dict[str, ImageGANSpec] = {
+    "cgan": ImageGANSpec(lambda dim, classes, c, common: ConditionalGAN(dim, **common)),
+    "acgan": ImageGANSpec(lambda dim, classes, c, common: ACGAN(dim, classes, c.aux_weight,
+                                                                 **common),
+                          ("aux_weight",)),
+    "infogan": ImageGANSpec(
+        lambda dim, classes, c, common: InfoGAN(dim, c.info_categories, c.info_continuous,
+                                                c.info_weight, c.info_continuous_weight,
+                                                **common),
+        ("info_categories", "info_continuous", "info_weight", "info_continuous_weight")),
+}
+GAN_NAMES = tuple(IMAGE_GANS)
+
+
+def build_image_gan(name: str, condition_dim: int, num_classes: int,
+                    config: ImageGANConfig) -> ConditionalGAN:
+    """An image GAN by name for conditions of ``condition_dim`` dims."""
+    if name not in IMAGE_GANS:
+        raise StageError(f"unknown image GAN {name!r}; valid names: {', '.join(GAN_NAMES)}")
+    common = {"noise_dim": config.noise_dim, "spectral_norm": config.spectral_norm,
+              "widths": (config.width, 2 * config.width), "feature_dim": config.feature_dim,
+              "loss": AdversarialLoss(config.loss, config.gradient_penalty)}
+    return IMAGE_GANS[name].build(condition_dim, num_classes, config, common)
+
+
+def architecture(name: str, condition_dim: int, num_classes: int,
+                 config: ImageGANConfig) -> dict[str, Any]:
+    """What a checkpoint stores to rebuild its model: family, name, sizes and config."""
+    return {"family": FAMILY, "name": name, "condition_dim": condition_dim,
+            "num_classes": num_classes, "config": asdict(config)}
+
+
+def _legacy_architecture(path: Path, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture of a checkpoint written before checkpoints stored it: the config from
+    its resume settings, the condition's size from its condition buffer."""
+    saved = state.get("settings") or {}
+    weights = state.get("model") or {}
+    if not isinstance(saved, Mapping) or "condition_mean" not in weights:
+        raise StageError(f"{path}: not an image-GAN checkpoint of this project (no settings or "
+                         f"condition statistics)")
+    names = {f.name for f in fields(ImageGANConfig)}
+    config = {k: v for k, v in saved.items() if k in names}
+    classes = weights.get("discriminator.classes.weight")
+    return {"family": FAMILY, "name": saved.get("model", "cgan"),
+            "condition_dim": int(weights["condition_mean"].shape[0]),
+            "num_classes": int(classes.shape[0]) if classes is not None else 0,
+            "config": config}
+
+
+def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    state: Mapping[str, Any] | None = None) -> ConditionalGAN:
+    """The EMA generator (best epoch's weights) of a checkpoint written by the GAN loop for an
+    image GAN, rebuilt from the checkpoint alone, in eval mode. ``state``: the checkpoint, when
+    the caller has loaded it already."""
+    path = Path(path)
+    state = load_checkpoint(path, map_location="cpu") if state is None else state
+    record = state.get("architecture") or _legacy_architecture(path, state)
+    if record.get("family") != FAMILY or record.get("name") not in IMAGE_GANS:
+        raise StageError(f"{path}: holds a {record.get('family')} {record.get('name')!r} model, "
+                         f"not one of the image GANs ({', '.join(GAN_NAMES)})")
+    try:
+        config = ImageGANConfig(**record["config"])
+        model = build_image_gan(record["name"], int(record["condition_dim"]),
+                                int(record["num_classes"]), config)
+        model.load_state_dict(state.get("best_ema") or state["ema"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise StageError(f"{path}: cannot rebuild its generator "
+                         f"({str(err).splitlines()[0]})") from err
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------- pixels and sampling
+def to_signed(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [-1, 1]."""
+    return images.unsqueeze(1).float() / 127.5 - 1.0
+
+
+def to_pixels(images: torch.Tensor) -> np.ndarray:
+    """Generator output in [-1, 1], (B, 1, 28, 28) -> uint8 (B, 28, 28)."""
+    pixels = ((images[:, 0].float() + 1.0) * 127.5).round().clamp(0, 255)
+    return pixels.to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def regenerate(model: ConditionalGAN, conditions: torch.Tensor, seed: int,
+               batch_size: int = 1000) -> np.ndarray:
+    """uint8 images (N, 28, 28), one per condition, in eval mode, with noise fixed by ``seed``
+    (drawn on the CPU, so the same on every device)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for chunk in conditions.split(batch_size):
+        parts.append(to_pixels(model.sample(chunk, model.sample_noise(len(chunk), generator))))
+    if not parts:
+        return np.zeros((0, 28, 28), np.uint8)
+    return np.concatenate(parts)
