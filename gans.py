@@ -442,10 +442,6 @@ class GANTrainer:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.endswith("/loss")})
         if steps == 0:
             raise ValueError("the batch source yielded no batch")
-        if "g/loss" not in sums:
-            raise ValueError(f"epoch {self.epoch + 1} made no generator step: {steps} batches, "
-                             f"n_critic {self.settings.n_critic} (check_generator_steps refuses "
-                             f"this before training)")
         if interval:
             self.history["intervals"].append({"epoch": self.epoch + 1, "d_steps": self.d_steps,
                                               **read(interval, interval_counts)})
@@ -565,6 +561,10 @@ class GANTrainer:
                 self.diverged = reason
                 self.save(checkpoint, settings)
                 break
+            if "g/loss" not in means:
+                raise StageError(f"{desc or 'GAN'}: epoch {epoch} made no generator step (fewer "
+                                 f"batches than n_critic {self.settings.n_critic}); use more data "
+                                 f"or a smaller batch size")
             record: dict[str, Any] = {"epoch": epoch, **means, "score": None}
             if score is not None:
                 record["score"] = float(score(self.ema))

@@ -8,26 +8,26 @@ PCA baselines, measured in the same run. Not a test: it takes tens of minutes on
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from artifacts import load_embeddings  # noqa: E402
+from bench_common import ROOT, run_script  # noqa: E402
 from data_sources import load_dataset  # noqa: E402
+from encoders import ENCODER_NAMES  # noqa: E402
 from metrics import kmeans_agreement, knn_accuracy  # noqa: E402
 from runtime import run_stage  # noqa: E402
-from settings import configure  # noqa: E402
+from settings import configure, pick  # noqa: E402
 
 DATASET = "fashion-mnist"  # dataset to train and measure on [in data_sources.DATASETS]
-MODELS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae", "ntxent",
-          "triplet")  # encoders [in encoder_models.ENCODER_NAMES]
+MODELS = ENCODER_NAMES  # encoders [in ENCODER_NAMES]
 EPOCHS = 10  # epochs per encoder [>= 1]
 EMBEDDING_DIM = 32  # embedding size (and the PCA baseline's components) [>= 1]
 DATA_DIR = "data/bench"  # where the benchmark's checkpoints and embeddings go
@@ -37,6 +37,22 @@ BASELINES = True  # also measure raw pixels and PCA
 ENCODER_ARGS = ""  # more encoder_models.py flags: --encoder-args="--lr-schedule one-cycle"
 
 
+@dataclass(frozen=True)
+class EncoderBench:
+    """This benchmark's settings, as main passes them down."""
+
+    dataset: str
+    models: tuple[str, ...]
+    epochs: int
+    embedding_dim: int
+    data_dir: str
+    device: str
+    seed: int
+    baselines: bool
+    encoder_args: str
+
+
+
 def scores(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray,
            seed: int) -> tuple[float, float]:
     """k-NN (k=5) test accuracy and k-means (k = classes) ARI on the test set."""
@@ -44,38 +60,36 @@ def scores(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.
             kmeans_agreement(test, y_test, seed=seed)["kmeans_ari"])
 
 
-def main() -> None:
-    configure(globals())
-    data = load_dataset(DATASET, "data")
+def main(argv: list[str] | None = None) -> None:
+    values = configure(globals(), argv)
+    b = pick(EncoderBench, values)
+    data = load_dataset(b.dataset, "data")
     rows = []
-    if BASELINES:
+    if b.baselines:
         x_train = data.x_train.reshape(len(data.x_train), -1) / 255.0
         x_test = data.x_test.reshape(len(data.x_test), -1) / 255.0
         started = time.time()
         knn = knn_accuracy(x_train, data.y_train, x_test, data.y_test, k=5)
         rows.append(("raw pixels (784-d)", knn, float("nan"), time.time() - started, ""))
         started = time.time()
-        pca = PCA(EMBEDDING_DIM, random_state=SEED).fit(x_train)
+        pca = PCA(b.embedding_dim, random_state=b.seed).fit(x_train)
         knn, ari = scores(pca.transform(x_train), data.y_train, pca.transform(x_test),
-                          data.y_test, SEED)
-        rows.append((f"PCA-{EMBEDDING_DIM}", knn, ari, time.time() - started, ""))
+                          data.y_test, b.seed)
+        rows.append((f"PCA-{b.embedding_dim}", knn, ari, time.time() - started, ""))
         print(f"baselines done: raw {rows[0][1]:.3f}, PCA k-NN {knn:.3f} ARI {ari:.3f}",
               flush=True)
-    for name in MODELS:
-        started = time.time()
-        cmd = [sys.executable, str(ROOT / "encoder_models.py"), "--dataset", DATASET,
-               "--models", name, "--epochs", str(EPOCHS), "--embedding-dim", str(EMBEDDING_DIM),
-               "--data-dir", DATA_DIR, "--device", DEVICE, "--seed", str(SEED),
-               *shlex.split(ENCODER_ARGS)]
-        subprocess.run(cmd, cwd=ROOT, check=True)
-        wall = time.time() - started
-        emb = load_embeddings(ROOT / DATA_DIR / "embeddings" / f"{DATASET}_{name}.npz")
-        knn, ari = scores(emb["z_train"], emb["y_train"], emb["z_test"], emb["y_test"], SEED)
+    for name in b.models:
+        wall = run_script("encoder_models.py", "--dataset", b.dataset, "--models", name,
+                          "--epochs", str(b.epochs), "--embedding-dim",
+                          str(b.embedding_dim), "--data-dir", b.data_dir, "--device",
+                          b.device, "--seed", str(b.seed), *shlex.split(b.encoder_args))
+        emb = load_embeddings(ROOT / b.data_dir / "embeddings" / f"{b.dataset}_{name}.npz")
+        knn, ari = scores(emb["z_train"], emb["y_train"], emb["z_test"], emb["y_test"], b.seed)
         rows.append((name, knn, ari, wall, f"{emb['meta']['epochs_trained']} epochs"))
         print(f"{name}: k-NN {knn:.4f} ARI {ari:.4f} ({wall:.0f} s)", flush=True)
-    print(f"\n{DATASET}, {len(data.x_train)} train / {len(data.x_test)} test, "
-          f"embedding size {EMBEDDING_DIM}, seed {SEED}"
-          + (f", encoder flags: {ENCODER_ARGS}" if ENCODER_ARGS else "") + "\n")
+    print(f"\n{b.dataset}, {len(data.x_train)} train / {len(data.x_test)} test, "
+          f"embedding size {b.embedding_dim}, seed {b.seed}"
+          + (f", encoder flags: {b.encoder_args}" if b.encoder_args else "") + "\n")
     print("| embedding | k-NN (k=5) test acc. | k-means ARI (test) | wall time | notes |")
     print("| --- | --- | --- | --- | --- |")
     for label, knn, ari, wall, note in rows:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import evaluate  # noqa: E402
+import scoring  # noqa: E402
 from data_sources import load_dataset  # noqa: E402
 from runtime import (  # noqa: E402
     StageError,
@@ -29,7 +30,7 @@ from runtime import (  # noqa: E402
     run_stage,
     seed_everything,
 )
-from settings import configure  # noqa: E402
+from settings import configure, pick  # noqa: E402
 
 DATASET = "fashion-mnist"  # whose evaluator and test images are used [in data_sources.DATASETS]
 DATA_DIR = "data"  # where the evaluator is cached (<data-dir>/checkpoints/evaluator)
@@ -40,30 +41,43 @@ TARGET_SECONDS = 60.0  # the issue's bound on 2 CPU cores [> 0]
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 
 
-def main() -> None:
-    configure(globals())
-    seed_everything(SEED)
-    limit_cpu_threads(THREADS)
-    device = pick_device(DEVICE)
-    # evaluate.py's functions read its settings; point them at this benchmark's choices.
-    evaluate.DATA_DIR, evaluate.SEED = DATA_DIR, SEED
-    data = load_dataset(DATASET, DATA_DIR)
-    if len(data.x_test) < COUNT:
-        raise StageError(f"--count {COUNT} is more than the {len(data.x_test)} test images")
-    evaluate.get_evaluator(data, device)  # trains and caches it once; not part of the timing
-    source = np.arange(COUNT)
-    arrays = {"x_gen": np.roll(data.x_test[:COUNT], 1, axis=2), "idx_src": source,
+@dataclass(frozen=True)
+class EvaluateBench:
+    """This benchmark's settings, as main passes them down."""
+
+    dataset: str
+    data_dir: str
+    count: int
+    device: str
+    seed: int
+    target_seconds: float
+    threads: int
+
+
+def main(argv: list[str] | None = None) -> None:
+    b = pick(EvaluateBench, configure(globals(), argv))
+    seed_everything(b.seed)
+    limit_cpu_threads(b.threads)
+    device = pick_device(b.device)
+    score_settings = scoring.ScoringSettings(seed=b.seed)
+    evaluator = scoring.EvaluatorSettings(data_dir=b.data_dir, seed=b.seed)
+    data = load_dataset(b.dataset, b.data_dir)
+    if len(data.x_test) < b.count:
+        raise StageError(f"--count {b.count} is more than the {len(data.x_test)} test images")
+    scoring.load_evaluator(data, device, evaluator)  # trains and caches it once; not timed
+    source = np.arange(b.count)
+    arrays = {"x_gen": np.roll(data.x_test[:b.count], 1, axis=2), "idx_src": source,
               "y_src": data.y_test[source]}
-    path = Path(f"{DATASET}_shifted-test-images.npz")
+    path = Path(f"{b.dataset}_shifted-test-images.npz")
 
     start = time.perf_counter()
-    evaluate.check_sources(path, arrays, data)
-    real = evaluate.real_images_for(data, device)
+    scoring.check_sources(path, arrays, data, score_settings)
+    real = scoring.real_images_for(data, device, evaluator, score_settings)
     loaded = time.perf_counter()
-    values = evaluate.plan1_metrics(path, arrays, real, device)
+    values = scoring.plan1_metrics(path, arrays, real, device, score_settings)
     done = time.perf_counter()
 
-    print(f"{COUNT} images, {DATASET}, device {device}: FID {values['fid']:.3f} "
+    print(f"{b.count} images, {b.dataset}, device {device}: FID {values['fid']:.3f} "
           f"(floor {values['fid_floor']:.3f}), score {values['score']:.3f}, precision "
           f"{values['precision']:.3f}, recall {values['recall']:.3f}, density "
           f"{values['density']:.3f}, coverage {values['coverage']:.3f}, class consistency "
@@ -71,8 +85,8 @@ def main() -> None:
     print(f"evaluator load + test-image features: {loaded - start:.1f} s; metrics of the "
           f"generated images with floors: {done - loaded:.1f} s")
     total = done - start
-    verdict = "within" if total < TARGET_SECONDS else "OVER"
-    print(f"total: {total:.1f} s ({verdict} the {TARGET_SECONDS:.0f} s target)")
+    verdict = "within" if total < b.target_seconds else "OVER"
+    print(f"total: {total:.1f} s ({verdict} the {b.target_seconds:.0f} s target)")
 
 
 if __name__ == "__main__":

@@ -13,30 +13,33 @@ quick recipe), and flows.py runs on each encoder unless --flows is empty.
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import evaluate  # noqa: E402
 import flows  # noqa: E402
+import scoring  # noqa: E402
 from artifacts import load_embeddings, load_npz  # noqa: E402
+from bench_common import meets_target, run_script, within_target  # noqa: E402
+from flow_models import baseline_samples  # noqa: E402
 from runtime import StageError, limit_cpu_threads, run_stage  # noqa: E402
-from settings import configure  # noqa: E402
+from settings import configure, pick  # noqa: E402
+from vector_gans import GENERATORS  # noqa: E402
 
 DATASET = "fashion-mnist"  # dataset of the embeddings [in data_sources.DATASETS]
 DATA_DIR = "data/bench_plan2"  # where the benchmark's embeddings, checkpoints and samples go
 ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae")  # embeddings to generate
-MODELS = ("wgan_gp", "vaegan", "contrastive_gan")  # generators [in plan2_gan_training.GENERATORS]
+MODELS = GENERATORS  # generators [in GENERATORS]
 PAIRS = ("ae_basic:vae", "ae_advanced:ntxent")  # translations A:B (CycleGAN, DualGAN) [or empty]
 ENCODER_EPOCHS = 2  # epochs of encoder_models.py for an encoder that is missing [>= 1]
 EPOCHS = 0  # epochs of plan2_gan_training.py (0: the stage's own default) [>= 0]
 STAGE_ARGS = ""  # more plan2_gan_training.py flags, e.g. --stage-args="--batch-size 128"
-FLOWS = ("realnvp",)  # flows whose samples join the table [in flows.FLOW_NAMES, or empty]
+FLOWS = ("realnvp",)  # flows whose samples join the table [in flow_models.FLOW_NAMES, or empty]
 FLOW_ARGS = ""  # more flows.py flags
 SAMPLES = 10000  # samples of every generator, fitted baseline and flow [>= 10]
 SEED = 0  # seeds the stages, the baselines and the metrics [>= 0]
@@ -44,18 +47,36 @@ DEVICE = "auto"  # passed to the stages
 THREADS = 1  # CPU threads of the metrics here and of each stage (0: library default) [>= 0]
 
 
-def run(script: str, *args: str) -> float:
-    """Run a stage script as a user would; returns its wall time."""
-    started = time.time()
-    subprocess.run([sys.executable, str(ROOT / script), "--dataset", DATASET, "--data-dir",
-                    DATA_DIR, "--seed", str(SEED), "--device", DEVICE, *args], cwd=ROOT,
-                   check=True)
-    return time.time() - started
+@dataclass(frozen=True)
+class Plan2Bench:
+    """This benchmark's settings, as main passes them down."""
+
+    dataset: str
+    data_dir: str
+    encoders: tuple[str, ...]
+    models: tuple[str, ...]
+    pairs: tuple[str, ...]
+    encoder_epochs: int
+    epochs: int
+    stage_args: str
+    flows: tuple[str, ...]
+    flow_args: str
+    samples: int
+    seed: int
+    device: str
+    threads: int
+    mixture_components: int  # flows.py's --gmm-components default
 
 
-def epochs_args() -> list[str]:
+def run(script: str, b: Plan2Bench, *args: str) -> float:
+    """Run a stage script as a user would, on this benchmark's data; returns its wall time."""
+    return run_script(script, "--dataset", b.dataset, "--data-dir", b.data_dir, "--seed",
+                      str(b.seed), "--device", b.device, *args)
+
+
+def epochs_args(b: Plan2Bench) -> list[str]:
     """--epochs for the stage, or nothing: its own default."""
-    return ["--epochs", str(EPOCHS)] if EPOCHS else []
+    return ["--epochs", str(b.epochs)] if b.epochs else []
 
 
 def row(name: str, values: dict[str, Any], seconds: float | None) -> dict[str, Any]:
@@ -64,31 +85,36 @@ def row(name: str, values: dict[str, Any], seconds: float | None) -> dict[str, A
             "ratio": values["frechet_distance"] / values["frechet_distance_floor"]}
 
 
-def generator_rows(encoder: str) -> list[dict[str, Any]]:
-    """Every generator of one encoder's embeddings, scored by evaluate.plan2_metrics."""
-    folder = ROOT / DATA_DIR / "embeddings"
-    source = folder / f"{DATASET}_{encoder}.npz"
+def generator_rows(encoder: str, b: Plan2Bench) -> list[dict[str, Any]]:
+    """Every generator of one encoder's embeddings, scored by scoring.plan2_metrics."""
+    score_settings = scoring.ScoringSettings(seed=b.seed)
+    folder = ROOT / b.data_dir / "embeddings"
+    source = folder / f"{b.dataset}_{encoder}.npz"
     real = load_embeddings(source)
     rows = []
     started = time.time()  # flows.py's baselines, fitted as it fits them
-    baselines = flows.baseline_samples(real["z_train"], real["z_test"], SAMPLES, SEED)
+    baselines = baseline_samples(real["z_train"], real["z_test"], b.samples, b.seed,
+                                 b.mixture_components)
     fitted = time.time() - started
     for name, key, seconds in (("Gaussian (fitted)", "Gaussian", None),
-                               (f"GMM-{flows.GMM_COMPONENTS} full (fitted)", "mixture", fitted)):
-        rows.append(row(name, evaluate.plan2_metrics(source, {"z_gen": baselines[key]}, real),
+                               (f"GMM-{b.mixture_components} full (fitted)", "mixture", fitted)):
+        rows.append(row(name, scoring.plan2_metrics(source, {"z_gen": baselines[key]}, real,
+                                              score_settings),
                         seconds))
-    for flow in FLOWS:
-        seconds = run("flows.py", "--encoders", encoder, "--flows", flow, "--samples",
-                      str(SAMPLES), "--threads", str(THREADS), *shlex.split(FLOW_ARGS))
-        generated = load_npz(folder / f"{DATASET}_{encoder}+{flow}.gen.npz", {"z_gen": (2, "f")})
-        rows.append(row(f"{flow} (flows.py)", evaluate.plan2_metrics(source, generated, real),
+    for flow in b.flows:
+        seconds = run("flows.py", b, "--encoders", encoder, "--flows", flow, "--samples",
+                      str(b.samples), "--threads", str(b.threads), *shlex.split(b.flow_args))
+        generated = load_npz(folder / f"{b.dataset}_{encoder}+{flow}.gen.npz", {"z_gen": (2, "f")})
+        rows.append(row(f"{flow} (flows.py)", scoring.plan2_metrics(source, generated, real,
+                                              score_settings),
                         seconds))
-    run("plan2_gan_training.py", "--encoder", encoder, "--models", ",".join(MODELS),
-        *epochs_args(), "--samples", str(SAMPLES), "--threads", str(THREADS),
-        *shlex.split(STAGE_ARGS))
-    for name in MODELS:
-        generated = load_npz(folder / f"{DATASET}_{encoder}_{name}.gen.npz", {"z_gen": (2, "f")})
-        rows.append(row(name, evaluate.plan2_metrics(source, generated, real),
+    run("plan2_gan_training.py", b, "--encoder", encoder, "--models", ",".join(b.models),
+        *epochs_args(b), "--samples", str(b.samples), "--threads", str(b.threads),
+        *shlex.split(b.stage_args))
+    for name in b.models:
+        generated = load_npz(folder / f"{b.dataset}_{encoder}_{name}.gen.npz", {"z_gen": (2, "f")})
+        rows.append(row(name, scoring.plan2_metrics(source, generated, real,
+                                              score_settings),
                         generated["meta"].get("train_seconds")))
     return rows
 
@@ -111,24 +137,11 @@ def generator_table(encoder: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def within_target(row: dict[str, Any]) -> bool:
-    """Issue 10's bounds on one generator's row: recall >= 0.8, Fréchet distance <= 2x the
-    floor (``ratio``)."""
-    return row["recall"] >= 0.8 and row["ratio"] <= 2.0
-
-
-def meets_target(row: dict[str, Any], mixture: dict[str, Any]) -> bool:
-    """Issue 10's target on one row: within its bounds, and above the 20-component mixture's
-    precision and density."""
-    return within_target(row) and row["precision"] > mixture["precision"] \
-        and row["density"] > mixture["density"]
-
-
-def verdict(encoder: str, rows: list[dict[str, Any]]) -> str:
+def verdict(encoder: str, rows: list[dict[str, Any]], models: tuple[str, ...]) -> str:
     """The target: the best GAN with recall >= 0.8 and Fréchet distance <= 2x the floor beats
     the mixture on precision and density."""
     mixture = next(r for r in rows if r["name"].startswith("GMM"))
-    gans = [r for r in rows if r["name"] in MODELS]
+    gans = [r for r in rows if r["name"] in models]
     eligible = [r for r in gans if within_target(r)]
     best = max(eligible or gans, key=lambda r: (r["precision"], r["density"]))
     met = bool(eligible) and meets_target(best, mixture)
@@ -139,45 +152,48 @@ def verdict(encoder: str, rows: list[dict[str, Any]]) -> str:
             + ("" if eligible else "; no GAN reached recall >= 0.8 with <= 2x the floor"))
 
 
-def translation_rows(pair: str) -> list[dict[str, Any]]:
+def translation_rows(pair: str, b: Plan2Bench) -> list[dict[str, Any]]:
+    score_settings = scoring.ScoringSettings(seed=b.seed)
     source_name, _, target_name = pair.partition(":")
     if not target_name:
         raise StageError(f"--pairs {pair}: expected SOURCE:TARGET, e.g. ae_advanced:vae")
-    folder = ROOT / DATA_DIR / "embeddings"
-    source = load_embeddings(folder / f"{DATASET}_{source_name}.npz")
-    target = load_embeddings(folder / f"{DATASET}_{target_name}.npz")
-    run("plan2_gan_training.py", "--encoder", source_name, "--encoder-b", target_name,
-        "--models", "cyclegan,dualgan", *epochs_args(), "--threads", str(THREADS),
-        *shlex.split(STAGE_ARGS))
+    folder = ROOT / b.data_dir / "embeddings"
+    source = load_embeddings(folder / f"{b.dataset}_{source_name}.npz")
+    target = load_embeddings(folder / f"{b.dataset}_{target_name}.npz")
+    run("plan2_gan_training.py", b, "--encoder", source_name, "--encoder-b", target_name,
+        "--models", "cyclegan,dualgan", *epochs_args(b), "--threads", str(b.threads),
+        *shlex.split(b.stage_args))
     rows = []
     for name in ("cyclegan", "dualgan"):
-        path = folder / f"{DATASET}_{source_name}-to-{target_name}_{name}.npz"
+        path = folder / f"{b.dataset}_{source_name}-to-{target_name}_{name}.npz"
         translated = load_npz(path, {"z_translated": (2, "f")})
-        values = evaluate.translation_metrics(path, translated["z_translated"], source, target)
+        values = scoring.translation_metrics(path, translated["z_translated"], source, target,
+                                             score_settings)
         rows.append({"name": f"{name} {source_name} -> {target_name}",
                      "seconds": translated["meta"].get("train_seconds"), **values})
     return rows
 
 
-def main() -> None:
-    configure(globals())
-    limit_cpu_threads(THREADS)
-    evaluate.SEED = SEED
-    encoders = sorted(set(ENCODERS) | {e for p in PAIRS for e in p.split(":") if e})
+def main(argv: list[str] | None = None) -> None:
+    b = pick(Plan2Bench, configure(globals(), argv),
+             mixture_components=configure(vars(flows), [])["gmm_components"])
+    limit_cpu_threads(b.threads)
+    encoders = sorted(set(b.encoders) | {e for p in b.pairs for e in p.split(":") if e})
     missing = [e for e in encoders
-               if not (ROOT / DATA_DIR / "embeddings" / f"{DATASET}_{e}.npz").is_file()]
+               if not (ROOT / b.data_dir / "embeddings" / f"{b.dataset}_{e}.npz").is_file()]
     if missing:
-        run("encoder_models.py", "--models", ",".join(missing), "--epochs", str(ENCODER_EPOCHS))
+        run("encoder_models.py", b, "--models", ",".join(missing), "--epochs",
+            str(b.encoder_epochs))
     tables, verdicts = [], []
-    for encoder in ENCODERS:
-        rows = generator_rows(encoder)
+    for encoder in b.encoders:
+        rows = generator_rows(encoder, b)
         tables.append(generator_table(encoder, rows))
-        verdicts.append(verdict(encoder, rows))
+        verdicts.append(verdict(encoder, rows, b.models))
         print(f"\n{tables[-1]}\n{verdicts[-1]}\n", flush=True)
-    translations = [r for pair in PAIRS for r in translation_rows(pair)]
-    epochs = EPOCHS or "the stage's default"
-    print(f"\n# Plan 2 on {DATASET} embeddings: {SAMPLES} samples each against the test split; "
-          f"GANs: {epochs} epochs{f' ({STAGE_ARGS})' if STAGE_ARGS else ''}, seed {SEED}\n")
+    translations = [r for pair in b.pairs for r in translation_rows(pair, b)]
+    epochs = b.epochs or "the stage's default"
+    print(f"\n# Plan 2 on {b.dataset} embeddings: {b.samples} samples each against the test split; "
+          f"GANs: {epochs} epochs{f' ({b.stage_args})' if b.stage_args else ''}, seed {b.seed}\n")
     print("\n\n".join(tables))
     print("\nTargets:\n" + "\n".join(f"- {v}" for v in verdicts))
     if translations:

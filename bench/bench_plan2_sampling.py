@@ -11,28 +11,28 @@ the 20-component mixture, and whether issue 10's target holds at each seed. Trai
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_plan2 import meets_target  # noqa: E402
-
-import evaluate  # noqa: E402
 import flows  # noqa: E402
-import plan2_gan_training as p2  # noqa: E402
-from artifacts import load_checkpoint, load_embeddings, load_npz  # noqa: E402
+import scoring  # noqa: E402
+import vector_gans  # noqa: E402
+from artifacts import fingerprint, load_checkpoint, load_embeddings, load_npz  # noqa: E402
+from bench_common import meets_target  # noqa: E402
 from data_sources import CLASS_NAMES  # noqa: E402
+from flow_models import baseline_samples  # noqa: E402
 from runtime import StageError, limit_cpu_threads, run_stage  # noqa: E402
-from settings import configure  # noqa: E402
+from settings import configure, pick  # noqa: E402
 
 DATASET = "fashion-mnist"  # dataset of the embeddings [in data_sources.DATASETS]
 DATA_DIR = "data"  # holds embeddings/ and checkpoints/plan2/ of a finished plan2 run
 ENCODER = "ae_advanced"  # the embedding the generator learnt
-MODEL = "wgan_gp"  # the generator [in plan2_gan_training.GENERATORS]
+MODEL = "wgan_gp"  # the generator [in vector_gans.GENERATORS]
 SAMPLING_SEEDS = (0, 1, 2, 3, 4)  # seeds of the classes asked for and of the noise [>= 0]
 SAMPLES = 10000  # samples per sampling seed [>= 10]
 SEED = 0  # seed of the metrics' floor subset and of the mixture (the stage's --seed) [>= 0]
@@ -42,34 +42,48 @@ THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 METRICS = ("ratio", "precision", "recall", "density", "coverage")
 
 
-def load_members(gen_path: Path, checkpoints: Path, real: dict[str, Any]) -> tuple[list, Any]:
+@dataclass(frozen=True)
+class SamplingBench:
+    """This benchmark's settings, as main passes them down."""
+
+    dataset: str
+    data_dir: str
+    encoder: str
+    model: str
+    sampling_seeds: tuple[int, ...]
+    samples: int
+    seed: int
+    mixture: bool
+    threads: int
+    mixture_components: int  # flows.py's --gmm-components default
+
+
+def load_members(gen_path: Path, checkpoints: Path, real: dict[str, Any], b: SamplingBench
+                 ) -> tuple[list, Any, np.ndarray]:
     """The best EMA models of the checkpoints named in the .gen.npz metadata (one, or an
-    ensemble's members in order), and the standardiser of their training embeddings."""
+    ensemble's members in order), rebuilt from their checkpoints, the standardiser of their
+    training embeddings and those embeddings' classes."""
     meta = load_npz(gen_path, {"z_gen": (2, "f")})["meta"]
     names = meta["checkpoint"] if isinstance(meta["checkpoint"], list) else [meta["checkpoint"]]
     n_train = int(meta["train_embeddings"])
     z_train, y_train = real["z_train"][:n_train], real["y_train"][:n_train].astype(np.int64)
-    expected = p2.fingerprint(z_train, y_train)
+    expected = fingerprint(z_train, y_train)
     models = []
     for name in names:
         path = checkpoints / Path(name).name
         state = load_checkpoint(path)
-        saved = state["settings"]
-        if saved["embeddings"] != expected:
+        if state["settings"]["embeddings"] != expected:
             raise StageError(f"{path}: trained on other embeddings than "
-                             f"{DATASET}_{ENCODER}.npz's first {n_train}")
-        p2.HIDDEN, p2.DEPTH, p2.NOISE_DIM = saved["hidden"], saved["depth"], saved["noise_dim"]
-        p2.WGAN_CONDITIONAL = saved.get("conditional", True)
-        model = p2.build_model(MODEL, z_train.shape[1], len(CLASS_NAMES[DATASET]))
-        model.load_state_dict(state["best_ema"] or state["ema"])
-        models.append(model.eval())
-    return models, p2.Standardiser(z_train), y_train
+                             f"{b.dataset}_{b.encoder}.npz's first {n_train}")
+        models.append(vector_gans.from_checkpoint(path, state=state))
+    return models, vector_gans.Standardiser(z_train), y_train
 
 
-def scores(path: Path, real: dict[str, Any], z_gen: np.ndarray) -> dict[str, float]:
-    """evaluate.plan2_metrics of the samples without their classes (Fréchet distance, PRDC and
+def scores(path: Path, real: dict[str, Any], z_gen: np.ndarray,
+           s: scoring.ScoringSettings) -> dict[str, float]:
+    """scoring.plan2_metrics of the samples without their classes (Fréchet distance, PRDC and
     floors; the class metrics are skipped), with the Fréchet distance / floor as "ratio"."""
-    values = evaluate.plan2_metrics(path, {"z_gen": z_gen}, real)
+    values = scoring.plan2_metrics(path, {"z_gen": z_gen}, real, s)
     return {**values, "ratio": values["frechet_distance"] / values["frechet_distance_floor"]}
 
 
@@ -78,37 +92,35 @@ def line(name: str, row: dict[str, float], verdict: str) -> str:
                                          for k in METRICS) + f" | {verdict} |")
 
 
-def main() -> None:
-    configure(globals())
-    limit_cpu_threads(THREADS)
-    if MODEL not in p2.GENERATORS:
-        raise StageError(f"--model {MODEL}: not a generator of embeddings; one of "
-                         f"{', '.join(p2.GENERATORS)}")
-    evaluate.SEED = SEED
-    p2.DATASET, p2.ENCODER = DATASET, ENCODER
-    root = Path(DATA_DIR)
-    source = root / "embeddings" / f"{DATASET}_{ENCODER}.npz"
+def main(argv: list[str] | None = None) -> None:
+    b = pick(SamplingBench, configure(globals(), argv),
+             mixture_components=configure(vars(flows), [])["gmm_components"])
+    limit_cpu_threads(b.threads)
+    score_settings = scoring.ScoringSettings(seed=b.seed)
+    root = Path(b.data_dir)
+    source = root / "embeddings" / f"{b.dataset}_{b.encoder}.npz"
     real = load_embeddings(source)
-    gen_path = root / "embeddings" / f"{DATASET}_{ENCODER}_{MODEL}.gen.npz"
-    models, scaler, y_train = load_members(gen_path, root / "checkpoints" / "plan2", real)
+    gen_path = root / "embeddings" / f"{b.dataset}_{b.encoder}_{b.model}.gen.npz"
+    models, scaler, y_train = load_members(gen_path, root / "checkpoints" / "plan2", real, b)
     conditional = getattr(models[0], "conditional", False)
     mixture = None
-    if MIXTURE:
-        draws = flows.baseline_samples(real["z_train"], real["z_test"], SAMPLES, SEED)["mixture"]
-        mixture = scores(source, real, draws)
-    print(f"{DATASET} {ENCODER} {MODEL} ({len(models)} member{'s' * (len(models) > 1)}), "
-          f"{SAMPLES} samples per sampling seed against the {len(real['z_test'])} test "
-          f"embeddings; floor subset seed {SEED}\n")
+    if b.mixture:
+        draws = baseline_samples(real["z_train"], real["z_test"], b.samples, b.seed,
+                                 b.mixture_components)["mixture"]
+        mixture = scores(source, real, draws, score_settings)
+    print(f"{b.dataset} {b.encoder} {b.model} ({len(models)} member"
+          f"{'s' * (len(models) > 1)}), {b.samples} samples per sampling seed against the "
+          f"{len(real['z_test'])} test embeddings; floor subset seed {b.seed}\n")
     print("| sampling seed | Fréchet distance / floor | precision | recall | density | coverage "
           "| target |\n" + "| --- " * 7 + "|")
     if mixture is not None:
-        print(line(f"GMM-{flows.GMM_COMPONENTS} full (fitted)", mixture, "—"))
+        print(line(f"GMM-{b.mixture_components} full (fitted)", mixture, "—"))
     rows = []
-    for seed in SAMPLING_SEEDS:
-        labels = p2.class_draw(y_train, SAMPLES, len(CLASS_NAMES[DATASET]), seed) \
+    for seed in b.sampling_seeds:
+        labels = vector_gans.class_draw(y_train, b.samples, len(CLASS_NAMES[b.dataset]), seed) \
             if conditional else None
         rows.append(scores(gen_path, real, scaler.inverse(
-            p2.generate_ensemble(models, labels, SAMPLES, seed))))
+            vector_gans.generate_ensemble(models, labels, b.samples, seed)), score_settings))
         met = "—" if mixture is None else "met" if meets_target(rows[-1], mixture) \
             else "not met"
         print(line(str(seed), rows[-1], met), flush=True)

@@ -1,6 +1,6 @@
 """One battery over every encoder, and the stage script end to end on digits."""
 
-import importlib
+import dataclasses
 import math
 import os
 import signal
@@ -14,11 +14,14 @@ import pytest
 import torch
 
 import encoder_models
+import encoders
 from artifacts import load_checkpoint, load_embeddings
+from encoders import FLIP_KEEPS_CLASS, EncoderConfig, build_encoder
 from runtime import StageError
+from settings import configure, pick
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = encoder_models.ENCODER_NAMES
+NAMES = encoders.ENCODER_NAMES
 # One thread per stage process: tiny batches gain nothing from more, and lose much when the
 # machine is busy.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -33,6 +36,11 @@ def run_stage(data_dir: Path, *args: str, check: bool = True) -> subprocess.Comp
     return result
 
 
+def small_config(dataset: str) -> EncoderConfig:
+    """The default hyper-parameters with 8-d embeddings, for images of ``dataset``."""
+    return EncoderConfig(embedding_dim=8, flips=FLIP_KEEPS_CLASS[dataset])
+
+
 @pytest.fixture
 def batch():
     gen = torch.Generator().manual_seed(0)
@@ -43,7 +51,7 @@ def batch():
 def test_encoder_battery(name, batch, tmp_path):
     x, y = batch
     torch.manual_seed(0)
-    model = encoder_models.build_model(name, 8, "fashion-mnist")
+    model = build_encoder(name, small_config("fashion-mnist"))
     model.eval()
     assert model.embed(x).shape == (16, 8)
     if model.kind == "autoencoder":
@@ -62,7 +70,7 @@ def test_encoder_battery(name, batch, tmp_path):
     assert set(trainable) <= set(changed), set(trainable) - set(changed)
     model.eval()
     torch.save(model.state_dict(), tmp_path / "m.pt")
-    clone = encoder_models.build_model(name, 8, "fashion-mnist")
+    clone = build_encoder(name, small_config("fashion-mnist"))
     clone.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     clone.eval()
     with torch.no_grad():
@@ -71,13 +79,13 @@ def test_encoder_battery(name, batch, tmp_path):
 
 def test_unknown_model_name_lists_valid_names():
     with pytest.raises(StageError, match="valid names: ae_basic, ae_intermediate"):
-        encoder_models.build_model("resnet", 8, "digits")
+        build_encoder("resnet", small_config("digits"))
 
 
 def test_augment_keeps_range_and_shape_and_varies():
     torch.manual_seed(0)
     x = torch.rand(8, 1, 28, 28)
-    a, b = encoder_models.augment(x, flips=True), encoder_models.augment(x, flips=True)
+    a, b = encoders.augment(x, flips=True), encoders.augment(x, flips=True)
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1 and not torch.equal(a, b)
 
 
@@ -85,8 +93,8 @@ def test_augment_without_randomness_is_identity_or_mirror():
     torch.manual_seed(0)
     x = torch.rand(64, 1, 28, 28)
     still = dict(max_zoom=1.0, max_shift=0.0, jitter=0.0, gamma=0.0, noise=0.0)
-    assert torch.allclose(encoder_models.augment(x, flips=False, **still), x, atol=1e-5)
-    flipped = encoder_models.augment(x, flips=True, **still)
+    assert torch.allclose(encoders.augment(x, flips=False, **still), x, atol=1e-5)
+    flipped = encoders.augment(x, flips=True, **still)
     mirrored = torch.tensor([torch.allclose(f, m, atol=1e-5)
                              for f, m in zip(flipped, x.flip(-1), strict=True)])
     same = torch.tensor([torch.allclose(f, o, atol=1e-5)
@@ -98,7 +106,7 @@ def test_augment_zoom_magnifies_by_at_most_max_zoom():
     x = torch.zeros(256, 1, 28, 28)
     x[:, :, 10:18, 10:18] = 1.0  # a centred 8x8 square: area 64
     torch.manual_seed(0)
-    out = encoder_models.augment(x, flips=False, max_zoom=1.4, max_shift=0.0, jitter=0.0,
+    out = encoders.augment(x, flips=False, max_zoom=1.4, max_shift=0.0, jitter=0.0,
                                  gamma=0.0, noise=0.0)
     area = out.sum(dim=(1, 2, 3))
     assert bool((area > 64 - 1e-3).all()) and bool((area < 64 * 1.4**2 + 1e-3).all())
@@ -108,7 +116,7 @@ def test_augment_zoom_magnifies_by_at_most_max_zoom():
 def test_augment_gamma_bends_intensities_within_its_range():
     x = torch.full((512, 1, 28, 28), 0.5)
     torch.manual_seed(0)
-    out = encoder_models.augment(x, flips=False, max_zoom=1.0, max_shift=0.0, jitter=0.0,
+    out = encoders.augment(x, flips=False, max_zoom=1.0, max_shift=0.0, jitter=0.0,
                                  gamma=0.7, noise=0.0)
     exponents = torch.log(out[:, 0, 14, 14]) / math.log(0.5)  # 0.5 ** g = out
     assert torch.allclose(out, out[:, :, 14:15, 14:15].expand_as(out))  # one curve per image
@@ -117,18 +125,19 @@ def test_augment_gamma_bends_intensities_within_its_range():
     assert float(exponents.min()) < 0.6 and float(exponents.max()) > 1.8
 
 
-def test_one_cycle_schedule(monkeypatch):
-    monkeypatch.setattr(encoder_models, "LEARNING_RATE", 2e-3)
-    monkeypatch.setattr(encoder_models, "LR_SCHEDULE", "one-cycle")
-    rates = [encoder_models.learning_rate_at(step, 1000) for step in range(1000)]
+def test_one_cycle_schedule():
+    values = configure(vars(encoder_models), ["--learning-rate", "2e-3", "--lr-schedule",
+                                              "one-cycle"])
+    train = pick(encoder_models.EncoderTraining, values)
+    rates = [encoder_models.learning_rate_at(step, 1000, train) for step in range(1000)]
     assert rates[0] == pytest.approx(2e-3 / 25) and max(rates) == pytest.approx(2e-3)
     assert rates[100] == pytest.approx(2e-3) and rates[-1] < 1e-7
     assert all(a <= b for a, b in zip(rates[:100], rates[1:101], strict=True))
     assert all(a >= b for a, b in zip(rates[100:-1], rates[101:], strict=True))
     # halfway through the decay, cos(pi / 2) = 0 leaves half the peak
     assert rates[550] == pytest.approx(1e-3)
-    monkeypatch.setattr(encoder_models, "LR_SCHEDULE", "constant")
-    assert encoder_models.learning_rate_at(999, 1000) == 2e-3
+    constant = dataclasses.replace(train, lr_schedule="constant")
+    assert encoder_models.learning_rate_at(999, 1000, constant) == 2e-3
 
 
 def test_stage_writes_valid_files_for_every_encoder(tmp_path):
@@ -245,18 +254,14 @@ def test_ctrl_c_keeps_last_epoch_and_resumes(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    module = importlib.reload(encoder_models)
     ckpt = tmp_path / "checkpoints" / "encoders" / "digits_ae_basic.pt"
-    argv = ["encoder_models.py", "--dataset", "digits", "--data-dir", str(tmp_path),
-            "--models", "ae_basic", "--limit", "64"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--epochs", "1"])
-    module.main()
+    argv = ["--dataset", "digits", "--data-dir", str(tmp_path), "--models", "ae_basic",
+            "--limit", "64"]
+    encoder_models.main([*argv, "--epochs", "1"])
     good = ckpt.read_bytes()
-    original = module.Autoencoder.training_loss
-    monkeypatch.setattr(module.Autoencoder, "training_loss",
+    original = encoders.Autoencoder.training_loss
+    monkeypatch.setattr(encoders.Autoencoder, "training_loss",
                         lambda self, x, y: original(self, x, y) * float("nan"))
-    monkeypatch.setattr(sys, "argv", [*argv, "--epochs", "2"])
     with pytest.raises(StageError, match="loss became nan at epoch 2"):
-        module.main()
+        encoder_models.main([*argv, "--epochs", "2"])
     assert ckpt.read_bytes() == good
-    importlib.reload(encoder_models)

@@ -20,6 +20,7 @@ from sklearn.decomposition import PCA
 
 import evaluate
 import metrics
+import scoring
 from artifacts import load_checkpoint, make_meta, save_npz
 from data_sources import load_dataset
 from evaluator_cnn import (
@@ -217,14 +218,16 @@ def test_translation_cosine_is_taken_in_the_standardised_target_space() -> None:
     y_train, y_test = np.arange(60) % 2, np.arange(20) % 2
     real = {"z_train": z_train, "y_train": y_train, "z_test": z_test, "y_test": y_test}
     noisy = z_test + gen.normal(0.0, 0.5, z_test.shape)
-    values = evaluate.translation_metrics(Path("t.npz"), noisy, real, real)
+    values = scoring.translation_metrics(Path("t.npz"), noisy, real, real,
+                                         scoring.ScoringSettings())
     mean, std = z_train.mean(0), z_train.std(0)
     expected = np.mean([np.dot((t - mean) / std, (b - mean) / std)
                         / np.linalg.norm((t - mean) / std) / np.linalg.norm((b - mean) / std)
                         for t, b in zip(noisy, z_test, strict=True)])
     assert values["cosine"] == pytest.approx(expected)
     with pytest.raises(StageError, match="z_translated has shape"):
-        evaluate.translation_metrics(Path("t.npz"), noisy[:, :3], real, real)
+        scoring.translation_metrics(Path("t.npz"), noisy[:, :3], real, real,
+                                    scoring.ScoringSettings())
 
 
 def test_bad_files_are_skipped_with_one_line_reasons(evaluated) -> None:

@@ -3,7 +3,7 @@ density fits with known answers, the sphere chart, and the stage run end to end 
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +18,7 @@ import torch
 from sklearn.datasets import make_moons
 from sklearn.decomposition import PCA
 
+import flow_models
 import flows
 from artifacts import (
     GENERATED_EMBEDDING_KEYS,
@@ -28,20 +29,37 @@ from artifacts import (
     save_npz,
 )
 from data_sources import load_dataset
+from flow_models import (
+    Flow,
+    FlowConfig,
+    MADEAffine,
+    Preprocessing,
+    build_flow,
+    fit_preprocessing,
+    gaussian_nll,
+    mean_nll,
+    rational_quadratic_spline,
+    to_base,
+)
 from runtime import StageError
+from settings import configure, pick
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = flows.FLOW_NAMES
+NAMES = flow_models.FLOW_NAMES
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# The small flows of the unit tests: 3 layers of each kind, width 32.
+SMALL = FlowConfig(hidden=32, realnvp_layers=3, maf_layers=3, nsf_layers=3)
 
 
 @pytest.fixture(autouse=True)
-def fresh_module():
-    """main() overrides the module's settings in place: start and end every test with defaults."""
-    importlib.reload(flows)
+def one_thread():
     torch.set_num_threads(1)
-    yield
-    importlib.reload(flows)
+
+
+def stage_settings(*argv: str) -> tuple[flows.FlowTraining, FlowConfig]:
+    """The stage's settings as `python flows.py *argv` would read them."""
+    values = configure(vars(flows), list(argv))
+    return pick(flows.FlowTraining, values), pick(FlowConfig, values)
 
 
 def skewed_data(n: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -56,13 +74,12 @@ def skewed_data(n: int, dim: int, seed: int = 0) -> torch.Tensor:
 
 
 def trained_flow(name: str, dim: int, steps: int, dtype: torch.dtype = torch.float32,
-                 seed: int = 0) -> tuple[flows.Flow, torch.Tensor]:
-    """A small flow (3 layers of each kind, width 32) with ActNorm initialised from a real batch,
-    after `steps` Adam steps."""
-    flows.HIDDEN, flows.REALNVP_LAYERS, flows.MAF_LAYERS, flows.NSF_LAYERS = 32, 3, 3, 3
+                 seed: int = 0) -> tuple[Flow, torch.Tensor]:
+    """A small flow (SMALL: 3 layers of each kind, width 32) with ActNorm initialised from a real
+    batch, after `steps` Adam steps."""
     torch.manual_seed(seed)
     x = skewed_data(512, dim, seed).to(dtype)
-    flow = flows.build_flow(name, dim, seed).to(dtype)
+    flow = build_flow(name, dim, SMALL, seed).to(dtype)
     flow.initialize(x[:256])
     optimizer = torch.optim.Adam(flow.parameters(), lr=5e-3)
     for step in range(steps):
@@ -95,7 +112,7 @@ def test_flow_battery(name, tmp_path):
     samples = flow.sample(100, torch.Generator().manual_seed(0))
     assert samples.shape == (100, 6) and torch.isfinite(samples).all()
     torch.save(flow.state_dict(), tmp_path / "f.pt")
-    clone = flows.build_flow(name, 6, 0)
+    clone = build_flow(name, 6, SMALL, 0)
     clone.load_state_dict(torch.load(tmp_path / "f.pt", weights_only=True))
     assert clone.is_initialized()
     assert torch.equal(clone.log_prob(x[:32]), flow.log_prob(x[:32]))
@@ -106,7 +123,7 @@ def test_flow_starts_as_identity_after_actnorm(name):
     """Zero-initialised conditioner outputs: before training, the flow is ActNorm alone, a
     per-dimension standardisation of the batch it was initialised from."""
     x = skewed_data(400, 5) * torch.tensor([1.0, 2.0, 3.0, 0.5, 4.0]) + 1.0
-    flow = flows.build_flow(name, 5)
+    flow = build_flow(name, 5, FlowConfig())
     flow.initialize(x)
     z, _ = flow(x)
     assert torch.allclose(z.mean(0), torch.zeros(5), atol=1e-5)
@@ -166,7 +183,7 @@ def test_log_det_equals_autograd_jacobian(name, dim, steps):
 def test_made_is_autoregressive():
     """With random weights, output i (shift and log-scale) depends on inputs before i only."""
     torch.manual_seed(0)
-    made = flows.MADEAffine(6, 32, 3.0).double()
+    made = MADEAffine(6, 32, 3.0).double()
     for layer in made.layers:
         torch.nn.init.normal_(layer.weight)
     x = torch.randn(6, dtype=torch.float64)
@@ -185,44 +202,44 @@ def test_rational_quadratic_spline_against_its_definition():
     raw = [torch.randn(1, k, 1, dtype=torch.float64).expand(n, k, 1) * 2
            for k in (bins, bins, bins - 1)]
     x = torch.linspace(-4.5, 4.5, n, dtype=torch.float64)[:, None]
-    y, log_slope = flows.rational_quadratic_spline(x, *raw, bound)
+    y, log_slope = rational_quadratic_spline(x, *raw, bound)
     assert (y[1:] > y[:-1]).all()
     inside = x.abs() <= bound
     assert torch.equal(y[~inside], x[~inside]) and torch.equal(log_slope[~inside],
                                                                torch.zeros_like(x[~inside]))
     ends = torch.tensor([[-bound], [bound]], dtype=torch.float64)
-    assert torch.allclose(flows.rational_quadratic_spline(ends, *[r[:2] for r in raw], bound)[0],
+    assert torch.allclose(rational_quadratic_spline(ends, *[r[:2] for r in raw], bound)[0],
                           ends, atol=1e-12)
     step = 1e-6
-    numeric = (flows.rational_quadratic_spline(x + step, *raw, bound)[0]
-               - flows.rational_quadratic_spline(x - step, *raw, bound)[0]) / (2 * step)
+    numeric = (rational_quadratic_spline(x + step, *raw, bound)[0]
+               - rational_quadratic_spline(x - step, *raw, bound)[0]) / (2 * step)
     keep = (x.abs() < bound - 1e-3)
     assert torch.allclose(log_slope[keep].exp(), numeric[keep], rtol=1e-6)
-    back, log_slope_back = flows.rational_quadratic_spline(y, *raw, bound, inverse=True)
+    back, log_slope_back = rational_quadratic_spline(y, *raw, bound, inverse=True)
     assert torch.allclose(back, x, atol=1e-9) and torch.allclose(log_slope_back, log_slope,
                                                                  atol=1e-8)
     zeros = [torch.zeros_like(r) for r in raw]
-    identity, log_one = flows.rational_quadratic_spline(x, *zeros, bound)
+    identity, log_one = rational_quadratic_spline(x, *zeros, bound)
     assert torch.allclose(identity, x, atol=1e-12) and torch.allclose(log_one,
                                                                       torch.zeros_like(x))
 
 
 def test_sample_refuses_a_flow_never_initialised_from_data():
     with pytest.raises(RuntimeError, match="initialise"):
-        flows.build_flow("realnvp", 4).sample(10)
+        build_flow("realnvp", 4, FlowConfig()).sample(10)
 
 
 # ---------------------------------------------------------------- preprocessing
 def test_standardisation_round_trip():
     rng = np.random.default_rng(0)
     z = rng.normal(3.0, 5.0, (300, 6)) * np.arange(1, 7)
-    pre = flows.fit_preprocessing(z, z[:50])
+    pre = fit_preprocessing(z, z[:50])
     assert pre.radius == 0 and pre.dims == 6
     m = pre.to_model(z)
     np.testing.assert_allclose(m.mean(0), 0, atol=1e-12)
     np.testing.assert_allclose(m.std(0), 1, atol=1e-12)
     np.testing.assert_allclose(pre.from_model(m), z, atol=1e-10)
-    restored = flows.Preprocessing.from_state(pre.state())
+    restored = Preprocessing.from_state(pre.state())
     np.testing.assert_array_equal(restored.to_model(z), m)
 
 
@@ -232,7 +249,7 @@ def test_unit_vectors_get_a_sphere_chart():
     rng = np.random.default_rng(0)
     z = rng.normal(size=(400, 8)) + np.array([3.0, 0, 0, 1, 0, 0, 0, 0])
     z = 2.0 * z / np.linalg.norm(z, axis=1, keepdims=True)
-    pre = flows.fit_preprocessing(z.astype(np.float32), z[:40].astype(np.float32))
+    pre = fit_preprocessing(z.astype(np.float32), z[:40].astype(np.float32))
     assert pre.radius == pytest.approx(2.0, rel=1e-6) and pre.dims == 7
     assert abs(pre.basis.T @ pre.centre).max() < 1e-12
     np.testing.assert_allclose(pre.basis.T @ pre.basis, np.eye(7), atol=1e-12)
@@ -242,33 +259,32 @@ def test_unit_vectors_get_a_sphere_chart():
     anywhere = pre.from_model(rng.normal(size=(100, 7)) * 3)
     np.testing.assert_allclose(np.linalg.norm(anywhere, axis=1), pre.radius, rtol=1e-12)
     # norms that differ by more than the tolerance: no chart
-    assert flows.fit_preprocessing(z * rng.uniform(0.9, 1.1, (400, 1)), z[:40]).radius == 0
+    assert fit_preprocessing(z * rng.uniform(0.9, 1.1, (400, 1)), z[:40]).radius == 0
     # a vector at the pole has no chart coordinates: refused, not mapped to infinity
     with pytest.raises(StageError, match="pole of the sphere chart"):
-        flows.fit_preprocessing(np.array([[1.0, 0, 0], [0.6, 0.8, 0], [0.6, -0.8, 0]]),
+        fit_preprocessing(np.array([[1.0, 0, 0], [0.6, 0.8, 0], [0.6, -0.8, 0]]),
                                 np.array([[-1.0, 0, 0]]))
 
 
 # ---------------------------------------------------------------- densities with known answers
-def fit(name: str, train: np.ndarray, tmp_path: Path, epochs: int, **settings) -> tuple[
-        flows.Flow, flows.Preprocessing]:
+def fit(name: str, train: np.ndarray, tmp_path: Path, epochs: int) -> tuple[Flow, Preprocessing]:
     """The stage's own training loop on a train split; the best epoch's flow."""
-    for key, value in {"EPOCHS": epochs, "PATIENCE": epochs, "BATCH_SIZE": 256,
-                       "LEARNING_RATE": 3e-3, "HIDDEN": 64, "REALNVP_LAYERS": 6,
-                       "MAF_LAYERS": 4, "NSF_LAYERS": 4, **settings}.items():
-        setattr(flows, key, value)
-    pre = flows.fit_preprocessing(train, train[:10])
+    run, config = stage_settings(
+        "--epochs", str(epochs), "--patience", str(epochs), "--batch-size", "256",
+        "--learning-rate", "3e-3", "--hidden", "64", "--realnvp-layers", "6", "--maf-layers", "4",
+        "--nsf-layers", "4")
+    pre = fit_preprocessing(train, train[:10])
     x = torch.from_numpy(pre.to_model(train).astype(np.float32))
-    fit_idx, val_idx = flows.split_train(len(x))
+    fit_idx, val_idx = flows.split_train(len(x), run)
     state = flows.fit_flow(name, "synthetic", "-", x[fit_idx], x[val_idx], pre,
-                           tmp_path / f"{name}.pt")
-    flow = flows.build_flow(name, pre.dims)
+                           tmp_path / f"{name}.pt", run, config)
+    flow = build_flow(name, pre.dims, config, run.seed)
     flow.load_state_dict(state["best_state"])
     return flow, pre
 
 
-def model_nll(flow: flows.Flow, pre: flows.Preprocessing, test: np.ndarray) -> float:
-    return flows.mean_nll(flow, torch.from_numpy(pre.to_model(test).astype(np.float32)))
+def model_nll(flow: Flow, pre: Preprocessing, test: np.ndarray) -> float:
+    return mean_nll(flow, torch.from_numpy(pre.to_model(test).astype(np.float32)))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -290,7 +306,7 @@ def test_flow_beats_a_gaussian_on_two_moons(name, tmp_path):
     train, _ = make_moons(3000, noise=0.05, random_state=0)
     test, _ = make_moons(2000, noise=0.05, random_state=1)
     flow, pre = fit(name, train, tmp_path, epochs=15)
-    gaussian = flows.gaussian_nll(pre.to_model(train), pre.to_model(test))
+    gaussian = gaussian_nll(pre.to_model(train), pre.to_model(test))
     # measured: 0.44 (MAF) to 0.75 (NSF) nats/dim better after 15 epochs
     assert model_nll(flow, pre, test) < gaussian - 0.3
 
@@ -318,6 +334,7 @@ def write_embeddings(data_dir: Path) -> dict[str, dict[str, np.ndarray]]:
 
 QUICK = ["--dataset", "digits", "--epochs", "3", "--gmm-components", "4", "--samples", "600",
          "--hidden", "32", "--realnvp-layers", "4", "--maf-layers", "3", "--nsf-layers", "3"]
+QUICK_CONFIG = FlowConfig(hidden=32, realnvp_layers=4, maf_layers=3, nsf_layers=3)
 
 
 def run_stage(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -329,14 +346,8 @@ def run_stage(data_dir: Path, *args: str, check: bool = True) -> subprocess.Comp
 
 
 def run_main(data_dir: Path, *args: str) -> None:
-    """The stage in this process (settings reset first), as `python flows.py ...` would run."""
-    importlib.reload(flows)
-    old = sys.argv
-    sys.argv = ["flows.py", "--data-dir", str(data_dir), *QUICK, *args]
-    try:
-        flows.main()
-    finally:
-        sys.argv = old
+    """The stage in this process, as `python flows.py ...` would run."""
+    flows.main(["--data-dir", str(data_dir), *QUICK, *args])
 
 
 def test_stage_writes_valid_files_that_evaluate_reads(tmp_path):
@@ -356,13 +367,18 @@ def test_stage_writes_valid_files_that_evaluate_reads(tmp_path):
             assert meta["results"]["epochs_run"] == 3 and meta["seed"] == 0
             # the written coordinates are the best epoch's flow applied to the standardised input
             ckpt = load_checkpoint(tmp_path / "checkpoints" / "flows" / f"digits_{enc}+{name}.pt")
-            pre = flows.Preprocessing.from_state(ckpt["preprocessing"])
-            flows.HIDDEN, flows.REALNVP_LAYERS, flows.MAF_LAYERS, flows.NSF_LAYERS = 32, 4, 3, 3
-            flow = flows.build_flow(name, dims)
+            pre = Preprocessing.from_state(ckpt["preprocessing"])
+            flow = build_flow(name, dims, QUICK_CONFIG)
             flow.load_state_dict(ckpt["best_state"])
-            expected = flows.to_base(flow, torch.from_numpy(
-                pre.to_model(source["z_test"]).astype(np.float32)))
+            x_test = torch.from_numpy(pre.to_model(source["z_test"]).astype(np.float32))
+            expected = to_base(flow, x_test)
             np.testing.assert_allclose(refined["z_test"], expected, atol=1e-5)
+            # the checkpoint alone rebuilds the same flow and preprocessing
+            rebuilt, rebuilt_pre = flow_models.from_checkpoint(
+                tmp_path / "checkpoints" / "flows" / f"digits_{enc}+{name}.pt")
+            np.testing.assert_array_equal(rebuilt_pre.to_model(source["z_test"]),
+                                          pre.to_model(source["z_test"]))
+            np.testing.assert_array_equal(to_base(rebuilt, x_test), expected)
             generated = load_npz(emb / f"digits_{enc}+{name}.gen.npz", GENERATED_EMBEDDING_KEYS)
             z_gen = generated["z_gen"]
             assert z_gen.shape == (600, 12) and z_gen.dtype == np.float32
@@ -392,11 +408,10 @@ def test_stage_writes_valid_files_that_evaluate_reads(tmp_path):
 
 
 def run_main_patched(data_dir: Path, monkeypatch, patch, *args: str) -> None:
-    """run_main with patch(module) applied after the settings are reset."""
-    importlib.reload(flows)
+    """run_main with patch(module) applied first (patch monkeypatches functions, not
+    settings)."""
     patch(flows)
-    monkeypatch.setattr(sys, "argv", ["flows.py", "--data-dir", str(data_dir), *QUICK, *args])
-    flows.main()
+    run_main(data_dir, *args)
 
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
@@ -408,10 +423,10 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
     def interrupt_at_epoch_3(module):
         original = module.train_epoch
 
-        def interrupted(flow, optimizer, x, epoch, label):
+        def interrupted(flow, optimizer, x, epoch, label, train):
             if epoch == 3:
                 raise KeyboardInterrupt
-            return original(flow, optimizer, x, epoch, label)
+            return original(flow, optimizer, x, epoch, label, train)
 
         monkeypatch.setattr(module, "train_epoch", interrupted)
 
@@ -453,23 +468,35 @@ def test_resume_reports_and_refuses_other_settings(tmp_path, capsys):
         run_main(tmp_path, *args, "--epochs", "2")
 
 
-def test_cosine_schedule_runs_from_the_rate_to_zero(monkeypatch):
-    monkeypatch.setattr(flows, "LEARNING_RATE", 2e-3)
-    rates = [flows.learning_rate_at(step, 100) for step in range(101)]
+def test_cosine_schedule_runs_from_the_rate_to_zero():
+    run, _ = stage_settings("--learning-rate", "2e-3", "--lr-schedule", "cosine")
+    rates = [flows.learning_rate_at(step, 100, run) for step in range(101)]
     assert rates[0] == 2e-3 and rates[50] == pytest.approx(1e-3) and rates[100] == 0.0
     assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
-    monkeypatch.setattr(flows, "LR_SCHEDULE", "constant")
-    assert flows.learning_rate_at(99, 100) == 2e-3
+    constant = dataclasses.replace(run, lr_schedule="constant")
+    assert flows.learning_rate_at(99, 100, constant) == 2e-3
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path, monkeypatch):
     write_embeddings(tmp_path)
     scripted = iter([5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 2.0])
-    run_main_patched(tmp_path, monkeypatch,
-                     lambda m: monkeypatch.setattr(m, "validation_nll",
-                                                   lambda flow, x: next(scripted)),
+
+    def script_validation(module):
+        """Inside fit_flow (and only there: main's test NLL stays real), mean_nll is the
+        validation NLL: script it."""
+        original = module.fit_flow
+
+        def scripted_fit(*args, **kwargs):
+            with monkeypatch.context() as inside:
+                inside.setattr(module, "mean_nll", lambda flow, x: next(scripted))
+                return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "fit_flow", scripted_fit)
+
+    run_main_patched(tmp_path, monkeypatch, script_validation,
                      "--encoders", "pca", "--flows", "realnvp", "--epochs", "20",
                      "--patience", "3")
+    assert flows.mean_nll is mean_nll  # the scripted validation NLL is gone again
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "flows" / "digits_pca+realnvp.pt")
     assert ckpt["epoch"] == 6 and ckpt["best_epoch"] == 3 and ckpt["stopped_early"]
     assert ckpt["val_nll"] == [5.0, 4.0, 3.0, 3.5, 3.2, 3.1]
@@ -477,12 +504,12 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, monkeypatch):
                for k in ckpt["best_state"])
     meta = load_embeddings(tmp_path / "embeddings" / "digits_pca+realnvp.npz")["meta"]
     assert meta["results"]["best_epoch"] == 3 and meta["results"]["epochs_run"] == 6
-    best = flows.build_flow("realnvp", 12)  # the settings of the run are still in place
+    best = build_flow("realnvp", 12, QUICK_CONFIG)  # the flow of the run's settings
     best.load_state_dict(ckpt["best_state"])
-    pre = flows.Preprocessing.from_state(ckpt["preprocessing"])
+    pre = Preprocessing.from_state(ckpt["preprocessing"])
     source = load_embeddings(tmp_path / "embeddings" / "digits_pca.npz")
     x_test = torch.from_numpy(pre.to_model(source["z_test"]).astype(np.float32))
-    assert meta["results"]["test_nll"] == pytest.approx(flows.mean_nll(best, x_test), abs=1e-6)
+    assert meta["results"]["test_nll"] == pytest.approx(mean_nll(best, x_test), abs=1e-6)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

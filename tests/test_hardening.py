@@ -96,8 +96,9 @@ def test_a_value_breaking_its_rule_is_one_line_and_exit_2(tmp_path, capsys, argv
 
 def test_values_within_the_rules_pass_and_help_shows_the_rules(tmp_path, capsys):
     ns = namespace(tmp_path)
-    configure(ns, ["--epochs", "1", "--rate", "1", "--mode", "slow", "--models", "c,a"])
-    assert (ns["EPOCHS"], ns["RATE"], ns["MODE"], ns["MODELS"]) == (1, 1.0, "slow", ("c", "a"))
+    got = configure(ns, ["--epochs", "1", "--rate", "1", "--mode", "slow", "--models", "c,a"])
+    assert (got["epochs"], got["rate"], got["mode"], got["models"]) == (1, 1.0, "slow",
+                                                                         ("c", "a"))
     with pytest.raises(SystemExit):
         configure(namespace(tmp_path), ["--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -110,8 +111,7 @@ def test_a_list_whose_rule_says_or_empty_may_be_empty(tmp_path, capsys):
     without it stays refused when empty."""
     source = SCRIPT.replace("# variants [in NAMES]", "# variants [in NAMES, or empty]")
     ns = namespace(tmp_path, source)
-    configure(ns, ["--models", ""])
-    assert ns["MODELS"] == ()
+    assert configure(ns, ["--models", ""])["models"] == ()
     assert configure_error(tmp_path, ["--models", "a,z"], capsys,
                            source) == "error: --models z: must be one of a, b, c"
     with pytest.raises(SystemExit):

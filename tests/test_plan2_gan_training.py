@@ -4,7 +4,7 @@ evaluate.py reading what it wrote), resume, and bad inputs."""
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import json
 import math
 import os
@@ -20,12 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 import plan2_gan_training as p2
-from artifacts import load_checkpoint, load_embeddings, load_npz, make_meta, save_npz
+import vector_gans as vg
+from artifacts import (
+    fingerprint,
+    load_checkpoint,
+    load_embeddings,
+    load_npz,
+    make_meta,
+    save_npz,
+)
 from CL_loss_function import nt_xent_loss
 from data_sources import load_dataset
-from gans import AdversarialLoss, GANTrainer, LoopSettings
+from gans import AdversarialLoss, GANTrainer, LoopSettings, tensor_batches
 from metrics import frechet_distance
 from runtime import StageError
+from settings import configure, pick
+from vector_gans import Sizes, VectorGANConfig, build_vector_gan
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,36 +46,40 @@ QUICK = ["--dataset", "digits", "--device", "cpu", "--threads", "1", "--batch-si
          "--plot-points", "60"]
 
 
-@pytest.fixture
-def small(monkeypatch):
-    """Module settings for small networks (build_model reads them)."""
-    for name, value in {"HIDDEN": 16, "DEPTH": 2, "NOISE_DIM": 3}.items():
-        monkeypatch.setattr(p2, name, value)
+# Small networks for the battery (the other hyper-parameters at their defaults).
+SMALL = VectorGANConfig(hidden=16, depth=2, noise_dim=3)
+SIZES = Sizes(4, 3, dim_b=5)
+
+
+def stage_defaults() -> dict:
+    """The stage's settings as a run without flags reads them."""
+    return configure(vars(p2), [])
 
 
 def toy_batch(n: int = 12, dim: int = 4, dim_b: int = 5, classes: int = 3) -> dict:
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(n) % classes
     return {"x": torch.randn(n, dim, generator=gen), "label": labels,
-            "groups": torch.from_numpy(p2.class_groups(labels.numpy())),
+            "groups": torch.from_numpy(vg.class_groups(labels.numpy())),
             "a": torch.randn(n, dim, generator=gen), "b": torch.randn(n, dim_b, generator=gen),
             "label_a": labels, "label_b": labels.flip(0)}
 
 
 # ---------------------------------------------------------------- the battery
-@pytest.mark.parametrize("name", p2.GAN_NAMES)
-def test_model_battery(name, small, tmp_path):
+@pytest.mark.parametrize("name", vg.GAN_NAMES)
+def test_model_battery(name, tmp_path):
     """Build, shapes, finite losses with an adversarial part, one step changes every weight of
-    both groups, and a save/load round trip samples identically."""
+    both groups, a save/load round trip samples identically, and the checkpoint alone rebuilds
+    the EMA model (from_checkpoint)."""
     torch.manual_seed(0)
-    model = p2.build_model(name, 4, 3, dim_b=5)
+    model = build_vector_gan(name, SIZES, SMALL)
     batch = toy_batch()
     for loss_fn in (model.discriminator_loss, model.generator_loss):
         loss, parts = loss_fn(batch)
         assert loss.ndim == 0 and torch.isfinite(loss) and "adversarial" in parts
         total = float(sum(parts.values()).detach())
         assert float(loss.detach()) == pytest.approx(total, rel=1e-5, abs=1e-6)
-    translator = name in p2.TRANSLATORS
+    translator = name in vg.TRANSLATORS
     condition = batch["a"] if translator else model.condition(batch["label"]) \
         if getattr(model, "conditional", False) else None
     noise = model.sample_noise(12)
@@ -73,7 +87,8 @@ def test_model_battery(name, small, tmp_path):
     assert out.shape == (12, 5 if translator else 4)
     before = {k: v.clone() for k, v in model.named_parameters()}
     trainer = GANTrainer(model, LoopSettings(n_critic=1, lr_generator=1e-2,
-                                             lr_discriminator=1e-2))
+                                             lr_discriminator=1e-2),
+                         vg.architecture(name, SIZES, SMALL))
     trainer.train_epoch([batch])
     unchanged = [k for k, v in model.named_parameters() if torch.equal(v, before[k])]
     if model.adversarial_loss.kind == "wasserstein":
@@ -83,22 +98,30 @@ def test_model_battery(name, small, tmp_path):
     assert not unchanged, unchanged
     trainer.save(tmp_path / "m.pt", {"x": 1})
     torch.manual_seed(1)
-    clone = p2.build_model(name, 4, 3, dim_b=5)
+    clone = build_vector_gan(name, SIZES, SMALL)
     GANTrainer(clone, LoopSettings(n_critic=1)).restore(tmp_path / "m.pt", {"x": 1})
     model.eval()
     clone.eval()
     with torch.no_grad():
         assert torch.equal(model.sample(condition, noise), clone.sample(condition, noise))
+    torch.manual_seed(2)
+    rebuilt = vg.from_checkpoint(tmp_path / "m.pt")
+    assert not rebuilt.training
+    trainer.ema.eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt.sample(condition, noise), trainer.ema.sample(condition, noise))
 
 
 @pytest.mark.parametrize("name", ["wgan_gp", "contrastive_gan", "dualgan"])
-def test_wasserstein_critics_score_each_vector_on_its_own(name, small):
+def test_wasserstein_critics_score_each_vector_on_its_own(name):
     """No normalisation layer in a WGAN-GP critic: a vector's score does not depend on the
-    other vectors of its batch (what a per-sample gradient penalty needs)."""
-    model = p2.build_model(name, 4, 3, dim_b=4)
+    other vectors of its batch (what a per-sample gradient penalty needs); the model's loss is
+    Wasserstein with the config's penalty weight."""
+    config = dataclasses.replace(SMALL, gradient_penalty=7.5)
+    model = build_vector_gan(name, Sizes(4, 3, dim_b=4), config)
     norms = (nn.BatchNorm1d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d)
     assert not any(isinstance(m, norms) for m in model.discriminator.modules())
-    assert model.adversarial_loss == AdversarialLoss("wasserstein", p2.GRADIENT_PENALTY)
+    assert model.adversarial_loss == AdversarialLoss("wasserstein", 7.5)
     critic = model.discriminator["a"] if name == "dualgan" else model.discriminator
     x, classes = torch.randn(6, 4), F.one_hot(torch.arange(6) % 3, 3).float()
     together = critic(x, classes)
@@ -108,16 +131,23 @@ def test_wasserstein_critics_score_each_vector_on_its_own(name, small):
 
 def test_wasserstein_models_train_with_the_wgan_gp_schedule():
     """Gulrajani et al. 2017: penalty weight 10, 5 critic steps per generator step, Adam betas
-    (0.5, 0.9); the other models one D step per G step with DCGAN's betas."""
-    for name in ("wgan_gp", "contrastive_gan", "dualgan"):
-        loop = p2.loop_settings(name, 0)
-        assert (loop.n_critic, loop.betas, loop.lr_generator) == (5, (0.5, 0.9),
-                                                                  p2.WASSERSTEIN_LR)
-    for name in ("vaegan", "cyclegan"):
-        loop = p2.loop_settings(name, 0)
-        assert (loop.n_critic, loop.betas, loop.lr_generator) == (1, (0.5, 0.999),
-                                                                  p2.LEARNING_RATE)
-    assert p2.GRADIENT_PENALTY == 10.0 and p2.N_CRITIC == 5
+    (0.5, 0.9); the other models one D step per G step with DCGAN's betas. Each model takes
+    the rate of its own kind (told apart here by giving the two kinds different rates)."""
+    values = stage_defaults()
+    run = pick(p2.Plan2Settings, values)
+    assert values["gradient_penalty"] == 10.0 and run.n_critic == 5
+    assert pick(VectorGANConfig, values).gradient_penalty == 10.0
+    assert VectorGANConfig().gradient_penalty == 10.0
+    for rates in ((run.wasserstein_lr, run.learning_rate), (3e-4, 7e-4)):
+        run = dataclasses.replace(run, wasserstein_lr=rates[0], learning_rate=rates[1])
+        for name in ("wgan_gp", "contrastive_gan", "dualgan"):
+            loop = p2.loop_settings(name, run, 0)
+            assert (loop.n_critic, loop.betas, loop.lr_generator,
+                    loop.lr_discriminator) == (5, (0.5, 0.9), rates[0], rates[0])
+        for name in ("vaegan", "cyclegan"):
+            loop = p2.loop_settings(name, run, 0)
+            assert (loop.n_critic, loop.betas, loop.lr_generator,
+                    loop.lr_discriminator) == (1, (0.5, 0.999), rates[1], rates[1])
 
 
 # ---------------------------------------------------------------- losses against formulas
@@ -127,7 +157,7 @@ def test_translation_losses_match_their_formulas():
     torch.manual_seed(0)
     batch = toy_batch(dim_b=4)
     a, b = batch["a"], batch["b"]
-    cycle = p2.TranslationGAN(4, 4, AdversarialLoss("least-squares"), hidden=8, depth=1,
+    cycle = vg.TranslationGAN(4, 4, AdversarialLoss("least-squares"), hidden=8, depth=1,
                               reconstruction_weight=10.0, identity_weight=0.5)
     g_ab, g_ba = cycle.generator["a_to_b"], cycle.generator["b_to_a"]
     d_a, d_b = cycle.discriminator["a"], cycle.discriminator["b"]
@@ -147,7 +177,7 @@ def test_translation_losses_match_their_formulas():
                                + 0.5 * ((d_a(a) - 1) ** 2).mean()
                                + 0.5 * (d_a(g_ba(b)) ** 2).mean())
 
-    dual = p2.TranslationGAN(4, 5, AdversarialLoss("wasserstein", 0.0), hidden=8, depth=1,
+    dual = vg.TranslationGAN(4, 5, AdversarialLoss("wasserstein", 0.0), hidden=8, depth=1,
                              reconstruction_weight=20.0, identity_weight=0.5)
     batch = toy_batch(dim_b=5)
     a, b = batch["a"], batch["b"]
@@ -167,7 +197,7 @@ def test_vaegan_gradients_follow_larsen_et_al():
     """The encoder gets the gradient of beta KL + L_llike, the decoder that of
     gamma L_llike + the GAN loss of its reconstructions and prior samples (Larsen et al. 2016)."""
     torch.manual_seed(0)
-    model = p2.VAEGAN(4, noise_dim=3, hidden=8, depth=2, beta=0.7, gamma=0.05)
+    model = vg.VAEGAN(4, noise_dim=3, hidden=8, depth=2, beta=0.7, gamma=0.05)
     x = torch.randn(10, 4)
     torch.manual_seed(5)
     loss, _ = model.generator_loss({"x": x})
@@ -192,7 +222,7 @@ def test_vaegan_gradients_follow_larsen_et_al():
 
 def test_scale_gradient_keeps_values_and_scales_gradients():
     x = torch.tensor([1.5, -2.0], requires_grad=True)
-    y = p2.scale_gradient(x, 4.0)
+    y = vg.scale_gradient(x, 4.0)
     assert torch.equal(y, x)
     (y ** 2).sum().backward()
     torch.testing.assert_close(x.grad, 4.0 * 2 * x.detach())
@@ -200,7 +230,7 @@ def test_scale_gradient_keeps_values_and_scales_gradients():
 
 def test_class_groups_hold_one_example_per_class():
     labels = np.array([2, 0, 1, 2, 2, 0, 1, 0, 2, 1, 0])
-    groups = p2.class_groups(labels)
+    groups = vg.class_groups(labels)
     assert groups.shape == (3, 3)  # 3 classes; the rarest (1) appears 3 times
     for row in groups:
         assert sorted(labels[row]) == [0, 1, 2]
@@ -211,7 +241,7 @@ def test_contrastive_term_pulls_samples_to_their_class():
     """NT-Xent over the class groups: samples equal to the real vector of their class score far
     lower than samples equal to another class's vector, and the term is the mean over groups."""
     torch.manual_seed(0)
-    model = p2.ContrastiveGAN(4, 3, contrastive_weight=2.0, temperature=0.5, noise_dim=3,
+    model = vg.ContrastiveGAN(4, 3, contrastive_weight=2.0, temperature=0.5, noise_dim=3,
                               hidden=8, depth=1)
     batch = toy_batch()
     own = model.generator_extra(batch, batch["x"].clone())["contrastive"]
@@ -240,17 +270,17 @@ def test_wgan_gp_learns_a_2d_gaussian_mixture():
     data, _ = mixture(4096, 0, [[3.5, -0.2], [3.5, -1.8], [0.5, -0.2], [0.5, -1.8]],
                       [0.4, 0.3, 0.2, 0.1], 0.4)
     torch.manual_seed(0)
-    model = p2.WGANGP(2, 0, noise_dim=2, hidden=64, depth=2, gradient_penalty=10.0)
+    model = vg.WGANGP(2, 0, noise_dim=2, hidden=64, depth=2, gradient_penalty=10.0)
     trainer = GANTrainer(model, LoopSettings(n_critic=5, lr_generator=2e-3,
                                              lr_discriminator=2e-3, betas=(0.5, 0.9)))
 
     def distance() -> float:
-        return frechet_distance(p2.generate(trainer.ema, None, 2000, 1), data[:2000].numpy())
+        return frechet_distance(vg.generate(trainer.ema, None, 2000, 1), data[:2000].numpy())
 
     start = distance()
     for epoch in range(1, 17):
         torch.manual_seed(epoch)
-        trainer.train_epoch(p2.tensor_batches({"x": data}, 64, 0, epoch))
+        trainer.train_epoch(tensor_batches({"x": data}, 64, 0, epoch))
     assert (trainer.d_steps, trainer.g_steps) == (1024, 204)
     assert distance() < 0.05 * start
 
@@ -272,17 +302,18 @@ def test_cyclegan_recovers_a_known_rotation():
         return float(F.cosine_similarity(translated - centre, truth - centre).mean())
 
     assert cosine(test) < 0.3
+    config = dataclasses.replace(pick(VectorGANConfig, stage_defaults()), hidden=64, depth=2)
     torch.manual_seed(0)
-    model = p2.TranslationGAN(2, 2, AdversarialLoss("least-squares"), hidden=64, depth=2,
-                              reconstruction_weight=p2.CYCLE_WEIGHT, num_classes=3)
+    model = build_vector_gan("cyclegan", Sizes(2, 3, dim_b=2), config)
+    assert model.num_classes == 3 and model.adversarial_loss == AdversarialLoss("least-squares")
     trainer = GANTrainer(model, LoopSettings(lr_generator=1e-3, lr_discriminator=1e-3))
     for epoch in range(1, 11):
         torch.manual_seed(epoch)
-        halves = zip(p2.tensor_batches({"a": a, "y": label_a}, 128, 0, epoch),
-                     p2.tensor_batches({"b": b, "y": label_b}, 128, 1, epoch), strict=True)
+        halves = zip(tensor_batches({"a": a, "y": label_a}, 128, 0, epoch),
+                     tensor_batches({"b": b, "y": label_b}, 128, 1, epoch), strict=True)
         trainer.train_epoch({"a": x["a"], "label_a": x["y"], "b": y["b"], "label_b": y["y"]}
                             for x, y in halves)
-    translated = torch.from_numpy(p2.translate(trainer.ema, test.numpy(), "a_to_b"))
+    translated = torch.from_numpy(vg.translate(trainer.ema, test.numpy(), "a_to_b"))
     assert cosine(translated) > 0.9
 
 
@@ -319,19 +350,13 @@ def fresh_copy(stage1: Path, target: Path) -> Path:
 
 
 def command_line(data_dir: Path, *args: str) -> list[str]:
-    return ["plan2_gan_training.py", *QUICK, "--data-dir", str(data_dir), "--encoder",
-            "ae_basic", "--encoder-b", "pca", "--plots", "false", *args]
+    return [*QUICK, "--data-dir", str(data_dir), "--encoder", "ae_basic", "--encoder-b", "pca",
+            "--plots", "false", *args]
 
 
-def run_main(data_dir: Path, *args: str, reload: bool = True) -> None:
-    """The stage in this process (a fresh module, so that no setting leaks between runs)."""
-    module = importlib.reload(p2) if reload else p2
-    old = sys.argv
-    sys.argv = command_line(data_dir, *args)
-    try:
-        module.main()
-    finally:
-        sys.argv = old
+def run_main(data_dir: Path, *args: str) -> None:
+    """The stage in this process, with these flags (settings travel in its arguments only)."""
+    p2.main(command_line(data_dir, *args))
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +382,7 @@ def end_to_end(stage1, tmp_path_factory) -> dict:
 def test_stage_writes_every_file_in_its_format(end_to_end):
     root = end_to_end["root"]
     source = load_embeddings(root / "embeddings" / "digits_ae_basic.npz")
-    for name in p2.GENERATORS:
+    for name in vg.GENERATORS:
         gen = load_npz(root / "embeddings" / f"digits_ae_basic_{name}.gen.npz",
                        {"z_gen": (2, "f")})
         assert gen["z_gen"].shape == (300, 32) and gen["z_gen"].dtype == np.float32
@@ -376,7 +401,7 @@ def test_stage_writes_every_file_in_its_format(end_to_end):
         for png in (f"plan2_digits_ae_basic_{name}_losses.png",
                     f"plan2_digits_ae_basic_{name}_real_vs_generated.png"):
             assert (root / "visualizations" / png).stat().st_size > 10_000
-    for name in p2.TRANSLATORS:
+    for name in vg.TRANSLATORS:
         out = load_npz(root / "embeddings" / f"digits_ae_basic-to-pca_{name}.npz",
                        {"z_translated": (2, "f"), "y_test": (1, "i")})
         assert out["z_translated"].shape == (450, 12)
@@ -393,12 +418,12 @@ def test_stage_writes_every_file_in_its_format(end_to_end):
 
 def test_images_are_the_autoencoders_decoding(end_to_end):
     """x_gen is the ae_basic decoder's image of each generated embedding."""
-    import encoder_models
+    import encoders
 
     root = end_to_end["root"]
     gen = load_npz(root / "embeddings" / "digits_ae_basic_wgan_gp.gen.npz", {"z_gen": 2})
     images = load_npz(root / "samples" / "plan2" / "digits_ae_basic_wgan_gp.npz", {"x_gen": 3})
-    model = encoder_models.build_model("ae_basic", 32, "digits")
+    model = encoders.build_encoder("ae_basic", encoders.EncoderConfig(embedding_dim=32))
     model.load_state_dict(load_checkpoint(root / "checkpoints" / "encoders"
                                           / "digits_ae_basic.pt")["model"])
     model.eval()
@@ -411,10 +436,10 @@ def test_images_are_the_autoencoders_decoding(end_to_end):
 def test_evaluate_scores_what_the_stage_wrote(end_to_end):
     document = end_to_end["metrics"]
     assert document["skipped"] == []
-    assert set(document["plan2"]["digits"]) == {f"ae_basic_{n}" for n in p2.GENERATORS}
-    assert set(document["plan2_images"]["digits"]) == {f"ae_basic_{n}" for n in p2.GENERATORS}
+    assert set(document["plan2"]["digits"]) == {f"ae_basic_{n}" for n in vg.GENERATORS}
+    assert set(document["plan2_images"]["digits"]) == {f"ae_basic_{n}" for n in vg.GENERATORS}
     assert set(document["plan2_translation"]["digits"]) == {f"ae_basic-to-pca_{n}"
-                                                            for n in p2.TRANSLATORS}
+                                                            for n in vg.TRANSLATORS}
     wgan = document["plan2"]["digits"]["ae_basic_wgan_gp"]
     for key in ("frechet_distance_floor", "tstr_knn_accuracy", "trtr_knn_accuracy",
                 "kmeans_ari", "kmeans_ari_real", "silhouette_real"):
@@ -471,15 +496,15 @@ def test_nan_loss_stops_and_keeps_the_best_checkpoint(stage1, tmp_path, monkeypa
     run_main(root, "--models", "wgan_gp", "--lr-decay", "false", "--epochs", "1")
     checkpoint = root / "checkpoints" / "plan2" / "digits_ae_basic_wgan_gp.pt"
     good = load_checkpoint(checkpoint)["model"]
-    original = p2.WGANGP.generator_loss
+    original = vg.WGANGP.generator_loss
 
     def broken(self, batch):
         loss, parts = original(self, batch)
         return loss * float("nan"), parts
 
-    monkeypatch.setattr(p2.WGANGP, "generator_loss", broken)  # kept: no reload below
+    monkeypatch.setattr(vg.WGANGP, "generator_loss", broken)
     capsys.readouterr()
-    run_main(root, "--models", "wgan_gp", "--lr-decay", "false", "--epochs", "3", reload=False)
+    run_main(root, "--models", "wgan_gp", "--lr-decay", "false", "--epochs", "3")
     assert "warning: wgan_gp: training stopped (non-finite loss" in capsys.readouterr().out
     state = load_checkpoint(checkpoint)
     assert state["epoch"] == 1 and state["diverged"]
@@ -489,7 +514,7 @@ def test_nan_loss_stops_and_keeps_the_best_checkpoint(stage1, tmp_path, monkeypa
     assert gen["meta"]["diverged"] and gen["meta"]["best_epoch"] == 1
     fresh = fresh_copy(stage1, tmp_path / "fresh")
     with pytest.raises(StageError, match="diverged before a first good epoch"):
-        run_main(fresh, "--models", "wgan_gp", "--epochs", "3", reload=False)
+        run_main(fresh, "--models", "wgan_gp", "--epochs", "3")
 
 
 @pytest.mark.parametrize("case, message", [
@@ -532,48 +557,66 @@ def test_errors_reach_the_shell_as_one_line(tmp_path):
     assert raised.value.code == 2
 
 
-def test_plan1_generators_decode_the_generated_embeddings(stage1, tmp_path, monkeypatch, capsys):
-    """A Plan 1 generator of the encoder is rebuilt from its checkpoint's settings (here a width
-    other than plan1's default) and renders every generated embedding; one trained on other
-    embeddings is left out with a note."""
+def test_plan1_generators_decode_the_generated_embeddings(stage1, tmp_path, capsys):
+    """A Plan 1 generator of the encoder is rebuilt from its checkpoint alone (here a width
+    other than plan1's default): from its architecture record, as plan1_gan_training.py writes
+    it now (cgan), or from its settings, as checkpoints written before the record hold them
+    (infogan); each renders every generated embedding. One trained on other embeddings (acgan)
+    is left out with a note."""
+    import image_gans
     import plan1_gan_training as plan1
 
     root = fresh_copy(stage1, tmp_path / "data")
     emb = load_embeddings(root / "embeddings" / "digits_ae_basic.npz")
     folder = root / "checkpoints" / "plan1"
+    values = configure(vars(plan1), ["--dataset", "digits", "--encoder", "ae_basic",
+                                     "--width", "8"])
+    run, config = pick(plan1.Plan1Settings, values), pick(image_gans.ImageGANConfig, values)
+    assert config.width == 8 != image_gans.ImageGANConfig().width
+    assert configure(vars(plan1), [])["width"] != 8  # the stage's default is another width
+    loop = LoopSettings()
     trainers = {}
-    for name, z_train in (("cgan", emb["z_train"]), ("acgan", emb["z_train"] + 1)):
-        monkeypatch.setattr(plan1, "WIDTH", 8)
+    for name, z_train, recorded in (("cgan", emb["z_train"], True),
+                                    ("acgan", emb["z_train"] + 1, True),
+                                    ("infogan", emb["z_train"], False)):
         torch.manual_seed(0)
-        model = plan1.build_model(name, 32, 10)
+        model = image_gans.build_image_gan(name, 32, 10, config)
         model.set_condition_statistics(torch.from_numpy(emb["z_train"]))
-        trainers[name] = GANTrainer(model, LoopSettings())
-        trainers[name].save(folder / f"digits_ae_basic_{name}.pt", plan1.resume_settings(
-            name, plan1.fingerprint(z_train, emb["z_test"]), len(z_train)))
-        monkeypatch.undo()  # the stage must take the width from the checkpoint
+        record = image_gans.architecture(name, 32, 10, config) if recorded else None
+        trainers[name] = GANTrainer(model, loop, record)
+        path = folder / f"digits_ae_basic_{name}.pt"
+        trainers[name].save(path, plan1.resume_settings(
+            name, fingerprint(z_train, emb["z_test"]), len(z_train), run, config, loop))
+        assert ("architecture" in load_checkpoint(path)) == recorded
     capsys.readouterr()
     run_main(root, "--models", "wgan_gp", "--epochs", "1")
-    assert "digits_ae_basic_acgan.pt: trained on other embeddings" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "digits_ae_basic_acgan.pt: trained on other embeddings" in out
+    assert "digits_ae_basic_cgan.pt" not in out and "digits_ae_basic_infogan.pt" not in out
     samples = root / "samples" / "plan2"
     assert not (samples / "digits_ae_basic_wgan_gp_plan1-acgan.npz").exists()
-    images = load_npz(samples / "digits_ae_basic_wgan_gp_plan1-cgan.npz", {"x_gen": (3, "u")})
     gen = load_npz(root / "embeddings" / "digits_ae_basic_wgan_gp.gen.npz", {"z_gen": 2})
-    expected = plan1.regenerate(trainers["cgan"].ema, torch.from_numpy(gen["z_gen"]), 0)
-    np.testing.assert_array_equal(images["x_gen"], expected)
-    np.testing.assert_array_equal(images["y_gen"], gen["y_gen"])
-    assert images["meta"]["decoded_by"] == "plan1-cgan"
+    for name in ("cgan", "infogan"):
+        images = load_npz(samples / f"digits_ae_basic_wgan_gp_plan1-{name}.npz",
+                          {"x_gen": (3, "u")})
+        expected = image_gans.regenerate(trainers[name].ema, torch.from_numpy(gen["z_gen"]), 0)
+        assert images["x_gen"].shape == (300, 28, 28)
+        np.testing.assert_array_equal(images["x_gen"], expected)
+        np.testing.assert_array_equal(images["y_gen"], gen["y_gen"])
+        assert images["meta"]["decoded_by"] == f"plan1-{name}"
 
 
 def test_learning_rate_decay_follows_the_epoch(stage1, tmp_path):
     """--lr-decay: epoch e of E trains at rate x (1 - (e - 1) / E), in both optimisers; the
     number of epochs joins the settings a checkpoint must share."""
     root = fresh_copy(stage1, tmp_path / "data")
-    run_main(root, "--models", "wgan_gp", "--epochs", "2", "--lr-decay", "true")
+    args = ("--models", "wgan_gp", "--lr-decay", "true", "--wasserstein-lr", "6e-4")
+    run_main(root, *args, "--epochs", "2")
     state = load_checkpoint(root / "checkpoints" / "plan2" / "digits_ae_basic_wgan_gp.pt")
     for optimizer in ("optimizer_g", "optimizer_d"):
-        assert state[optimizer]["param_groups"][0]["lr"] == pytest.approx(p2.WASSERSTEIN_LR / 2)
+        assert state[optimizer]["param_groups"][0]["lr"] == pytest.approx(6e-4 / 2)
     with pytest.raises(StageError, match="epochs: now 3, checkpoint 2"):
-        run_main(root, "--models", "wgan_gp", "--epochs", "3", "--lr-decay", "true")
+        run_main(root, *args, "--epochs", "3")
 
 
 def test_ensemble_members_are_the_single_seed_runs(stage1, tmp_path, capsys):
@@ -615,9 +658,9 @@ def test_ensemble_members_are_the_single_seed_runs(stage1, tmp_path, capsys):
 
 def test_sampling_bench_reproduces_the_stage_at_its_seed(stage1, tmp_path):
     """bench/bench_plan2_sampling.py, run as a user runs it on a finished --ensemble 2 run: its
-    row for sampling seed 0 (the stage's --seed) is evaluate.plan2_metrics of the stage's own
+    row for sampling seed 0 (the stage's --seed) is scoring.plan2_metrics of the stage's own
     file, and another seed gives other samples."""
-    import evaluate
+    import scoring
 
     root = fresh_copy(stage1, tmp_path / "data")
     run_main(root, "--models", "wgan_gp", "--epochs", "1", "--ensemble", "2")
@@ -631,15 +674,15 @@ def test_sampling_bench_reproduces_the_stage_at_its_seed(stage1, tmp_path):
             for line in result.stdout.splitlines() if line.startswith("| ")}
     source = root / "embeddings" / "digits_ae_basic.npz"
     gen = load_npz(root / "embeddings" / "digits_ae_basic_wgan_gp.gen.npz", {"z_gen": (2, "f")})
-    evaluate.SEED = 0
-    values = evaluate.plan2_metrics(source, gen, load_embeddings(source))
+    values = scoring.plan2_metrics(source, gen, load_embeddings(source),
+                                   scoring.ScoringSettings(seed=0))
     expected = [f"{values['frechet_distance'] / values['frechet_distance_floor']:.2f}",
                 *(f"{values[k]:.3f}" for k in ("precision", "recall", "density", "coverage"))]
     assert rows["0"] == expected
     assert rows["1"] != rows["0"] and "GMM-20 full (fitted)" in rows
 
 
-def test_energy_distance_term_against_its_formula(small):
+def test_energy_distance_term_against_its_formula():
     """2 E||x - y|| - E||y - y'|| over the pairs of one class (y != y') against a loop, with and
     without classes; in the WGAN-GP generator loss with its weight, on the batch's own rows."""
     gen = torch.Generator().manual_seed(2)
@@ -654,15 +697,15 @@ def test_energy_distance_term_against_its_formula(small):
                     if i != j:
                         within.append((fake[i] - fake[j]).norm())
         expected = 2 * sum(cross) / len(cross) - sum(within) / len(within)
-        torch.testing.assert_close(p2.energy_distance_term(real, fake, classes), expected)
-    model = p2.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2, energy_weight=0.5)
+        torch.testing.assert_close(vg.energy_distance_term(real, fake, classes), expected)
+    model = vg.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2, energy_weight=0.5)
     batch = toy_batch()
     noise = torch.randn(len(batch["x"]), 3, generator=gen)
     model.sample_noise = lambda n, generator=None: noise[:n]
     _, parts = model.generator_loss(batch)
     fake = model.sample(model.condition(batch["label"]), noise)
     torch.testing.assert_close(parts["energy"],
-                               0.5 * p2.energy_distance_term(batch["x"], fake, batch["label"]))
+                               0.5 * vg.energy_distance_term(batch["x"], fake, batch["label"]))
 
 
 def test_energy_distance_term_is_smallest_at_the_real_spread():
@@ -672,13 +715,13 @@ def test_energy_distance_term_is_smallest_at_the_real_spread():
     gen = torch.Generator().manual_seed(3)
     real, other = torch.randn(600, 8, generator=gen), torch.randn(600, 8, generator=gen)
     real_term = torch.cdist(real, real).sum() / (600 * 599)
-    energy = {s: float(p2.energy_distance_term(real, s * other) - real_term)
+    energy = {s: float(vg.energy_distance_term(real, s * other) - real_term)
               for s in (0.7, 1.0, 1.4)}
     assert abs(energy[1.0]) < 0.02
     assert energy[0.7] > energy[1.0] + 0.05 and energy[1.4] > energy[1.0] + 0.05
 
 
-def test_mode_seeking_term_against_its_formula(small):
+def test_mode_seeking_term_against_its_formula():
     """MSGAN's term, 1 / (mean over rows i of |G(z_i, c_i) - G(z'_i, c_i)|_1 / |z_i - z'_i|_1 +
     eps) with means over dimensions, against a loop; in the WGAN-GP generator loss, with its
     weight, the second sample of each row has the row's own class and fresh noise; with weight
@@ -689,8 +732,8 @@ def test_mode_seeking_term_against_its_formula(small):
     ratios = [(fake[i] - other[i]).abs().mean() / (noise[i] - other_noise[i]).abs().mean()
               for i in range(5)]
     expected = 1.0 / (sum(ratios) / 5 + 1e-5)
-    torch.testing.assert_close(p2.mode_seeking_loss(fake, other, noise, other_noise), expected)
-    model = p2.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2, mode_seeking=2.0)
+    torch.testing.assert_close(vg.mode_seeking_loss(fake, other, noise, other_noise), expected)
+    model = vg.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2, mode_seeking=2.0)
     batch = toy_batch()
     n = len(batch["x"])
     first, second = torch.randn(n, 3, generator=gen), torch.randn(n, 3, generator=gen)
@@ -703,6 +746,6 @@ def test_mode_seeking_term_against_its_formula(small):
     ratios = [(a - b).abs().mean() / (first[i] - second[i]).abs().mean()
               for i, (a, b) in enumerate(pairs)]
     torch.testing.assert_close(parts["mode_seeking"], 2.0 / (sum(ratios) / n + 1e-5))
-    plain = p2.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2)
+    plain = vg.WGANGP(4, num_classes=3, noise_dim=3, hidden=8, depth=2)
     plain.sample_noise = lambda n, generator=None: first[:n]
     assert "mode_seeking" not in plain.generator_loss(batch)[1]

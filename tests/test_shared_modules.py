@@ -1,5 +1,6 @@
 """Settings overrides, artifact I/O and data sources."""
 
+import dataclasses
 import gzip
 import json
 import textwrap
@@ -19,7 +20,7 @@ from artifacts import (
 )
 from data_sources import IDX_FILES, load_dataset, read_idx
 from runtime import StageError, pick_device
-from settings import configure
+from settings import as_record, configure, pick
 
 SCRIPT = textwrap.dedent('''\
     """A stage."""
@@ -45,11 +46,25 @@ def test_configure_overrides_by_name_and_type(tmp_path):
     ns = namespace(tmp_path)
     got = configure(ns, ["--epochs", "7", "--learning-rate", "0.5", "--models", "x,y,z",
                          "--sizes", "4,5", "--flag", "true"])
-    assert ns["EPOCHS"] == 7 and ns["LEARNING_RATE"] == 0.5 and ns["NAME"] == "ae"
-    assert ns["MODELS"] == ("x", "y", "z") and ns["SIZES"] == (4, 5) and ns["FLAG"] is True
-    assert got == {"epochs": 7, "learning_rate": 0.5, "name": "ae", "models": ["x", "y", "z"],
-                   "sizes": [4, 5], "flag": True}
-    json.dumps(got)
+    assert got == {"epochs": 7, "learning_rate": 0.5, "name": "ae", "models": ("x", "y", "z"),
+                   "sizes": (4, 5), "flag": True}
+    assert ns["EPOCHS"] == 3 and ns["MODELS"] == ("a", "b")  # the constants are left alone
+    assert as_record(got) == {**got, "models": ["x", "y", "z"], "sizes": [4, 5]}
+    json.dumps(as_record(got))
+
+
+def test_pick_fills_a_dataclass_by_field_name():
+    @dataclasses.dataclass(frozen=True)
+    class Training:
+        epochs: int
+        learning_rate: float
+        seed: int = 0
+
+    values = {"epochs": 7, "learning_rate": 0.5, "name": "ae"}
+    assert pick(Training, values) == Training(7, 0.5)
+    assert pick(Training, values, seed=3) == Training(7, 0.5, 3)
+    with pytest.raises(TypeError):
+        pick(Training, {"epochs": 7})
 
 
 def test_configure_help_lists_comments_and_defaults(tmp_path, capsys):
