@@ -304,14 +304,17 @@ class FitReport:
     best_score: float | None
 
 
-def check_generator_steps(batches_per_epoch: int, n_critic: int, what: str) -> None:
-    """Refuse, before training, an epoch too short for a generator step: with fewer batches than
-    ``n_critic`` discriminator steps per generator step the generator would never learn.
-    ``what`` names the data and settings that give the batches (for the one-line error)."""
-    if batches_per_epoch < n_critic:
-        raise StageError(f"{what} give {batches_per_epoch} batch(es) per epoch, fewer than the "
-                         f"{n_critic} discriminator steps per generator step (n-critic): no "
-                         f"generator step; use more data or a smaller batch size")
+def check_generator_steps(examples: int, batch_size: int, n_critic: int, what: str) -> None:
+    """Refuse, before training, an epoch too short for a generator step: with fewer full batches
+    than ``n_critic`` discriminator steps per generator step the generator would never learn.
+    ``what`` names the data (for the one-line error, which says which settings would do)."""
+    batches = examples // batch_size
+    if batches < n_critic:
+        largest = examples // n_critic
+        fix = f"--batch-size {largest} or smaller" if largest >= 2 else "more data"
+        raise StageError(f"{what}: {examples} at --batch-size {batch_size} give {batches} "
+                         f"batch(es) per epoch, fewer than --n-critic {n_critic}, so no "
+                         f"generator step; use {fix}, or --n-critic {max(1, batches)}")
 
 
 class GANTrainer:

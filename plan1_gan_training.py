@@ -263,8 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     if n_train < run.batch_size:
         raise StageError(f"--limit {run.limit} leaves {n_train} training images, not one full "
                          f"batch of --batch-size {run.batch_size}")
-    check_generator_steps(n_train // run.batch_size, loop.n_critic,
-                          f"{n_train} training images at --batch-size {run.batch_size}")
+    check_generator_steps(n_train, run.batch_size, loop.n_critic, "training images")
     n_test = min(run.test_images, len(data.x_test)) if run.test_images else len(data.x_test)
     if n_test <= EVALUATOR_FEATURE_DIM:
         raise StageError(f"--test-images {run.test_images}: the FID on {EVALUATOR_FEATURE_DIM}-d "

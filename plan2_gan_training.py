@@ -668,12 +668,15 @@ def main(argv: list[str] | None = None) -> None:
         raise StageError(f"--limit {run.limit} leaves {usable} training embeddings"
                          f"{' per translation half' if translators else ''}, not one full batch "
                          f"of --batch-size {run.batch_size}")
-    for name in run.models:
-        if VECTOR_GANS[name].wasserstein:
-            per_epoch = (n_train // 2 if VECTOR_GANS[name].translator else n_train)
-            check_generator_steps(per_epoch // run.batch_size, run.n_critic,
-                                  f"--models {name}: {per_epoch} training embeddings at "
-                                  f"--batch-size {run.batch_size}")
+    # The Wasserstein models take n_critic critic steps per generator step: the one with the
+    # fewest training vectors (a translator's half) sets the largest batch size.
+    critics = [(n_train // 2 if VECTOR_GANS[name].translator else n_train, name)
+               for name in run.models if VECTOR_GANS[name].wasserstein]
+    if critics:
+        examples, name = min(critics)
+        check_generator_steps(examples, run.batch_size, run.n_critic,
+                              f"--models {name}: training embeddings"
+                              + (" per translation half" if VECTOR_GANS[name].translator else ""))
     print(f"{run.dataset}: {n_train} train, {len(real_a['z_test'])} test embeddings of "
           f"{real_a['z_train'].shape[1]} dims from {path_a}; device {device}")
     header = (f"Written by `plan2_gan_training.py`; settings: "

@@ -371,8 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     if run.train_images < run.batch_size:
         raise StageError(f"--train-images {run.train_images} is less than one batch of "
                          f"--batch-size {run.batch_size}")
-    check_generator_steps(run.train_images // run.batch_size, optimiser.n_critic,
-                          f"--train-images {run.train_images} at --batch-size {run.batch_size}")
+    check_generator_steps(run.train_images, run.batch_size, optimiser.n_critic,
+                          "--train-images")
     if len(data.x_test) < run.n_images:
         raise StageError(f"--n-images {run.n_images}: {data.name} has only {len(data.x_test)} "
                          f"test images to prompt with")

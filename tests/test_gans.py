@@ -433,3 +433,16 @@ def test_figures_have_a_panel_per_image_and_per_loss_group(tmp_path):
     figure = gans.loss_curves_figure(trainer.history, "curves")
     labels = {line.get_label() for line in figure.axes[0].get_lines()}
     assert labels == {"loss", "adversarial", "gradient_penalty"} and len(figure.axes) == 2
+
+
+def test_fit_stops_when_an_epoch_makes_no_generator_step(tmp_path):
+    """Two batches an epoch with n_critic 3: the first epoch trains no generator; fit stops with
+    one line instead of a KeyError (a stage refuses this up front, check_generator_steps)."""
+    torch.manual_seed(0)
+    trainer = GANTrainer(VectorGAN(), LoopSettings(n_critic=3))
+    with pytest.raises(StageError, match="epoch 1 made no generator step"):
+        trainer.fit(lambda epoch: gaussian_batches(2, seed=epoch), 2, tmp_path / "c.pt", {})
+    assert not (tmp_path / "c.pt").exists()
+    with pytest.raises(StageError, match="give 2 batch.*--batch-size 21 or smaller"):
+        gans.check_generator_steps(64, 32, 3, "vectors")
+    gans.check_generator_steps(96, 32, 3, "vectors")  # three batches: one generator step

@@ -425,16 +425,71 @@ def test_evaluate_data_dir_problems(tmp_path):
     assert_one_line_error(result, "results", "not a folder")
 
 
+# ---------------------------------------------------------------- too few batches for n_critic
+def stage(script: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, "--dataset", "digits", "--data-dir",
+                           str(data_dir), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=ENV)
+
+
+NO_GENERATOR_STEP = [
+    ("plan2_gan_training.py", ("--encoder", "ae_basic", "--models", "wgan_gp", "--epochs", "1"),
+     ("wgan_gp", "256 at --batch-size 256 give 1 batch(es)", "--n-critic 5",
+      "--batch-size 51 or smaller")),
+    ("plan2_gan_training.py", ("--encoder", "ae_basic", "--encoder-b", "triplet", "--models",
+                               "wgan_gp,cyclegan,dualgan", "--batch-size", "64", "--epochs", "1"),
+     ("dualgan", "per translation half: 128 at --batch-size 64 give 2", "--batch-size 25")),
+    ("plan1_gan_training.py", ("--encoder", "ae_basic", "--limit", "256", "--n-critic", "3",
+                               "--epochs", "1"),
+     ("training images: 256 at --batch-size 128 give 2 batch(es)", "--batch-size 85")),
+    ("self_consuming_loop.py", ("--train-images", "128", "--batch-size", "64", "--n-critic",
+                                "3", "--n-images", "50", "--generations", "1"),
+     ("--train-images: 128 at --batch-size 64 give 2", "--n-critic 2")),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "words"), NO_GENERATOR_STEP,
+                         ids=[f"{s} {' '.join(a)}" for s, a, _ in NO_GENERATOR_STEP])
+def test_an_epoch_without_a_generator_step_is_refused_up_front(trained, tmp_path, script, args,
+                                                               words):
+    """Fewer batches than n_critic would train no generator: refused in one line, before any
+    training or evaluator, naming the batch size that would do; nothing written."""
+    data_dir = tmp_path / "data"
+    (data_dir / "embeddings").mkdir(parents=True)
+    for name in ("ae_basic", "triplet"):
+        (data_dir / "embeddings" / f"digits_{name}.npz").write_bytes(
+            (trained / "embeddings" / f"digits_{name}.npz").read_bytes())
+    result = stage(script, data_dir, *args)
+    assert_one_line_error(result, "no generator step", *words)
+    assert not list((data_dir / "checkpoints").rglob("*.pt"))
+
+
+def test_the_batch_size_the_refusal_names_trains(trained, tmp_path):
+    """The reported case: 256 stage-1 embeddings (made with --limit 256), WGAN-GP at the
+    batch size the refusal names trains and writes its samples."""
+    data_dir = tmp_path / "data"
+    (data_dir / "embeddings").mkdir(parents=True)
+    (data_dir / "embeddings" / "digits_ae_basic.npz").write_bytes(
+        (trained / "embeddings" / "digits_ae_basic.npz").read_bytes())
+    result = stage("plan2_gan_training.py", data_dir, "--encoder", "ae_basic", "--models",
+                   "wgan_gp", "--epochs", "1", "--batch-size", "51", "--samples", "100",
+                   "--plot-points", "50", "--plots", "false")
+    assert result.returncode == 0, result.stderr
+    meta = load_npz(data_dir / "embeddings" / "digits_ae_basic_wgan_gp.gen.npz",
+                    {"z_gen": (2, "f")})["meta"]
+    assert meta["epochs_trained"] == 1
+
+
 # ---------------------------------------------------------------- every script
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.py"), *ROOT.glob("bench/*.py")]
-                 if "configure(globals())" in p.read_text() and p.name != "settings.py")
+                 if "configure(globals()" in p.read_text() and p.name != "settings.py")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_has_valid_defaults_and_readable_rules(script, capsys):
     import runpy
 
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str((ROOT / script).parent)]  # as when run as a script
     namespace = runpy.run_path(str(ROOT / script), run_name="imported_by_test")
     settings = configure(namespace, [])
     assert settings, script
