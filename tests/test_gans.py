@@ -446,3 +446,21 @@ def test_fit_stops_when_an_epoch_makes_no_generator_step(tmp_path):
     with pytest.raises(StageError, match="give 2 batch.*--batch-size 21 or smaller"):
         gans.check_generator_steps(64, 32, 3, "vectors")
     gans.check_generator_steps(96, 32, 3, "vectors")  # three batches: one generator step
+
+
+def test_a_checkpoint_without_its_architecture_gets_it_when_resumed(tmp_path):
+    """Checkpoints made before they stored their model's architecture: a run that resumes one
+    (nothing left to train) rewrites it with the record, the weights unchanged."""
+    torch.manual_seed(0)
+    path = tmp_path / "old.pt"
+    old = GANTrainer(VectorGAN(), LoopSettings())
+    old.fit(lambda epoch: gaussian_batches(2, seed=epoch), 1, path, {"s": 1})
+    assert "architecture" not in torch.load(path, weights_only=True)
+    record = {"family": "test", "name": "vector", "config": {"width": 8}}
+    torch.manual_seed(1)
+    new = GANTrainer(VectorGAN(), LoopSettings(), architecture=record)
+    report = new.fit(lambda epoch: gaussian_batches(2, seed=epoch), 1, path, {"s": 1})
+    state = torch.load(path, weights_only=True)
+    assert report.trained_epochs == 0 and state["architecture"] == record
+    for key, value in old.state_dict()["ema"].items():
+        assert torch.equal(state["ema"][key], value)
