@@ -346,14 +346,20 @@ class Loop:
         return loop_settings(self.run, self.config, self.optimiser)
 
 
+def optimiser_settings(values: dict[str, Any]) -> LoopSettings:
+    """The GAN loop's optimiser settings from this stage's settings (``configure``'s values);
+    each generation adds its own seed."""
+    return LoopSettings(n_critic=values["n_critic"], lr_generator=values["lr_generator"],
+                        lr_discriminator=values["lr_discriminator"],
+                        betas=(values["beta1"], values["beta2"]),
+                        ema_decay=values["ema_decay"], log_every=values["log_every"])
+
+
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     run = pick(LoopRun, values)
     config = pick(ImageGANConfig, values)
-    optimiser = LoopSettings(n_critic=values["n_critic"], lr_generator=values["lr_generator"],
-                             lr_discriminator=values["lr_discriminator"],
-                             betas=(values["beta1"], values["beta2"]),
-                             ema_decay=values["ema_decay"], log_every=values["log_every"])
+    optimiser = optimiser_settings(values)
     score_settings = scoring.ScoringSettings(seed=run.seed)
     name = run_name(run)
     root = Path(run.data_dir)

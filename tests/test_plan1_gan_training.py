@@ -1,7 +1,6 @@
 """Plan 1 GANs: one battery over the three models, their special terms, the pairing checks of the
 embedding file, and the stage run as a user runs it on digits (outputs, Ctrl-C, resume)."""
 
-import importlib
 import os
 import shutil
 import signal
@@ -14,18 +13,30 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate
+import image_gans
 import plan1_gan_training as plan1
+import scoring
 from artifacts import PLAN1_SAMPLE_KEYS, load_checkpoint, load_npz, make_meta, save_npz
 from data_sources import load_dataset
 from gans import GANTrainer, LoopSettings
+from image_gans import ImageGANConfig, build_image_gan, class_condition
 from runtime import StageError
+from settings import configure, pick
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CONDITION_DIM, CLASSES = 6, 4
 
 torch.set_num_threads(1)
+
+
+def plan1_values(*args: str) -> dict:
+    """The stage's settings as its command line gives them (the module is left as it is)."""
+    return configure(vars(plan1), list(args))
+
+
+# The image GANs as the stage builds them by default.
+CONFIG = pick(ImageGANConfig, plan1_values())
 
 
 def make_batch(seed: int = 0, n: int = 8) -> dict[str, torch.Tensor]:
@@ -35,15 +46,15 @@ def make_batch(seed: int = 0, n: int = 8) -> dict[str, torch.Tensor]:
             "label": torch.arange(n) % CLASSES}
 
 
-def build(name: str) -> plan1.ConditionalGAN:
+def build(name: str) -> image_gans.ConditionalGAN:
     torch.manual_seed(0)
-    model = plan1.build_model(name, CONDITION_DIM, CLASSES)
+    model = build_image_gan(name, CONDITION_DIM, CLASSES, CONFIG)
     model.set_condition_statistics(make_batch(99, 64)["condition"])
     return model
 
 
 # ---------------------------------------------------------------- the battery
-@pytest.mark.parametrize("name", plan1.GAN_NAMES)
+@pytest.mark.parametrize("name", image_gans.GAN_NAMES)
 def test_gan_battery(name, tmp_path):
     model = build(name)
     batch = make_batch()
@@ -83,9 +94,9 @@ def test_class_conditioned_generator_for_the_self_consuming_loop():
     """The same cGAN conditioned on one-hot classes (no statistics needed): it trains, and a
     class's samples depend on the class asked for."""
     torch.manual_seed(0)
-    model = plan1.ConditionalGAN(CLASSES)
+    model = image_gans.ConditionalGAN(CLASSES)
     labels = torch.arange(8) % CLASSES
-    condition = plan1.class_condition(labels, CLASSES)
+    condition = class_condition(labels, CLASSES)
     assert torch.equal(condition.argmax(1), labels) and torch.equal(condition.sum(1),
                                                                     torch.ones(8))
     batch = {"x": make_batch()["x"], "condition": condition, "label": labels}
@@ -94,7 +105,7 @@ def test_class_conditioned_generator_for_the_self_consuming_loop():
     noise = model.sample_noise(8, torch.Generator().manual_seed(1))
     with torch.no_grad():
         a = trainer.ema.sample(condition, noise)
-        b = trainer.ema.sample(plan1.class_condition((labels + 1) % CLASSES, CLASSES), noise)
+        b = trainer.ema.sample(class_condition((labels + 1) % CLASSES, CLASSES), noise)
     assert a.shape == (8, 1, 28, 28) and not torch.allclose(a, b)
 
 
@@ -112,13 +123,13 @@ def test_acgan_class_head_gives_logits_to_cross_entropy(monkeypatch):
     head_outputs, ce_inputs = [], []
     model.discriminator["classes"].register_forward_hook(
         lambda module, args, output: head_outputs.append(output))
-    original = plan1.F.cross_entropy
+    original = image_gans.F.cross_entropy
 
     def recording_cross_entropy(logits, target, *args, **kwargs):
         ce_inputs.append((logits, target))
         return original(logits, target, *args, **kwargs)
 
-    monkeypatch.setattr(plan1.F, "cross_entropy", recording_cross_entropy)
+    monkeypatch.setattr(image_gans.F, "cross_entropy", recording_cross_entropy)
     batch = make_batch()
     model.discriminator_loss(batch)
     model.generator_loss(batch)
@@ -144,7 +155,7 @@ def test_infogan_q_head_trains_in_the_generator_step():
 def test_infogan_information_loss_against_its_formula():
     model = build("infogan")
     noise = model.sample_noise(5, torch.Generator().manual_seed(3))
-    features = torch.randn(5, plan1.FEATURE_DIM)
+    features = torch.randn(5, CONFIG.feature_dim)
     with torch.no_grad():
         predicted = model.q_head(features)
     k = noise[:, model.noise_dim:model.noise_dim + model.categories].argmax(1)
@@ -164,13 +175,19 @@ def test_infogan_information_loss_against_its_formula():
 
 def test_unknown_model_name_lists_valid_names():
     with pytest.raises(StageError, match="valid names: cgan, acgan, infogan"):
-        plan1.build_model("wgan", 4, 10)
+        build_image_gan("wgan", 4, 10, CONFIG)
 
 
 # ---------------------------------------------------------------- pairing checks
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
+
+
+def pairing_run(data_dir: Path) -> plan1.Plan1Settings:
+    """The settings of a digits run on ae_basic embeddings in ``data_dir``."""
+    return pick(plan1.Plan1Settings, plan1_values("--dataset", "digits", "--encoder", "ae_basic",
+                                                  "--data-dir", str(data_dir)))
 
 
 def write_embeddings(path, data, n_train=None, limit=0, dataset="digits", **changes):
@@ -186,7 +203,7 @@ def write_embeddings(path, data, n_train=None, limit=0, dataset="digits", **chan
 
 def test_matching_embeddings_are_paired(tmp_path, digits):
     path = write_embeddings(tmp_path / "e.npz", digits, n_train=500, limit=500)
-    z_train, z_test, _ = plan1.paired_embeddings(path, digits, 300)
+    z_train, z_test, _ = plan1.paired_embeddings(path, digits, 300, pairing_run(tmp_path))
     assert z_train.shape == (300, 4) and z_test.shape == (len(digits.x_test), 4)
 
 
@@ -222,7 +239,7 @@ def test_embeddings_that_do_not_match_the_images_are_refused(tmp_path, digits, c
     elif case == "test_labels":
         write_embeddings(path, digits, y_test=np.roll(digits.y_test, 1))
     with pytest.raises(StageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        plan1.paired_embeddings(path, digits, 300)
+        plan1.paired_embeddings(path, digits, 300, pairing_run(tmp_path))
 
 
 # ---------------------------------------------------------------- the stage, as a user runs it
@@ -247,11 +264,8 @@ def prepared(tmp_path_factory):
     subprocess.run([sys.executable, "encoder_models.py", "--dataset", "digits", "--models",
                     "ae_basic", "--epochs", "1", "--data-dir", str(folder)], cwd=ROOT,
                    check=True, capture_output=True, env=ENV)
-    evaluate.DATA_DIR = str(folder)
-    try:
-        evaluate.get_evaluator(load_dataset("digits"), torch.device("cpu"))
-    finally:
-        evaluate.DATA_DIR = "data"
+    scoring.load_evaluator(load_dataset("digits"), torch.device("cpu"),
+                           scoring.EvaluatorSettings(data_dir=str(folder)))
     return folder
 
 
@@ -266,7 +280,7 @@ def straight(prepared, tmp_path_factory):
 def test_stage_writes_samples_grids_curves_and_report(straight):
     data_dir, stdout = straight
     digits = load_dataset("digits")
-    for name in plan1.GAN_NAMES:
+    for name in image_gans.GAN_NAMES:
         tag = f"digits_ae_basic_{name}"
         path = data_dir / "samples" / "plan1" / f"{tag}.npz"
         arrays = load_npz(path, PLAN1_SAMPLE_KEYS, aligned=(("x_gen", "idx_src", "y_src"),))
@@ -274,7 +288,7 @@ def test_stage_writes_samples_grids_curves_and_report(straight):
         assert arrays["x_gen"].max() > arrays["x_gen"].min()  # not a blank image set
         assert np.array_equal(arrays["idx_src"], np.arange(300))  # the first 300 test images
         assert np.array_equal(arrays["y_src"], digits.y_test[:300])
-        evaluate.check_sources(path, arrays, digits)  # what evaluate.py checks
+        scoring.check_sources(path, arrays, digits, scoring.ScoringSettings())  # evaluate.py's
         meta = arrays["meta"]
         assert meta["gan"] == name and meta["encoder"] == "ae_basic"
         assert meta["train_images"] == 256 and meta["test_images"] == 300
@@ -327,14 +341,12 @@ def copy_prepared(prepared: Path, target: Path) -> Path:
 
 
 @pytest.fixture
-def stage_main(monkeypatch):
+def stage_main():
     """Call the stage's main() in this process with a command line (cheaper than a process)."""
     def call(*args: str) -> None:
-        monkeypatch.setattr(sys, "argv", ["plan1_gan_training.py", *STAGE_ARGS, *args])
-        plan1.main()
+        plan1.main([*STAGE_ARGS, *args])
 
-    yield call
-    importlib.reload(plan1)  # configure() overwrote the module's settings
+    return call
 
 
 def test_missing_embedding_file_names_the_command(stage_main, tmp_path):

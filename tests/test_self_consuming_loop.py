@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import shutil
 import signal
 import subprocess
@@ -18,10 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
+import scoring
 import self_consuming_loop as loop
 from artifacts import load_checkpoint, load_npz
+from captions import CAPTION_TEMPLATES
 from data_sources import load_dataset
 from extract_generation_embeddings import image_id_from_name, read_first_captions
+from image_gans import ImageGANConfig
+from runtime import run_stage
+from settings import configure, pick
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -51,18 +55,23 @@ def with_evaluator(source: Path, target: Path) -> Path:
 
 def run_in_process(data_dir: Path, *args: str, capsys: pytest.CaptureFixture
                    ) -> tuple[int, str, str]:
-    """Run the stage in this process (no start-up cost): (exit code, stdout, stderr)."""
-    saved = sys.argv
-    sys.argv = ["self_consuming_loop.py", *TINY, "--data-dir", str(data_dir), *args]
+    """Run the stage in this process (no start-up cost) as `python self_consuming_loop.py`
+    runs it, errors becoming exit codes: (exit code, stdout, stderr)."""
+    argv = [*TINY, "--data-dir", str(data_dir), *args]
     code = 0
     try:
-        runpy.run_path(str(ROOT / "self_consuming_loop.py"), run_name="__main__")
+        run_stage(lambda: loop.main(argv))
     except SystemExit as stopped:
         code = int(stopped.code)
-    finally:
-        sys.argv = saved
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def loop_context(data, checkpoints: Path, *args: str) -> loop.Loop:
+    """The loop's context (run, GAN config, optimiser) as main() builds it from a command line."""
+    values = configure(vars(loop), list(args))
+    return loop.Loop(pick(loop.LoopRun, values), pick(ImageGANConfig, values),
+                     loop.optimiser_settings(values), data, checkpoints, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +121,13 @@ def test_caption_file_is_coco_and_captions_name_the_prompts_class(straight):
     for image_id, caption in captions.items():
         assert caption.endswith(f"the digit {data.y_test[image_id]}")
         assert any(caption == t.format(f"the digit {data.y_test[image_id]}")
-                   for t in loop.CAPTION_TEMPLATES)
+                   for t in CAPTION_TEMPLATES)
     assert len(set(captions.values())) > 1  # the templates vary with the seed
     saved = load_npz(data_dir / RUN / "gen_1.npz", {"y_src": (1, "i")})
     np.testing.assert_array_equal(saved["y_src"], data.y_test[:N_IMAGES])
 
 
-def test_generation_1_trains_only_on_generation_0s_images(straight, monkeypatch):
+def test_generation_1_trains_only_on_generation_0s_images(straight):
     data_dir = straight[0]
     checkpoints = data_dir / "checkpoints" / "loop" / RUN
     train = load_npz(checkpoints / "train_gen_1.npz", loop.TRAIN_SET_KEYS)
@@ -126,26 +135,23 @@ def test_generation_1_trains_only_on_generation_0s_images(straight, monkeypatch)
     data = load_dataset("digits", str(data_dir))
     # The labels are generation 0's, reshuffled; the images are generation 0's drawings of them.
     np.testing.assert_array_equal(np.sort(train["y"]), np.sort(data.y_train[:640]))
-    for name, value in {"DATASET": "digits", "TRAIN_IMAGES": 640, "FRESH_FRACTION": 0.0,
-                        "WIDTH": 16, "FEATURE_DIM": 32, "NOISE_DIM": 8, "EPOCHS_FIRST": 1,
-                        "EPOCHS": 3, "BATCH_SIZE": 16, "N_IMAGES": N_IMAGES}.items():
-        monkeypatch.setattr(loop, name, value)
-    generation_0 = loop.load_generation_model(checkpoints / "gen_0.pt", 0, data,
-                                              torch.device("cpu"))
-    again = loop.synthetic_training_set(generation_0, data, 1, torch.device("cpu"))
+    context = loop_context(data, checkpoints, *TINY, "--data-dir", str(data_dir))
+    assert context.run.fresh_fraction == 0.0 and context.config.width == 16
+    generation_0 = loop.load_generation_model(checkpoints / "gen_0.pt", 0, context)
+    again = loop.synthetic_training_set(generation_0, data, 1, torch.device("cpu"), context.run)
     np.testing.assert_array_equal(again["x"], train["x"])
     np.testing.assert_array_equal(again["y"], train["y"])
     assert load_checkpoint(checkpoints / "gen_1.pt")["epoch"] == 3
 
 
-def test_fresh_fraction_replaces_that_share_with_real_training_images(monkeypatch):
+def test_fresh_fraction_replaces_that_share_with_real_training_images():
     data = load_dataset("digits", "data")
-    monkeypatch.setattr(loop, "TRAIN_IMAGES", 100)
-    monkeypatch.setattr(loop, "FRESH_FRACTION", 0.3)
-    monkeypatch.setattr(loop, "WIDTH", 8)
+    values = configure(vars(loop), ["--train-images", "100", "--fresh-fraction", "0.3",
+                                    "--width", "8"])
+    run = pick(loop.LoopRun, values)
     torch.manual_seed(0)
-    model = loop.build_model(data.num_classes)
-    train = loop.synthetic_training_set(model, data, 2, torch.device("cpu"))
+    model = loop.build_model(data.num_classes, pick(ImageGANConfig, values))
+    train = loop.synthetic_training_set(model, data, 2, torch.device("cpu"), run)
     assert len(train["x"]) == 100 and int(train["real"].sum()) == 30
     real_rows = {data.x_train[i].tobytes(): data.y_train[i] for i in range(len(data.x_train))}
     for image, label in zip(train["x"][train["real"]], train["y"][train["real"]], strict=True):
@@ -154,7 +160,7 @@ def test_fresh_fraction_replaces_that_share_with_real_training_images(monkeypatc
     synthetic_labels = np.bincount(train["y"][~train["real"]], minlength=10)
     assert np.all(synthetic_labels <= np.bincount(data.y_train[:100], minlength=10))
     # Another generation draws other fresh images.
-    other = loop.synthetic_training_set(model, data, 3, torch.device("cpu"))
+    other = loop.synthetic_training_set(model, data, 3, torch.device("cpu"), run)
     assert not np.array_equal(other["x"][other["real"]], train["x"][train["real"]])
 
 
@@ -162,9 +168,9 @@ def test_within_class_variance_of_constructed_features():
     features = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 1.0], [1.0, 3.0], [1.0, 5.0], [9.0, 9.0]])
     labels = np.array([0, 0, 1, 1, 1, 2])  # class 2 has one image: no variance, left out
     # class 0: tr Cov = var(0, 2) = 2; class 1: var(1, 3, 5) = 4; mean 3.
-    assert loop.within_class_variance(features, labels) == pytest.approx(3.0)
+    assert scoring.within_class_variance(features, labels) == pytest.approx(3.0)
     with pytest.raises(ValueError):
-        loop.within_class_variance(features[:1], labels[:1])
+        scoring.within_class_variance(features[:1], labels[:1])
 
 
 def default_sigint() -> None:
