@@ -27,16 +27,17 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.datasets import load_sample_images
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_common import model_only_seconds, synchronise, write_pictures  # noqa: E402
 from clip_images import PixelPipeline, decode_reduced, image_batches  # noqa: E402
 from extract_generation_embeddings import (  # noqa: E402
     autocast_for,
@@ -45,7 +46,7 @@ from extract_generation_embeddings import (  # noqa: E402
     projected,
 )
 from runtime import pick_device, run_stage, seed_everything  # noqa: E402
-from settings import configure  # noqa: E402
+from settings import configure, pick  # noqa: E402
 
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 PREPROCESSING = "fast"  # the stage's path timed end to end [fast | processor]
@@ -61,28 +62,22 @@ THREADS = 0  # torch CPU threads for the model runs (0: torch's default) [>= 0]
 SEED = 0  # seeds the weights, the crops and the token ids [>= 0]
 
 
-def write_pictures(folder: Path, count: int, size: int, seed: int) -> list[Path]:
-    """Random crops of the sample photographs, rescaled to size x size, saved as JPEG files."""
-    rng = np.random.default_rng(seed)
-    photos = [Image.fromarray(photo) for photo in load_sample_images().images]
-    files = []
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        side = int(rng.integers(200, min(photo.size)))
-        left = int(rng.integers(0, photo.width - side + 1))
-        top = int(rng.integers(0, photo.height - side + 1))
-        picture = photo.crop((left, top, left + side, top + side)).resize(
-            (size, size), Image.Resampling.BICUBIC)
-        path = folder / f"COCO_train2014_{index + 1:012d}.jpg"
-        picture.save(path, quality=90)
-        files.append(path)
-    return files
+@dataclass(frozen=True)
+class ClipBench:
+    """This benchmark's settings, as main passes them down."""
 
-
-def synchronise(device: torch.device) -> None:
-    """Wait for queued GPU work, so that wall-clock times are complete."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    device: str
+    preprocessing: str
+    n_images: int
+    n_decode: int
+    decode_passes: int
+    n_per_image: int
+    batch_size: int
+    workers: int
+    image_size: int
+    caption_tokens: int
+    threads: int
+    seed: int
 
 
 def plain_decode(files: list[Path]) -> None:
@@ -92,10 +87,10 @@ def plain_decode(files: list[Path]) -> None:
             image.convert("RGB")
 
 
-def fast_preprocessing(files: list[Path], pipeline: PixelPipeline) -> None:
+def fast_preprocessing(files: list[Path], pipeline: PixelPipeline, batch_size: int) -> None:
     """The stage's fast path on the CPU: reduced decode, then batched tensor preprocessing."""
-    for start in range(0, len(files), BATCH_SIZE):
-        decoded = [decode_reduced(path, pipeline) for path in files[start:start + BATCH_SIZE]]
+    for start in range(0, len(files), batch_size):
+        decoded = [decode_reduced(path, pipeline) for path in files[start:start + batch_size]]
         pixels = torch.stack([torch.from_numpy(array) for array, _ in decoded])
         pipeline(pixels, pipeline.resized_size(*decoded[0][1]))
 
@@ -114,26 +109,15 @@ def timed(work: Any) -> tuple[float, float]:
     return time.thread_time() - cpu, time.perf_counter() - wall
 
 
-def model_only_seconds(model: CLIPModel, batches: list[torch.Tensor],
-                       device: torch.device) -> float:
-    """Seconds for the image tower (plus normalisation) on preprocessed in-memory batches."""
-    synchronise(device)
-    started = time.perf_counter()
-    for pixels in batches:
-        with torch.inference_mode(), autocast_for(device):
-            features = projected(model.get_image_features(pixel_values=pixels.to(device)))
-        torch.nn.functional.normalize(features.float(), dim=-1).cpu()
-    synchronise(device)
-    return time.perf_counter() - started
-
-
 def end_to_end_seconds(model: CLIPModel, files: list[Path], image_processor: CLIPImageProcessor,
-                       pipeline: PixelPipeline | None, device: torch.device) -> float:
-    """Seconds for the stage's image path: files -> DataLoader -> device -> tower -> normalised."""
+                       pipeline: PixelPipeline | None, device: torch.device,
+                       b: ClipBench) -> float:
+    """Seconds for the stage's image path: files -> DataLoader -> device -> tower -> normalised
+    (b.preprocessing, in batches of b.batch_size, b.workers DataLoader workers)."""
     synchronise(device)
     started = time.perf_counter()
-    batches = image_batches(files, batch_blocks(len(files), BATCH_SIZE, None), PREPROCESSING,
-                            image_processor, pipeline, WORKERS, device)
+    batches = image_batches(files, batch_blocks(len(files), b.batch_size, None),
+                            b.preprocessing, image_processor, pipeline, b.workers, device)
     _, kept, failed = embed_images(model, batches, pipeline, device)
     synchronise(device)
     seconds = time.perf_counter() - started
@@ -152,14 +136,15 @@ def caption_ids(count: int, tokens: int, config: CLIPConfig, rng: np.random.Gene
     return torch.as_tensor(ids, dtype=torch.long)
 
 
-def caption_seconds(model: CLIPModel, ids: torch.Tensor, device: torch.device) -> float:
+def caption_seconds(model: CLIPModel, ids: torch.Tensor, device: torch.device,
+                    batch_size: int) -> float:
     """Seconds for the stage's batched caption pass (text tower plus normalisation)."""
     synchronise(device)
     started = time.perf_counter()
-    for start in range(0, len(ids), BATCH_SIZE):
+    for start in range(0, len(ids), batch_size):
         with torch.inference_mode(), autocast_for(device):
             features = projected(model.get_text_features(
-                input_ids=ids[start:start + BATCH_SIZE].to(device)))
+                input_ids=ids[start:start + batch_size].to(device)))
         torch.nn.functional.normalize(features.float(), dim=-1).cpu()
     synchronise(device)
     return time.perf_counter() - started
@@ -182,19 +167,20 @@ def per_image_seconds(model: CLIPModel, files: list[Path], ids: torch.Tensor,
 
 
 def preprocessing_costs(files: list[Path], image_processor: CLIPImageProcessor,
-                        pipeline: PixelPipeline) -> dict[str, tuple[float, float]]:
-    """Median (CPU, wall) milliseconds per image of each path over interleaved passes, one
-    CPU thread."""
+                        pipeline: PixelPipeline, batch_size: int, decode_passes: int
+                        ) -> dict[str, tuple[float, float]]:
+    """Median (CPU, wall) milliseconds per image of each path over ``decode_passes`` interleaved
+    passes, one CPU thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     paths = {"plain PIL decode": lambda: plain_decode(files),
-             "fast path": lambda: fast_preprocessing(files, pipeline),
+             "fast path": lambda: fast_preprocessing(files, pipeline, batch_size),
              "processor path": lambda: processor_preprocessing(files, image_processor)}
     try:
-        fast_preprocessing(files[:BATCH_SIZE], pipeline)  # warm-up
+        fast_preprocessing(files[:batch_size], pipeline, batch_size)  # warm-up
         processor_preprocessing(files[:2], image_processor)
         passes: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
-        for _ in range(DECODE_PASSES):
+        for _ in range(decode_passes):
             for name, work in paths.items():
                 passes[name].append(timed(work))
     finally:
@@ -204,19 +190,20 @@ def preprocessing_costs(files: list[Path], image_processor: CLIPImageProcessor,
             for name, runs in passes.items()}
 
 
-def main() -> None:
-    configure(globals())
-    seed_everything(SEED)
-    if THREADS > 0:
-        torch.set_num_threads(THREADS)
-    device = pick_device(DEVICE)
+def main(argv: list[str] | None = None) -> None:
+    b = pick(ClipBench, configure(globals(), argv))
+    seed_everything(b.seed)
+    if b.threads > 0:
+        torch.set_num_threads(b.threads)
+    device = pick_device(b.device)
     image_processor = CLIPImageProcessor()  # openai/clip-vit-base-patch32's configuration
     pipeline = PixelPipeline.from_processor(image_processor)
     with tempfile.TemporaryDirectory() as folder:
-        files = write_pictures(Path(folder), max(N_IMAGES, N_DECODE), IMAGE_SIZE, SEED)
-        costs = preprocessing_costs(files[:N_DECODE], image_processor, pipeline)
-        print(f"preprocessing per image, one CPU thread, {N_DECODE} JPEG files of {IMAGE_SIZE} "
-              f"px, median of {DECODE_PASSES} interleaved passes:")
+        files = write_pictures(Path(folder), max(b.n_images, b.n_decode), b.image_size, b.seed)
+        costs = preprocessing_costs(files[:b.n_decode], image_processor, pipeline, b.batch_size,
+                                    b.decode_passes)
+        print(f"preprocessing per image, one CPU thread, {b.n_decode} JPEG files of "
+              f"{b.image_size} px, median of {b.decode_passes} interleaved passes:")
         plain_cpu, plain_wall = costs["plain PIL decode"]
         for name, (cpu, wall) in costs.items():
             print(f"  {name:<18} CPU {cpu:6.2f} ms ({1000 / cpu:6.1f} images/s, "
@@ -229,36 +216,37 @@ def main() -> None:
         model = CLIPModel(config).to(device).eval()
         parameters = sum(p.numel() for p in model.parameters()) / 1e6
         print(f"\nrandom CLIPConfig() ({parameters:.0f} M parameters) on {device}, "
-              f"{torch.get_num_threads()} torch threads; batch {BATCH_SIZE}, {WORKERS} workers, "
-              f"{N_IMAGES} images, {PREPROCESSING} preprocessing end to end")
-        files = files[:N_IMAGES]
+              f"{torch.get_num_threads()} torch threads; batch {b.batch_size}, {b.workers} "
+              f"workers, {b.n_images} images, {b.preprocessing} preprocessing end to end")
+        files = files[:b.n_images]
         preprocessed = torch.stack([
             image_processor(images=Image.open(p).convert("RGB"), return_tensors="pt")[
                 "pixel_values"][0] for p in files])
-        batches = list(preprocessed.split(BATCH_SIZE))
-        ids = caption_ids(N_IMAGES, CAPTION_TOKENS, config, np.random.default_rng(SEED))
-        stage_pipeline = pipeline if PREPROCESSING == "fast" else None
+        batches = list(preprocessed.split(b.batch_size))
+        ids = caption_ids(b.n_images, b.caption_tokens, config, np.random.default_rng(b.seed))
+        stage_pipeline = pipeline if b.preprocessing == "fast" else None
         model_only_seconds(model, batches[:1], device)  # warm-up
-        end_to_end_seconds(model, files[:BATCH_SIZE], image_processor, stage_pipeline, device)
+        end_to_end_seconds(model, files[:b.batch_size], image_processor, stage_pipeline, device,
+                           b)
         before = model_only_seconds(model, batches, device)
-        end_to_end = end_to_end_seconds(model, files, image_processor, stage_pipeline, device)
+        end_to_end = end_to_end_seconds(model, files, image_processor, stage_pipeline, device, b)
         after = model_only_seconds(model, batches, device)
-        captions = caption_seconds(model, ids, device)
-        one_by_one = per_image_seconds(model, files[:N_PER_IMAGE], ids, image_processor,
+        captions = caption_seconds(model, ids, device, b.batch_size)
+        one_by_one = per_image_seconds(model, files[:b.n_per_image], ids, image_processor,
                                        device)
     model_only = (before + after) / 2
-    rates = {"model only (image tower, preprocessed batches)": N_IMAGES / model_only,
-             "end to end (the stage's image path)": N_IMAGES / end_to_end,
-             "end to end with the batched caption pass": N_IMAGES / (end_to_end + captions),
-             "one image at a time, both towers (public scripts)": N_PER_IMAGE / one_by_one}
+    rates = {"model only (image tower, preprocessed batches)": b.n_images / model_only,
+             "end to end (the stage's image path)": b.n_images / end_to_end,
+             "end to end with the batched caption pass": b.n_images / (end_to_end + captions),
+             "one image at a time, both towers (public scripts)": b.n_per_image / one_by_one}
     for name, rate in rates.items():
         print(f"{name:<52} {rate:8.2f} images/s")
-    print(f"model-only runs: {N_IMAGES / before:.2f} and {N_IMAGES / after:.2f} images/s "
+    print(f"model-only runs: {b.n_images / before:.2f} and {b.n_images / after:.2f} images/s "
           f"(before and after the end-to-end run)")
-    end_to_end_rate = N_IMAGES / end_to_end
-    print(f"end to end / model only: {end_to_end_rate * model_only / N_IMAGES:.2f} "
+    end_to_end_rate = b.n_images / end_to_end
+    print(f"end to end / model only: {end_to_end_rate * model_only / b.n_images:.2f} "
           f"(target >= 0.8)")
-    print(f"end to end / one image at a time: {end_to_end_rate * one_by_one / N_PER_IMAGE:.2f}"
+    print(f"end to end / one image at a time: {end_to_end_rate * one_by_one / b.n_per_image:.2f}"
           f" (target >= 2)")
 
 

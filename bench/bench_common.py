@@ -43,3 +43,58 @@ def meets_target(row: dict[str, Any], mixture: dict[str, Any]) -> bool:
     precision and density."""
     return within_target(row) and row["precision"] > mixture["precision"] \
         and row["density"] > mixture["density"]
+
+
+# ---------------------------------------------------------------- CLIP extraction timing
+# What bench_clip_extraction.py and gpu_check_extraction.py share: the pictures they embed and the
+# model-only reference. PIL, scikit-learn's sample photographs and the extraction stage are
+# imported where they are used, so that the other benchmarks do not load them.
+import typing  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+if typing.TYPE_CHECKING:
+    from transformers import CLIPModel
+
+
+def write_pictures(folder: Path, count: int, size: int, seed: int) -> list[Path]:
+    """Random crops of the sample photographs, rescaled to size x size, saved as JPEG files."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(photo) for photo in load_sample_images().images]
+    files = []
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        side = int(rng.integers(200, min(photo.size)))
+        left = int(rng.integers(0, photo.width - side + 1))
+        top = int(rng.integers(0, photo.height - side + 1))
+        picture = photo.crop((left, top, left + side, top + side)).resize(
+            (size, size), Image.Resampling.BICUBIC)
+        path = folder / f"COCO_train2014_{index + 1:012d}.jpg"
+        picture.save(path, quality=90)
+        files.append(path)
+    return files
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock times are complete."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_only_seconds(model: CLIPModel, batches: list[torch.Tensor],
+                       device: torch.device) -> float:
+    """Seconds for the image tower (plus normalisation) on preprocessed in-memory batches."""
+    from extract_generation_embeddings import autocast_for, projected
+
+    synchronise(device)
+    started = time.perf_counter()
+    for pixels in batches:
+        with torch.inference_mode(), autocast_for(device):
+            features = projected(model.get_image_features(pixel_values=pixels.to(device)))
+        torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+    synchronise(device)
+    return time.perf_counter() - started

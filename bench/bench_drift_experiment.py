@@ -20,20 +20,31 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import ROOT  # noqa: E402
 from runtime import StageError, run_stage  # noqa: E402
-from settings import configure  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from settings import configure, pick  # noqa: E402
 
 DATASET = "fashion-mnist"  # dataset of the experiment [in data_sources.DATASETS]
 DATA_DIR = "data"  # the evaluator is taken from here; the run goes to DATA_DIR/bench_drift
 GENERATIONS = (0, 4, 10)  # generations embedded and plotted (the loop runs up to the last) [>= 0]
 TARGET_MINUTES = 15.0  # the issue's bound for the quick preset on 2 CPU cores [> 0]
 KEEP = False  # keep DATA_DIR/bench_drift afterwards (it is replaced at the next run anyway)
+
+
+@dataclass(frozen=True)
+class DriftBench:
+    """This benchmark's settings, as main passes them down."""
+
+    dataset: str
+    data_dir: str
+    generations: tuple[int, ...]
+    target_minutes: float
+    keep: bool
 
 
 def cpu_seconds() -> float:
@@ -55,12 +66,12 @@ def timed(label: str, command: list[str], times: dict[str, float],
                          f"{times[label]:.0f} s; see its output above")
 
 
-def main() -> None:
-    configure(globals())
-    bench = Path(DATA_DIR).resolve() / "bench_drift"
+def main(argv: list[str] | None = None) -> None:
+    b = pick(DriftBench, configure(globals(), argv))
+    bench = Path(b.data_dir).resolve() / "bench_drift"
     shutil.rmtree(bench, ignore_errors=True)
     (bench / "checkpoints" / "evaluator").mkdir(parents=True)
-    cached = Path(DATA_DIR).resolve() / "checkpoints" / "evaluator" / f"{DATASET}.pt"
+    cached = Path(b.data_dir).resolve() / "checkpoints" / "evaluator" / f"{b.dataset}.pt"
     times: dict[str, float] = {}
     cpu: dict[str, float] = {}
     load_before = os.getloadavg()
@@ -68,20 +79,25 @@ def main() -> None:
         shutil.copy(cached, bench / "checkpoints" / "evaluator")
     else:
         timed("evaluator CNN (once per dataset; outside the total)",
-              ["-c", f"import evaluate, data_sources, runtime; evaluate.DATA_DIR = '{bench}'; "
-                     f"evaluate.get_evaluator(data_sources.load_dataset('{DATASET}', "
-                     f"'{DATA_DIR}'), runtime.pick_device('auto'))"], times, cpu)
-    loop_dir = bench / f"{DATASET}_loop"
-    last = max(GENERATIONS)
-    listed = ",".join(map(str, GENERATIONS))
-    common = ["--dataset", DATASET, "--data-dir", str(bench)]
+              ["-c", "import data_sources, evaluate, runtime, scoring, settings; "
+                     "v = settings.configure(vars(evaluate), []); "
+                     f"scoring.load_evaluator(data_sources.load_dataset({b.dataset!r}, "
+                     f"{b.data_dir!r}), runtime.pick_device('auto'), scoring.EvaluatorSettings("
+                     f"data_dir={str(bench)!r}, epochs=v['evaluator_epochs'], "
+                     "batch_size=v['evaluator_batch_size'], "
+                     "learning_rate=v['evaluator_learning_rate'], seed=v['seed']))"],
+              times, cpu)
+    loop_dir = bench / f"{b.dataset}_loop"
+    last = max(b.generations)
+    listed = ",".join(map(str, b.generations))
+    common = ["--dataset", b.dataset, "--data-dir", str(bench)]
     timed("small CLIP", ["train_small_clip.py", *common], times, cpu)
     timed("self-consuming loop", ["self_consuming_loop.py", *common, "--generations", str(last)],
           times, cpu)
     timed("extraction", ["extract_generation_embeddings.py", "--annotation-file",
                          str(loop_dir / "captions.json"), "--generation-dir-pattern",
                          str(loop_dir / "gen_{g}"), "--model",
-                         str(bench / "checkpoints" / f"clip_{DATASET}"), "--generations", listed,
+                         str(bench / "checkpoints" / f"clip_{b.dataset}"), "--generations", listed,
                          "--num-captions", "1000", "--output-dir", str(bench / "embeddings")],
           times, cpu)
     timed("drift figures", ["plot_generation_clusters.py", "--generations", listed,
@@ -90,7 +106,7 @@ def main() -> None:
                             str(bench / "results")], times, cpu)
     load_after = os.getloadavg()
     total = sum(seconds for label, seconds in times.items() if "outside" not in label)
-    print(f"\n{DATASET} drift experiment, quick preset (loop generations 0-{last}, extraction "
+    print(f"\n{b.dataset} drift experiment, quick preset (loop generations 0-{last}, extraction "
           f"and figures of {listed}), {os.cpu_count()} CPU cores visible")
     print("| part | wall time | share of the total | CPU time (user + system) |\n"
           "| --- | --- | --- | --- |")
@@ -98,12 +114,12 @@ def main() -> None:
         share = "" if "outside" in label else f"{seconds / total:.0%}"
         print(f"| {label} | {seconds:.0f} s | {share} | {cpu[label]:.0f} s |")
     total_cpu = sum(seconds for label, seconds in cpu.items() if "outside" not in label)
-    verdict = "under" if total <= TARGET_MINUTES * 60 else "OVER"
-    print(f"| total | {total:.0f} s ({total / 60:.1f} min): {verdict} the {TARGET_MINUTES:g} min "
+    verdict = "under" if total <= b.target_minutes * 60 else "OVER"
+    print(f"| total | {total:.0f} s ({total / 60:.1f} min): {verdict} the {b.target_minutes:g} min "
           f"target | | {total_cpu:.0f} s ({total_cpu / 60:.1f} min) |")
     print(f"load average (1, 5, 15 min): before {', '.join(f'{v:.1f}' for v in load_before)}; "
           f"after {', '.join(f'{v:.1f}' for v in load_after)}")
-    if not KEEP:
+    if not b.keep:
         shutil.rmtree(bench, ignore_errors=True)
 
 

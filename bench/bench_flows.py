@@ -13,30 +13,32 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flows  # noqa: E402
 from artifacts import load_embeddings, load_npz, write_text  # noqa: E402
+from bench_common import ROOT, run_script  # noqa: E402
+from encoders import ENCODER_NAMES  # noqa: E402
+from flow_models import FlowConfig, baseline_samples, build_flow, fit_preprocessing  # noqa: E402
 from metrics import frechet_distance, precision_recall_density_coverage  # noqa: E402
-from runtime import StageError, limit_cpu_threads, run_stage  # noqa: E402
-from settings import configure  # noqa: E402
+from runtime import limit_cpu_threads, run_stage  # noqa: E402
+from settings import configure, pick  # noqa: E402
 
 # Internal table: the encoders whose embeddings count as autoencoder embeddings for the targets.
 AUTOENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae")
 
 DATASET = "fashion-mnist"  # dataset of the embeddings [in data_sources.DATASETS]
 DATA_DIR = "data/bench_flows"  # stage-1 embeddings here (made if missing), and every output
-ENCODERS = flows.STAGE1_ENCODERS  # stage-1 embeddings to fit flows to, by encoder
-FLOWS = ("realnvp", "maf", "nsf")  # flows to fit [in flows.FLOW_NAMES]
+ENCODERS = ENCODER_NAMES  # stage-1 embeddings to fit flows to, by encoder
+FLOWS = ("realnvp", "maf", "nsf")  # flows to fit [in flow_models.FLOW_NAMES]
 EPOCHS = 30  # most epochs per flow, passed to flows.py [>= 1]
 ENCODER_EPOCHS = 2  # epochs of encoder_models.py for a missing stage-1 file [>= 1]
 THREADS = 2  # CPU threads of flows.py (0: library default) [>= 0]
@@ -47,11 +49,22 @@ FIT = True  # run flows.py and score its files (false: only time the training ep
 TIMING_EPOCHS = 1  # timed training epochs over 60,000 vectors per flow (0: no timing) [>= 0]
 
 
-def run_script(script: str, *args: str) -> None:
-    """Run a stage script of the repository; its failure (already reported) stops the bench."""
-    code = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT).returncode
-    if code:
-        raise StageError(f"{script} stopped with exit code {code} (its message is above)")
+@dataclass(frozen=True)
+class FlowBench:
+    """This benchmark's settings, as main passes them down."""
+
+    dataset: str
+    data_dir: str
+    encoders: tuple[str, ...]
+    flows: tuple[str, ...]
+    epochs: int
+    encoder_epochs: int
+    threads: int
+    timing_threads: tuple[int, ...]
+    seed: int
+    flow_args: str
+    fit: bool
+    timing_epochs: int
 
 
 def sample_metrics(fake: np.ndarray, z_test: np.ndarray) -> dict[str, float]:
@@ -60,25 +73,27 @@ def sample_metrics(fake: np.ndarray, z_test: np.ndarray) -> dict[str, float]:
     return values
 
 
-def time_epochs(z_train: np.ndarray, z_test: np.ndarray
+def time_epochs(z_train: np.ndarray, z_test: np.ndarray, b: FlowBench,
+                train: flows.FlowTraining, config: FlowConfig
                 ) -> list[tuple[str, int, float, float, float]]:
     """(flow, threads, wall seconds, CPU seconds of this process, load average before) of each
-    training epoch over the vectors, at the stage's default architecture and batch size, from a
-    fresh flow, for each thread count in TIMING_THREADS."""
-    pre = flows.fit_preprocessing(z_train, z_test)
+    training epoch over the vectors, from a fresh flow, for each thread count in
+    b.timing_threads; ``train`` and ``config`` are the stage's defaults (its architecture, batch
+    size, learning-rate schedule and gradient clipping)."""
+    pre = fit_preprocessing(z_train, z_test)
     x = torch.from_numpy(pre.to_model(z_train).astype(np.float32))
     rows = []
-    for threads in TIMING_THREADS:
+    for threads in b.timing_threads:
         limit_cpu_threads(threads)
-        for name in FLOWS:
-            torch.manual_seed(SEED)
-            flow = flows.build_flow(name, x.shape[1], SEED)
+        for name in b.flows:
+            torch.manual_seed(b.seed)
+            flow = build_flow(name, x.shape[1], config, b.seed)
             flow.initialize(x[:flows.ACTNORM_INIT_SIZE])
-            optimizer = torch.optim.Adam(flow.parameters(), lr=flows.LEARNING_RATE)
-            for epoch in range(1, TIMING_EPOCHS + 1):
+            optimizer = torch.optim.Adam(flow.parameters(), lr=train.learning_rate)
+            for epoch in range(1, b.timing_epochs + 1):
                 load = os.getloadavg()[0]
                 wall, cpu = time.time(), time.process_time()
-                flows.train_epoch(flow, optimizer, x, epoch, f"timing {name}")
+                flows.train_epoch(flow, optimizer, x, epoch, f"timing {name}", train)
                 rows.append((name, threads, time.time() - wall, time.process_time() - cpu, load))
                 print(f"timing {name}, {threads} thread(s): one epoch over {len(x)} vectors "
                       f"{rows[-1][2]:.1f} s wall, {rows[-1][3]:.1f} s CPU (load average "
@@ -87,36 +102,36 @@ def time_epochs(z_train: np.ndarray, z_test: np.ndarray
     return rows
 
 
-def fit_and_score(emb: Path) -> tuple[list[str], list[str]]:
+def fit_and_score(emb: Path, b: FlowBench) -> tuple[list[str], list[str]]:
     """Run flows.py, then score every embedding's flows and baselines: the tables' lines and the
     targets' verdicts."""
-    started = time.time()
-    run_script("flows.py", "--dataset", DATASET, "--data-dir", DATA_DIR, "--encoders",
-               ",".join(ENCODERS), "--flows", ",".join(FLOWS), "--epochs", str(EPOCHS),
-               "--threads", str(THREADS), "--seed", str(SEED), *shlex.split(FLOW_ARGS))
-    print(f"flows.py: {time.time() - started:.0f} s", flush=True)
+    wall = run_script("flows.py", "--dataset", b.dataset, "--data-dir", b.data_dir,
+                      "--encoders", ",".join(b.encoders), "--flows", ",".join(b.flows),
+                      "--epochs", str(b.epochs), "--threads", str(b.threads), "--seed",
+                      str(b.seed), *shlex.split(b.flow_args))
+    print(f"flows.py: {wall:.0f} s", flush=True)
     density_rows, sample_rows, verdicts = [], [], []
-    for encoder in ENCODERS:
-        real = load_embeddings(emb / f"{DATASET}_{encoder}.npz")
+    for encoder in b.encoders:
+        real = load_embeddings(emb / f"{b.dataset}_{encoder}.npz")
         z_train, z_test = real["z_train"].astype(np.float64), real["z_test"].astype(np.float64)
         results, generated = {}, {}
-        for name in FLOWS:
-            results[name] = load_npz(emb / f"{DATASET}_{encoder}+{name}.npz", {})["meta"][
+        for name in b.flows:
+            results[name] = load_npz(emb / f"{b.dataset}_{encoder}+{name}.npz", {})["meta"][
                 "results"]
-            generated[name] = load_npz(emb / f"{DATASET}_{encoder}+{name}.gen.npz",
+            generated[name] = load_npz(emb / f"{b.dataset}_{encoder}+{name}.gen.npz",
                                        {"z_gen": 2})["z_gen"].astype(np.float64)
         # one sample count for every row: the samples written, at most the train embeddings
         n = min(min(len(z) for z in generated.values()), len(z_train))
         for name, z_gen in generated.items():
             sample_rows.append((encoder, name, sample_metrics(z_gen[:n], z_test)))
-        for label, fake in flows.baseline_samples(z_train, z_test, n, SEED).items():
+        for label, fake in baseline_samples(z_train, z_test, n, b.seed).items():
             sample_rows.append((encoder, label, sample_metrics(fake, z_test)))
-        chosen = np.sort(np.random.default_rng(SEED).choice(len(z_train), n, replace=False))
+        chosen = np.sort(np.random.default_rng(b.seed).choice(len(z_train), n, replace=False))
         sample_rows.append((encoder, f"floor: {n} train embeddings",
                             sample_metrics(z_train[chosen], z_test)))
         density_rows += [(encoder, name, r) for name, r in results.items()]
-        best = min(FLOWS, key=lambda f: results[f]["test_nll"])
-        gains = {f: results[f]["gaussian_nll"] - results[f]["test_nll"] for f in FLOWS}
+        best = min(b.flows, key=lambda f: results[f]["test_nll"])
+        gains = {f: results[f]["gaussian_nll"] - results[f]["test_nll"] for f in b.flows}
         margin = results[best]["mixture_nll"] - results[best]["test_nll"]
         if encoder in AUTOENCODERS:
             worst = min(gains, key=gains.get)
@@ -126,9 +141,9 @@ def fit_and_score(emb: Path) -> tuple[list[str], list[str]]:
         verdicts.append(f"- {encoder}: the best flow ({best}) beats the mixture: "
                         f"{'met' if margin > 0 else 'NOT met'} (by {margin:+.3f} nats/dim)")
         print(f"{encoder}: scored", flush=True)
-    lines = [f"{DATASET}, {len(z_train)} train / {len(z_test)} test embeddings per encoder, "
-             f"flows.py --epochs {EPOCHS} --threads {THREADS} --seed {SEED}"
-             + (f" {FLOW_ARGS}" if FLOW_ARGS else ""), "",
+    lines = [f"{b.dataset}, {len(z_train)} train / {len(z_test)} test embeddings per encoder, "
+             f"flows.py --epochs {b.epochs} --threads {b.threads} --seed {b.seed}"
+             + (f" {b.flow_args}" if b.flow_args else ""), "",
              "Test NLL, nats per dimension in the standardised model space (lower is better):", "",
              "| embedding | flow | test NLL | Gaussian | mixture | gain over Gaussian | gain over "
              "mixture | best epoch / run | s per epoch | k-NN original | k-NN refined |",
@@ -149,24 +164,28 @@ def fit_and_score(emb: Path) -> tuple[list[str], list[str]]:
     return lines, verdicts
 
 
-def main() -> None:
-    configure(globals())
+def main(argv: list[str] | None = None) -> None:
+    b = pick(FlowBench, configure(globals(), argv))
     limit_cpu_threads(1)
-    emb = ROOT / DATA_DIR / "embeddings"
-    needed = ENCODERS if FIT else ENCODERS[:1]
-    missing = [e for e in needed if not (emb / f"{DATASET}_{e}.npz").is_file()]
+    emb = ROOT / b.data_dir / "embeddings"
+    needed = b.encoders if b.fit else b.encoders[:1]
+    missing = [e for e in needed if not (emb / f"{b.dataset}_{e}.npz").is_file()]
     if missing:
-        print(f"training the missing encoder(s) {', '.join(missing)} for {ENCODER_EPOCHS} "
+        print(f"training the missing encoder(s) {', '.join(missing)} for {b.encoder_epochs} "
               f"epoch(s)", flush=True)
-        run_script("encoder_models.py", "--dataset", DATASET, "--models", ",".join(missing),
-                   "--epochs", str(ENCODER_EPOCHS), "--data-dir", DATA_DIR, "--seed", str(SEED))
-    lines, verdicts = fit_and_score(emb) if FIT else ([], [])
-    if TIMING_EPOCHS:
-        data = load_embeddings(emb / f"{DATASET}_{ENCODERS[0]}.npz")
-        timings = time_epochs(data["z_train"], data["z_test"])
-        lines += ["", f"One training epoch over {len(data['z_train'])} vectors of {ENCODERS[0]} "
-                  "(CPU: all threads of this process; a load average above the core count "
-                  "means the cores were shared):", "",
+        run_script("encoder_models.py", "--dataset", b.dataset, "--models", ",".join(missing),
+                   "--epochs", str(b.encoder_epochs), "--data-dir", b.data_dir, "--seed",
+                   str(b.seed))
+    lines, verdicts = fit_and_score(emb, b) if b.fit else ([], [])
+    if b.timing_epochs:
+        # the stage's own defaults, read as flows.py reads its command line (no flags given)
+        flows_values = configure(vars(flows), [])
+        train, config = pick(flows.FlowTraining, flows_values), pick(FlowConfig, flows_values)
+        data = load_embeddings(emb / f"{b.dataset}_{b.encoders[0]}.npz")
+        timings = time_epochs(data["z_train"], data["z_test"], b, train, config)
+        lines += ["", f"One training epoch over {len(data['z_train'])} vectors of "
+                  f"{b.encoders[0]} (CPU: all threads of this process; a load average above "
+                  "the core count means the cores were shared):", "",
                   "| flow | threads | wall s | CPU s | load average | under 15 s |",
                   "| --- " * 6 + "|"]
         lines += [f"| {name} | {threads} | {wall:.1f} | {cpu:.1f} | {load:.1f} | "
@@ -175,8 +194,8 @@ def main() -> None:
         lines += ["", "Targets:", *verdicts]
     report = "\n".join(lines) + "\n"
     print("\n" + report)
-    name = f"bench_flows_{DATASET}.md" if FIT else f"bench_flows_{DATASET}_timing.md"
-    print(f"wrote {write_text(ROOT / DATA_DIR / 'results' / name, report)}")
+    name = f"bench_flows_{b.dataset}.md" if b.fit else f"bench_flows_{b.dataset}_timing.md"
+    print(f"wrote {write_text(ROOT / b.data_dir / 'results' / name, report)}")
 
 
 if __name__ == "__main__":
