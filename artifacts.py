@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -207,6 +207,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if missing:
         raise StageError(f"{path}: checkpoint lacks {', '.join(missing)}; {advice}")
     return state
+
+
+def read_architecture(path: Path, state: Mapping[str, Any] | None, family: str,
+                      names: Iterable[str], family_title: str,
+                      legacy: Callable[[Path, Mapping[str, Any]], dict[str, Any]] | None = None,
+                      without: str = "") -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """A checkpoint (loaded unless ``state`` is given) and the record of the model it holds
+    (``"architecture"``: family, name, sizes, config), checked to be one of ``names`` of
+    ``family``. A checkpoint made before records were stored gets one from ``legacy``, or is
+    refused with ``without`` saying what to do."""
+    state = load_checkpoint(path, map_location="cpu") if state is None else state
+    record = state.get("architecture")
+    if record is None:
+        if legacy is None:
+            raise StageError(f"{path}: written before checkpoints recorded their model; "
+                             f"{without}")
+        record = legacy(path, state)
+    names = tuple(names)
+    if not isinstance(record, Mapping) or record.get("family") != family \
+            or record.get("name") not in names:
+        found = record if not isinstance(record, Mapping) else \
+            f"a {record.get('family')} {record.get('name')!r} model"
+        raise StageError(f"{path}: holds {found}, not one of the {family_title} "
+                         f"({', '.join(names)})")
+    return state, dict(record)
 
 
 def check_settings_match(path: str | Path, saved: Mapping[str, Any],

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artifacts import load_checkpoint
+from artifacts import read_architecture
 from CL_loss_function import batch_triplet_loss, nt_xent_loss
 from nets import ConvDecoder, ConvEncoder, mlp
 from runtime import StageError
@@ -220,11 +220,8 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     """The encoder of a checkpoint written by encoder_models.py, rebuilt from the checkpoint
     alone, in eval mode. ``state``: the checkpoint, when the caller has loaded it already."""
     path = Path(path)
-    state = load_checkpoint(path, map_location="cpu") if state is None else state
-    record = state.get("architecture") or _legacy_architecture(path, state)
-    if record.get("family") != FAMILY or record.get("name") not in ENCODERS:
-        raise StageError(f"{path}: holds a {record.get('family')} {record.get('name')!r} model, "
-                         f"not one of the encoders ({', '.join(ENCODER_NAMES)})")
+    state, record = read_architecture(path, state, FAMILY, ENCODER_NAMES, "encoders",
+                                      _legacy_architecture)
     try:
         model = build_encoder(record["name"], EncoderConfig(**record["config"]))
         model.load_state_dict(state["model"])

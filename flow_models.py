@@ -26,7 +26,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
-from artifacts import load_checkpoint
+from artifacts import read_architecture
 from nets import mlp
 from runtime import StageError
 
@@ -398,11 +398,8 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     (``Preprocessing.to_model``): a fitted flow is the pair. ``state``: the checkpoint, when the
     caller has loaded it already."""
     path = Path(path)
-    state = load_checkpoint(path, map_location="cpu") if state is None else state
-    record = state.get("architecture") or _legacy_architecture(path, state)
-    if record.get("family") != FAMILY or record.get("name") not in FLOWS:
-        raise StageError(f"{path}: holds a {record.get('family')} {record.get('name')!r} model, "
-                         f"not one of the flows ({', '.join(FLOW_NAMES)})")
+    state, record = read_architecture(path, state, FAMILY, FLOW_NAMES, "flows",
+                                      _legacy_architecture)
     try:
         flow = build_flow(record["name"], int(record["dim"]), FlowConfig(**record["config"]))
         flow.load_state_dict(state["best_state"])

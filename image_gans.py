@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artifacts import load_checkpoint
+from artifacts import read_architecture
 from gans import AdversarialLoss, GANModel, apply_spectral_norm
 from nets import ConvCritic, ConvGenerator, ProjectionHead, mlp
 from runtime import StageError
@@ -280,11 +280,8 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     image GAN, rebuilt from the checkpoint alone, in eval mode. ``state``: the checkpoint, when
     the caller has loaded it already."""
     path = Path(path)
-    state = load_checkpoint(path, map_location="cpu") if state is None else state
-    record = state.get("architecture") or _legacy_architecture(path, state)
-    if record.get("family") != FAMILY or record.get("name") not in IMAGE_GANS:
-        raise StageError(f"{path}: holds a {record.get('family')} {record.get('name')!r} model, "
-                         f"not one of the image GANs ({', '.join(GAN_NAMES)})")
+    state, record = read_architecture(path, state, FAMILY, GAN_NAMES, "image GANs",
+                                      _legacy_architecture)
     try:
         config = ImageGANConfig(**record["config"])
         model = build_image_gan(record["name"], int(record["condition_dim"]),

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from artifacts import load_checkpoint
+from artifacts import read_architecture
 from CL_loss_function import nt_xent_loss
 from gans import AdversarialLoss, GANModel
 from nets import ProjectionHead, mlp
@@ -462,15 +462,10 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     rebuilt from the checkpoint alone, in eval mode. ``state``: the checkpoint, when the caller
     has loaded it already."""
     path = Path(path)
-    state = load_checkpoint(path, map_location="cpu") if state is None else state
-    record = state.get("architecture")
-    if record is None:
-        raise StageError(f"{path}: written before checkpoints recorded their model; run "
-                         f"plan2_gan_training.py once more with the flags that made it (it "
-                         f"resumes without training and records it)")
-    if record.get("family") != FAMILY or record.get("name") not in VECTOR_GANS:
-        raise StageError(f"{path}: holds a {record.get('family')} {record.get('name')!r} model, "
-                         f"not one of the vector GANs ({', '.join(GAN_NAMES)})")
+    state, record = read_architecture(
+        path, state, FAMILY, GAN_NAMES, "vector GANs",
+        without="run plan2_gan_training.py once more with the flags that made it (it resumes "
+                "without training and records it)")
     try:
         model = build_vector_gan(record["name"], Sizes(**record["sizes"]),
                                  VectorGANConfig(**record["config"]))
