@@ -8,10 +8,13 @@ scikit-learn and SciPy, this module wires them and documents what each number me
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.linalg
 import scipy.special
+import scipy.stats
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
@@ -211,8 +214,9 @@ def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
     return np.sqrt(_knn_sq_radii(array, [k])[0])
 
 
-def _ball_counts(fake: np.ndarray, real: np.ndarray,
-                 radii: list[tuple[str, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _ball_counts(fake: np.ndarray, real: np.ndarray, radii: list[tuple[str, np.ndarray]],
+                 pairs: list[list[tuple[np.ndarray, np.ndarray]]] | None = None
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Closed-ball memberships on the fake-by-real distance matrix, one pass for all radii.
 
     Each entry of ``radii`` is ("real", squared radius per real point: balls round the real
@@ -221,14 +225,17 @@ def _ball_counts(fake: np.ndarray, real: np.ndarray,
     (fake j, real i) holding when d(j, i)^2 <= its ball's squared radius. A pair whose fast
     distance is within its rounding bound of the radius is decided on the exact distance, the
     computation the radii came from, so ties (duplicated points, a collapsed generator) count as
-    inside, as the closed balls of Kynkäänniemi et al. 2019 say.
+    inside, as the closed balls of Kynkäänniemi et al. 2019 say. With ``pairs`` (one empty list
+    per radius), the (fake rows, real columns) of the pairs inside are appended to it, block by
+    block: what a bootstrap over the fake points needs to recount without new distances.
     """
     fake_norms = np.einsum("ij,ij->i", fake, fake)
     real_norms = np.einsum("ij,ij->i", real, real)
     counts = [(np.zeros(len(fake), np.int64), np.zeros(len(real), np.int64)) for _ in radii]
     for block in _row_blocks(len(fake), len(real)):
         squared, bound = _fast_sq_distances(fake[block], real, fake_norms[block], real_norms)
-        for (per_fake, per_real), (centres, radius) in zip(counts, radii, strict=True):
+        for index, ((per_fake, per_real), (centres, radius)) in enumerate(
+                zip(counts, radii, strict=True)):
             limit = radius[None, :] if centres == "real" else radius[block][:, None]
             margin = np.subtract(squared, limit)
             inside = margin <= 0.0
@@ -239,6 +246,9 @@ def _ball_counts(fake: np.ndarray, real: np.ndarray,
                 inside[rows, columns] = exact <= limits
             per_fake[block] += np.count_nonzero(inside, axis=1)
             per_real += np.count_nonzero(inside, axis=0)
+            if pairs is not None:
+                inside_rows, inside_columns = np.nonzero(inside)
+                pairs[index].append((inside_rows + block.start, inside_columns))
     return counts
 
 
@@ -252,17 +262,166 @@ def _checked_pair(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k_precision: int = 3,
-                                      k_density: int = 5) -> dict[str, float]:
-    """All four of ``precision_recall`` (k=3) and ``density_coverage`` (k=5), sharing passes."""
+                                      k_density: int = 5, resamples: int = 0,
+                                      seed: int = 0) -> dict[str, Any]:
+    """All four of ``precision_recall`` (k=3) and ``density_coverage`` (k=5), sharing passes.
+
+    With ``resamples`` > 0 each also gets ``<name>_ci95``: a 95% bootstrap interval over the fake
+    points (``normal_interval``). Each replicate draws the fake points with replacement and
+    recounts the same balls: both sets' k-NN radii stay those of the full sets (a duplicated
+    fake point would otherwise shrink its own ball to nothing), so precision and density weigh
+    the fake points by how often they are drawn, and a real point counts as covered (recalled)
+    when a drawn fake point lies in its ball (it lies in a drawn fake point's ball)."""
     real, fake = _checked_pair(real, fake)
     radii_precision, radii_density = _knn_sq_radii(real, [k_precision, k_density])
     (radii_fake,) = _knn_sq_radii(fake, [k_precision])
+    pairs: list[list[tuple[np.ndarray, np.ndarray]]] | None = \
+        [[], [], []] if resamples > 0 else None
     (in_precision, _), (in_density, covered), (_, in_recall) = _ball_counts(
-        fake, real, [("real", radii_precision), ("real", radii_density), ("fake", radii_fake)])
-    return {"precision": float(np.mean(in_precision > 0)),
-            "recall": float(np.mean(in_recall > 0)),
-            "density": float(in_density.sum() / (k_density * len(fake))),
-            "coverage": float(np.mean(covered > 0))}
+        fake, real, [("real", radii_precision), ("real", radii_density), ("fake", radii_fake)],
+        pairs)
+    values: dict[str, Any] = {
+        "precision": float(np.mean(in_precision > 0)),
+        "recall": float(np.mean(in_recall > 0)),
+        "density": float(in_density.sum() / (k_density * len(fake))),
+        "coverage": float(np.mean(covered > 0))}
+    if pairs is None:
+        return values
+    density_pairs, recall_pairs = (tuple(np.concatenate(part) for part in zip(*found, strict=True))
+                                   for found in pairs[1:])
+    replicates: dict[str, list[float]] = {name: [] for name in values}
+    for index in bootstrap_indices(len(fake), resamples, seed):
+        drawn = np.bincount(index, minlength=len(fake))
+        replicates["precision"].append(float(drawn @ (in_precision > 0)) / len(fake))
+        replicates["density"].append(float(drawn @ in_density) / (k_density * len(fake)))
+        for name, (rows, columns) in (("coverage", density_pairs), ("recall", recall_pairs)):
+            hits = np.bincount(columns, weights=drawn[rows], minlength=len(real))
+            replicates[name].append(float(np.mean(hits > 0)))
+    for name, draws in replicates.items():
+        values[f"{name}_ci95"] = normal_interval(values[name], draws)
+    return values
+
+
+# ---------------------------------------------------------------- intervals
+def bootstrap_indices(n: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """(resamples, n) indices drawn with replacement from range(n), seeded."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def normal_interval(estimate: float, replicates: list[float] | np.ndarray,
+                    level: float = 0.95) -> list[float]:
+    """The normal-approximation bootstrap interval estimate +- z sd(replicates) (Efron &
+    Tibshirani 1993, ch. 13), z = 1.96 for 95%: with few replicates (10 by default here) their
+    spread is a steadier estimate than their percentiles, and the interval holds the estimate."""
+    replicates = np.asarray(replicates, dtype=np.float64)
+    if len(replicates) < 2 or not np.isfinite(replicates).all():
+        raise ValueError(f"a bootstrap interval needs at least 2 finite replicates, got "
+                         f"{replicates.tolist()}")
+    half = float(scipy.stats.norm.ppf(0.5 + level / 2)) * float(np.std(replicates, ddof=1))
+    return [estimate - half, estimate + half]
+
+
+def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, estimate: float,
+                       resamples: int = 10, seed: int = 0) -> list[float]:
+    """95% interval of ``statistic(indices)`` over bootstrap draws of the n samples it is
+    computed on (``statistic(np.arange(n))`` is the estimate), by ``normal_interval``."""
+    return normal_interval(estimate, [statistic(index)
+                                      for index in bootstrap_indices(n, resamples, seed)])
+
+
+# ---------------------------------------------------------------- kernel, diversity, classes
+def kernel_distance(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100,
+                    subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance (Bińkowski et al. 2018) as torch-fidelity computes it: mean and
+    standard deviation (ddof 0) over ``subsets`` pairs of random subsets, drawn without
+    replacement with ``np.random.RandomState(seed)``, of the unbiased MMD^2 with the cubic
+    polynomial kernel k(x, y) = (x.y / d + 1)^3:
+        MMD^2 = sum_{i != j} [k(a_i, a_j) + k(b_i, b_j)] / (m (m - 1))
+                - 2 sum_{i, j} k(a_i, b_j) / m^2.
+    The subset size m is capped at the smaller set, with a warning."""
+    a = _as_feature_matrix(features_a, "features_a")
+    b = _as_feature_matrix(features_b, "features_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets have different dimensions: {a.shape[1]} and {b.shape[1]}")
+    m = subset_size
+    if min(len(a), len(b)) < m:
+        m = min(len(a), len(b))
+        warnings.warn(f"KID subsets of {subset_size} from {len(a)} and {len(b)} samples: "
+                      f"subset size capped at {m}", stacklevel=2)
+    d = a.shape[1]
+    rng = np.random.RandomState(seed)
+    mmd = np.empty(subsets)
+    for index in range(subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        within = (x @ x.T / d + 1.0) ** 3 + (y @ y.T / d + 1.0) ** 3
+        between = (x @ y.T / d + 1.0) ** 3
+        mmd[index] = ((within.sum() - np.trace(within)) / (m * (m - 1))
+                      - 2.0 * between.sum() / m ** 2)
+    return float(mmd.mean()), float(mmd.std())
+
+
+def vendi_score(features: np.ndarray) -> float:
+    """Vendi score (Friedman & Dieng 2023) with the cosine-similarity kernel: exp(-sum_i l_i log
+    l_i), l_i the eigenvalues of K/n, K_jk = cos(x_j, x_k). K/n = X X^T / n for the unit rows X
+    has the nonzero eigenvalues of X^T X / n (d x d), which are computed instead: the same
+    number at the cost of a d x d problem. 1 for n copies of one vector, n for n orthogonal
+    vectors: the effective number of distinct samples."""
+    array = _as_feature_matrix(features, "features")
+    norms = np.linalg.norm(array, axis=1)
+    if (norms == 0).any():
+        raise ValueError(f"features: {int((norms == 0).sum())} zero vector(s), whose cosine "
+                         f"similarity is undefined")
+    unit = array / norms[:, None]
+    eigenvalues = np.clip(scipy.linalg.eigvalsh(unit.T @ unit / len(unit)), 0.0, None)
+    positive = eigenvalues[eigenvalues > 0]
+    return float(np.exp(-np.sum(positive * np.log(positive))))
+
+
+def intra_class_frechet_distance(features_a: np.ndarray, labels_a: np.ndarray,
+                                 features_b: np.ndarray, labels_b: np.ndarray) -> float:
+    """Mean over the classes of b of the Fréchet distance between the class's features in a and
+    in b (PyTorch-StudioGAN's intra-class FID, for conditional generators: a the generated
+    samples with the classes asked for, b the real ones). Every class of b must have at least
+    two samples in each set."""
+    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
+    a = _as_feature_matrix(features_a, "features_a")
+    b = _as_feature_matrix(features_b, "features_b")
+    if len(labels_a) != len(a) or len(labels_b) != len(b):
+        raise ValueError("each feature set needs one label per row")
+    distances = []
+    for label in np.unique(labels_b):
+        in_a, in_b = a[labels_a == label], b[labels_b == label]
+        if len(in_a) < 2 or len(in_b) < 2:
+            raise ValueError(f"class {label}: {len(in_a)} and {len(in_b)} samples; intra-class "
+                             f"FID needs at least 2 of every class in both sets")
+        with warnings.catch_warnings():  # per class, fewer samples than dims is the rule
+            warnings.simplefilter("ignore", UserWarning)
+            distances.append(frechet_distance(in_a, in_b))
+    return float(np.mean(distances))
+
+
+def classifier_accuracy_score(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                              y_test: np.ndarray, hidden: int = 128, epochs: int = 10,
+                              seed: int = 0) -> tuple[float, np.ndarray]:
+    """Classification accuracy score (Ravuri & Vinyals 2019): a small classifier trained on
+    images with their classes, tested on the real test images; trained on generated images with
+    the classes asked for it measures how much class information they carry, beside the same
+    classifier trained on as many real images. The classifier is scikit-learn's MLP (one hidden
+    layer of ``hidden`` ReLU units, Adam, ``epochs`` passes) on [0, 1] pixels. Returns the
+    accuracy and each test image's correctness (for an interval over the test images)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    def flat(images: np.ndarray) -> np.ndarray:
+        return np.asarray(images, dtype=np.float64).reshape(len(images), -1) / 255.0
+
+    model = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=epochs, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed budget of passes
+        model.fit(flat(x_train), np.asarray(y_train))
+    correct = model.predict(flat(x_test)) == np.asarray(y_test)
+    return float(correct.mean()), correct
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
