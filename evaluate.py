@@ -47,6 +47,7 @@ from artifacts import (  # noqa: E402
 )
 from data_sources import CLASS_NAMES, DATASETS, load_dataset  # noqa: E402
 from evaluator_cnn import check_images  # noqa: E402
+from feature_spaces import FeatureSpaceSettings  # noqa: E402
 from runtime import (  # noqa: E402
     StageError,
     limit_cpu_threads,
@@ -54,6 +55,7 @@ from runtime import (  # noqa: E402
     run_stage,
     seed_everything,
 )
+from scoring import cell, number  # noqa: E402
 from settings import configure, pick  # noqa: E402
 
 # The stages there are (an internal table, not a setting): each has its files and its table.
@@ -78,6 +80,14 @@ EVALUATOR_EPOCHS = 4  # epochs of the evaluator CNN, trained once per dataset an
 EVALUATOR_BATCH_SIZE = 128  # images per evaluator training step [>= 2]
 EVALUATOR_LEARNING_RATE = 3e-3  # peak Adam learning rate of the one-cycle schedule [> 0]
 BATCH_SIZE = 1000  # images per evaluator forward pass [>= 1]
+BOOTSTRAP = 10  # resamples of the generated samples behind each 95% interval (0: none) [>= 0]
+KID_SUBSETS = 100  # KID: pairs of random subsets (torch-fidelity's default) [>= 1]
+KID_SUBSET_SIZE = 1000  # KID: samples per subset, capped at the smaller set [>= 2]
+CAS_HIDDEN = 128  # classifier accuracy score: hidden units of its MLP [>= 1]
+CAS_EPOCHS = 10  # classifier accuracy score: training passes of its MLP [>= 1]
+FEATURE_SPACE = "evaluator"  # space of the image metrics [in feature_spaces.SPACES]
+FEATURE_MODEL = ""  # dinov2 / clip: hub name or local directory ('': ViT-L/14 of each)
+FEATURE_BATCH_SIZE = 100  # images per forward pass of an inception / dinov2 / clip model [>= 1]
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 
 # What one broken file can raise; the file is reported and skipped, the others go on.
@@ -302,23 +312,8 @@ def generated_overlay(z_gen: np.ndarray, z_test: np.ndarray, title: str, points:
 
 
 # ---------------------------------------------------------------- writing the results
-def _number(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "undefined"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.4g}"
-    return str(value)
-
-
-def _with(values: dict[str, Any], key: str, reference: str, label: str) -> str:
-    if key not in values:
-        return "—"
-    text = _number(values[key])
-    return f"{text} ({label} {_number(values[reference])})" if reference in values else text
-
-
 def csv_rows(report: Report) -> list[list[Any]]:
-    """One row per stage, dataset, model and numeric value."""
+    """One row per stage, dataset, model and numeric value; an interval as its two ends."""
     rows = []
     for stage, datasets in report.results.items():
         for dataset, models in datasets.items():
@@ -326,6 +321,9 @@ def csv_rows(report: Report) -> list[list[Any]]:
                 for name, value in values.items():
                     if isinstance(value, int | float) and not isinstance(value, bool):
                         rows.append([stage, dataset, model, name, value])
+                    elif name.endswith("_ci95") and isinstance(value, list):
+                        rows += [[stage, dataset, model, f"{name}_low", value[0]],
+                                 [stage, dataset, model, f"{name}_high", value[1]]]
     return rows
 
 
@@ -336,18 +334,25 @@ def plot_links(report: Report, stage: str, dataset: str, model: str) -> str:
         or note or "—"
 
 
-def image_columns(consistency: str, score_splits: int) -> tuple[list[str], Any]:
+def image_columns(consistency: str, score_splits: int, space: str) -> tuple[list[str], Any]:
     """Header and row function of a summary table of generated images (Plan 1, Plan 2 decoded):
-    the image metrics with their floors; ``consistency`` names the class-consistency column."""
-    return (["n generated", "FID, classifier features (floor: train vs test)",
-             f"IS-style score, classifier, {score_splits} splits (real)",
-             "precision (floor)", "recall (floor)", "density (floor)", "coverage (floor)",
-             consistency, "plots"],
-            lambda v: [_number(v["n_generated"]), _with(v, "fid", "fid_floor", "floor"),
-                       _with(v, "score", "score_real", "real"),
-                       *[_with(v, m, f"{m}_floor", "floor")
+    the image metrics with their intervals and floors, the distribution metrics in the feature
+    ``space`` the header names; ``consistency`` names the class-consistency column."""
+    return (["n generated", f"FID, {space} features (floor: train vs test)",
+             f"KID, {space} features (floor)",
+             f"IS-style score, evaluator classifier, {score_splits} splits (real)",
+             f"precision, {space} (floor)", "recall (floor)", "density (floor)",
+             "coverage (floor)", f"Vendi, {space} (real)", consistency,
+             f"intra-class FID, {space} (floor)", "classifier accuracy score (real)", "plots"],
+            lambda v: [number(v["n_generated"]), cell(v, "fid", "fid_floor", "floor"),
+                       cell(v, "kid", "kid_floor", "floor", 4),
+                       cell(v, "score", "score_real", "real"),
+                       *[cell(v, m, f"{m}_floor", "floor")
                          for m in ("precision", "recall", "density", "coverage")],
-                       _with(v, "class_consistency", "class_consistency_real", "real")])
+                       cell(v, "vendi", "vendi_real", "real", 2),
+                       cell(v, "class_consistency", "class_consistency_real", "real"),
+                       cell(v, "intra_fid", "intra_fid_floor", "floor", 2),
+                       cell(v, "cas", "cas_real", "real")])
 
 
 def summary_markdown(report: Report, stages: tuple[str, ...],
@@ -358,44 +363,61 @@ def summary_markdown(report: Report, stages: tuple[str, ...],
               f"{time.strftime('%Y-%m-%d %H:%M:%S')}; seed {s.seed}; stages "
               f"{', '.join(stages)}. Numbers are in `metrics.json` and "
               f"`metrics.csv`.\n\n")
+    titles = [v.get("feature_space_title") for models in report.results.get("plan1", {}).values()
+              for v in models.values()] + [
+        v.get("feature_space_title") for models in report.results.get("plan2_images", {}).values()
+        for v in models.values()]
+    space = next((t for t in titles if t), "evaluator CNN")
+    intervals = (f"A value ± h: h is half the 95% interval (normal approximation) from "
+                 f"{s.bootstrap} bootstrap resamples of the generated samples (the classifier "
+                 f"accuracy score: of the test images it is scored on); KID ± its standard "
+                 f"deviation over {s.kid_subsets} subsets of {s.kid_subset_size}. "
+                 if s.bootstrap else f"KID ± its standard deviation over {s.kid_subsets} "
+                 f"subsets of {s.kid_subset_size}. ")
     tables = {
         "embeddings": (
             ["dims", f"k-NN acc (k={s.knn_k})", "linear probe acc", "k-means ARI",
              "k-means NMI", "silhouette*", "Calinski-Harabasz*", "Davies-Bouldin* (lower "
              "better)", "plots"],
-            lambda v: [_number(v["dims"]), _number(v["knn_accuracy"]),
-                       _number(v["linear_probe_accuracy"]), _number(v["kmeans_ari"]),
-                       _number(v["kmeans_nmi"]), _number(v["silhouette"]),
-                       _number(v["calinski_harabasz"], 1), _number(v["davies_bouldin"])]),
-        "plan1": image_columns("class consistency (real source images)", s.score_splits),
+            lambda v: [number(v["dims"]), number(v["knn_accuracy"]),
+                       number(v["linear_probe_accuracy"]), number(v["kmeans_ari"]),
+                       number(v["kmeans_nmi"]), number(v["silhouette"]),
+                       number(v["calinski_harabasz"], 1), number(v["davies_bouldin"])]),
+        "plan1": image_columns("class consistency (real source images)", s.score_splits,
+                               space),
         "plan2": (
             ["source embeddings", "n generated",
-             "Fréchet distance, embedding space (floor: train vs test)", "precision (floor)",
-             "recall (floor)", "density (floor)", "coverage (floor)",
-             f"k-NN class consistency, k={s.knn_k} (real test k-NN acc)",
-             "TSTR k-NN acc (TRTR)", "k-means ARI, class asked (real test)",
+             "Fréchet distance, embedding space (floor: train vs test)", "KID (floor)",
+             "precision (floor)", "recall (floor)", "density (floor)", "coverage (floor)",
+             "Vendi (real)", f"k-NN class consistency, k={s.knn_k} (real test k-NN acc)",
+             "TSTR k-NN acc (TRTR)", "intra-class Fréchet distance (floor)",
+             "k-means ARI, class asked (real test)",
              "silhouette* (real)", "Calinski-Harabasz* (real)", "Davies-Bouldin* (real)",
              "plots"],
-            lambda v: [v["source_embeddings"], _number(v["n_generated"]),
-                       _with(v, "frechet_distance", "frechet_distance_floor", "floor"),
-                       *[_with(v, m, f"{m}_floor", "floor")
+            lambda v: [v["source_embeddings"], number(v["n_generated"]),
+                       cell(v, "frechet_distance", "frechet_distance_floor", "floor"),
+                       cell(v, "kid", "kid_floor", "floor", 4),
+                       *[cell(v, m, f"{m}_floor", "floor")
                          for m in ("precision", "recall", "density", "coverage")],
-                       _with(v, "knn_class_consistency", "knn_accuracy_real", "real"),
-                       _with(v, "tstr_knn_accuracy", "trtr_knn_accuracy", "TRTR"),
-                       *[_with(v, m, f"{m}_real", "real")
+                       cell(v, "vendi", "vendi_real", "real", 2),
+                       cell(v, "knn_class_consistency", "knn_accuracy_real", "real"),
+                       cell(v, "tstr_knn_accuracy", "trtr_knn_accuracy", "TRTR"),
+                       cell(v, "intra_frechet_distance", "intra_frechet_distance_floor",
+                             "floor"),
+                       *[cell(v, m, f"{m}_real", "real")
                          for m in ("kmeans_ari", "silhouette", "calinski_harabasz",
                                    "davies_bouldin")]]),
         "plan2_images": image_columns("class consistency, class asked (real test images)",
-                                      s.score_splits),
+                                      s.score_splits, space),
         "plan2_translation": (
             ["source embeddings", "target embeddings", "n test",
              "cosine to the true target (paired linear map)",
              f"k-NN acc, k={s.knn_k} (target's own)", "k-NN acc of the paired linear map",
              "plots"],
-            lambda v: [v["source_embeddings"], v["target_embeddings"], _number(v["n_test"]),
-                       _with(v, "cosine", "cosine_paired_linear", "paired linear"),
-                       _with(v, "knn_accuracy", "knn_accuracy_target", "target"),
-                       _number(v["knn_accuracy_paired_linear"])]),
+            lambda v: [v["source_embeddings"], v["target_embeddings"], number(v["n_test"]),
+                       cell(v, "cosine", "cosine_paired_linear", "paired linear"),
+                       cell(v, "knn_accuracy", "knn_accuracy_target", "target"),
+                       number(v["knn_accuracy_paired_linear"])]),
     }
     notes = {
         "embeddings": "k-NN and probe: fitted on train, scored on test. k-means (k = number of "
@@ -403,14 +425,18 @@ def summary_markdown(report: Report, stages: tuple[str, ...],
                       "set with the true labels. *Computed in each embedding's own space: "
                       "not comparable across rows with different spaces. Rows marked "
                       "(baseline) are PCA of the pixels, which a learned embedding should beat.",
-        "plan1": "Features and logits come from the evaluator CNN of the dataset (see below), "
-                 "not from Inception: these values are not comparable with published FIDs. "
-                 "Floors: a seeded subset of as many training images as generated ones, "
-                 f"against the test images (precision/recall k={s.precision_k}, "
+        "plan1": f"FID, KID, precision/recall/density/coverage, Vendi and intra-class FID are "
+                 f"computed on {space} features"
+                 + (" (the evaluator CNN of the dataset, see below: not comparable with "
+                    "published FIDs, which use Inception)" if space == "evaluator CNN" else "")
+                 + "; the IS-style score and class consistency on the evaluator's logits. "
+                 + intervals + "Floors: a seeded subset of as many training images as "
+                 f"generated ones, against the test images (precision/recall k={s.precision_k}, "
                  f"density/coverage k={s.density_k}). Class consistency: the evaluator's class "
                  "of each generated image equals the class of the test image whose embedding it "
                  "came from.",
-        "plan2": "Against the real test embeddings of the source embedding file. Floors: a "
+        "plan2": "Against the real test embeddings of the source embedding file. " + intervals
+                 + "Floors: a "
                  "seeded subset of as many training embeddings as generated ones. k-NN class "
                  "consistency: the k-NN class (fitted on real train embeddings) of each "
                  "generated embedding equals the class asked for. TSTR: a k-NN fitted on the "
@@ -573,11 +599,10 @@ def evaluate_plan2_image_file(path: Path, ev: Evaluation) -> None:
     check_classes_asked(path, arrays, "x_gen", dataset)
     scoring.check_image_count(path, len(x_gen), ev.scoring)
     real = ev.images_of(dataset)
-    values, logits = scoring.image_metrics(path, x_gen, real, ev.device, ev.scoring)
+    asked = arrays["y_gen"].astype(np.int64) if "y_gen" in arrays else None
+    values, logits = scoring.image_metrics(path, x_gen, real, ev.device, ev.scoring, asked)
     predicted = logits.argmax(axis=1)
-    if "y_gen" in arrays:
-        values["class_consistency"] = metrics.class_consistency(predicted,
-                                                                arrays["y_gen"].astype(np.int64))
+    if asked is not None:
         # The evaluator on the real test images with their labels: the ceiling.
         values["class_consistency_real"] = metrics.class_consistency(
             real.test_logits.argmax(axis=1), real.data.y_test)
@@ -672,7 +697,8 @@ def evaluate_all(files: dict[str, list[Path]], ev: Evaluation) -> int:
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     run = pick(EvaluateSettings, values)
-    score_settings = pick(scoring.ScoringSettings, values)
+    score_settings = pick(scoring.ScoringSettings, values, features=FeatureSpaceSettings(
+        values["feature_space"], values["feature_model"], values["feature_batch_size"]))
     evaluator = scoring.EvaluatorSettings(
         data_dir=run.data_dir, epochs=values["evaluator_epochs"],
         batch_size=values["evaluator_batch_size"],

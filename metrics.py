@@ -298,7 +298,8 @@ def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k_prec
             hits = np.bincount(columns, weights=drawn[rows], minlength=len(real))
             replicates[name].append(float(np.mean(hits > 0)))
     for name, draws in replicates.items():
-        values[f"{name}_ci95"] = normal_interval(values[name], draws)
+        values[f"{name}_ci95"] = normal_interval(
+            values[name], draws, bounds=(0.0, np.inf if name == "density" else 1.0))
     return values
 
 
@@ -309,24 +310,28 @@ def bootstrap_indices(n: int, resamples: int, seed: int = 0) -> np.ndarray:
 
 
 def normal_interval(estimate: float, replicates: list[float] | np.ndarray,
-                    level: float = 0.95) -> list[float]:
+                    level: float = 0.95,
+                    bounds: tuple[float, float] = (-np.inf, np.inf)) -> list[float]:
     """The normal-approximation bootstrap interval estimate +- z sd(replicates) (Efron &
-    Tibshirani 1993, ch. 13), z = 1.96 for 95%: with few replicates (10 by default here) their
-    spread is a steadier estimate than their percentiles, and the interval holds the estimate."""
+    Tibshirani 1993, ch. 13), z = 1.96 for 95%, cut to the metric's range ``bounds`` (a share
+    stays in [0, 1]): with few replicates (10 by default here) their spread is a steadier
+    estimate than their percentiles, and the interval holds the estimate."""
     replicates = np.asarray(replicates, dtype=np.float64)
     if len(replicates) < 2 or not np.isfinite(replicates).all():
         raise ValueError(f"a bootstrap interval needs at least 2 finite replicates, got "
                          f"{replicates.tolist()}")
     half = float(scipy.stats.norm.ppf(0.5 + level / 2)) * float(np.std(replicates, ddof=1))
-    return [estimate - half, estimate + half]
+    return [max(estimate - half, bounds[0]), min(estimate + half, bounds[1])]
 
 
 def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, estimate: float,
-                       resamples: int = 10, seed: int = 0) -> list[float]:
+                       resamples: int = 10, seed: int = 0,
+                       bounds: tuple[float, float] = (-np.inf, np.inf)) -> list[float]:
     """95% interval of ``statistic(indices)`` over bootstrap draws of the n samples it is
     computed on (``statistic(np.arange(n))`` is the estimate), by ``normal_interval``."""
     return normal_interval(estimate, [statistic(index)
-                                      for index in bootstrap_indices(n, resamples, seed)])
+                                      for index in bootstrap_indices(n, resamples, seed)],
+                           bounds=bounds)
 
 
 # ---------------------------------------------------------------- kernel, diversity, classes

@@ -63,6 +63,7 @@ from image_gans import (
     to_signed,
 )
 from runtime import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
+from scoring import cell
 from settings import configure, pick
 
 # Internal tables (no same-line comment, so not settings).
@@ -230,16 +231,27 @@ def resume_settings(name: str, embedding_hash: str, n_train: int, run: Plan1Sett
 
 
 def report_table(rows: list[dict[str, Any]]) -> str:
-    """The printed results: one row per GAN, the floors in the header row."""
-    lines = ["| model | epochs (best) | FID (floor) | IS-style (real) | precision | recall | "
-             "class consistency (real) | pixel MAE | training time (all epochs) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """The printed results: one row per GAN, each value ± half its 95% interval (KID: ± its sd
+    over subsets) beside its floor or the real images' value."""
+    space = rows[0]["feature_space_title"] if rows else "evaluator CNN"
+    lines = [f"| model | epochs (best) | FID, {space} (floor) | KID (floor) | IS-style (real) | "
+             f"precision (floor) | recall (floor) | Vendi (real) | class consistency (real) | "
+             f"intra-class FID (floor) | classifier accuracy score (real) | pixel MAE | "
+             f"training time (all epochs) |", "| --- " * 13 + "|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['epochs']} ({r['best_epoch']}) | {r['fid']:.2f} "
-                     f"({r['fid_floor']:.2f}) | {r['score']:.2f} ({r['score_real']:.2f}) | "
-                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['class_consistency']:.3f} "
-                     f"({r['class_consistency_real']:.3f}) | {r['pixel_mae']:.4f} | "
-                     + ("— |" if r["train_seconds"] is None else f"{r['train_seconds']:.0f} s |"))
+        lines.append(
+            f"| {r['model']} | {r['epochs']} ({r['best_epoch']}) | "
+            + " | ".join([cell(r, "fid", "fid_floor", "floor", 2),
+                          cell(r, "kid", "kid_floor", "floor", 4),
+                          cell(r, "score", "score_real", "real", 2),
+                          cell(r, "precision", "precision_floor", "floor"),
+                          cell(r, "recall", "recall_floor", "floor"),
+                          cell(r, "vendi", "vendi_real", "real", 2),
+                          cell(r, "class_consistency", "class_consistency_real", "real"),
+                          cell(r, "intra_fid", "intra_fid_floor", "floor", 2),
+                          cell(r, "cas", "cas_real", "real")])
+            + f" | {r['pixel_mae']:.4f} | "
+            + ("— |" if r["train_seconds"] is None else f"{r['train_seconds']:.0f} s |"))
     return "\n".join(lines)
 
 
@@ -360,9 +372,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: wrote {out} and {png}")
         rows.append({"model": name, "epochs": trainer.epoch, "best_epoch": report.best_epoch,
                      "pixel_mae": pixel_mae, "train_seconds": train_seconds, **metric_values})
-    print(f"\n{run.dataset}, conditions {run.encoder}, {n_test} test images regenerated; FID "
-          f"and precision/recall on the evaluator CNN's features (not Inception: compare with "
-          f"the floor), IS-style score over 10 splits, pixel MAE in [0, 1] units\n")
+    print(f"\n{run.dataset}, conditions {run.encoder}, {n_test} test images regenerated; FID, "
+          f"KID, precision/recall, Vendi and intra-class FID on the evaluator CNN's features "
+          f"(not Inception: compare with the floor), IS-style score over 10 splits and class "
+          f"consistency from its logits; ± half the 95% bootstrap interval over the "
+          f"{n_test} images ({score_settings.bootstrap} resamples; KID: its sd over subsets); "
+          f"pixel MAE in [0, 1] units\n")
     print(report_table(rows))
 
 

@@ -56,6 +56,7 @@ from gans import (
 )
 from metrics import frechet_distance
 from runtime import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
+from scoring import cell
 from settings import configure, pick
 from vector_gans import (
     GAN_NAMES,
@@ -409,22 +410,29 @@ def train(name: str, model: GANModel, sizes: Sizes, make_batches: Any, steps: in
 
 
 def generator_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | epochs (best) | Fréchet distance (floor) | ratio | precision (floor) | "
-             "recall (floor) | density (floor) | coverage (floor) | k-NN class match (real "
-             "test acc.) | TSTR k-NN acc. (TRTR) | k-means ARI vs class asked (real) | "
-             "train time |", "| --- " * 12 + "|"]
+    """One row per generator: each value ± half its 95% interval (KID: ± its sd over subsets)
+    beside its floor (as many real train embeddings) or the real embeddings' value."""
+    lines = ["| model | epochs (best) | Fréchet distance (floor) | ratio | KID (floor) | "
+             "precision (floor) | recall (floor) | density (floor) | coverage (floor) | "
+             "Vendi (real) | k-NN class match (real test acc.) | TSTR k-NN acc. (TRTR) | "
+             "intra-class Fréchet distance (floor) | k-means ARI vs class asked (real) | "
+             "train time |", "| --- " * 15 + "|"]
     for r in rows:
         conditional = "knn_class_consistency" in r
         lines.append(
-            f"| {r['model']} | {r['epochs']} ({r['best_epoch']}) | {r['frechet_distance']:.3f} "
-            f"({r['frechet_distance_floor']:.3f}) | "
-            f"{r['frechet_distance'] / r['frechet_distance_floor']:.2f} | "
-            + " | ".join(f"{r[m]:.3f} ({r[m + '_floor']:.3f})"
-                         for m in ("precision", "recall", "density", "coverage"))
-            + (f" | {r['knn_class_consistency']:.3f} ({r['knn_accuracy_real']:.3f}) | "
-               f"{r['tstr_knn_accuracy']:.3f} ({r['trtr_knn_accuracy']:.3f}) | "
-               f"{r['kmeans_ari']:.3f} ({r['kmeans_ari_real']:.3f})" if conditional
-               else " | — | — | —")
+            f"| {r['model']} | {r['epochs']} ({r['best_epoch']}) | "
+            + cell(r, "frechet_distance", "frechet_distance_floor", "floor")
+            + f" | {r['frechet_distance'] / r['frechet_distance_floor']:.2f} | "
+            + " | ".join([cell(r, "kid", "kid_floor", "floor", 4),
+                          *[cell(r, m, m + "_floor", "floor")
+                            for m in ("precision", "recall", "density", "coverage")],
+                          cell(r, "vendi", "vendi_real", "real", 2)])
+            + (" | " + " | ".join([
+                cell(r, "knn_class_consistency", "knn_accuracy_real", "real"),
+                cell(r, "tstr_knn_accuracy", "trtr_knn_accuracy", "TRTR"),
+                cell(r, "intra_frechet_distance", "intra_frechet_distance_floor", "floor"),
+                cell(r, "kmeans_ari", "kmeans_ari_real", "real")])
+               if conditional else " | — | — | — | —")
             + (" | — |" if r["train_seconds"] is None else f" | {r['train_seconds']:.0f} s |"))
     return "\n".join(lines)
 
@@ -688,7 +696,9 @@ def main(argv: list[str] | None = None) -> None:
         table = generator_table(rows)
         print(f"\n{run.dataset} {run.encoder}: {run.samples} generated embeddings against the "
               f"{len(real_a['z_test'])} real test embeddings (floors: as many real train "
-              f"embeddings); TSTR: k-NN fitted on generated, scored on real test\n\n{table}\n")
+              f"embeddings); TSTR: k-NN fitted on generated, scored on real test; ± half the "
+              f"95% bootstrap interval over the generated embeddings "
+              f"({score_settings.bootstrap} resamples; KID: its sd over subsets)\n\n{table}\n")
         written.append(write_text(
             folders["results"] / f"plan2_{run.dataset}_{run.encoder}.md",
             f"# Plan 2 on {run.dataset} {run.encoder} embeddings\n\n{header}\n"

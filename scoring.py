@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from evaluator_cnn import (
     evaluator_outputs,
     train_evaluator,
 )
+from feature_spaces import FeatureSpace, FeatureSpaceSettings, feature_space
 from runtime import StageError
 
 
@@ -47,6 +50,12 @@ class ScoringSettings:
     kmeans_init: int = 10  # k-means restarts
     probe_max_iter: int = 1000  # iterations of the logistic-regression probe
     batch_size: int = 1000  # images per evaluator forward pass
+    bootstrap: int = 10  # resamples of the generated samples behind each 95% interval (0: none)
+    kid_subsets: int = 100  # KID: subset pairs (torch-fidelity's default)
+    kid_subset_size: int = 1000  # KID: samples per subset, capped at the smaller set
+    cas_hidden: int = 128  # classifier accuracy score: hidden units of the MLP
+    cas_epochs: int = 10  # classifier accuracy score: training passes of the MLP
+    features: FeatureSpaceSettings = FeatureSpaceSettings()  # the space of image metrics
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,12 @@ def pixel_pca(data: ImageDataset, components: int, seed: int) -> tuple[np.ndarra
 # ---------------------------------------------------------------- images
 @dataclass
 class RealImages:
-    """A dataset, its evaluator, and the evaluator's outputs on the test images."""
+    """A dataset, its evaluator, the feature space of the image metrics, and the test images'
+    features (in that space) and evaluator logits."""
 
     data: ImageDataset
     evaluator: Evaluator
+    space: FeatureSpace
     test_features: np.ndarray
     test_logits: np.ndarray
     floors: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -128,9 +139,82 @@ def real_images_for(data: ImageDataset, device: Any, evaluator: EvaluatorSetting
     if model.target_accuracy and model.test_accuracy < model.target_accuracy:
         print(f"warning: the {data.name} evaluator is below its target accuracy; train it longer "
               f"(delete {model.checkpoint} and raise --evaluator-epochs)", file=sys.stderr)
-    features, logits = evaluator_outputs(model.model, data.x_test, device, s.batch_size,
-                                         f"{data.name} test images")
-    return RealImages(data, model, features, logits)
+    space = feature_space(s.features, model.model, device, s.batch_size)
+    real = RealImages(data, model, space, np.zeros((0, 0)), np.zeros((0, 0)))
+    real.test_features, real.test_logits = image_outputs(real, data.x_test, device, s,
+                                                         f"{data.name} test images")
+    return real
+
+
+def image_outputs(real: RealImages, images: np.ndarray, device: Any, s: ScoringSettings,
+                  source: str = "images") -> tuple[np.ndarray, np.ndarray]:
+    """Features of images in the run's feature space, and the evaluator's logits (one pass of
+    the evaluator when it is the space)."""
+    features, logits = evaluator_outputs(real.evaluator.model, images, device, s.batch_size,
+                                         source)
+    if real.space.name != "evaluator":
+        features = real.space.features(images, device)
+    return features, logits
+
+
+# The range of each metric that has one, which its interval stays in.
+SHARES = (0.0, 1.0)
+NON_NEGATIVE = (0.0, np.inf)
+
+
+def with_interval(values: dict[str, Any], name: str, estimate: float,
+                  statistic: Callable[[np.ndarray], float], n: int, s: ScoringSettings,
+                  bounds: tuple[float, float] = NON_NEGATIVE) -> None:
+    """values[name] = estimate, and values[name + "_ci95"] its bootstrap interval over the n
+    generated samples ``statistic(indices)`` is computed on, within ``bounds`` (none with
+    bootstrap 0)."""
+    values[name] = estimate
+    if s.bootstrap:
+        with warnings.catch_warnings():  # the estimate's own warnings were shown once already
+            warnings.simplefilter("ignore", UserWarning)
+            values[f"{name}_ci95"] = metrics.bootstrap_interval(statistic, n, estimate,
+                                                                s.bootstrap, s.seed, bounds)
+
+
+def distribution_metrics(real_features: np.ndarray, features: np.ndarray, s: ScoringSettings,
+                         prefix: str = "fid") -> dict[str, Any]:
+    """Fréchet distance (``prefix``), KID (mean, std over subsets), precision, recall, density,
+    coverage and Vendi of ``features`` against ``real_features``, each with its interval."""
+    values: dict[str, Any] = {}
+    with_interval(values, prefix, metrics.frechet_distance(features, real_features),
+                  lambda i: metrics.frechet_distance(features[i], real_features), len(features),
+                  s)
+    values["kid"], values["kid_std"] = metrics.kernel_distance(
+        features, real_features, s.kid_subsets, s.kid_subset_size, s.seed)
+    values.update(metrics.precision_recall_density_coverage(
+        real_features, features, s.precision_k, s.density_k, s.bootstrap, s.seed))
+    with_interval(values, "vendi", metrics.vendi_score(features),
+                  lambda i: metrics.vendi_score(features[i]), len(features), s, (1.0, np.inf))
+    return values
+
+
+def class_metrics(real_features: np.ndarray, real_labels: np.ndarray, features: np.ndarray,
+                  labels: np.ndarray, s: ScoringSettings, name: str = "intra_fid"
+                  ) -> dict[str, Any]:
+    """The intra-class Fréchet distance (``name``) of features with the classes asked for,
+    against the real features of each class, with its interval; None, with the reason under
+    ``undefined``, when a class has fewer than two samples."""
+    values: dict[str, Any] = {}
+
+    def statistic(index: np.ndarray) -> float:
+        return metrics.intra_class_frechet_distance(features[index], labels[index],
+                                                    real_features, real_labels)
+
+    try:
+        estimate = statistic(np.arange(len(features)))
+    except ValueError as err:  # a class with fewer than two samples
+        return {name: None, "undefined": {name: str(err)}}
+    try:
+        with_interval(values, name, estimate, statistic, len(features), s)
+    except ValueError as err:  # a resample left a class with fewer than two samples
+        values[name] = estimate
+        values["undefined"] = {f"{name}_ci95": f"a bootstrap resample: {err}"}
+    return values
 
 
 def real_image_floors(real: RealImages, count: int, device: Any,
@@ -141,16 +225,24 @@ def real_image_floors(real: RealImages, count: int, device: Any,
         n = min(count, len(real.data.x_train))
         chosen = np.sort(np.random.default_rng(s.seed).choice(len(real.data.x_train), n,
                                                               replace=False))
-        features, logits = evaluator_outputs(real.evaluator.model, real.data.x_train[chosen],
-                                             device, s.batch_size,
-                                             f"{real.data.name} train images")
+        x_real, y_real = real.data.x_train[chosen], real.data.y_train[chosen]
+        features, logits = image_outputs(real, x_real, device, s,
+                                         f"{real.data.name} train images")
+        no_intervals = replace(s, bootstrap=0)
         floor = {"floor_n_train": n,
-                 "fid_floor": metrics.frechet_distance(features, real.test_features)}
+                 **{f"{name}_floor": value for name, value in distribution_metrics(
+                     real.test_features, features, no_intervals).items()}}
+        floor["vendi_real"] = floor.pop("vendi_floor")
         floor["score_real"], floor["score_real_std"] = metrics.inception_style_score(
             logits, s.score_splits, seed=s.seed)
-        prdc = metrics.precision_recall_density_coverage(real.test_features, features,
-                                                         s.precision_k, s.density_k)
-        floor.update({f"{name}_floor": value for name, value in prdc.items()})
+        intra = class_metrics(real.test_features, real.data.y_test, features, y_real,
+                              no_intervals)
+        floor["intra_fid_floor"] = intra["intra_fid"]
+        if "undefined" in intra:
+            floor["undefined"] = {"intra_fid_floor": intra["undefined"]["intra_fid"]}
+        floor["cas_real"], _ = metrics.classifier_accuracy_score(
+            x_real, y_real, real.data.x_test, real.data.y_test, s.cas_hidden, s.cas_epochs,
+            s.seed)
         real.floors[count] = floor
     return real.floors[count]
 
@@ -178,21 +270,41 @@ def check_image_count(path: Path, count: int, s: ScoringSettings) -> None:
 
 
 def image_metrics(path: Path, x_gen: np.ndarray, real: RealImages, device: Any,
-                  s: ScoringSettings) -> tuple[dict[str, Any], np.ndarray]:
-    """FID and PRDC on evaluator features and the Inception-style score, each with its
-    real-vs-real floor; and the evaluator's logits of the images."""
+                  s: ScoringSettings, labels: np.ndarray | None = None
+                  ) -> tuple[dict[str, Any], np.ndarray]:
+    """FID, KID, PRDC and Vendi in the run's feature space and the Inception-style score of the
+    evaluator's logits, each with its interval and its real-vs-real floor; with ``labels`` (the
+    classes asked for) also class consistency, intra-class FID and the classifier accuracy score.
+    Returns the values and the evaluator's logits of the images."""
     n_test = len(real.data.x_test)
-    features, logits = evaluator_outputs(real.evaluator.model, x_gen, device, s.batch_size,
-                                         f"{path}: x_gen")
+    features, logits = image_outputs(real, x_gen, device, s, f"{path}: x_gen")
     values: dict[str, Any] = {"n_generated": len(x_gen), "n_test": n_test, "seed": s.seed,
+                              "feature_space": real.space.name,
+                              "feature_space_title": real.space.title,
                               "score_splits": s.score_splits, "precision_k": s.precision_k,
-                              "density_k": s.density_k,
-                              "fid": metrics.frechet_distance(features, real.test_features)}
-    values["score"], values["score_std"] = metrics.inception_style_score(
-        logits, s.score_splits, seed=s.seed)
-    values.update(metrics.precision_recall_density_coverage(real.test_features, features,
-                                                            s.precision_k, s.density_k))
-    values.update(real_image_floors(real, len(x_gen), device, s))
+                              "density_k": s.density_k, "bootstrap": s.bootstrap,
+                              **distribution_metrics(real.test_features, features, s)}
+    score, values["score_std"] = metrics.inception_style_score(logits, s.score_splits,
+                                                               seed=s.seed)
+    with_interval(values, "score", score, lambda i: metrics.inception_style_score(
+        logits[i], s.score_splits, seed=s.seed)[0], len(x_gen), s, (1.0, np.inf))
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        correct = logits.argmax(axis=1) == labels
+        with_interval(values, "class_consistency", float(correct.mean()),
+                      lambda i: float(correct[i].mean()), len(x_gen), s, SHARES)
+        values.update(class_metrics(real.test_features, real.data.y_test, features, labels, s))
+        cas, right = metrics.classifier_accuracy_score(x_gen, labels, real.data.x_test,
+                                                       real.data.y_test, s.cas_hidden,
+                                                       s.cas_epochs, s.seed)
+        # The classifier is trained once: its interval is over the test images it is scored on.
+        with_interval(values, "cas", cas, lambda i: float(right[i].mean()), len(right), s,
+                      SHARES)
+    floors = real_image_floors(real, len(x_gen), device, s)
+    undefined = {**values.get("undefined", {}), **floors.get("undefined", {})}
+    values.update(floors)
+    if undefined:
+        values["undefined"] = undefined
     return values, logits
 
 
@@ -200,8 +312,7 @@ def plan1_metrics(path: Path, arrays: dict[str, Any], real: RealImages, device: 
                   s: ScoringSettings) -> dict[str, Any]:
     """Image metrics and class consistency (evaluator class = class of the source test image)."""
     y_src, idx_src = arrays["y_src"].astype(np.int64), arrays["idx_src"].astype(np.int64)
-    values, logits = image_metrics(path, arrays["x_gen"], real, device, s)
-    values["class_consistency"] = metrics.class_consistency(logits.argmax(axis=1), y_src)
+    values, _ = image_metrics(path, arrays["x_gen"], real, device, s, labels=y_src)
     # The same evaluator on the real test images the embeddings came from: the ceiling.
     values["class_consistency_real"] = metrics.class_consistency(
         real.test_logits[idx_src].argmax(axis=1), y_src)
@@ -244,12 +355,18 @@ def real_references(real: dict[str, Any], n: int, s: ScoringSettings
     if key not in cache:
         z_train, z_test = real["z_train"].astype(np.float64), real["z_test"].astype(np.float64)
         chosen = np.sort(np.random.default_rng(s.seed).choice(len(z_train), n, replace=False))
-        prdc = metrics.precision_recall_density_coverage(z_test, z_train[chosen], s.precision_k,
-                                                         s.density_k)
+        no_intervals = replace(s, bootstrap=0)
+        floors = {f"{name}_floor": value for name, value in distribution_metrics(
+            z_test, z_train[chosen], no_intervals, "frechet_distance").items()}
+        floors["vendi_real"] = floors.pop("vendi_floor")
+        intra = class_metrics(z_test, real["y_test"], z_train[chosen], real["y_train"][chosen],
+                              no_intervals, "intra_frechet_distance")
+        floors["intra_frechet_distance_floor"] = intra["intra_frechet_distance"]
+        if "undefined" in intra:
+            floors["undefined"] = {"intra_frechet_distance_floor":
+                                   intra["undefined"]["intra_frechet_distance"]}
         cache[key] = {
-            "floors": {"frechet_distance_floor": metrics.frechet_distance(z_train[chosen],
-                                                                          z_test),
-                       **{f"{name}_floor": value for name, value in prdc.items()}},
+            "floors": floors,
             "classes": {
                 "knn_accuracy_real": metrics.knn_accuracy(z_train, real["y_train"], z_test,
                                                           real["y_test"], s.knn_k),
@@ -275,17 +392,22 @@ def plan2_metrics(path: Path, arrays: dict[str, Any], real: dict[str, Any],
     values: dict[str, Any] = {
         "n_generated": len(z_gen), "n_test": len(z_test), "floor_n_train": n, "seed": s.seed,
         "dims": int(z_gen.shape[1]), "precision_k": s.precision_k, "density_k": s.density_k,
-        "frechet_distance": metrics.frechet_distance(z_gen, z_test)}
-    values.update(metrics.precision_recall_density_coverage(z_test, z_gen, s.precision_k,
-                                                            s.density_k))
-    values.update(real_references(real, n, s)["floors"])
+        "bootstrap": s.bootstrap, **distribution_metrics(z_test, z_gen, s, "frechet_distance")}
+    floors = dict(real_references(real, n, s)["floors"])
+    floor_undefined = floors.pop("undefined", {})
+    values.update(floors)
     if "y_gen" in arrays:
         y_gen = arrays["y_gen"].astype(np.int64)
-        predicted = metrics.knn_predict(z_train, real["y_train"], z_gen, s.knn_k)
-        values["knn_class_consistency"] = metrics.class_consistency(predicted, y_gen)
+        matches = metrics.knn_predict(z_train, real["y_train"], z_gen, s.knn_k) == y_gen
+        with_interval(values, "knn_class_consistency", float(matches.mean()),
+                      lambda i: float(matches[i].mean()), len(z_gen), s, SHARES)
         values["knn_k"] = s.knn_k
-        values["tstr_knn_accuracy"] = metrics.knn_accuracy(z_gen, y_gen, z_test, real["y_test"],
-                                                           s.knn_k)
+        with_interval(values, "tstr_knn_accuracy", metrics.knn_accuracy(
+            z_gen, y_gen, z_test, real["y_test"], s.knn_k),
+            lambda i: metrics.knn_accuracy(z_gen[i], y_gen[i], z_test, real["y_test"], s.knn_k),
+            len(z_gen), s, SHARES)
+        values.update(class_metrics(z_test, real["y_test"], z_gen, y_gen, s,
+                                    "intra_frechet_distance"))
         values.update(real_references(real, n, s)["classes"])
         generated, undefined = labelled_cluster_values(z_gen, y_gen, s)
         cluster_cache = real.setdefault("cluster_reference", {})
@@ -295,7 +417,9 @@ def plan2_metrics(path: Path, arrays: dict[str, Any], real: dict[str, Any],
         values.update({**generated, **reference})
         values["silhouette_samples"] = s.silhouette_samples
         if undefined or undefined_real:
-            values["undefined"] = {**undefined, **undefined_real}
+            values["undefined"] = {**values.get("undefined", {}), **undefined, **undefined_real}
+        if floor_undefined:
+            values["undefined"] = {**values.get("undefined", {}), **floor_undefined}
     return values
 
 
@@ -339,6 +463,28 @@ def translation_metrics(path: Path, z_translated: np.ndarray, source: dict[str, 
     }
 
 
-def settings_record(s: ScoringSettings) -> dict[str, Any]:
-    """The scoring settings as a plain dict, for a file's ``meta``."""
-    return asdict(s)
+# ---------------------------------------------------------------- table cells
+def number(value: Any, digits: int = 3) -> str:
+    """A table cell's number: ``digits`` decimals, 4 significant digits past 10^4."""
+    if value is None:
+        return "undefined"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def cell(values: dict[str, Any], key: str, reference: str = "", label: str = "",
+         digits: int = 3) -> str:
+    """A table cell: ``values[key]``, its 95% interval as +- the half width when it has one
+    (KID: +- its standard deviation over subsets), and ``(label reference)`` beside it."""
+    if key not in values:
+        return "—"
+    text = number(values[key], digits)
+    interval = values.get(f"{key}_ci95")
+    if interval is not None and values[key] is not None:
+        text += f" ± {number((interval[1] - interval[0]) / 2, digits)}"
+    elif key == "kid" and "kid_std" in values:  # KID's own spread over its subsets
+        text += f" ± {number(values['kid_std'], digits)} (sd)"
+    if reference in values:
+        return f"{text} ({label} {number(values[reference], digits)})"
+    return text

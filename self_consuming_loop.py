@@ -62,7 +62,6 @@ from artifacts import (
 )
 from captions import CAPTION_TEMPLATES, class_phrase
 from data_sources import ImageDataset, load_dataset
-from evaluator_cnn import evaluator_outputs
 from gans import (
     LOSS_KINDS,
     GANTrainer,
@@ -77,9 +76,12 @@ from settings import configure, pick
 
 # Internal tables (no same-line comment, so not settings).
 LOSS_NAMES = LOSS_KINDS
-METRIC_KEYS = ("fid", "fid_floor", "precision", "recall", "density", "coverage",
-               "class_consistency", "class_consistency_real", "score", "score_real",
-               "within_class_variance", "within_class_variance_real", "within_class_spread")
+METRIC_KEYS = ("fid", "fid_floor", "kid", "kid_std", "kid_floor", "precision", "precision_floor",
+               "recall", "recall_floor", "density", "density_floor", "coverage",
+               "coverage_floor", "vendi", "vendi_real", "class_consistency",
+               "class_consistency_real", "intra_fid", "intra_fid_floor", "cas", "cas_real",
+               "score", "score_real", "within_class_variance", "within_class_variance_real",
+               "within_class_spread", "feature_space")
 TRAIN_SET_KEYS = {"x": (3, "u"), "y": (1, "iu"), "real": (1, "b")}
 
 DATASET = "fashion-mnist"  # dataset of the real images [in data_sources.DATASETS]
@@ -465,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
         arrays = {"x_gen": images, "idx_src": np.arange(run.n_images, dtype=np.int64),
                   "y_src": prompt_labels}
         metric_values = scoring.plan1_metrics(samples_path, arrays, real, device, score_settings)
-        features, _ = evaluator_outputs(real.evaluator.model, images, device)
+        features, _ = scoring.image_outputs(real, images, device, score_settings)
         metric_values["within_class_variance"] = scoring.within_class_variance(features,
                                                                                prompt_labels)
         metric_values["within_class_variance_real"] = real_spread
@@ -476,6 +478,9 @@ def main(argv: list[str] | None = None) -> None:
                   "epochs": trainer.epoch, "diverged": report.diverged,
                   "train_seconds": train_seconds,
                   **{k: metric_values[k] for k in METRIC_KEYS},
+                  **{k: v for k, v in metric_values.items() if k.endswith("_ci95")},
+                  **({"undefined": metric_values["undefined"]}
+                     if "undefined" in metric_values else {}),
                   "n_generated": metric_values["n_generated"],
                   "n_test": metric_values["n_test"],
                   "floor_n_train": metric_values["floor_n_train"]}

@@ -268,7 +268,7 @@ def test_summary_has_one_table_per_stage_and_links_existing_plots(evaluated) -> 
     summary, root = evaluated["summary"], evaluated["root"]
     for title in evaluate.STAGE_TITLES.values():
         assert f"## {title}" in summary
-    assert "FID, classifier features (floor: train vs test)" in summary
+    assert "FID, evaluator CNN features (floor: train vs test)" in summary
     assert "0.000 (floor " in summary
     links = [part.split(")")[0] for part in summary.split("](../visualizations/")[1:]]
     assert {"digits_pca12_tsne.png", "digits_pca12_pca.png",

@@ -299,8 +299,9 @@ def test_stage_writes_samples_grids_curves_and_report(straight):
         assert (visual / f"plan1_{tag}_losses.png").stat().st_size > 0
         assert load_checkpoint(data_dir / "checkpoints" / "plan1" / f"{tag}.pt")["epoch"] == 2
         row = next(line for line in stdout.splitlines() if line.startswith(f"| {name} |"))
-        assert len(row.split("|")) == 11
-    assert "FID (floor)" in stdout and "class consistency (real)" in stdout
+        assert len(row.split("|")) == 15  # 13 columns
+    assert "FID, evaluator CNN (floor)" in stdout and "class consistency (real)" in stdout
+    assert "intra-class FID (floor)" in stdout and "classifier accuracy score (real)" in stdout
 
 
 def default_sigint() -> None:

@@ -103,7 +103,18 @@ def test_generation_folders_hold_one_png_per_prompt_named_by_its_test_id(straigh
     records = results["generations"]
     assert [r["generation"] for r in records] == [0, 1]
     assert [r["trained_on"] for r in records] == ["real", "gen 0"]
-    assert all(np.isfinite(r[k]) for r in records for k in loop.METRIC_KEYS)
+    assert all(r["feature_space"] == "evaluator" for r in records)
+    for r in records:  # a metric is a number, or None with the reason it is undefined
+        for key in loop.METRIC_KEYS:
+            if key != "feature_space":
+                assert np.isfinite(r[key]) if r[key] is not None else key in r["undefined"]
+    # 12 prompts leave a class with one image: no intra-class FID, and its reason.
+    assert all("class" in r["undefined"]["intra_fid"] for r in records)
+    for key in ("fid", "precision", "recall", "vendi", "class_consistency"):
+        assert all(r[f"{key}_ci95"][0] <= r[key] <= r[f"{key}_ci95"][1] for r in records), key
+        if key != "fid":
+            assert all(r[f"{key}_ci95"][0] >= 0 and r[f"{key}_ci95"][1] <= (
+                1 if key != "vendi" else np.inf) for r in records), key
     assert "| 1 | gen 0 |" in stdout
     for figure in ("samples", "metrics"):
         assert (data_dir / "visualizations" / f"{RUN}_{figure}.png").stat().st_size > 0
