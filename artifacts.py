@@ -183,12 +183,22 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
     return path
 
 
+def short_cause(err: BaseException, limit: int = 80) -> str:
+    """The first sentence of an exception's message, at most ``limit`` characters: the cause in
+    a few words (PyTorch's zip errors run to several sentences)."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[:limit - 3].rstrip() + "..."
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    required: tuple[str, ...] = ()) -> dict[str, Any]:
+                    required: tuple[str, ...] = (),
+                    advice: str = "delete it to start again") -> dict[str, Any]:
     """Load a checkpoint written by ``save_checkpoint`` (tensors and plain types only): a dict
-    holding at least the ``required`` keys."""
+    holding at least the ``required`` keys. A broken one is refused in one line ending with
+    ``advice``: what to do, "delete it to start again" for a stage's own resume checkpoint, the
+    command that remakes it for a file another stage wrote."""
     path = Path(path)
-    advice = "delete it to start again"
     try:
         if path.is_file() and path.stat().st_size == 0:
             raise StageError(f"{path}: checkpoint is empty (0 bytes); {advice}")
@@ -198,8 +208,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     except (StageError, OSError):
         raise
     except Exception as err:  # a truncated or foreign file
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise StageError(f"{path}: not a readable checkpoint ({first}); {advice}") from err
+        raise StageError(f"{path}: not a readable checkpoint ({short_cause(err)}); "
+                         f"{advice}") from err
     if not isinstance(state, dict):
         raise StageError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict; "
                          f"{advice}")
@@ -232,6 +242,16 @@ def read_architecture(path: Path, state: Mapping[str, Any] | None, family: str,
         raise StageError(f"{path}: holds {found}, not one of the {family_title} "
                          f"({', '.join(names)})")
     return state, dict(record)
+
+
+@contextmanager
+def remake_hint(command: str) -> Iterator[None]:
+    """Add "; remake it with: COMMAND" to a StageError about a file another stage wrote, so that
+    the one line says the fix (deleting it would not help)."""
+    try:
+        yield
+    except StageError as err:
+        raise StageError(f"{err}; remake it with: {command}") from err
 
 
 def check_settings_match(path: str | Path, saved: Mapping[str, Any],

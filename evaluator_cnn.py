@@ -139,7 +139,8 @@ def train_evaluator(data: ImageDataset, checkpoint: Path, device: torch.device, 
     generator = torch.Generator().manual_seed(seed)
     start_epoch = 0
     if checkpoint.is_file():
-        state = load_checkpoint(checkpoint, map_location=device)
+        state = load_checkpoint(checkpoint, map_location=device,
+                                advice="delete it and it is trained again")
         check_settings_match(checkpoint, {**state.get("settings", {}),
                                           "dataset": state.get("dataset")},
                              {**settings, "dataset": data.name})

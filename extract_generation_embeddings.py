@@ -383,10 +383,17 @@ def read_shards(shard_dir: Path, count: int) -> tuple[dict[str, Any] | None, str
         for g, files in shards["generations"].items() for i, d in enumerate(files)]
     for path, data in every:
         meta = data["meta"]
-        if meta.get("inputs_digest") != reference.get("inputs_digest") or comparable(
-                meta.get("settings", {})) != comparable(reference.get("settings", {})):
-            return None, (f"{path} comes from another run than {paths[0]} (other settings or "
-                          f"inputs); run that shard again")
+        mine, theirs = comparable(meta.get("settings", {})), comparable(
+            reference.get("settings", {}))
+        differing = [f"--{key.replace('_', '-')} {mine.get(key)!r} there, "
+                     f"{theirs.get(key)!r} in {paths[0].name}"
+                     for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
+        if differing:
+            return None, (f"{path} was made with other settings than {paths[0]} "
+                          f"({'; '.join(differing)}); run every shard with the same settings")
+        if meta.get("inputs_digest") != reference.get("inputs_digest"):
+            return None, (f"{path} embeds other captions or image files than {paths[0]} (the "
+                          f"folders changed between the shard runs); run every shard again")
     return shards, ""
 
 

@@ -38,6 +38,7 @@ from artifacts import (
     load_embeddings,
     load_npz,
     make_meta,
+    remake_hint,
     save_checkpoint,
     save_figure,
     save_npz,
@@ -165,15 +166,18 @@ def load_stage1(encoder: str, train: FlowTraining) -> dict[str, Any]:
     """A checked stage-1 embedding file; its train split cut to --limit."""
     path = stage1_path(encoder, train)
     limit = train.limit
+    command = (f"python encoder_models.py --dataset {train.dataset} --models {encoder} "
+               f"--data-dir {train.data_dir}")
     if not path.is_file():
-        raise StageError(f"{path} not found; make it with: python encoder_models.py --dataset "
-                         f"{train.dataset} --models {encoder} --data-dir {train.data_dir} (or "
-                         f"leave {encoder} out of --encoders)")
-    raw = load_npz(path, {})  # readable; its arrays are checked below, by column first
-    for key in ("z_train", "z_test"):
-        if key in raw and raw[key].ndim == 2 and raw[key].dtype.kind == "f":
-            check_columns(path, key, raw[key][:limit or None] if key == "z_train" else raw[key])
-    data = load_embeddings(path)
+        raise StageError(f"{path} not found; make it with: {command} (or leave {encoder} out "
+                         f"of --encoders)")
+    with remake_hint(command):
+        raw = load_npz(path, {})  # readable; its arrays are checked below, by column first
+        for key in ("z_train", "z_test"):
+            if key in raw and raw[key].ndim == 2 and raw[key].dtype.kind == "f":
+                check_columns(path, key,
+                              raw[key][:limit or None] if key == "z_train" else raw[key])
+        data = load_embeddings(path)
     if limit:
         data["z_train"], data["y_train"] = data["z_train"][:limit], data["y_train"][:limit]
     data["path"] = path

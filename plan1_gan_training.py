@@ -37,6 +37,7 @@ from artifacts import (
     fingerprint,
     load_embeddings,
     make_meta,
+    remake_hint,
     save_figure,
     save_npz,
 )
@@ -142,7 +143,8 @@ def paired_embeddings(path: Path, data: ImageDataset, n_train: int, run: Plan1Se
     remake = encoder_command(data.name, run.encoder, run.limit, run.data_dir)
     if not path.is_file():
         raise StageError(f"{path} not found; make it with: {remake}")
-    emb = load_embeddings(path)
+    with remake_hint(remake):
+        emb = load_embeddings(path)
     meta = emb["meta"]
     if meta.get("dataset") != data.name:
         raise StageError(f"{path}: embeds dataset {meta.get('dataset')!r} (its meta), not "

@@ -41,6 +41,7 @@ from artifacts import (
     load_checkpoint,
     load_embeddings,
     make_meta,
+    remake_hint,
     save_figure,
     save_npz,
     write_text,
@@ -86,7 +87,7 @@ DATA_DIR = "data"  # where embeddings are read and every output is written
 ENCODER = "ae_advanced"  # embedding to learn (an autoencoder's decodes to images); domain A
 ENCODER_B = "vae"  # domain B of CycleGAN and DualGAN: another encoder of the same images
 MODELS = GAN_NAMES  # GANs to train, comma-separated [in GAN_NAMES]
-EPOCHS = 120  # total epochs per model (with --lr-decay false, more continues a finished run) [>= 1]
+EPOCHS = 120  # total epochs per model (with --no-lr-decay, more continues a finished run) [>= 1]
 BATCH_SIZE = 256  # embeddings per step [>= 2]
 LIMIT = 0  # train on the first N training embeddings only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order, noise, the halves and the saved samples [>= 0]
@@ -176,7 +177,8 @@ def load_source(encoder: str, run: Plan2Settings) -> tuple[Path, dict[str, Any]]
     path = Path(run.data_dir) / "embeddings" / f"{run.dataset}_{encoder}.npz"
     if not path.is_file():
         raise StageError(f"{path} not found; make it with: {making_command(encoder, run)}")
-    data = load_embeddings(path)
+    with remake_hint(making_command(encoder, run)):
+        data = load_embeddings(path)
     recorded = data["meta"].get("dataset")
     if recorded is not None and recorded != run.dataset:
         raise StageError(f"{path}: its meta says dataset {recorded!r}, not {run.dataset!r}")
@@ -298,7 +300,8 @@ def autoencoder_decoder(z_test: np.ndarray, data: ImageDataset, run: Plan2Settin
         return None, f"{run.encoder!r} is not an encoder of encoder_models.py"
     if not path.is_file():
         return None, f"{path} not found"
-    state = load_checkpoint(path, required=("model", "settings"))
+    state = load_checkpoint(path, required=("model", "settings"),
+                            advice=f"remake it with: {making_command(run.encoder, run)}")
     if state["settings"].get("embedding_dim") != z_test.shape[1]:
         return None, (f"{path} has embedding size {state['settings'].get('embedding_dim')}, the "
                       f"embeddings {z_test.shape[1]}")
@@ -331,8 +334,11 @@ def plan1_decoders(z_train: np.ndarray, z_test: np.ndarray, device: torch.device
         gan = path.stem.removeprefix(f"{run.dataset}_{run.encoder}_")
         if gan not in image_gans.GAN_NAMES:
             continue
+        remake = (f"python plan1_gan_training.py --dataset {run.dataset} --encoder "
+                  f"{run.encoder} --models {gan}"
+                  + (f" --data-dir {run.data_dir}" if run.data_dir != "data" else ""))
         try:
-            state = load_checkpoint(path)
+            state = load_checkpoint(path, advice=f"remake it with: {remake}")
             saved = state.get("settings", {})
             n_train = saved.get("train_images")
             if not isinstance(n_train, int) or saved.get("embeddings") != fingerprint(

@@ -14,7 +14,8 @@ before the stage reads anything:
   sequence ``GAN_NAMES`` of the script, or ``[in data_sources.DATASETS]`` for one of a module.
 For a tuple setting the rule applies to every item; a tuple must not repeat an item, and must be
 non-empty unless its rule says ``or empty`` (``[in FLOW_NAMES, or empty]``; ``--flows ""``).
-Floats must be finite. A broken value stops the script with one line and exit code 2.
+Floats must be finite. A broken value stops the script with one line and exit code 2. A boolean
+setting is a switch: ``--merge`` turns it on, ``--no-merge`` off (``--merge true|false`` also).
 """
 
 from __future__ import annotations
@@ -219,6 +220,17 @@ def configure(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[
             text = RULE_AT_END.sub("", comment)
             shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
             allowed = f"; {rule.describe()}" if rule.describe() else ""
+            if kind is _parse_bool:  # a switch: --merge, --no-merge (or --merge true|false)
+                negative = "--no-" + flag[2:]
+                group = parser.add_mutually_exclusive_group()
+                group.add_argument(flag, dest=name, type=kind, nargs="?", const=True,
+                                   default=default, metavar="true|false",
+                                   help=f"{text} (default: {'on' if default else 'off'})"
+                                   .replace("%", "%%"))
+                group.add_argument(negative, dest=name, action="store_false",
+                                   help=f"turn {flag} off")
+                rules[name] = (flag, rule)
+                continue
             parser.add_argument(flag, dest=name, type=kind,
                                 default=tuple(default) if isinstance(default, list) else default,
                                 help=f"{text} (default: {shown}{allowed})".replace("%", "%%"),

@@ -137,7 +137,7 @@ def test_evaluate_names_its_feature_space_and_reports_the_new_metrics(tiny_dinov
         evaluate.main(["--data-dir", str(tmp_path / "data"), "--stages", "plan1", "--bootstrap",
                        "3", "--kid-subsets", "5", "--kid-subset-size", "100",
                        "--feature-space", space, "--feature-model",
-                       str(tiny_dinov2) if space == "dinov2" else "", "--plots", "false"])
+                       str(tiny_dinov2) if space == "dinov2" else "", "--no-plots"])
         runs[space] = (json.loads((results / "metrics.json").read_text()),
                        (results / "summary.md").read_text(),
                        list(csv.reader((results / "metrics.csv").open())))

@@ -395,7 +395,7 @@ def test_stage_writes_valid_files_that_evaluate_reads(tmp_path):
     assert (tmp_path / "visualizations" / "flows_digits_pca_nll.png").stat().st_size > 0
     evaluation = subprocess.run(
         [sys.executable, "evaluate.py", "--data-dir", str(tmp_path), "--stages",
-         "embeddings,plan2", "--plots", "false", "--baseline-components", "0",
+         "embeddings,plan2", "--no-plots", "--baseline-components", "0",
          "--kmeans-init", "1", "--silhouette-samples", "200", "--files", "*pca*"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert evaluation.returncode == 0, evaluation.stderr

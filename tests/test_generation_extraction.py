@@ -155,7 +155,7 @@ def test_shards_merged_equal_an_unsharded_run(tiny_clip: Path, coco: Path,
     # --merge alone rebuilds the same files.
     for name in OUTPUTS:
         (tmp_path / "sharded" / name).unlink()
-    extract(tiny_clip, coco, tmp_path / "sharded", "--merge", "true")
+    extract(tiny_clip, coco, tmp_path / "sharded", "--merge")
     for name in OUTPUTS:
         np.testing.assert_array_equal(load(tmp_path / "whole" / name)["image_embeddings"
                                       if name != OUTPUTS[0] else "text_embeddings"],
@@ -168,9 +168,27 @@ def test_shards_of_different_runs_are_not_merged(tiny_clip: Path, coco: Path, tm
                                                  capsys: pytest.CaptureFixture) -> None:
     extract(tiny_clip, coco, tmp_path, "--shard", "0/2")
     printed = extract(tiny_clip, coco, tmp_path, "--shard", "1/2", "--num-captions", "5")
-    assert "not merging yet" in printed and "comes from another run" in printed
+    assert "not merging yet" in printed and "was made with other settings" in printed
+    # The line names the setting that differs and both values.
+    assert "(--num-captions 5 there, " in printed and "in coco_caption_embeddings.shard-0" \
+        in printed
     assert not (tmp_path / "gen_0_embeddings.npz").exists()
     with pytest.raises(SystemExit) as exited:
         extract(tiny_clip, coco, tmp_path, "--merge", "true")
     assert exited.value.code == 1
-    assert "comes from another run" in capsys.readouterr().err
+    assert "--num-captions 5 there" in capsys.readouterr().err
+
+
+def test_shards_of_one_run_with_other_inputs_are_not_merged(tiny_clip: Path, coco: Path,
+                                                            tmp_path: Path) -> None:
+    """The same settings over changed folders: the line says the inputs changed."""
+    extract(tiny_clip, coco, tmp_path, "--shard", "0/2")
+    folder = coco / "gen_0"
+    moved = sorted(folder.iterdir())[0]
+    hidden = moved.with_name("." + moved.name)
+    moved.rename(hidden)
+    try:
+        printed = extract(tiny_clip, coco, tmp_path, "--shard", "1/2")
+    finally:
+        hidden.rename(moved)
+    assert "embeds other captions or image files" in printed

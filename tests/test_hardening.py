@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,6 +194,21 @@ def test_broken_checkpoints_are_one_line_errors(tmp_path, content, message):
     with pytest.raises(StageError) as info:
         load_checkpoint(path, required=("model", "epoch"))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_truncated_checkpoint_is_a_short_line_with_the_callers_advice(tmp_path):
+    """PyTorch's several sentences about a broken zip become a few words; the caller's advice
+    ends the line."""
+    path = tmp_path / "c.pt"
+    torch.save({"model": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(StageError) as info:
+        load_checkpoint(path, advice="remake it with: python encoder_models.py")
+    message = str(info.value)
+    assert message.endswith("; remake it with: python encoder_models.py")
+    assert "\n" not in message and "high likelihood" not in message
+    assert len(message) - len(str(path)) < 170  # the cause in at most 80 characters
+    assert "delete it" not in message
 
 
 def test_output_folder_checks(tmp_path):
@@ -425,6 +441,56 @@ def test_evaluate_data_dir_problems(tmp_path):
     assert_one_line_error(result, "results", "not a folder")
 
 
+# ---------------------------------------------------------------- files other stages wrote
+def test_a_broken_file_of_an_earlier_stage_names_the_command_that_remakes_it(trained, tmp_path):
+    """Plan 2 reading stage 1's embeddings or encoder checkpoint, flows.py its embeddings: the
+    one line names the encoder_models.py run that remakes the file, not "delete it"."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(trained, data_dir)
+    checkpoint = data_dir / "checkpoints" / "encoders" / "digits_ae_basic.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:500])
+    result = stage("plan2_gan_training.py", data_dir, "--encoder", "ae_basic", "--models",
+                   "wgan_gp", "--epochs", "1", "--batch-size", "51", "--samples", "100")
+    remake = "remake it with: python encoder_models.py --dataset digits --models ae_basic"
+    assert_one_line_error(result, str(checkpoint), "not a readable checkpoint", remake)
+    assert "delete it" not in result.stderr and "high likelihood" not in result.stderr
+    embeddings = data_dir / "embeddings" / "digits_triplet.npz"
+    embeddings.write_bytes(b"not a zip")
+    for script, args in (("plan2_gan_training.py", ("--encoder", "triplet", "--models",
+                                                    "wgan_gp")),
+                         ("flows.py", ("--encoders", "triplet", "--flows", "realnvp"))):
+        result = stage(script, data_dir, *args)
+        assert_one_line_error(result, str(embeddings), "not an NPZ file",
+                              "remake it with: python encoder_models.py --dataset digits "
+                              "--models triplet")
+
+
+def test_every_boolean_setting_is_a_bare_switch(tmp_path, capsys):
+    """--flag on, --no-flag off, --flag true|false still read; --help lists both forms."""
+    source = SCRIPT + "FLAG = False  # a switch\n"
+    for argv, expected in ((["--flag"], True), (["--no-flag"], False),
+                           (["--flag", "false"], False), (["--flag", "yes"], True), ([], False)):
+        assert configure(namespace(tmp_path, source), argv)["flag"] is expected, argv
+    assert configure_error(tmp_path, ["--flag", "--no-flag"], capsys, source).startswith(
+        "error: argument --no-flag: not allowed with argument --flag")
+    for script in SCRIPTS:
+        text = subprocess.run([sys.executable, script, "--help"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120, env=ENV).stdout
+        namespace_of = runpy_namespace(script)
+        for name, _ in declared_settings((ROOT / script).read_text()):
+            if isinstance(namespace_of.get(name), bool):
+                flag = "--" + name.lower().replace("_", "-")
+                assert f"{flag} [true|false]" in text and f"--no-{flag[2:]}" in text, \
+                    (script, flag)
+
+
+def runpy_namespace(script: str) -> dict:
+    import runpy
+
+    sys.path[:0] = [str(ROOT), str((ROOT / script).parent)]
+    return runpy.run_path(str(ROOT / script), run_name="imported_by_test")
+
+
 # ---------------------------------------------------------------- too few batches for n_critic
 def stage(script: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, script, "--dataset", "digits", "--data-dir",
@@ -473,7 +539,7 @@ def test_the_batch_size_the_refusal_names_trains(trained, tmp_path):
         (trained / "embeddings" / "digits_ae_basic.npz").read_bytes())
     result = stage("plan2_gan_training.py", data_dir, "--encoder", "ae_basic", "--models",
                    "wgan_gp", "--epochs", "1", "--batch-size", "51", "--samples", "100",
-                   "--plot-points", "50", "--plots", "false")
+                   "--plot-points", "50", "--no-plots")
     assert result.returncode == 0, result.stderr
     meta = load_npz(data_dir / "embeddings" / "digits_ae_basic_wgan_gp.gen.npz",
                     {"z_gen": (2, "f")})["meta"]

@@ -351,7 +351,7 @@ def fresh_copy(stage1: Path, target: Path) -> Path:
 
 def command_line(data_dir: Path, *args: str) -> list[str]:
     return [*QUICK, "--data-dir", str(data_dir), "--encoder", "ae_basic", "--encoder-b", "pca",
-            "--plots", "false", *args]
+            "--no-plots", *args]
 
 
 def run_main(data_dir: Path, *args: str) -> None:
@@ -460,7 +460,7 @@ def test_resumed_run_equals_an_uninterrupted_one(stage1, tmp_path, capsys, monke
     an uninterrupted 2-epoch run."""
     straight = fresh_copy(stage1, tmp_path / "straight")
     resumed = fresh_copy(stage1, tmp_path / "resumed")
-    args = ("--models", "wgan_gp", "--lr-decay", "true" if schedule == "decaying" else "false")
+    args = ("--models", "wgan_gp", "--lr-decay" if schedule == "decaying" else "--no-lr-decay")
     run_main(straight, *args, "--epochs", "2")
     if schedule == "decaying":
         save = GANTrainer.save
@@ -493,7 +493,7 @@ def test_resumed_run_equals_an_uninterrupted_one(stage1, tmp_path, capsys, monke
 
 def test_nan_loss_stops_and_keeps_the_best_checkpoint(stage1, tmp_path, monkeypatch, capsys):
     root = fresh_copy(stage1, tmp_path / "data")
-    run_main(root, "--models", "wgan_gp", "--lr-decay", "false", "--epochs", "1")
+    run_main(root, "--models", "wgan_gp", "--no-lr-decay", "--epochs", "1")
     checkpoint = root / "checkpoints" / "plan2" / "digits_ae_basic_wgan_gp.pt"
     good = load_checkpoint(checkpoint)["model"]
     original = vg.WGANGP.generator_loss
@@ -504,7 +504,7 @@ def test_nan_loss_stops_and_keeps_the_best_checkpoint(stage1, tmp_path, monkeypa
 
     monkeypatch.setattr(vg.WGANGP, "generator_loss", broken)
     capsys.readouterr()
-    run_main(root, "--models", "wgan_gp", "--lr-decay", "false", "--epochs", "3")
+    run_main(root, "--models", "wgan_gp", "--no-lr-decay", "--epochs", "3")
     assert "warning: wgan_gp: training stopped (non-finite loss" in capsys.readouterr().out
     state = load_checkpoint(checkpoint)
     assert state["epoch"] == 1 and state["diverged"]
@@ -610,7 +610,7 @@ def test_learning_rate_decay_follows_the_epoch(stage1, tmp_path):
     """--lr-decay: epoch e of E trains at rate x (1 - (e - 1) / E), in both optimisers; the
     number of epochs joins the settings a checkpoint must share."""
     root = fresh_copy(stage1, tmp_path / "data")
-    args = ("--models", "wgan_gp", "--lr-decay", "true", "--wasserstein-lr", "6e-4")
+    args = ("--models", "wgan_gp", "--lr-decay", "--wasserstein-lr", "6e-4")
     run_main(root, *args, "--epochs", "2")
     state = load_checkpoint(root / "checkpoints" / "plan2" / "digits_ae_basic_wgan_gp.pt")
     for optimizer in ("optimizer_g", "optimizer_d"):
@@ -623,7 +623,7 @@ def test_ensemble_members_are_the_single_seed_runs(stage1, tmp_path, capsys):
     """--ensemble 2: member k is the run of --seed k alone (same best weights; its checkpoint
     is accepted as finished when copied in) and the samples interleave the two runs' own
     samples (unconditional, so that each run's first rows are the ensemble's)."""
-    args = ("--models", "wgan_gp", "--epochs", "2", "--wgan-conditional", "false")
+    args = ("--models", "wgan_gp", "--epochs", "2", "--no-wgan-conditional")
     ensemble = fresh_copy(stage1, tmp_path / "ensemble")
     alone = [fresh_copy(stage1, tmp_path / f"seed{seed}") for seed in (0, 1)]
     run_main(ensemble, *args, "--ensemble", "2")

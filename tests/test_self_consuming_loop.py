@@ -240,7 +240,7 @@ def test_other_settings_and_impossible_sizes_are_refused(straight, capsys):
 
 def test_fresh_data_loop_from_scratch_runs_in_its_own_folder(straight, tmp_path, capsys):
     data_dir = with_evaluator(straight[0], tmp_path / "fresh")
-    code, _, err = run_in_process(data_dir, "--fresh-fraction", "0.5", "--warm-start", "false",
+    code, _, err = run_in_process(data_dir, "--fresh-fraction", "0.5", "--no-warm-start",
                                   "--epochs", "1", capsys=capsys)
     assert code == 0, err
     run_dir = data_dir / "digits_loop_fresh50_scratch"
