@@ -37,12 +37,13 @@ DATASET = "fashion-mnist"  # dataset of the embeddings [in data_sources.DATASETS
 DATA_DIR = "data/bench_plan2_target"  # stage-1 embeddings (made if missing) and every run
 ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae")  # embeddings to generate
 MODELS = ("wgan_gp", "contrastive_gan")  # generators [in vector_gans.GENERATORS]
-CANDIDATES = ("", "--mode-seeking 2 --energy-weight 1")  # recipes (flag sets) to choose from
+CANDIDATES = ("defaults", "--mode-seeking 2 --energy-weight 1")  # recipes (flag sets)
 SEEDS = (0, 1, 2)  # seeds of every measured configuration [>= 0]
 TRAIN_SIZES = (0,)  # training embeddings of the GANs and the mixture (0: the whole split) [>= 0]
 VALIDATION = 10000  # training embeddings held out to choose the recipe on [>= 100]
 ENCODER_EPOCHS = 2  # epochs of encoder_models.py for an encoder that is missing [>= 1]
 EPOCHS = 0  # epochs of plan2_gan_training.py (0: the stage's own default) [>= 0]
+STAGE_ARGS = ""  # flags of every plan2_gan_training.py run, e.g. --stage-args="--batch-size 64"
 SAMPLES = 10000  # samples of every generator and of the mixture [>= 10]
 DEVICE = "auto"  # passed to the stage
 THREADS = 1  # CPU threads of each stage run and of the metrics [>= 0]
@@ -64,6 +65,7 @@ class TargetBench:
     encoder_epochs: int
     epochs: int
     samples: int
+    stage_args: str
     device: str
     threads: int
     mixture_components: int  # flows.py's --gmm-components default
@@ -94,7 +96,8 @@ def gan_run(folder: Path, source: Path, encoder: str, model: str, seed: int, lim
                "--encoder", encoder, "--models", model, "--seed", str(seed), "--limit",
                str(limit), "--samples", str(b.samples), "--device", b.device, "--threads",
                str(b.threads), "--no-plots",
-               *(["--epochs", str(b.epochs)] if b.epochs else []), *shlex.split(recipe))
+               *(["--epochs", str(b.epochs)] if b.epochs else []), *shlex.split(b.stage_args),
+               *shlex.split("" if recipe == "defaults" else recipe))
     return load_npz(embeddings / f"{b.dataset}_{encoder}_{model}.gen.npz",
                     {"z_gen": (2, "f")})["z_gen"]
 
@@ -146,11 +149,11 @@ def measure(encoder: str, size: int, b: TargetBench) -> list[str]:
             stats = mean_sd(rows)
             mean = {m: v[0] for m, v in stats.items()}
             met = meets_target(mean, mixture_mean)
-            lines.append(line(f"{model} {recipe or '(defaults)'}", stats,
+            lines.append(line(f"{model} {recipe}", stats,
                               "met" if met else "not met"))
             ranked.append(((met, mean["precision"] if met else mean["recall"]), recipe))
         chosen[model] = max(ranked, key=lambda r: r[0])[1]
-    lines += ["\nchosen on validation: " + "; ".join(f"{m}: {r or '(defaults)'}"
+    lines += ["\nchosen on validation: " + "; ".join(f"{m}: {r}"
                                                       for m, r in chosen.items()),
               f"\n### {encoder}, {n} training embeddings: the test split, scored once\n",
               "| generator | " + " | ".join(METRICS) + " | target on the mean (seeds) |",
@@ -172,7 +175,7 @@ def measure(encoder: str, size: int, b: TargetBench) -> list[str]:
         verdict = ("met" if meets_target(mean, mixture_mean) else "not met"
                    + ("" if within_target(mean) else " (bounds)")) + \
             f" ({per_seed} of {len(rows)} seeds)"
-        lines.append(line(f"{model} {recipe or '(defaults)'}", stats, verdict))
+        lines.append(line(f"{model} {recipe}", stats, verdict))
     return lines
 
 
