@@ -302,6 +302,7 @@ class FitReport:
     diverged: str | None
     best_epoch: int
     best_score: float | None
+    stopped_early: bool = False
 
 
 def check_generator_steps(examples: int, batch_size: int, n_critic: int, what: str) -> None:
@@ -354,6 +355,7 @@ class GANTrainer:
         self.best_epoch, self.best_score = 0, None
         self.best_ema: dict[str, torch.Tensor] | None = None
         self.diverged: str | None = None
+        self.stopped_early = False
 
     # ------------------------------------------------------------ one epoch
     def _autocast(self) -> Any:
@@ -472,6 +474,7 @@ class GANTrainer:
                 "d_steps": self.d_steps, "g_steps": self.g_steps, "history": self.history,
                 "best_epoch": self.best_epoch, "best_score": self.best_score,
                 "best_ema": self.best_ema, "diverged": self.diverged, "rng": rng,
+                "stopped_early": self.stopped_early,
                 **({"architecture": self.architecture} if self.architecture else {})}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -484,6 +487,7 @@ class GANTrainer:
         self.history = state["history"]
         self.best_epoch, self.best_score = int(state["best_epoch"]), state["best_score"]
         self.best_ema, self.diverged = state["best_ema"], state["diverged"]
+        self.stopped_early = bool(state.get("stopped_early", False))  # older checkpoints: none
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
@@ -524,7 +528,8 @@ class GANTrainer:
             settings: Mapping[str, Any], steps_per_epoch: int | None = None,
             score: Callable[[GANModel], float] | None = None, score_name: str | None = None,
             on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-            desc: str = "", on_resume: Callable[[int], None] | None = None) -> FitReport:
+            desc: str = "", on_resume: Callable[[int], None] | None = None,
+            patience: int = 0) -> FitReport:
         """Train up to ``epochs`` epochs with a checkpoint after each, resuming from
         ``checkpoint`` when it exists (made with the same ``settings``).
 
@@ -533,7 +538,9 @@ class GANTrainer:
         The history's epoch records hold the means, the score and the epoch's wall-clock
         ``seconds`` (training and scoring). ``on_epoch(epoch, record)`` is called after each
         checkpoint, ``on_resume(epoch)`` after
-        loading a checkpoint of that many epochs. On divergence training
+        loading a checkpoint of that many epochs. With ``patience`` > 0 and a ``score``, training
+        stops early once that many epochs in a row have not improved on the best (the stop is
+        kept in the checkpoint: a resumed run does not train on). On divergence training
         stops, ``FitReport.diverged`` says why, the checkpoint keeps the last good epoch and the
         best weights, and a later run does not train it again.
         """
@@ -547,7 +554,7 @@ class GANTrainer:
         resumed_from = self.epoch
         self.history["score_name"] = score_name
         trained = 0
-        while self.epoch < epochs and self.diverged is None:
+        while self.epoch < epochs and self.diverged is None and not self.stopped_early:
             epoch = self.epoch + 1
             torch.manual_seed(epoch_seed(self.settings.seed, epoch))
             started = time.perf_counter()
@@ -582,8 +589,11 @@ class GANTrainer:
                 self.best_epoch, self.best_score = epoch, record["score"]
                 self.best_ema = {k: v.detach().clone() for k, v in self.ema.state_dict().items()}
             self.history["epochs"].append(record)
+            if patience and score is not None and epoch - self.best_epoch >= patience:
+                self.stopped_early = True
             self.save(checkpoint, settings)
             trained += 1
             if on_epoch is not None:
                 on_epoch(epoch, record)
-        return FitReport(trained, resumed_from, self.diverged, self.best_epoch, self.best_score)
+        return FitReport(trained, resumed_from, self.diverged, self.best_epoch, self.best_score,
+                         self.stopped_early)

@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
           f"conditions: {embedding_path} ({z_train_np.shape[1]}-d); device {device}")
 
     real = scoring.real_images_for(
-        data, device, scoring.EvaluatorSettings(data_dir=run.data_dir, seed=run.seed),
+        data, device, scoring.EvaluatorSettings(data_dir=run.data_dir),
         score_settings)
     x_train = torch.from_numpy(data.x_train[:n_train]).to(device)
     y_train = torch.from_numpy(data.y_train[:n_train]).to(device)

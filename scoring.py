@@ -60,7 +60,9 @@ class ScoringSettings:
 
 @dataclass(frozen=True)
 class EvaluatorSettings:
-    """The evaluator CNN of a dataset: where it is cached and how it is trained once."""
+    """The evaluator CNN of a dataset: where it is cached and how it is trained once. It is the
+    instrument every stage measures with, so a stage's own --seed does not change it (seed 0,
+    evaluate.py's default)."""
 
     data_dir: str = "data"
     epochs: int = 4

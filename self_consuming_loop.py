@@ -1,33 +1,41 @@
-"""A self-consuming loop of class-conditioned GANs, each trained on the last one's images.
+"""A self-consuming loop of class-conditioned GANs, each trained on what the loop fed it.
 
 Generation 0 is a caption-(class-)conditioned GAN (Plan 1's cGAN generator and projection
 discriminator, trained by the shared loop in gans.py, the condition a one-hot class) trained on
-TRAIN_IMAGES real training images. Generation k >= 1 is trained only on TRAIN_IMAGES images that
-generation k-1 generated, with the class histogram of generation 0's set (the fully synthetic
-loop of Shumailov et al. 2023 and Alemohammad et al. 2023); FRESH_FRACTION > 0 replaces that
-share of them with real training images drawn anew each generation (the "fresh data" loop).
-With WARM_START generation k starts from generation k-1's weights (fine-tuning on its own
-output); without it every generation is trained from scratch.
+the first --train-images real training images until its validation FID (on --validation-images
+real training images it never trains on) has not improved for --patience epochs: a converged
+start, shared by every loop of the same seed and settings (data/checkpoints/loop/start/). Each
+later generation k adds --train-images images to the loop's pool: images generation k-1
+generated with the class histogram of generation 0's set (the noise truncated to [-psi, psi]
+with --truncation psi) and, with --fresh-fraction, fresh real training images drawn anew. Then
+it trains (loop_regimes.py) on the newest addition (--regime replace, the fully synthetic loop
+of Shumailov et al. 2024 and Alemohammad et al. 2024), on the whole pool (accumulate,
+Gerstgrasser et al. 2024) or on --train-images drawn from it (accumulate-subsample), for the
+same budget as generation 0 (--epochs 0; an epoch is --train-images images whatever the pool's
+size), starting from generation k-1's weights (--warm-start) or from scratch.
 
 The prompts: the first N_IMAGES test images, each with a caption of its class ("a photo of a
-Sneaker", a template of train_small_clip.py chosen per image by the seed). After each generation
-its EMA generator draws one image per prompt (the same noise every generation) and writes
+Sneaker", a template of captions.py chosen per image by the seed). After each generation its EMA
+generator draws one image per prompt (the same noise every generation) and writes
 DATA_DIR/<run>/gen_<k>/test_<id>.png, the id being the test image's index; DATA_DIR/<run>/
 captions.json holds the captions of those ids in COCO's format, so that
 extract_generation_embeddings.py reads them with
---annotation-file DATA_DIR/<run>/captions.json --generation-dir-pattern 'DATA_DIR/<run>/gen_{g}'.
-<run> is <ds>_loop, with _fresh<percent> for a fresh-data loop and _scratch without warm start.
+--annotation-file DATA_DIR/<run>/captions.json --generation-dir-pattern 'DATA_DIR/<run>/gen_{g}';
+DATA_DIR/<ds>_loop_reference/ holds the real prompt images under the same names (the reference
+of plot_generation_clusters.py --reference-dir). <run> is <ds>_loop, then _accumulate or
+_accsub for those regimes, _fresh<percent>, _trunc<psi>, _scratch without warm start and
+_seed<k> for a seed other than 0.
 
-Per generation it measures, against the real test images, the evaluator CNN's FID (classifier
-features, beside the real-vs-real floor), precision/recall, density/coverage and class
-consistency (the evaluator's class of each image against its prompt's class), as evaluate.py
-does for Plan 1, and the within-class variance of the evaluator features relative to that of the
-real prompt images (the diversity left inside a class); writes them to
+Per generation it measures, against the real test images, the metrics of scoring.py (FID, KID,
+precision, recall, density, coverage, Vendi, class consistency, intra-class FID and the
+classifier accuracy score, each with its 95% interval and its real-vs-real floor) and the
+within-class variance of the features relative to that of the real prompt images; writes them
+with each generation's training sources (images by origin) to
 DATA_DIR/results/<run>_metrics.json, DATA_DIR/<run>/gen_<k>.npz (the images in Plan 1's sample
-format), a figure of the metrics (with the other loops of the dataset found in results/) and a
-grid of samples per generation. Each generation's checkpoint and training set are kept in
-DATA_DIR/checkpoints/loop/<run>/; an interrupted loop resumes in the generation it was in, and
-finished generations are kept (a larger --generations continues a finished loop).
+format), a grid of samples per generation and a figure of the metrics of every loop of the
+dataset found in results/ (mean ± sd over the seeds of each loop). Each generation's checkpoint
+and addition are kept in DATA_DIR/checkpoints/loop/<run>/; an interrupted loop resumes in the
+generation it was in, and finished generations are kept (a larger --generations continues).
 
     python self_consuming_loop.py --dataset digits --generations 2 --n-images 50 --train-images 500
 """
@@ -38,7 +46,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +55,8 @@ import torch
 from PIL import Image
 
 import image_gans
+import loop_regimes
+import metrics
 import scoring
 from artifacts import (
     check_settings_match,
@@ -71,7 +81,9 @@ from gans import (
     tensor_batches,
 )
 from image_gans import ConditionalGAN, ImageGANConfig, class_condition, to_signed
+from loop_regimes import ImageSet, Regime
 from runtime import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
+from scoring import cell
 from settings import configure, pick
 
 # Internal tables (no same-line comment, so not settings).
@@ -82,19 +94,24 @@ METRIC_KEYS = ("fid", "fid_floor", "kid", "kid_std", "kid_floor", "precision", "
                "class_consistency_real", "intra_fid", "intra_fid_floor", "cas", "cas_real",
                "score", "score_real", "within_class_variance", "within_class_variance_real",
                "within_class_spread", "feature_space")
-TRAIN_SET_KEYS = {"x": (3, "u"), "y": (1, "iu"), "real": (1, "b")}
+ADDITION_KEYS = {"x": (3, "u"), "y": (1, "iu"), "origin": (1, "i")}
+REGIME_TAGS = {"replace": "", "accumulate": "_accumulate", "accumulate-subsample": "_accsub"}
 
 DATASET = "fashion-mnist"  # dataset of the real images [in data_sources.DATASETS]
 DATA_DIR = "data"  # where images, checkpoints, results and figures are written
 GENERATIONS = 10  # generations after the first: gen_0 ... gen_<N> are trained and written [>= 1]
-FRESH_FRACTION = 0.0  # share of each later training set that is fresh real images [>= 0, <= 1]
-WARM_START = True  # generation k starts from generation k-1's weights; false: from scratch
-TRAIN_IMAGES = 10000  # training images of every generation (gen 0: the first N real ones) [>= 2]
+REGIME = "replace"  # what generation k trains on (loop_regimes.py) [in loop_regimes.REGIMES]
+FRESH_FRACTION = 0.0  # share of each later addition that is fresh real images [>= 0, <= 1]
+WARM_START = True  # generation k starts from generation k-1's weights; --no-warm-start: scratch
+TRUNCATION = 0.0  # noise of the images fed back drawn in [-psi, psi] (0: untruncated) [>= 0]
+TRAIN_IMAGES = 10000  # images of generation 0's set and of every addition (an epoch) [>= 2]
+VALIDATION_IMAGES = 2000  # real training images that pick generation 0's best epoch [>= 0]
 N_IMAGES = 1000  # images written per generation, one per test image (the first N) [>= 1]
-EPOCHS_FIRST = 3  # epochs of generation 0 [>= 1]
-EPOCHS = 1  # epochs of every later generation [>= 1]
+EPOCHS_FIRST = 40  # most epochs of generation 0 (it stops earlier once converged) [>= 1]
+PATIENCE = 3  # generation 0 stops after this many epochs without a better validation FID [>= 1]
+EPOCHS = 0  # epochs of every later generation (0: as many as generation 0 needed) [>= 0]
 BATCH_SIZE = 64  # images per step [>= 2]
-SEED = 0  # seeds weights, batch order, noise, captions and the fresh draws [>= 0]
+SEEDS = (0,)  # seeds of the loops, one loop each: weights, batches, noise, captions, draws [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS, OpenMP (0: library default; more were slower here) [>= 0]
@@ -110,23 +127,27 @@ LR_DISCRIMINATOR = 1e-3  # Adam learning rate of the discriminator [> 0]
 BETA1 = 0.5  # Adam beta1 (DCGAN: 0.5) [>= 0, < 1]
 BETA2 = 0.999  # Adam beta2 [>= 0, < 1]
 EMA_DECAY = 0.99  # decay of the generator's weight average that draws the images [>= 0, < 1]
+BOOTSTRAP = 10  # resamples of the generated images behind each 95% interval (0: none) [>= 0]
+KID_SUBSETS = 100  # KID: pairs of random subsets [>= 1]
+CAS_EPOCHS = 10  # classifier accuracy score: training passes of its MLP [>= 1]
 LOG_EVERY = 50  # steps between reads of the summed losses [>= 1]
 SAMPLE_BATCH_SIZE = 1000  # images per generator pass when sampling [>= 1]
 
 
 @dataclass(frozen=True)
 class LoopRun:
-    """What the loop trains and writes (the GAN's own hyper-parameters: ImageGANConfig; its
-    optimiser: LoopSettings)."""
+    """What a loop trains and writes (the GAN's own hyper-parameters: ImageGANConfig; its
+    optimiser: LoopSettings; what it feeds each generation: Regime)."""
 
     dataset: str
     data_dir: str
     generations: int
-    fresh_fraction: float
     warm_start: bool
-    train_images: int
+    truncation: float
+    validation_images: int
     n_images: int
     epochs_first: int
+    patience: int
     epochs: int
     batch_size: int
     seed: int
@@ -135,14 +156,16 @@ class LoopRun:
 
 
 # ---------------------------------------------------------------- names and captions
-def run_name(run: LoopRun) -> str:
-    """<ds>_loop, _fresh<percent> for a fresh-data loop, _scratch without warm start."""
-    name = f"{run.dataset}_loop"
-    if run.fresh_fraction > 0:
-        name += f"_fresh{100 * run.fresh_fraction:g}"
+def run_name(run: LoopRun, regime: Regime) -> str:
+    """<ds>_loop, the regime, _fresh<percent>, _trunc<psi>, _scratch, _seed<k> (k != 0)."""
+    name = f"{run.dataset}_loop{REGIME_TAGS[regime.name]}"
+    if regime.fresh_fraction > 0:
+        name += f"_fresh{100 * regime.fresh_fraction:g}"
+    if run.truncation:
+        name += f"_trunc{run.truncation:g}"
     if not run.warm_start:
         name += "_scratch"
-    return name
+    return name + (f"_seed{run.seed}" if run.seed else "")
 
 
 def image_name(image_id: int) -> str:
@@ -183,56 +206,171 @@ def conditions(labels: np.ndarray, num_classes: int, device: torch.device) -> to
 
 
 def generate(model: ConditionalGAN, labels: np.ndarray, num_classes: int, seed: int,
-             device: torch.device, batch_size: int) -> np.ndarray:
+             device: torch.device, batch_size: int, truncation: float = 0.0) -> np.ndarray:
     """uint8 images (N, 28, 28), one per label, in eval mode, with noise fixed by ``seed`` (drawn
-    on the CPU, so the same on every device)."""
+    on the CPU, so the same on every device), truncated to [-psi, psi] with ``truncation``."""
     return image_gans.regenerate(model, conditions(labels, num_classes, device), seed,
-                                 batch_size)
+                                 batch_size, truncation)
 
 
-def synthetic_training_set(previous: ConditionalGAN, data: ImageDataset, generation: int,
-                           device: torch.device, run: LoopRun) -> dict[str, np.ndarray]:
-    """Generation k's training set: --train-images images of generation k-1 with labels drawn
-    from generation 0's labels, of which a --fresh-fraction share is replaced by real training
-    images drawn anew (without replacement) from the whole training split."""
-    rng = np.random.default_rng([run.seed, generation])
-    n = run.train_images
-    n_fresh = int(round(run.fresh_fraction * n))
-    labels = data.y_train[:n][rng.permutation(n)[:n - n_fresh]]
-    images = generate(previous, labels, data.num_classes,
-                      run.seed * 100_003 + 7 * generation + 1, device, run.sample_batch_size)
-    fresh = np.sort(rng.choice(len(data.x_train), n_fresh, replace=False))
-    x = np.concatenate([images, data.x_train[fresh]])
-    y = np.concatenate([labels, data.y_train[fresh]]).astype(np.int64)
-    real = np.concatenate([np.zeros(len(images), bool), np.ones(n_fresh, bool)])
-    return {"x": x, "y": y, "real": real}
+def optimiser_settings(values: dict[str, Any]) -> LoopSettings:
+    """The GAN loop's optimiser settings from this stage's settings (``configure``'s values);
+    each generation adds its own seed."""
+    return LoopSettings(n_critic=values["n_critic"], lr_generator=values["lr_generator"],
+                        lr_discriminator=values["lr_discriminator"],
+                        betas=(values["beta1"], values["beta2"]),
+                        ema_decay=values["ema_decay"], log_every=values["log_every"])
 
 
-def resume_settings(generation: int, train_hash: str, run: LoopRun, config: ImageGANConfig,
-                    loop: LoopSettings) -> dict[str, Any]:
-    """What a generation's checkpoint must share with this run to be continued."""
-    return {"dataset": run.dataset, "generation": generation, "train_set": train_hash,
-            "fresh_fraction": run.fresh_fraction, "warm_start": run.warm_start,
-            "train_images": run.train_images,
-            "epochs": run.epochs_first if generation == 0 else run.epochs,
-            "batch_size": run.batch_size, "seed": run.seed, "noise_dim": config.noise_dim,
-            "width": config.width, "feature_dim": config.feature_dim, "loss": config.loss,
-            "gradient_penalty": config.gradient_penalty, "spectral_norm": config.spectral_norm,
-            "n_critic": loop.n_critic, "lr_generator": loop.lr_generator,
-            "lr_discriminator": loop.lr_discriminator, "betas": list(loop.betas),
-            "ema_decay": loop.ema_decay}
+@dataclass(frozen=True)
+class Loop:
+    """Everything a generation needs: the run, the GAN's config and optimiser, what it is fed,
+    the data and where its files are."""
+
+    run: LoopRun
+    config: ImageGANConfig
+    optimiser: LoopSettings
+    regime: Regime
+    data: ImageDataset
+    checkpoints: Path
+    start: Path
+    device: torch.device
+
+    def model_settings(self) -> dict[str, Any]:
+        c, o = self.config, self.optimiser
+        return {"noise_dim": c.noise_dim, "width": c.width, "feature_dim": c.feature_dim,
+                "loss": c.loss, "gradient_penalty": c.gradient_penalty,
+                "spectral_norm": c.spectral_norm, "n_critic": o.n_critic,
+                "lr_generator": o.lr_generator, "lr_discriminator": o.lr_discriminator,
+                "betas": list(o.betas), "ema_decay": o.ema_decay,
+                "batch_size": self.run.batch_size}
+
+    def start_settings(self) -> dict[str, Any]:
+        """What generation 0 depends on: it is shared by the loops that agree on these."""
+        return {"dataset": self.run.dataset, "generation": 0, "seed": self.run.seed,
+                "train_images": self.regime.train_images,
+                "validation_images": self.run.validation_images,
+                "epochs": self.run.epochs_first, "patience": self.run.patience,
+                **self.model_settings()}
+
+    def settings(self) -> dict[str, Any]:
+        """Settings that change what any generation is: a results file made with others is not
+        continued."""
+        return {**self.start_settings(), "regime": self.regime.name,
+                "fresh_fraction": self.regime.fresh_fraction,
+                "warm_start": self.run.warm_start, "truncation": self.run.truncation,
+                "epochs_later": self.run.epochs, "n_images": self.run.n_images}
+
+    def resume_settings(self, generation: int, train_hash: str) -> dict[str, Any]:
+        """What a later generation's checkpoint must share with this run to be continued."""
+        return {**self.settings(), "generation": generation, "train_set": train_hash}
 
 
-def loop_settings(run: LoopRun, config: ImageGANConfig, loop: LoopSettings) -> dict[str, Any]:
-    """Settings that change what any generation is: a results file made with others is not
-    continued."""
-    return {k: v for k, v in resume_settings(0, "", run, config, loop).items()
-            if k not in ("generation", "train_set", "epochs")} | {
-        "epochs_first": run.epochs_first, "epochs_later": run.epochs, "n_images": run.n_images}
+def start_checkpoint(loop_dir: Path, start: dict[str, Any]) -> Path:
+    """Where the converged generation 0 of these settings lives (shared by the loops)."""
+    tag = fingerprint(np.frombuffer(json.dumps(start, sort_keys=True).encode(), np.uint8))
+    return loop_dir / "start" / f"{start['dataset']}_seed{start['seed']}_{tag}.pt"
+
+
+def validation_indices(data: ImageDataset, loop: Loop) -> np.ndarray:
+    """The last --validation-images training images: never trained on, never fresh."""
+    return np.arange(len(data.x_train) - loop.run.validation_images, len(data.x_train))
+
+
+def validation_fid(loop: Loop, real: scoring.RealImages, s: scoring.ScoringSettings):
+    """score(model): FID of the images a model draws for the validation images' classes against
+    those images (features of the run's space); lower is better. Never the test images."""
+    index = validation_indices(loop.data, loop)
+    labels = loop.data.y_train[index]
+    reference, _ = scoring.image_outputs(real, loop.data.x_train[index], loop.device, s)
+
+    def score(model: ConditionalGAN) -> float:
+        images = generate(model, labels, loop.data.num_classes, loop.run.seed + 1, loop.device,
+                          loop.run.sample_batch_size)
+        features, _ = scoring.image_outputs(real, images, loop.device, s)
+        return metrics.frechet_distance(features, reference)
+
+    return score
+
+
+def save_addition(path: Path, images: ImageSet, meta: dict[str, Any]) -> None:
+    save_npz(path, {"x": images.x, "y": images.y, "origin": images.origin}, meta)
+
+
+def load_addition(path: Path, loop: Loop) -> ImageSet:
+    saved = load_npz(path, ADDITION_KEYS, aligned=(("x", "y", "origin"),))
+    check_settings_match(path, saved["meta"].get("loop_settings", {}), loop.settings())
+    if len(saved["x"]) != loop.regime.train_images:
+        raise StageError(f"{path}: holds {len(saved['x'])} images, not --train-images "
+                         f"{loop.regime.train_images}; delete it to make it again")
+    return ImageSet(saved["x"], saved["y"].astype(np.int64), saved["origin"].astype(np.int64))
+
+
+def additions_up_to(generation: int, loop: Loop, previous: ConditionalGAN | None,
+                    previous_path: Path | None, values: dict[str, Any]
+                    ) -> tuple[list[ImageSet], ConditionalGAN | None]:
+    """A_0 ... A_k for generation k, the new one made from generation k-1 (loaded if needed)
+    the first time and read back after; and generation k-1's model if it was loaded."""
+    data, regime = loop.data, loop.regime
+    first = loop_regimes.first_addition(data.x_train, data.y_train, regime)
+    additions = [first]
+    for k in range(1, generation + 1):
+        path = loop.checkpoints / f"addition_{k}.npz"
+        if path.is_file():
+            additions.append(load_addition(path, loop))
+            continue
+        if k != generation:
+            raise StageError(f"{path}: the addition of generation {k} is missing; delete the "
+                             f"run's results file to run the loop again")
+        if previous is None:
+            previous = load_generation_model(previous_path, k - 1, loop)
+        labels, rng = loop_regimes.addition_labels(first.y, k, regime, loop.run.seed)
+        made = generate(previous, labels, data.num_classes, loop.run.seed * 100_003 + 7 * k + 1,
+                        loop.device, loop.run.sample_batch_size, loop.run.truncation)
+        fresh_pool = np.setdiff1d(np.arange(len(data.x_train)), validation_indices(data, loop))
+        images = loop_regimes.addition(made, labels, k - 1, data.x_train, data.y_train,
+                                       fresh_pool, rng, regime)
+        save_addition(path, images, make_meta(
+            __file__, values, loop.run.dataset, loop.run.seed, generation=k,
+            made_by=f"generation {k - 1} ({previous_path})",
+            sources=loop_regimes.sources(images), loop_settings=loop.settings()))
+        additions.append(images)
+    return additions, previous
+
+
+def source_of(sources: dict[str, int]) -> str:
+    """What a generation was trained on, for tables: 'real', 'gen 0 + 2000 real', ..."""
+    generated = [name.replace("_", " ") for name in sources if name != "real"]
+    real = sources.get("real", 0)
+    if not generated:
+        return "real"
+    return " + ".join(generated) + (f" + {real} real" if real else "")
+
+
+def generation_state(checkpoint: Path | None, generation: int, loop: Loop) -> dict[str, Any]:
+    """The checkpoint of a finished generation, checked to come from a loop with these
+    settings."""
+    if checkpoint is None or not checkpoint.is_file():
+        raise StageError(f"{checkpoint}: the checkpoint of generation {generation} is missing; "
+                         f"the next generation needs it (delete the run's results file to run "
+                         f"the loop again)")
+    state = load_checkpoint(checkpoint, required=("model", "ema", "best_ema", "settings"))
+    saved = state["settings"]
+    expected = loop.start_settings() if generation == 0 else loop.resume_settings(
+        generation, str(saved.get("train_set")))
+    check_settings_match(checkpoint, saved, expected)
+    return state
+
+
+def load_generation_model(checkpoint: Path | None, generation: int,
+                          loop: Loop) -> ConditionalGAN:
+    """The EMA generator of a finished generation (its best weights), from its checkpoint."""
+    state = generation_state(checkpoint, generation, loop)
+    return image_gans.from_checkpoint(checkpoint, loop.device, state=state)
 
 
 # ---------------------------------------------------------------- outputs
-def write_generation_folder(folder: Path, images: np.ndarray) -> None:
+def write_image_folder(folder: Path, images: np.ndarray) -> None:
     """One PNG per prompt, written into a staging folder that replaces ``folder`` when done."""
     staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -253,64 +391,109 @@ def generation_complete(folder: Path, samples: Path, count: int) -> bool:
     return names == {image_name(i) for i in range(count)}
 
 
-def samples_grid(rows: list[np.ndarray], labels: list[str], title: str) -> Any:
-    return image_grid_figure(rows, labels, title)
+def config_of(run: str) -> str:
+    """A run's name without its seed: the loops that are one configuration at several seeds."""
+    head, seeded, seed = run.rpartition("_seed")
+    return head if seeded and seed.isdigit() else run
 
 
-def run_label(run: str) -> str:
-    """A legend label for a run name: 'fully synthetic', '20% fresh real', '... from scratch'."""
-    fresh = run.partition("_fresh")[2].removesuffix("_scratch")
-    label = f"{fresh}% fresh real" if fresh else "fully synthetic"
-    if fresh == "100":
-        label += " (control)"
-    return label + (", from scratch" if run.endswith("_scratch") else "")
+def run_label(config: str) -> str:
+    """A legend label: regime, fresh share, truncation, scratch."""
+    rest = config.partition("_loop")[2]
+    regime = next((name for name, tag in REGIME_TAGS.items() if tag and rest.startswith(tag)),
+                  "replace")
+    rest = rest.removeprefix(REGIME_TAGS[regime])
+    label = {"replace": "replace", "accumulate": "accumulate",
+             "accumulate-subsample": "accumulate-subsample"}[regime]
+    for part in rest.strip("_").split("_"):
+        if part.startswith("fresh"):
+            label += f", {part[5:]}% fresh" + (" (control)" if part == "fresh100" else "")
+        elif part.startswith("trunc"):
+            label += f", psi {part[5:]}"
+        elif part == "scratch":
+            label += ", from scratch"
+    return label
+
+
+def banded(runs: dict[str, list[dict[str, Any]]], key: str
+           ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Per configuration: generations, mean and sd over its seeds of ``key``, the seed count
+    (generations every seed has reached)."""
+    configs: dict[str, list[list[dict[str, Any]]]] = {}
+    for run, records in runs.items():
+        configs.setdefault(config_of(run), []).append(records)
+    out = {}
+    for config, seeds in configs.items():
+        common = sorted(set.intersection(*({int(r["generation"]) for r in records}
+                                           for records in seeds)))
+        table = np.array([[next(float(r[key]) if r.get(key) is not None else np.nan
+                                for r in records if int(r["generation"]) == g)
+                           for g in common] for records in seeds])
+        out[config] = (np.array(common), table.mean(axis=0),
+                       table.std(axis=0, ddof=1) if len(seeds) > 1 else np.zeros(len(common)),
+                       len(seeds))
+    return out
 
 
 def metrics_figure(runs: dict[str, list[dict[str, Any]]], title: str) -> Any:
-    """FID (with its floor), class consistency, within-class spread, recall and coverage against
-    the generation, one line per run; the real-image references as dashed grey lines."""
+    """FID (with its floor), class consistency, within-class spread, precision, recall and Vendi
+    against the generation: per configuration the mean over its seeds, a band of ± one sd; the
+    real-image references as dashed grey lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = (("fid", "FID, evaluator features (log scale)", "fid_floor"),
               ("class_consistency", "class consistency", "class_consistency_real"),
               ("within_class_spread", "within-class variance / real's", None),
-              ("recall", "recall (k=3)", None),
-              ("coverage", "coverage (k=5)", None))
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2))
+              ("precision", "precision (k=3)", "precision_floor"),
+              ("recall", "recall (k=3)", "recall_floor"),
+              ("vendi", "Vendi score", "vendi_real"))
+    figure, axes = plt.subplots(2, 3, figsize=(14, 8))
     first = next(iter(runs.values()))
-    for axis, (key, name, reference) in zip(axes, panels, strict=True):
-        for run, records in runs.items():
-            axis.plot([r["generation"] for r in records], [r.get(key, np.nan) for r in records],
-                      marker="o", markersize=4, label=run_label(run))
+    for axis, (key, name, reference) in zip(axes.flat, panels, strict=True):
+        for index, (config, (generations, mean, sd, seeds)) in enumerate(
+                banded(runs, key).items()):
+            colour = f"C{index % 10}"
+            axis.plot(generations, mean, marker="o", markersize=3, color=colour,
+                      label=f"{run_label(config)} ({seeds} seed{'s' * (seeds > 1)})")
+            if seeds > 1:
+                axis.fill_between(generations, mean - sd, mean + sd, color=colour, alpha=0.2)
         if reference is not None:
-            axis.plot([r["generation"] for r in first], [r[reference] for r in first],
+            axis.plot([r["generation"] for r in first], [r.get(reference) for r in first],
                       linestyle="--", color="grey", label="real images")
         elif key == "within_class_spread":
             axis.axhline(1.0, linestyle="--", color="grey", label="real images")
         axis.set_title(name, fontsize=10)
         axis.set_xlabel("generation")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9,
+    axes.flat[0].set_yscale("log")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9,
                   frameon=False)
-    figure.suptitle(title, fontsize=11)
-    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    figure.suptitle(title + " (mean ± sd over seeds)", fontsize=11)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     return figure
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
-    lines = ["| generation | trained on | FID (floor) | class consistency (real) | within-class "
-             "variance / real's | precision | recall | density | coverage | train time |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """One row per generation, each value ± half its 95% interval, the floors in brackets."""
+    lines = ["| generation | trained on | FID (floor) | KID (floor) | precision (floor) | "
+             "recall (floor) | Vendi (real) | class consistency (real) | within-class "
+             "variance / real's | train time |", "| --- " * 10 + "|"]
     for r in records:
-        lines.append(f"| {r['generation']} | {r['trained_on']} | {r['fid']:.2f} "
-                     f"({r['fid_floor']:.2f}) | {r['class_consistency']:.3f} "
-                     f"({r['class_consistency_real']:.3f}) | {r['within_class_spread']:.3f} | "
-                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['density']:.3f} | "
-                     f"{r['coverage']:.3f} | {r['train_seconds']:.0f} s |")
+        lines.append(
+            f"| {r['generation']} | {r['trained_on']} | "
+            + " | ".join([cell(r, "fid", "fid_floor", "floor", 2),
+                          cell(r, "kid", "kid_floor", "floor", 4),
+                          cell(r, "precision", "precision_floor", "floor"),
+                          cell(r, "recall", "recall_floor", "floor"),
+                          cell(r, "vendi", "vendi_real", "real", 2),
+                          cell(r, "class_consistency", "class_consistency_real", "real"),
+                          f"{r['within_class_spread']:.3f}"])
+            + f" | {r['train_seconds']:.0f} s |")
     return "\n".join(lines)
 
 
@@ -332,258 +515,6 @@ def read_results(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-# ---------------------------------------------------------------- the stage
-@dataclass(frozen=True)
-class Loop:
-    """Everything a generation needs: the run, the GAN's config and optimiser, the data."""
-
-    run: LoopRun
-    config: ImageGANConfig
-    optimiser: LoopSettings
-    data: ImageDataset
-    checkpoints: Path
-    device: torch.device
-
-    def settings(self) -> dict[str, Any]:
-        return loop_settings(self.run, self.config, self.optimiser)
-
-
-def optimiser_settings(values: dict[str, Any]) -> LoopSettings:
-    """The GAN loop's optimiser settings from this stage's settings (``configure``'s values);
-    each generation adds its own seed."""
-    return LoopSettings(n_critic=values["n_critic"], lr_generator=values["lr_generator"],
-                        lr_discriminator=values["lr_discriminator"],
-                        betas=(values["beta1"], values["beta2"]),
-                        ema_decay=values["ema_decay"], log_every=values["log_every"])
-
-
-def main(argv: list[str] | None = None) -> None:
-    values = configure(globals(), argv)
-    run = pick(LoopRun, values)
-    config = pick(ImageGANConfig, values)
-    optimiser = optimiser_settings(values)
-    score_settings = scoring.ScoringSettings(seed=run.seed)
-    name = run_name(run)
-    root = Path(run.data_dir)
-    run_dir = ensure_output_dir(root / name)
-    folders = {folder: ensure_output_dir(root / folder) for folder in
-               ("results", "visualizations", f"checkpoints/loop/{name}")}
-    checkpoints = folders[f"checkpoints/loop/{name}"]
-    limit_cpu_threads(values["threads"])
-    seed_everything(run.seed, run.deterministic)
-    device = pick_device(values["device"])
-    data = load_dataset(run.dataset, run.data_dir)
-    if len(data.x_train) < run.train_images:
-        raise StageError(f"--train-images {run.train_images}: {data.name} has only "
-                         f"{len(data.x_train)} training images")
-    if run.train_images < run.batch_size:
-        raise StageError(f"--train-images {run.train_images} is less than one batch of "
-                         f"--batch-size {run.batch_size}")
-    check_generator_steps(run.train_images, run.batch_size, optimiser.n_critic,
-                          "--train-images")
-    if len(data.x_test) < run.n_images:
-        raise StageError(f"--n-images {run.n_images}: {data.name} has only {len(data.x_test)} "
-                         f"test images to prompt with")
-    if np.bincount(data.y_test[:run.n_images]).max() < 2:
-        raise StageError(f"--n-images {run.n_images} gives no class two prompts: within-class "
-                         f"diversity cannot be measured")
-    loop = Loop(run, config, optimiser, data, checkpoints, device)
-    results_path = folders["results"] / f"{name}_metrics.json"
-    records = read_results(results_path, loop.settings())
-    done = {int(r["generation"]) for r in records}
-
-    captions = prompt_captions(data, run.n_images, run.seed)
-    caption_file = run_dir / "captions.json"
-    caption_text = json.dumps(coco_captions(data, captions), indent=1) + "\n"
-    if not caption_file.is_file() or caption_file.read_text(encoding="utf-8") != caption_text:
-        write_text(caption_file, caption_text)
-    prompt_labels = data.y_test[:run.n_images].astype(np.int64)
-    print(f"{data.name}: loop {name}, generations 0-{run.generations}, {run.train_images} "
-          f"training images each ({run.fresh_fraction:.0%} fresh real after generation 0), "
-          f"{'warm' if run.warm_start else 'cold'} start, {run.n_images} prompts "
-          f"({caption_file}); device {device}", flush=True)
-
-    real = scoring.real_images_for(
-        data, device, scoring.EvaluatorSettings(data_dir=run.data_dir, seed=run.seed),
-        score_settings)
-    real_spread = scoring.within_class_variance(real.test_features[:run.n_images],
-                                                prompt_labels)
-    grid_ids = [int(np.flatnonzero(prompt_labels == c)[0]) for c in np.unique(prompt_labels)]
-    previous: ConditionalGAN | None = None
-    previous_path: Path | None = None
-    for generation in range(run.generations + 1):
-        folder = run_dir / f"gen_{generation}"
-        samples_path = run_dir / f"gen_{generation}.npz"
-        checkpoint = checkpoints / f"gen_{generation}.pt"
-        if generation in done and generation_complete(folder, samples_path, run.n_images):
-            previous, previous_path = None, checkpoint  # loaded only if the next one needs it
-            continue
-        started = time.time()
-        generation_seed = run.seed * 100_003 + generation
-        seed_everything(generation_seed, run.deterministic)
-
-        train, previous = training_set(generation, loop, previous, previous_path, values)
-        train_hash = fingerprint(train["x"], train["y"])
-        n_fresh = int(train["real"].sum())
-        trained_on = source_of(generation, n_fresh, run)
-
-        seed_everything(generation_seed, run.deterministic)
-        model = build_model(data.num_classes, config).to(device)
-        trainer = GANTrainer(model, LoopSettings(**{**vars(optimiser), "seed": generation_seed}),
-                             image_gans.architecture("cgan", data.num_classes, data.num_classes,
-                                                     config))
-        if run.warm_start and generation > 0 and not checkpoint.exists():
-            state = generation_state(previous_path, generation - 1, loop)
-            model.load_state_dict(state["model"])
-            trainer.ema.load_state_dict(state["ema"])
-        else:
-            model.set_condition_statistics(conditions(train["y"], data.num_classes, device))
-        tensors = {"x": torch.from_numpy(train["x"]).to(device),
-                   "condition": conditions(train["y"], data.num_classes, device)}
-
-        def make_batches(epoch: int, tensors: dict[str, torch.Tensor] = tensors,
-                         seed: int = generation_seed):
-            for batch in tensor_batches(tensors, run.batch_size, seed, epoch):
-                yield {**batch, "x": to_signed(batch["x"])}
-
-        epochs = run.epochs_first if generation == 0 else run.epochs
-
-        def on_resume(epoch: int, generation: int = generation,
-                      checkpoint: Path = checkpoint) -> None:
-            print(f"gen {generation}: resumed from {checkpoint} after epoch {epoch}", flush=True)
-
-        report = trainer.fit(make_batches, epochs, checkpoint,
-                             resume_settings(generation, train_hash, run, config, optimiser),
-                             steps_per_epoch=run.train_images // run.batch_size,
-                             desc=f"gen {generation}", on_resume=on_resume)
-        if report.diverged:
-            print(f"warning: gen {generation}: training diverged ({report.diverged}); the "
-                  f"last good epoch ({report.best_epoch}) is used", flush=True)
-        train_seconds = time.time() - started
-        previous, previous_path = trainer.best_model(), checkpoint
-
-        images = generate(previous, prompt_labels, data.num_classes, run.seed, device,
-                          run.sample_batch_size)
-        arrays = {"x_gen": images, "idx_src": np.arange(run.n_images, dtype=np.int64),
-                  "y_src": prompt_labels}
-        metric_values = scoring.plan1_metrics(samples_path, arrays, real, device, score_settings)
-        features, _ = scoring.image_outputs(real, images, device, score_settings)
-        metric_values["within_class_variance"] = scoring.within_class_variance(features,
-                                                                               prompt_labels)
-        metric_values["within_class_variance_real"] = real_spread
-        metric_values["within_class_spread"] = metric_values["within_class_variance"] / \
-            real_spread
-        record = {"generation": generation, "trained_on": trained_on,
-                  "train_images": run.train_images, "fresh_real_images": n_fresh,
-                  "epochs": trainer.epoch, "diverged": report.diverged,
-                  "train_seconds": train_seconds,
-                  **{k: metric_values[k] for k in METRIC_KEYS},
-                  **{k: v for k, v in metric_values.items() if k.endswith("_ci95")},
-                  **({"undefined": metric_values["undefined"]}
-                     if "undefined" in metric_values else {}),
-                  "n_generated": metric_values["n_generated"],
-                  "n_test": metric_values["n_test"],
-                  "floor_n_train": metric_values["floor_n_train"]}
-        write_generation_folder(folder, images)
-        save_npz(samples_path, arrays, make_meta(
-            __file__, values, run.dataset, run.seed, generation=generation, run=name,
-            checkpoint=str(checkpoint), captions=str(caption_file), train_set_hash=train_hash,
-            **{k: v for k, v in record.items() if k != "generation"}))
-        records = [r for r in records if int(r["generation"]) != generation] + [record]
-        records.sort(key=lambda r: int(r["generation"]))
-        write_results(results_path, records, values, name, caption_file, loop)
-        print(f"gen {generation}: trained on {trained_on} ({train_seconds:.0f} s); FID "
-              f"{metric_values['fid']:.2f} (floor {metric_values['fid_floor']:.2f}), class "
-              f"consistency {metric_values['class_consistency']:.3f}, recall "
-              f"{metric_values['recall']:.3f}; wrote {folder}/ ({run.n_images} images)",
-              flush=True)
-
-    all_images = [load_npz(run_dir / f"gen_{g}.npz", {"x_gen": (3, "u")})["x_gen"]
-                  for g in range(run.generations + 1)]
-    rows = [data.x_test[grid_ids]] + [images[grid_ids] for images in all_images]
-    labels = ["real"] + [f"gen {g}" for g in range(run.generations + 1)]
-    figure = samples_grid(rows, labels, f"{name}: the first test prompt of each class, drawn "
-                                        f"by every generation (same noise)")
-    import matplotlib.pyplot as plt
-
-    grid_png = save_figure(figure, folders["visualizations"] / f"{name}_samples.png")
-    plt.close(figure)
-    figure = metrics_figure(compared_runs(folders["results"], name, records, run),
-                            f"{run.dataset} self-consuming loops: {run.n_images} images per "
-                            f"generation against the {len(data.x_test)} real test images")
-    metrics_png = save_figure(figure, folders["visualizations"] / f"{name}_metrics.png")
-    plt.close(figure)
-    print(f"\n{name}: FID and precision/recall on the evaluator CNN's features (not Inception: "
-          f"compare with the floor, {run.n_images} real training images against the test "
-          f"set)\n")
-    print(format_table(records))
-    print(f"\nresults: {results_path}; figures: {grid_png}, {metrics_png}; embed the "
-          f"generations with:\n"
-          f"  python extract_generation_embeddings.py --annotation-file {caption_file} "
-          f"--generation-dir-pattern '{run_dir}/gen_{{g}}' --num-captions {run.n_images} "
-          f"--model {root}/checkpoints/clip_{run.dataset}")
-
-
-def training_set(generation: int, loop: Loop, previous: ConditionalGAN | None,
-                 previous_path: Path | None, values: dict[str, Any]
-                 ) -> tuple[dict[str, np.ndarray], ConditionalGAN | None]:
-    """Generation k's training set and the previous generation's model (loaded if it was
-    needed): the first --train-images real images for generation 0; else the set drawn from
-    generation k-1, saved beside the checkpoints the first time and read back after."""
-    run, data = loop.run, loop.data
-    if generation == 0:
-        return {"x": data.x_train[:run.train_images], "y": data.y_train[:run.train_images],
-                "real": np.ones(run.train_images, bool)}, previous
-    path = loop.checkpoints / f"train_gen_{generation}.npz"
-    if path.is_file():
-        train = load_npz(path, TRAIN_SET_KEYS, aligned=(("x", "y", "real"),))
-        check_settings_match(path, train["meta"].get("loop_settings", {}), loop.settings())
-        if len(train["x"]) != run.train_images:
-            raise StageError(f"{path}: holds {len(train['x'])} images, not --train-images "
-                             f"{run.train_images}; delete it to make it again")
-        return train, previous
-    if previous is None:
-        previous = load_generation_model(previous_path, generation - 1, loop)
-    train = synthetic_training_set(previous, data, generation, loop.device, run)
-    save_npz(path, train, make_meta(__file__, values, run.dataset, run.seed,
-                                   generation=generation,
-                                   made_by=f"generation {generation - 1} ({previous_path})",
-                                   fresh_real_images=int(train["real"].sum()),
-                                   loop_settings=loop.settings()))
-    return train, previous
-
-
-def source_of(generation: int, n_fresh: int, run: LoopRun) -> str:
-    """What a generation was trained on, for tables: real, gen k-1 (+ fresh), fresh only."""
-    if generation == 0:
-        return "real"
-    if n_fresh == run.train_images:
-        return "fresh real only"
-    return f"gen {generation - 1}" + (f" + {n_fresh} fresh real" if n_fresh else "")
-
-
-def generation_state(checkpoint: Path | None, generation: int, loop: Loop) -> dict[str, Any]:
-    """The checkpoint of a finished generation, checked to come from a loop with these
-    settings."""
-    if checkpoint is None or not checkpoint.is_file():
-        raise StageError(f"{checkpoint}: the checkpoint of generation {generation} is missing; "
-                         f"the next generation needs it (delete the run's results file to run "
-                         f"the loop again)")
-    state = load_checkpoint(checkpoint, required=("model", "ema", "best_ema", "settings"))
-    saved = state["settings"]
-    check_settings_match(checkpoint, saved,
-                         resume_settings(generation, str(saved.get("train_set")), loop.run,
-                                         loop.config, loop.optimiser))
-    return state
-
-
-def load_generation_model(checkpoint: Path | None, generation: int,
-                          loop: Loop) -> ConditionalGAN:
-    """The EMA generator of a finished generation (its best weights), from its checkpoint."""
-    state = generation_state(checkpoint, generation, loop)
-    return image_gans.from_checkpoint(checkpoint, loop.device, state=state)
-
-
 def write_results(path: Path, records: list[dict[str, Any]], values: dict[str, Any], name: str,
                   caption_file: Path, loop: Loop) -> None:
     document = {"loop_settings": loop.settings(), "generations": records,
@@ -592,20 +523,256 @@ def write_results(path: Path, records: list[dict[str, Any]], values: dict[str, A
     write_text(path, json.dumps(document, indent=2) + "\n")
 
 
-def compared_runs(results_dir: Path, name: str, records: list[dict[str, Any]],
-                  run: LoopRun) -> dict[str, list[dict[str, Any]]]:
-    """This run's records and those of the other loops of the dataset found in ``results_dir``."""
-    runs = {name: records}
-    for path in sorted(results_dir.glob(f"{run.dataset}_loop*_metrics.json")):
-        other = path.name.removesuffix("_metrics.json")
-        if other == name:
+def compared_runs(results_dir: Path, dataset: str, own: dict[str, list[dict[str, Any]]]
+                  ) -> dict[str, list[dict[str, Any]]]:
+    """This run's loops and the other loops of the dataset found in ``results_dir``."""
+    runs = dict(own)
+    for path in sorted(results_dir.glob(f"{dataset}_loop*_metrics.json")):
+        name = path.name.removesuffix("_metrics.json")
+        if name in runs:
             continue
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-            runs[other] = list(document["generations"])
+            runs[name] = list(json.loads(path.read_text(encoding="utf-8"))["generations"])
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
             print(f"note: {path} is not readable as loop results; left out of the figure")
     return runs
+
+
+# ---------------------------------------------------------------- one generation
+def train_generation(generation: int, loop: Loop, train: ImageSet, checkpoint: Path,
+                     warm_from: Path | None, score: Any) -> tuple[GANTrainer, Any]:
+    """Train (or resume) one generation on ``train``; an epoch is --train-images images drawn
+    from it (all of them when it has no more), so that every generation gets the same budget."""
+    run, data = loop.run, loop.data
+    generation_seed = run.seed * 100_003 + generation
+    seed_everything(generation_seed, run.deterministic)
+    model = build_model(data.num_classes, loop.config).to(loop.device)
+    trainer = GANTrainer(model, replace(loop.optimiser, seed=generation_seed),
+                         image_gans.architecture("cgan", data.num_classes, data.num_classes,
+                                                 loop.config))
+    if warm_from is not None and not checkpoint.exists():
+        state = generation_state(warm_from, generation - 1, loop)
+        model.load_state_dict(state["model"])
+        trainer.ema.load_state_dict(state["ema"])
+    else:
+        model.set_condition_statistics(conditions(train.y, data.num_classes, loop.device))
+    x = torch.from_numpy(train.x).to(loop.device)
+    c = conditions(train.y, data.num_classes, loop.device)
+    per_epoch = loop.regime.train_images
+
+    def make_batches(epoch: int):
+        index = torch.arange(len(train))
+        if len(train) > per_epoch:  # the same budget as a set of --train-images
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
+                generation_seed * 7_919 + epoch))
+            index = order[:per_epoch].sort().values
+        index = index.to(loop.device)
+        for batch in tensor_batches({"x": x[index], "condition": c[index]}, run.batch_size,
+                                    generation_seed, epoch):
+            yield {**batch, "x": to_signed(batch["x"])}
+
+    if generation == 0:
+        epochs, settings = run.epochs_first, loop.start_settings()
+    else:
+        epochs = run.epochs or start_budget(loop)
+        settings = loop.resume_settings(generation, fingerprint(train.x, train.y, train.origin))
+
+    def on_resume(epoch: int) -> None:
+        print(f"gen {generation}: resumed from {checkpoint} after epoch {epoch}", flush=True)
+
+    def on_epoch(epoch: int, record: dict[str, Any]) -> None:
+        if record["score"] is not None:
+            print(f"gen {generation}: epoch {epoch}/{epochs}, validation FID "
+                  f"{record['score']:.2f}", flush=True)
+
+    report = trainer.fit(make_batches, epochs, checkpoint, settings,
+                         steps_per_epoch=per_epoch // run.batch_size, desc=f"gen {generation}",
+                         on_resume=on_resume, score=score,
+                         score_name="validation FID" if score else None, on_epoch=on_epoch,
+                         patience=run.patience if score else 0)
+    if report.diverged:
+        print(f"warning: gen {generation}: training diverged ({report.diverged}); the "
+              f"last good epoch ({report.best_epoch}) is used", flush=True)
+    return trainer, report
+
+
+def start_budget(loop: Loop) -> int:
+    """The epochs generation 0 needed: its best validation epoch (the later generations'
+    budget with --epochs 0)."""
+    state = load_checkpoint(loop.start, required=("best_epoch",))
+    return max(1, int(state["best_epoch"]))
+
+
+def run_loop(loop: Loop, values: dict[str, Any], real: scoring.RealImages,
+             s: scoring.ScoringSettings, folders: dict[str, Path], reference: Path
+             ) -> tuple[str, list[dict[str, Any]]]:
+    """One loop (one seed): every generation trained, drawn, scored and written."""
+    run, data = loop.run, loop.data
+    name = run_name(run, loop.regime)
+    run_dir = ensure_output_dir(Path(run.data_dir) / name)
+    results_path = folders["results"] / f"{name}_metrics.json"
+    records = read_results(results_path, loop.settings())
+    done = {int(r["generation"]) for r in records}
+    captions = prompt_captions(data, run.n_images, run.seed)
+    caption_file = run_dir / "captions.json"
+    caption_text = json.dumps(coco_captions(data, captions), indent=1) + "\n"
+    if not caption_file.is_file() or caption_file.read_text(encoding="utf-8") != caption_text:
+        write_text(caption_file, caption_text)
+    prompt_labels = data.y_test[:run.n_images].astype(np.int64)
+    print(f"{data.name}: loop {name}, generations 0-{run.generations}, regime "
+          f"{loop.regime.name}, {loop.regime.train_images} images per addition "
+          f"({loop.regime.fresh_fraction:.0%} fresh real after generation 0), truncation "
+          f"{run.truncation or 'off'}, {'warm' if run.warm_start else 'cold'} start, "
+          f"{run.n_images} prompts ({caption_file}); device {loop.device}", flush=True)
+    real_spread = scoring.within_class_variance(real.test_features[:run.n_images],
+                                                prompt_labels)
+    previous: ConditionalGAN | None = None
+    previous_path: Path | None = None
+    for generation in range(run.generations + 1):
+        folder = run_dir / f"gen_{generation}"
+        samples_path = run_dir / f"gen_{generation}.npz"
+        checkpoint = loop.start if generation == 0 else loop.checkpoints / f"gen_{generation}.pt"
+        if generation in done and generation_complete(folder, samples_path, run.n_images):
+            previous, previous_path = None, checkpoint  # loaded only if the next one needs it
+            continue
+        started = time.time()
+        seed_everything(run.seed * 100_003 + generation, run.deterministic)
+        additions, previous = additions_up_to(generation, loop, previous, previous_path, values)
+        train = loop_regimes.training_set(additions, loop.regime, run.seed)
+        sources = loop_regimes.sources(train)
+        score = validation_fid(loop, real, s) if generation == 0 and \
+            run.validation_images > 1 else None
+        warm_from = previous_path if run.warm_start and generation > 0 else None
+        trainer, report = train_generation(generation, loop, train, checkpoint, warm_from,
+                                           score)
+        train_seconds = time.time() - started
+        previous, previous_path = trainer.best_model(), checkpoint
+
+        images = generate(previous, prompt_labels, data.num_classes, run.seed, loop.device,
+                          run.sample_batch_size)
+        arrays = {"x_gen": images, "idx_src": np.arange(run.n_images, dtype=np.int64),
+                  "y_src": prompt_labels}
+        metric_values = scoring.plan1_metrics(samples_path, arrays, real, loop.device, s)
+        features, _ = scoring.image_outputs(real, images, loop.device, s)
+        metric_values["within_class_variance"] = scoring.within_class_variance(features,
+                                                                               prompt_labels)
+        metric_values["within_class_variance_real"] = real_spread
+        metric_values["within_class_spread"] = metric_values["within_class_variance"] / \
+            real_spread
+        record = {"generation": generation, "trained_on": source_of(sources),
+                  "train_sources": sources, "train_images": len(train),
+                  "fresh_real_images": loop.regime.fresh if generation else 0,
+                  "epochs": trainer.epoch, "best_epoch": report.best_epoch,
+                  "stopped_early": report.stopped_early,
+                  "validation_fid": report.best_score if generation == 0 else None,
+                  "diverged": report.diverged, "train_seconds": train_seconds,
+                  **{k: metric_values[k] for k in METRIC_KEYS},
+                  **{k: v for k, v in metric_values.items() if k.endswith("_ci95")},
+                  **({"undefined": metric_values["undefined"]}
+                     if "undefined" in metric_values else {}),
+                  "n_generated": metric_values["n_generated"],
+                  "n_test": metric_values["n_test"],
+                  "floor_n_train": metric_values["floor_n_train"]}
+        write_image_folder(folder, images)
+        save_npz(samples_path, arrays, make_meta(
+            __file__, values, run.dataset, run.seed, generation=generation, run=name,
+            checkpoint=str(checkpoint), captions=str(caption_file), reference=str(reference),
+            **{k: v for k, v in record.items() if k != "generation"}))
+        records = [r for r in records if int(r["generation"]) != generation] + [record]
+        records.sort(key=lambda r: int(r["generation"]))
+        write_results(results_path, records, values, name, caption_file, loop)
+        print(f"gen {generation}: trained on {record['trained_on']} ({train_seconds:.0f} s); "
+              f"FID {metric_values['fid']:.2f} (floor {metric_values['fid_floor']:.2f}), "
+              f"class consistency {metric_values['class_consistency']:.3f}, recall "
+              f"{metric_values['recall']:.3f}; wrote {folder}/ ({run.n_images} images)",
+              flush=True)
+    records = [r for r in records if int(r["generation"]) <= run.generations]
+    all_images = [load_npz(run_dir / f"gen_{g}.npz", {"x_gen": (3, "u")})["x_gen"]
+                  for g in range(run.generations + 1)]
+    grid_ids = [int(np.flatnonzero(prompt_labels == c)[0]) for c in np.unique(prompt_labels)]
+    rows = [data.x_test[grid_ids]] + [images[grid_ids] for images in all_images]
+    labels = ["real"] + [f"gen {g}" for g in range(run.generations + 1)]
+    figure = image_grid_figure(rows, labels, f"{name}: the first test prompt of each class, "
+                                             f"drawn by every generation (same noise)")
+    import matplotlib.pyplot as plt
+
+    grid_png = save_figure(figure, folders["visualizations"] / f"{name}_samples.png")
+    plt.close(figure)
+    print(f"\n{name}: FID, KID, precision/recall and Vendi on the {real.space.title} features "
+          f"(not Inception: compare with the floor, {run.n_images} real training images "
+          f"against the test set); ± half the 95% bootstrap interval\n")
+    print(format_table(records))
+    print(f"\nresults: {results_path}; figure: {grid_png}; embed the generations with:\n"
+          f"  python extract_generation_embeddings.py --annotation-file {caption_file} "
+          f"--generation-dir-pattern '{run_dir}/gen_{{g}}' --num-captions {run.n_images} "
+          f"--model {Path(run.data_dir)}/checkpoints/clip_{run.dataset}")
+    return name, records
+
+
+def make_loop(values: dict[str, Any], seed: int, data: ImageDataset,
+              device: torch.device) -> Loop:
+    """The loop of one seed, from this stage's settings (``configure``'s values)."""
+    run = pick(LoopRun, values, seed=seed)
+    regime = Regime(values["regime"], values["train_images"], values["fresh_fraction"])
+    probe = Loop(run, pick(ImageGANConfig, values), optimiser_settings(values), regime, data,
+                 Path(), Path(), device)
+    loop_dir = Path(run.data_dir) / "checkpoints" / "loop"
+    return replace(probe, checkpoints=ensure_output_dir(loop_dir / run_name(run, regime)),
+                   start=start_checkpoint(loop_dir, probe.start_settings()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    values = configure(globals(), argv)
+    base = pick(LoopRun, values, seed=values["seeds"][0])
+    regime = Regime(values["regime"], values["train_images"], values["fresh_fraction"])
+    optimiser = optimiser_settings(values)
+    root = Path(base.data_dir)
+    folders = {folder: ensure_output_dir(root / folder) for folder in
+               ("results", "visualizations", "checkpoints/loop/start")}
+    limit_cpu_threads(values["threads"])
+    device = pick_device(values["device"])
+    data = load_dataset(base.dataset, base.data_dir)
+    if len(data.x_train) < regime.train_images + base.validation_images:
+        raise StageError(f"--train-images {regime.train_images} and --validation-images "
+                         f"{base.validation_images}: {data.name} has only {len(data.x_train)} "
+                         f"training images")
+    if regime.fresh and len(data.x_train) - base.validation_images < regime.fresh:
+        raise StageError(f"--fresh-fraction {regime.fresh_fraction}: {regime.fresh} fresh "
+                         f"images per generation, more than the training images outside the "
+                         f"validation set")
+    if regime.train_images < base.batch_size:
+        raise StageError(f"--train-images {regime.train_images} is less than one batch of "
+                         f"--batch-size {base.batch_size}")
+    check_generator_steps(regime.train_images, base.batch_size, optimiser.n_critic,
+                          "--train-images")
+    if len(data.x_test) < base.n_images:
+        raise StageError(f"--n-images {base.n_images}: {data.name} has only {len(data.x_test)} "
+                         f"test images to prompt with")
+    if np.bincount(data.y_test[:base.n_images]).max() < 2:
+        raise StageError(f"--n-images {base.n_images} gives no class two prompts: within-class "
+                         f"diversity cannot be measured")
+    s = scoring.ScoringSettings(seed=base.seed, bootstrap=values["bootstrap"],
+                                kid_subsets=values["kid_subsets"],
+                                cas_epochs=values["cas_epochs"])
+    real = scoring.real_images_for(
+        data, device, scoring.EvaluatorSettings(data_dir=base.data_dir), s)
+    reference = root / f"{data.name}_loop_reference"
+    if not all((reference / image_name(i)).is_file() for i in range(base.n_images)):
+        write_image_folder(reference, data.x_test[:base.n_images])  # the real prompt images
+    finished = {}
+    for seed in values["seeds"]:
+        loop = make_loop(values, seed, data, device)
+        finished.update([run_loop(loop, values, real, replace(s, seed=seed), folders,
+                                  reference)])
+    figure = metrics_figure(compared_runs(folders["results"], base.dataset, finished),
+                            f"{base.dataset} self-consuming loops: {base.n_images} images per "
+                            f"generation against the {len(data.x_test)} real test images")
+    import matplotlib.pyplot as plt
+
+    figure_name = f"{config_of(run_name(base, regime))}_metrics.png"
+    metrics_png = save_figure(figure, folders["visualizations"] / figure_name)
+    plt.close(figure)
+    print(f"\nfigure of every loop of {base.dataset} in {folders['results']}: {metrics_png}")
 
 
 if __name__ == "__main__":

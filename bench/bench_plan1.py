@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"training and sampling: {time.time() - started:.0f} s in this call ({load_text()})")
 
     real = scoring.real_images_for(
-        data, device, scoring.EvaluatorSettings(data_dir=str(root), seed=b.seed), score_settings)
+        data, device, scoring.EvaluatorSettings(data_dir=str(root)), score_settings)
     rows = []
     rows.append(measure("test images shifted by 1 pixel", np.roll(data.x_test, 1, axis=2),
                         data, real, device, score_settings))

@@ -464,3 +464,18 @@ def test_a_checkpoint_without_its_architecture_gets_it_when_resumed(tmp_path):
     assert report.trained_epochs == 0 and state["architecture"] == record
     for key, value in old.state_dict()["ema"].items():
         assert torch.equal(state["ema"][key], value)
+
+
+def test_fit_stops_after_patience_epochs_without_a_better_score_and_stays_stopped(tmp_path):
+    """Scores 5, 3, 4, 4, 2...: with patience 2 the run stops after epoch 4 (epochs 3 and 4 did
+    not beat epoch 2), keeps epoch 2's weights, and a resumed run with more epochs trains none."""
+    torch.manual_seed(0)
+    scores = iter([5.0, 3.0, 4.0, 4.0, 2.0, 1.0])
+    trainer = GANTrainer(VectorGAN(), LoopSettings())
+    report = trainer.fit(lambda epoch: gaussian_batches(2, seed=epoch), 6, tmp_path / "c.pt",
+                         {}, score=lambda model: next(scores), patience=2)
+    assert report.stopped_early and trainer.epoch == 4 and report.best_epoch == 2
+    again = GANTrainer(VectorGAN(), LoopSettings())
+    report = again.fit(lambda epoch: gaussian_batches(2, seed=epoch), 10, tmp_path / "c.pt", {},
+                       score=lambda model: 0.0, patience=2)
+    assert report.trained_epochs == 0 and report.stopped_early and again.best_epoch == 2

@@ -508,8 +508,9 @@ NO_GENERATOR_STEP = [
     ("plan1_gan_training.py", ("--encoder", "ae_basic", "--limit", "256", "--n-critic", "3",
                                "--epochs", "1"),
      ("training images: 256 at --batch-size 128 give 2 batch(es)", "--batch-size 85")),
-    ("self_consuming_loop.py", ("--train-images", "128", "--batch-size", "64", "--n-critic",
-                                "3", "--n-images", "50", "--generations", "1"),
+    ("self_consuming_loop.py", ("--train-images", "128", "--validation-images", "300",
+                                "--batch-size", "64", "--n-critic", "3", "--n-images", "50",
+                                "--generations", "1"),
      ("--train-images: 128 at --batch-size 64 give 2", "--n-critic 2")),
 ]
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import loop_regimes
 import scoring
 import self_consuming_loop as loop
 from artifacts import load_checkpoint, load_npz
@@ -24,15 +25,18 @@ from captions import CAPTION_TEMPLATES
 from data_sources import load_dataset
 from extract_generation_embeddings import image_id_from_name, read_first_captions
 from image_gans import ImageGANConfig
+from loop_regimes import REAL, ImageSet, Regime
 from runtime import run_stage
-from settings import configure, pick
+from settings import configure
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 N_IMAGES = 12
 TINY = ["--dataset", "digits", "--device", "cpu", "--threads", "1", "--generations", "1",
-        "--train-images", "640", "--batch-size", "16", "--epochs-first", "1", "--epochs", "3",
-        "--n-images", str(N_IMAGES), "--width", "16", "--feature-dim", "32", "--noise-dim", "8"]
+        "--train-images", "640", "--validation-images", "300", "--batch-size", "16",
+        "--epochs-first", "2", "--patience", "1", "--epochs", "3", "--n-images", str(N_IMAGES),
+        "--width", "16", "--feature-dim", "32", "--noise-dim", "8", "--kid-subsets", "5",
+        "--bootstrap", "3", "--cas-epochs", "2"]
 RUN = "digits_loop"
 
 
@@ -67,11 +71,10 @@ def run_in_process(data_dir: Path, *args: str, capsys: pytest.CaptureFixture
     return code, captured.out, captured.err
 
 
-def loop_context(data, checkpoints: Path, *args: str) -> loop.Loop:
-    """The loop's context (run, GAN config, optimiser) as main() builds it from a command line."""
+def loop_context(data, *args: str, seed: int = 0) -> tuple[loop.Loop, dict]:
+    """The loop of one seed as main() builds it from a command line, and the settings."""
     values = configure(vars(loop), list(args))
-    return loop.Loop(pick(loop.LoopRun, values), pick(ImageGANConfig, values),
-                     loop.optimiser_settings(values), data, checkpoints, torch.device("cpu"))
+    return loop.make_loop(values, seed, data, torch.device("cpu")), values
 
 
 @pytest.fixture(scope="module")
@@ -138,41 +141,110 @@ def test_caption_file_is_coco_and_captions_name_the_prompts_class(straight):
     np.testing.assert_array_equal(saved["y_src"], data.y_test[:N_IMAGES])
 
 
-def test_generation_1_trains_only_on_generation_0s_images(straight):
+def test_generation_1_trains_only_on_generation_0s_images(straight, tmp_path):
     data_dir = straight[0]
     checkpoints = data_dir / "checkpoints" / "loop" / RUN
-    train = load_npz(checkpoints / "train_gen_1.npz", loop.TRAIN_SET_KEYS)
-    assert len(train["x"]) == 640 and not train["real"].any()
+    addition = load_npz(checkpoints / "addition_1.npz", loop.ADDITION_KEYS)
+    assert len(addition["x"]) == 640 and (addition["origin"] == 0).all()
     data = load_dataset("digits", str(data_dir))
     # The labels are generation 0's, reshuffled; the images are generation 0's drawings of them.
-    np.testing.assert_array_equal(np.sort(train["y"]), np.sort(data.y_train[:640]))
-    context = loop_context(data, checkpoints, *TINY, "--data-dir", str(data_dir))
-    assert context.run.fresh_fraction == 0.0 and context.config.width == 16
-    generation_0 = loop.load_generation_model(checkpoints / "gen_0.pt", 0, context)
-    again = loop.synthetic_training_set(generation_0, data, 1, torch.device("cpu"), context.run)
-    np.testing.assert_array_equal(again["x"], train["x"])
-    np.testing.assert_array_equal(again["y"], train["y"])
+    np.testing.assert_array_equal(np.sort(addition["y"]), np.sort(data.y_train[:640]))
+    records = json.loads((data_dir / "results" / f"{RUN}_metrics.json").read_text())
+    assert [r["train_sources"] for r in records["generations"]] == [{"real": 640},
+                                                                    {"gen_0": 640}]
+    # Made again from generation 0's checkpoint, in another folder: the same images.
+    copy = tmp_path / "again"
+    shutil.copytree(data_dir / "checkpoints", copy / "checkpoints")
+    (copy / "checkpoints" / "loop" / RUN / "addition_1.npz").unlink()
+    context, values = loop_context(data, *TINY, "--data-dir", str(copy))
+    assert context.regime == Regime("replace", 640, 0.0) and context.config.width == 16
+    assert context.start.parent.name == "start" and context.start.is_file()
+    additions, _ = loop.additions_up_to(1, context, None, context.start, values)
+    np.testing.assert_array_equal(additions[1].x, addition["x"])
+    np.testing.assert_array_equal(additions[1].y, addition["y"])
     assert load_checkpoint(checkpoints / "gen_1.pt")["epoch"] == 3
+    start = load_checkpoint(context.start)
+    assert start["epoch"] <= 2 and start["history"]["score_name"] == "validation FID"
 
 
-def test_fresh_fraction_replaces_that_share_with_real_training_images():
+def synthetic(n: int, made_by: int, start: int = 0) -> ImageSet:
+    """n distinguishable images (pixel 0 holds a running number) made by ``made_by``."""
+    x = np.zeros((n, 28, 28), np.uint8)
+    x[:, 0, 0] = np.arange(start, start + n) % 256
+    return ImageSet(x, np.arange(n) % 10, np.full(n, made_by))
+
+
+@pytest.mark.parametrize("fresh", [0.0, 0.3])
+def test_each_regime_trains_generations_1_and_2_on_the_images_it_names(fresh):
+    n = 300
+    real_x = np.arange(2000 * 784, dtype=np.int64).reshape(2000, 28, 28).astype(np.uint8)
+    real_y = np.arange(2000) % 10
+    first = loop_regimes.first_addition(real_x, real_y, Regime("replace", n, fresh))
+    expected = {  # per regime, the sources of generations 1 and 2
+        "replace": [{"gen_0": n - round(fresh * n)}, {"gen_1": n - round(fresh * n)}],
+        "accumulate": [{"real": n, "gen_0": n - round(fresh * n)},
+                       {"real": n, "gen_0": n - round(fresh * n), "gen_1": n - round(fresh * n)}],
+    }
+    for regime_name in loop_regimes.REGIMES:
+        regime = Regime(regime_name, n, fresh)
+        additions = [first]
+        for generation in (1, 2):
+            labels, rng = loop_regimes.addition_labels(first.y, generation, regime, 0)
+            made = synthetic(len(labels), generation - 1, 1000 * generation).x
+            additions.append(loop_regimes.addition(made, labels, generation - 1, real_x, real_y,
+                                                   np.arange(2000), rng, regime))
+            train = loop_regimes.training_set(additions, regime, seed=0)
+            sources = loop_regimes.sources(train)
+            if regime_name == "accumulate-subsample":  # a fixed budget drawn from the pool
+                assert len(train) == n and set(sources) <= {"real", "gen_0", "gen_1"}
+                assert len(sources) == generation + 1  # every source of the pool is drawn on
+                assert sources == loop_regimes.sources(
+                    loop_regimes.training_set(additions, regime, seed=0))  # seeded
+            else:
+                wanted = dict(expected[regime_name][generation - 1])
+                if fresh:  # fresh real images join each addition
+                    wanted["real"] = wanted.get("real", 0) + round(fresh * n) * (
+                        generation if regime_name == "accumulate" else 1)
+                assert sources == dict(sorted(wanted.items(), key=lambda p: p[0] != "real")), \
+                    (regime_name, generation)
+
+
+def test_fresh_images_are_real_training_images_outside_the_validation_set():
     data = load_dataset("digits", "data")
-    values = configure(vars(loop), ["--train-images", "100", "--fresh-fraction", "0.3",
-                                    "--width", "8"])
-    run = pick(loop.LoopRun, values)
+    regime = Regime("replace", 100, 0.3)
+    first = loop_regimes.first_addition(data.x_train, data.y_train, regime)
+    pool = np.arange(len(data.x_train) - 300)  # the validation images are the last 300
+    drawn = []
+    for generation in (2, 3):
+        labels, rng = loop_regimes.addition_labels(first.y, generation, regime, 0)
+        made = synthetic(len(labels), 1, 50_000).x
+        images = loop_regimes.addition(made, labels, generation - 1, data.x_train, data.y_train,
+                                       pool, rng, regime)
+        assert len(images) == 100 and int((images.origin == REAL).sum()) == 30
+        real_rows = {data.x_train[i].tobytes(): (i, data.y_train[i]) for i in pool}
+        for image, label in zip(images.x[images.origin == REAL],
+                                images.y[images.origin == REAL], strict=True):
+            assert real_rows[image.tobytes()][1] == label  # a real image with its label
+        assert np.all(np.bincount(labels, minlength=10) <= np.bincount(first.y, minlength=10))
+        drawn.append(images.x[images.origin == REAL])
+    assert not np.array_equal(*drawn)  # another generation draws other fresh images
+
+
+def test_truncation_shrinks_the_spread_of_the_samples():
     torch.manual_seed(0)
-    model = loop.build_model(data.num_classes, pick(ImageGANConfig, values))
-    train = loop.synthetic_training_set(model, data, 2, torch.device("cpu"), run)
-    assert len(train["x"]) == 100 and int(train["real"].sum()) == 30
-    real_rows = {data.x_train[i].tobytes(): data.y_train[i] for i in range(len(data.x_train))}
-    for image, label in zip(train["x"][train["real"]], train["y"][train["real"]], strict=True):
-        assert real_rows[image.tobytes()] == label  # a real training image with its label
-    assert not any(image.tobytes() in real_rows for image in train["x"][~train["real"]])
-    synthetic_labels = np.bincount(train["y"][~train["real"]], minlength=10)
-    assert np.all(synthetic_labels <= np.bincount(data.y_train[:100], minlength=10))
-    # Another generation draws other fresh images.
-    other = loop.synthetic_training_set(model, data, 3, torch.device("cpu"), run)
-    assert not np.array_equal(other["x"][other["real"]], train["x"][train["real"]])
+    model = loop.build_model(10, ImageGANConfig(width=8, feature_dim=16, noise_dim=8))
+    labels = np.repeat(np.arange(10), 40)
+    spreads = []
+    for psi in (0.0, 1.0, 0.3):
+        images = loop.generate(model, labels, 10, 5, torch.device("cpu"), 100, psi)
+        spreads.append(np.mean([images[labels == c].astype(np.float64).var(axis=0).mean()
+                                for c in range(10)]))
+    assert spreads[0] > spreads[1] > spreads[2] > 0
+    with pytest.raises(ValueError, match="not to InfoGAN"):
+        from image_gans import build_image_gan
+
+        info = build_image_gan("infogan", 10, 10, ImageGANConfig(width=8, feature_dim=16))
+        loop.generate(info, labels[:5], 10, 0, torch.device("cpu"), 5, 0.5)
 
 
 def test_within_class_variance_of_constructed_features():
@@ -208,7 +280,7 @@ def test_ctrl_c_in_generation_1_resumes_there_and_equals_the_straight_run(straig
 
     resumed = run(data_dir)
     assert f"gen 1: resumed from {checkpoint} after epoch" in resumed.stdout
-    assert "gen 0: trained" not in resumed.stdout and "gen 1: trained on gen 0" in resumed.stdout
+    assert "gen 0: epoch" not in resumed.stdout and "gen 1: trained on gen 0" in resumed.stdout
     assert (data_dir / RUN / "gen_0" / "test_00000.png").stat().st_mtime_ns == gen_0_time
     for generation in (0, 1):
         ours = load_npz(data_dir / RUN / f"gen_{generation}.npz", {"x_gen": (3, "u")})
@@ -223,6 +295,8 @@ def test_a_longer_loop_continues_from_the_finished_generations(straight, tmp_pat
     assert code == 0, err
     assert "gen 0: trained" not in out and "gen 1: trained" not in out
     assert "gen 2: trained on gen 1" in out
+    records = json.loads((data_dir / "results" / f"{RUN}_metrics.json").read_text())
+    assert records["generations"][2]["train_sources"] == {"gen_1": 640}
     records = json.loads((data_dir / "results" / f"{RUN}_metrics.json").read_text())
     assert [r["generation"] for r in records["generations"]] == [0, 1, 2]
     assert len(list((data_dir / RUN / "gen_2").iterdir())) == N_IMAGES
@@ -240,16 +314,34 @@ def test_other_settings_and_impossible_sizes_are_refused(straight, capsys):
 
 def test_fresh_data_loop_from_scratch_runs_in_its_own_folder(straight, tmp_path, capsys):
     data_dir = with_evaluator(straight[0], tmp_path / "fresh")
-    code, _, err = run_in_process(data_dir, "--fresh-fraction", "0.5", "--no-warm-start",
-                                  "--epochs", "1", capsys=capsys)
+    code, out, err = run_in_process(data_dir, "--fresh-fraction", "0.5", "--no-warm-start",
+                                    "--epochs", "1", capsys=capsys)
     assert code == 0, err
     run_dir = data_dir / "digits_loop_fresh50_scratch"
     assert sorted(p.name for p in run_dir.iterdir()) == ["captions.json", "gen_0", "gen_0.npz",
                                                         "gen_1", "gen_1.npz"]
-    train = load_npz(data_dir / "checkpoints" / "loop" / run_dir.name / "train_gen_1.npz",
-                     loop.TRAIN_SET_KEYS)
-    assert int(train["real"].sum()) == 320
+    addition = load_npz(data_dir / "checkpoints" / "loop" / run_dir.name / "addition_1.npz",
+                        loop.ADDITION_KEYS)
+    assert int((addition["origin"] == REAL).sum()) == 320
     records = json.loads((data_dir / "results" / f"{run_dir.name}_metrics.json").read_text())
-    assert records["generations"][1]["trained_on"] == "gen 0 + 320 fresh real"
+    assert records["generations"][1]["trained_on"] == "gen 0 + 320 real"
+    assert records["generations"][1]["train_sources"] == {"real": 320, "gen_0": 320}
     assert records["loop_settings"]["warm_start"] is False
 
+
+def test_seeds_run_one_loop_each_and_share_a_start_per_seed(straight, tmp_path, capsys):
+    """--seeds 0,1 beside a finished seed 0: seed 0 trains nothing, seed 1 is a loop of its
+    own; a loop of another regime reuses seed 1's converged start instead of training it."""
+    data_dir = tmp_path / "seeds"
+    shutil.copytree(straight[0], data_dir)
+    code, out, err = run_in_process(data_dir, "--seeds", "0,1", capsys=capsys)
+    assert code == 0, err
+    assert out.count("gen 0: epoch") >= 1 and "digits_loop_seed1" in out
+    starts = sorted((data_dir / "checkpoints" / "loop" / "start").iterdir())
+    assert [p.name.split("_")[1] for p in starts] == ["seed0", "seed1"]
+    code, out, err = run_in_process(data_dir, "--seeds", "1", "--regime", "accumulate",
+                                    capsys=capsys)
+    assert code == 0, err
+    assert "gen 0: epoch" not in out and "gen 1: trained on gen 0 + 640 real" in out
+    figure = data_dir / "visualizations" / "digits_loop_accumulate_metrics.png"
+    assert figure.stat().st_size > 0
