@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from metrics import frechet_distance
+from metrics import frechet_distance, precision_recall
 from runtime import StageError
 
 
@@ -121,3 +121,18 @@ def split_half_frechet(reference: np.ndarray, other: np.ndarray, seed: int
     first, second = order[:half], order[half:2 * half]
     return (frechet(reference[first], other[second]),
             frechet(reference[first], reference[second]), half)
+
+
+def reference_drift(reference: np.ndarray, images: np.ndarray, k: int = 3) -> dict[str, float]:
+    """Drift against reality: a generation's image embeddings against real images' (the
+    reference set): distance of the means, Fréchet distance, and improved precision and recall
+    (k-NN balls, Kynkäänniemi et al. 2019; precision: generated images inside the real manifold,
+    recall: real images inside the generated one). A generation that is the reference itself
+    gets 0, 0, 1 and 1."""
+    reference = _as_float64(reference, "reference", min_rows=k + 1)
+    images = _as_float64(images, "images", min_rows=k + 1)
+    return {"centre_distance_to_reference": centre_distance(reference, images),
+            "frechet_to_reference": frechet(reference, images),
+            **{f"{name}_to_reference": value
+               for name, value in precision_recall(reference, images, k).items()},
+            "n_reference": len(reference)}

@@ -41,10 +41,11 @@ from generation_metrics import (
     mean_cosine,
     mean_pairwise_cosine_distance,
     modality_gap,
+    reference_drift,
     split_half_frechet,
     total_variance,
 )
-from runtime import StageError, run_stage, seed_everything
+from runtime import StageError, pick_device, run_stage, seed_everything
 from settings import configure, pick
 
 EMBEDDING_DIR = "data/embeddings"  # where extract_generation_embeddings.py wrote its files
@@ -58,6 +59,10 @@ TSNE_MAX_ITER = 1000  # t-SNE optimisation steps [>= 250]
 NORM_TOLERANCE = 1e-3  # largest allowed | ||x|| - 1 | of a stored embedding [> 0, < 1]
 CAPTION_COLOUR = "tab:blue"  # matplotlib colour of the caption points (a name or #rrggbb)
 FIGURE_DPI = 150  # resolution of the PNG figures [>= 10, <= 1200]
+REFERENCE_DIR = ""  # real images named by image id, embedded as the reference ('': none)
+MODEL = ""  # the CLIP that embeds the reference images ('': the one the captions name)
+DEVICE = "auto"  # where the reference images are embedded: auto, cuda, mps or cpu
+BATCH_SIZE = 64  # reference images per forward pass [>= 1]
 
 
 
@@ -76,6 +81,9 @@ class DriftPlotSettings:
     norm_tolerance: float
     caption_colour: str
     figure_dpi: int
+    reference_dir: str
+    model: str
+    batch_size: int
 
 
 CAPTION_KEYS = {"text_embeddings": (2, "f"), "captions": (1, "U"), "image_ids": (1, "iu")}
@@ -429,6 +437,12 @@ def format_table(metrics: dict[str, Any]) -> str:
                      f"{e['total_variance']:>9.4f} {e['total_variance_ratio_to_first']:>9.3f} "
                      f"{e['centre_distance_to_first']:>7.4f} {e['frechet_to_first']:>11.4f} "
                      f"{split:>26}")
+    if "frechet_to_reference" in metrics["generations"][0]:
+        n_reference = metrics["generations"][0]["n_reference"]
+        lines.append(f"against {n_reference} real images: " + "; ".join(
+            f"gen {e['generation']}: mean distance {e['centre_distance_to_reference']:.4f}, FD "
+            f"{e['frechet_to_reference']:.4f}, precision {e['precision_to_reference']:.3f}, "
+            f"recall {e['recall_to_reference']:.3f}" for e in metrics["generations"]))
     lines.append("movement of the mean image embedding: " + ", ".join(
         f"{m['from']}→{m['to']} {m['centre_distance']:.4f}" for m in metrics["movements"]))
     lines.append("mean cos = mean cosine of each image with its own caption; CLIPScore = "
@@ -437,6 +451,51 @@ def format_table(metrics: dict[str, Any]) -> str:
     lines.append("drift = distance of the mean image embedding from the first generation's; "
                  "FD = Fréchet distance of Gaussian fits")
     return "\n".join(lines)
+
+
+def reference_embeddings(s: DriftPlotSettings, captions: dict[str, Any], device: Any
+                         ) -> np.ndarray:
+    """The CLIP embeddings of the real images in --reference-dir whose ids have a caption (the
+    prompts' own images, paired by id), embedded with the CLIP the captions were."""
+    import clip_embedding
+
+    folder = Path(s.reference_dir)
+    model_name = s.model or str(captions["meta"].get("model") or "")
+    if not model_name:
+        raise StageError("--reference-dir: the caption file's meta names no model; pass "
+                         "--model NAME_OR_DIR")
+    model, processor = clip_embedding.load_clip(model_name, device)
+    embeddings, ids, failed = clip_embedding.embed_image_folder(model, processor, folder,
+                                                                device, s.batch_size)
+    for name, error in failed:
+        print(f"reference: unreadable image skipped: {folder / name} ({error})")
+    keep = np.isin(ids, captions["image_ids"])
+    if keep.sum() < 4:
+        raise StageError(f"{folder}: {int(keep.sum())} of its images are named by an image id "
+                         f"of the captions; the reference needs at least 4")
+    print(f"reference: {int(keep.sum())} real images from {folder} embedded with {model_name}")
+    return embeddings[keep]
+
+
+def draw_reference(metrics: dict[str, Any], dims: int) -> Figure:
+    """Drift against reality: each generation against the reference's real images."""
+    entries = metrics["generations"]
+    labels = [f"gen {e['generation']}" for e in entries]
+    colours = generation_colours(len(entries))
+    figure = Figure(figsize=(16, 4.8))
+    axes = figure.subplots(1, 4)
+    for axis, (key, title, unit) in zip(axes, (
+            ("centre_distance_to_reference", "Distance of the mean from the real images'",
+             "||mean g - mean real||"),
+            ("frechet_to_reference", "Fréchet distance to the real images", "FD"),
+            ("precision_to_reference", "Precision (inside the real manifold)", "share"),
+            ("recall_to_reference", "Recall (real images covered)", "share")), strict=True):
+        bar_panel(axis, labels, [e[key] for e in entries], colours, title, unit)
+    figure.suptitle(f"Drift against reality: every generation against "
+                    f"{entries[0]['n_reference']} real images, in the {dims}-d CLIP space",
+                    fontsize=12)
+    figure.tight_layout(rect=(0, 0, 1, 0.92))
+    return figure
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -469,6 +528,11 @@ def main(argv: list[str] | None = None) -> None:
     ensure_output_dir(results_dir)
 
     metrics = drift_metrics(captions, generations, s.seed)
+    if s.reference_dir:
+        reference = reference_embeddings(s, captions, pick_device(values["device"]))
+        for entry in metrics["generations"]:
+            entry.update(reference_drift(
+                reference, generations[entry["generation"]]["image_embeddings"]))
     groups, start = [("captions", slice(0, len(captions["text_embeddings"])))], \
         len(captions["text_embeddings"])
     for g, data in generations.items():
@@ -491,6 +555,10 @@ def main(argv: list[str] | None = None) -> None:
     figure = draw_pca(captions["text_embeddings"], generations, s.seed, s.caption_colour)
     written.append(save_figure(figure, visualization_dir / "generation_clusters_pca.png",
                                s.figure_dpi))
+    if s.reference_dir:
+        written.append(save_figure(draw_reference(metrics, dims),
+                                   visualization_dir / "generation_reference_metrics.png",
+                                   s.figure_dpi))
 
     meta = make_meta(__file__, values, "coco-generations", s.seed, tsne=tsne_settings,
                      inputs={str(p): generations[g]["meta"].get("time") for g, p in paths.items()}

@@ -38,13 +38,13 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import model_only_seconds, synchronise, write_pictures  # noqa: E402
-from clip_images import PixelPipeline, decode_reduced, image_batches  # noqa: E402
-from extract_generation_embeddings import (  # noqa: E402
+from clip_embedding import (  # noqa: E402
     autocast_for,
     batch_blocks,
     embed_images,
     projected,
 )
+from clip_images import PixelPipeline, decode_reduced, image_batches  # noqa: E402
 from runtime import pick_device, run_stage, seed_everything  # noqa: E402
 from settings import configure, pick  # noqa: E402
 

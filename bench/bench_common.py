@@ -88,7 +88,7 @@ def synchronise(device: torch.device) -> None:
 def model_only_seconds(model: CLIPModel, batches: list[torch.Tensor],
                        device: torch.device) -> float:
     """Seconds for the image tower (plus normalisation) on preprocessed in-memory batches."""
-    from extract_generation_embeddings import autocast_for, projected
+    from clip_embedding import autocast_for, projected
 
     synchronise(device)
     started = time.perf_counter()

@@ -36,8 +36,8 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import ROOT, model_only_seconds, synchronise, write_pictures  # noqa: E402
+from clip_embedding import batch_blocks, embed_images  # noqa: E402
 from clip_images import PixelPipeline, image_batches  # noqa: E402
-from extract_generation_embeddings import batch_blocks, embed_images  # noqa: E402
 from runtime import pick_device, run_stage, seed_everything  # noqa: E402
 from settings import configure, pick  # noqa: E402
 

@@ -418,6 +418,22 @@ def test_plot_stage_with_two_extracted_generations(extracted: tuple[Path, str], 
         "pca_dims"] == 8
 
 
+def test_drift_against_a_reference_that_is_a_generation_gives_the_floors(
+        extracted: tuple[Path, str], tiny_clip: Path, coco: Path, tmp_path: Path) -> None:
+    """--reference-dir: the real images embedded with the captions' CLIP; a generation that is
+    the reference itself is at distance 0 with precision and recall 1, another one is not."""
+    run_script(PLOT, *plot_flags(extracted[0], tmp_path, "0,2"), "--reference-dir",
+               str(coco / "gen_0"), "--device", "cpu")
+    results = json.loads((tmp_path / "results" / "generation_metrics.json").read_text())
+    same, other = results["generations"]
+    assert same["n_reference"] == 7
+    assert same["centre_distance_to_reference"] == pytest.approx(0.0, abs=1e-6)
+    assert same["frechet_to_reference"] == pytest.approx(0.0, abs=1e-4)
+    assert same["precision_to_reference"] == same["recall_to_reference"] == 1.0
+    assert other["centre_distance_to_reference"] > 1e-3 and other["frechet_to_reference"] > 1e-3
+    assert (tmp_path / "vis" / "generation_reference_metrics.png").stat().st_size > 5_000
+
+
 def test_plot_stage_rejects_unnormalised_embeddings(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
     synthetic_embeddings(tmp_path, [0, 1])

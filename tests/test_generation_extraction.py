@@ -15,8 +15,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
+from clip_embedding import embed_images
 from clip_images import PixelPipeline, image_batches
-from extract_generation_embeddings import embed_images
 from runtime import StageError
 
 CPU = torch.device("cpu")

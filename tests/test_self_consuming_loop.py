@@ -22,8 +22,9 @@ import scoring
 import self_consuming_loop as loop
 from artifacts import load_checkpoint, load_npz
 from captions import CAPTION_TEMPLATES
+from clip_embedding import image_id_from_name
 from data_sources import load_dataset
-from extract_generation_embeddings import image_id_from_name, read_first_captions
+from extract_generation_embeddings import read_first_captions
 from image_gans import ImageGANConfig
 from loop_regimes import REAL, ImageSet, Regime
 from runtime import run_stage
