@@ -281,8 +281,33 @@ def give_umask_permissions(folder: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
-def replace_directory(staging: Path, target: Path) -> None:
-    """Move a fully written folder into place; an older ``target`` is removed only after."""
+# A folder a stage wrote holds this file: only such a folder is ever replaced.
+OUTPUT_MARKER = ".written-by-stage"
+
+
+def check_replaceable(target: Path, legacy: Callable[[Path], bool] | None = None) -> None:
+    """Refuse, before any work, to replace a path a stage of this project did not write: an
+    existing folder must hold OUTPUT_MARKER (or pass ``legacy``, the test for folders written
+    before the marker); a file, or any other folder, is left alone."""
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_dir() and not target.is_symlink() and (
+            (target / OUTPUT_MARKER).is_file() or (legacy is not None and legacy(target))):
+        return
+    kind = "folder" if target.is_dir() else "file"
+    raise StageError(f"{target}: an existing {kind} this project's stages did not write (no "
+                     f"{OUTPUT_MARKER}); it is not replaced: choose another path, or move it "
+                     f"away yourself")
+
+
+def replace_directory(staging: Path, target: Path,
+                      legacy: Callable[[Path], bool] | None = None) -> None:
+    """Move a fully written folder into place, marked as a stage's (OUTPUT_MARKER); an older
+    ``target`` is removed only after, and only if a stage wrote it (``check_replaceable``)."""
+    check_replaceable(target, legacy)
+    (staging / OUTPUT_MARKER).write_text("written by a stage of this project; a later run may "
+                                         "replace this folder\n", encoding="utf-8")
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         os.replace(target, old)

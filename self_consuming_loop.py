@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -378,9 +379,14 @@ def write_image_folder(folder: Path, images: np.ndarray) -> None:
     try:
         for image_id, pixels in enumerate(images):
             Image.fromarray(pixels, mode="L").save(staging / image_name(image_id))
-        replace_directory(staging, folder)
+        replace_directory(staging, folder, only_prompt_images)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def only_prompt_images(folder: Path) -> bool:
+    """A generation folder written before folders were marked: nothing but test_<id>.png."""
+    return all(re.fullmatch(r"test_\d{5}\.png", p.name) for p in folder.iterdir())
 
 
 def generation_complete(folder: Path, samples: Path, count: int) -> bool:

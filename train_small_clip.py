@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from artifacts import (
+    check_replaceable,
     check_settings_match,
     ensure_output_dir,
     give_umask_permissions,
@@ -258,6 +259,16 @@ def make_optimizer(model: Any, steps: int, s: ClipSettings
     return optimizer, schedule
 
 
+def written_by_this_script(folder: Path) -> bool:
+    """A model folder this script wrote before folders were marked: its training_meta.json
+    names it."""
+    try:
+        meta = json.loads((folder / "training_meta.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("script") == Path(__file__).name
+
+
 def confusion_figure(labels: np.ndarray, predicted: np.ndarray, class_names: list[str],
                      title: str) -> Any:
     import matplotlib
@@ -286,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     folders = {name: ensure_output_dir(root / name) for name in
                ("checkpoints/clip", "results", "visualizations")}
     output_dir = Path(s.output_dir) if s.output_dir else root / "checkpoints" / f"clip_{s.dataset}"
+    output_dir = output_dir.resolve()  # '.' has no name to stage beside
+    check_replaceable(output_dir, written_by_this_script)  # before any training
     ensure_output_dir(output_dir.parent)
     limit_cpu_threads(values["threads"])
     seed_everything(s.seed, s.deterministic)
@@ -400,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
                       tokenizer=tokenizer).save_pretrained(staging)
         write_text(staging / "training_meta.json", json.dumps(meta, indent=2) + "\n")
         give_umask_permissions(staging)
-        replace_directory(staging, output_dir)
+        replace_directory(staging, output_dir, written_by_this_script)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     results = write_text(folders["results"] / f"clip_{s.dataset}_zero_shot.json",

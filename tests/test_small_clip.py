@@ -232,3 +232,26 @@ def test_rerun_resumes_the_finished_checkpoint_and_other_settings_are_refused(tr
     code = run_in_process(*TINY, "--data-dir", str(data_dir), "--patch-size", "5")
     assert code == 2
     assert "--patch-size 5: must be one of 1, 2, 4, 7, 14, 28" in capsys.readouterr().err
+
+
+def test_an_output_dir_the_stage_did_not_write_is_refused_before_training(trained, tmp_path,
+                                                                           capsys):
+    """--output-dir on a folder or file of the user's, or '.': one line, exit 1, untouched,
+    nothing trained; the stage's own folder (marked) is replaced by a rerun."""
+    data_dir = trained[0]
+    mine = tmp_path / "my-folder"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep me")
+    paper = tmp_path / "paper.pdf"
+    paper.write_text("keep me too")
+    for target in (mine, paper, Path(".")):
+        code = run_in_process(*TINY, "--data-dir", str(data_dir), "--output-dir", str(target),
+                              "--learning-rate", "1e-4")  # other settings: would train anew
+        err = capsys.readouterr().err
+        assert code == 1 and "this project's stages did not write" in err, err
+        assert len(err.strip().splitlines()) == 1 and "CLIP epoch" not in err
+    assert (mine / "thesis.tex").read_text() == "keep me" and sorted(mine.iterdir()) == [
+        mine / "thesis.tex"]
+    assert paper.read_text() == "keep me too"
+    assert (ROOT / "README.md").is_file() and (ROOT / ".git").is_dir()
+    assert (data_dir / "checkpoints" / "clip_digits" / ".written-by-stage").is_file()
