@@ -262,11 +262,21 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_in_generation_1_resumes_there_and_equals_the_straight_run(straight, tmp_path):
+@pytest.mark.parametrize(("extra", "name"), [
+    ((), RUN),
+    (("--regime", "accumulate-subsample", "--fresh-fraction", "0.25", "--seeds", "1"),
+     "digits_loop_accsub_fresh25_seed1")], ids=["replace", "accumulate-subsample-seed1"])
+def test_ctrl_c_in_generation_1_resumes_there_and_equals_the_straight_run(straight, tmp_path,
+                                                                          extra, name):
+    if extra:  # the uninterrupted run of this regime and seed
+        reference = with_evaluator(straight[0], tmp_path / "straight")
+        run(reference, *extra)
+    else:
+        reference = straight[0]
     data_dir = with_evaluator(straight[0], tmp_path / "interrupted")
-    checkpoint = data_dir / "checkpoints" / "loop" / RUN / "gen_1.pt"
+    checkpoint = data_dir / "checkpoints" / "loop" / name / "gen_1.pt"
     proc = subprocess.Popen([sys.executable, "self_consuming_loop.py", *TINY, "--data-dir",
-                             str(data_dir)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                             str(data_dir), *extra], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.time() + 240
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
@@ -276,17 +286,21 @@ def test_ctrl_c_in_generation_1_resumes_there_and_equals_the_straight_run(straig
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert 1 <= load_checkpoint(checkpoint)["epoch"] < 3
-    assert (data_dir / RUN / "gen_0").is_dir() and not (data_dir / RUN / "gen_1").exists()
-    gen_0_time = (data_dir / RUN / "gen_0" / "test_00000.png").stat().st_mtime_ns
+    assert (data_dir / name / "gen_0").is_dir() and not (data_dir / name / "gen_1").exists()
+    gen_0_time = (data_dir / name / "gen_0" / "test_00000.png").stat().st_mtime_ns
 
-    resumed = run(data_dir)
+    resumed = run(data_dir, *extra)
     assert f"gen 1: resumed from {checkpoint} after epoch" in resumed.stdout
     assert "gen 0: epoch" not in resumed.stdout and "gen 1: trained on gen 0" in resumed.stdout
-    assert (data_dir / RUN / "gen_0" / "test_00000.png").stat().st_mtime_ns == gen_0_time
+    assert (data_dir / name / "gen_0" / "test_00000.png").stat().st_mtime_ns == gen_0_time
     for generation in (0, 1):
-        ours = load_npz(data_dir / RUN / f"gen_{generation}.npz", {"x_gen": (3, "u")})
-        theirs = load_npz(straight[0] / RUN / f"gen_{generation}.npz", {"x_gen": (3, "u")})
+        ours = load_npz(data_dir / name / f"gen_{generation}.npz", {"x_gen": (3, "u")})
+        theirs = load_npz(reference / name / f"gen_{generation}.npz", {"x_gen": (3, "u")})
         np.testing.assert_array_equal(ours["x_gen"], theirs["x_gen"])
+    ours, theirs = (json.loads((d / "results" / f"{name}_metrics.json").read_text())
+                    for d in (data_dir, reference))
+    assert [r["train_sources"] for r in ours["generations"]] == [
+        r["train_sources"] for r in theirs["generations"]]
 
 
 def test_a_longer_loop_continues_from_the_finished_generations(straight, tmp_path, capsys):
