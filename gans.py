@@ -161,6 +161,9 @@ class GANModel(nn.Module, abc.ABC):
 
     adversarial_loss: AdversarialLoss
     noise_dim: int
+    # False for a generator trained without a discriminator (flow matching): the loop then makes
+    # one generator step per batch and nothing else, with the same EMA, checkpoints and resume.
+    adversarial = True
 
     def generator_parameters(self) -> list[nn.Parameter]:
         return list(self.generator.parameters())
@@ -258,7 +261,7 @@ def loss_curves_figure(history: Mapping[str, Any], title: str) -> Any:
         for key in keys:
             axis.plot(steps, [r.get(key, float("nan")) for r in intervals],
                       label=key.removeprefix(prefix))
-        axis.set_title(f"{name} loss terms")
+        axis.set_title(f"{name} loss terms" if keys else f"no {name}")
         axis.set_xlabel("discriminator step")
         if keys:
             axis.legend(fontsize=8)
@@ -342,7 +345,7 @@ class GANTrainer:
         self.g_params, self.d_params = g_params, d_params
         self.opt_g = torch.optim.Adam(g_params, lr=settings.lr_generator, betas=settings.betas)
         self.opt_d = torch.optim.Adam(d_params, lr=settings.lr_discriminator,
-                                      betas=settings.betas)
+                                      betas=settings.betas) if d_params else None
         self.ema = copy.deepcopy(model).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -399,7 +402,8 @@ class GANTrainer:
         interval: dict[str, torch.Tensor] = {}
         interval_counts: dict[str, int] = {}
         d_adversarial_max = torch.full((), -math.inf, device=device)
-        watch_pinned = self.model.adversarial_loss.bounded_below_by_zero
+        adversarial = self.model.adversarial
+        watch_pinned = adversarial and self.model.adversarial_loss.bounded_below_by_zero
 
         def add(prefix: str, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
             for key, value in {f"{prefix}/loss": loss,
@@ -424,15 +428,16 @@ class GANTrainer:
         bar = tqdm(batches, total=total, desc=desc, leave=False, disable=None)
         steps = 0
         for batch in bar:
-            loss, parts = self._step(self.model.discriminator_loss, batch, self.d_params,
-                                     self.g_params, self.opt_d)
-            if "adversarial" not in parts:
-                raise ValueError("the discriminator loss parts must include 'adversarial'")
-            d_adversarial_max = torch.maximum(d_adversarial_max, parts["adversarial"])
-            add("d", loss, parts)
+            if adversarial:
+                loss, parts = self._step(self.model.discriminator_loss, batch, self.d_params,
+                                         self.g_params, self.opt_d)
+                if "adversarial" not in parts:
+                    raise ValueError("the discriminator loss parts must include 'adversarial'")
+                d_adversarial_max = torch.maximum(d_adversarial_max, parts["adversarial"])
+                add("d", loss, parts)
             self.d_steps += 1
             steps += 1
-            if self.d_steps % self.settings.n_critic == 0:
+            if not adversarial or self.d_steps % self.settings.n_critic == 0:
                 loss, parts = self._step(self.model.generator_loss, batch, self.g_params,
                                          self.d_params, self.opt_g)
                 add("g", loss, parts)
@@ -455,7 +460,8 @@ class GANTrainer:
         if not bool(finite):
             raise DivergenceError(f"non-finite weights after discriminator step {self.d_steps}")
         self.epoch += 1
-        means["d/adversarial_max"] = float(d_adversarial_max)
+        if adversarial:
+            means["d/adversarial_max"] = float(d_adversarial_max)
         if watch_pinned and means["d/adversarial_max"] < self.settings.pinned_threshold:
             self.diverged = (f"the discriminator's adversarial loss stayed below "
                              f"{self.settings.pinned_threshold:g} on every step of epoch "
@@ -470,7 +476,8 @@ class GANTrainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
                 "ema": self.ema.state_dict(), "optimizer_g": self.opt_g.state_dict(),
-                "optimizer_d": self.opt_d.state_dict(), "epoch": self.epoch,
+                "optimizer_d": self.opt_d.state_dict() if self.opt_d is not None else {},
+                "epoch": self.epoch,
                 "d_steps": self.d_steps, "g_steps": self.g_steps, "history": self.history,
                 "best_epoch": self.best_epoch, "best_score": self.best_score,
                 "best_ema": self.best_ema, "diverged": self.diverged, "rng": rng,
@@ -481,7 +488,8 @@ class GANTrainer:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt_g.load_state_dict(state["optimizer_g"])
-        self.opt_d.load_state_dict(state["optimizer_d"])
+        if self.opt_d is not None:
+            self.opt_d.load_state_dict(state["optimizer_d"])
         self.epoch, self.d_steps, self.g_steps = (int(state["epoch"]), int(state["d_steps"]),
                                                   int(state["g_steps"]))
         self.history = state["history"]

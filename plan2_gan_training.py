@@ -1,8 +1,10 @@
 """Plan 2: GANs that generate embedding vectors, and GANs that translate between two embeddings.
 
 Generators of embeddings (learn the distribution of data/embeddings/<ds>_<enc>.npz, or of a
-flow-refined <ds>_<enc>+<flow>.npz): WGAN-GP (optionally class-conditional), VAE-GAN and a
-contrastive GAN (class-conditional, NT-Xent towards real embeddings of the class asked for).
+flow-refined <ds>_<enc>+<flow>.npz): WGAN-GP (optionally class-conditional), VAE-GAN, a
+contrastive GAN (class-conditional, NT-Xent towards real embeddings of the class asked for) and,
+beside the GANs, class-conditional flow matching (straight paths, an Euler sampler): the model
+a researcher would pick instead, trained by the same loop without a discriminator.
 Translators between two encoders' embeddings of the same images, trained without pairs: CycleGAN
 and DualGAN. The training images are cut into two disjoint halves, one seen only as domain A
 (--encoder), the other only as domain B (--encoder-b); on the test split both embeddings of each
@@ -86,7 +88,7 @@ DATASET = "fashion-mnist"  # dataset the embeddings are of [in data_sources.DATA
 DATA_DIR = "data"  # where embeddings are read and every output is written
 ENCODER = "ae_advanced"  # embedding to learn (an autoencoder's decodes to images); domain A
 ENCODER_B = "vae"  # domain B of CycleGAN and DualGAN: another encoder of the same images
-MODELS = GAN_NAMES  # GANs to train, comma-separated [in GAN_NAMES]
+MODELS = GAN_NAMES  # models to train, comma-separated [in GAN_NAMES]
 EPOCHS = 120  # total epochs per model (with --no-lr-decay, more continues a finished run) [>= 1]
 BATCH_SIZE = 256  # embeddings per step [>= 2]
 LIMIT = 0  # train on the first N training embeddings only (0: all) [>= 0]
@@ -98,7 +100,7 @@ THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 NOISE_DIM = 32  # size of the generator's noise (VAE-GAN: of its latent code) [>= 1]
 HIDDEN = 256  # width of every hidden layer of every network [>= 1]
 DEPTH = 3  # hidden layers of every generator, critic and encoder [>= 1]
-WGAN_CONDITIONAL = True  # WGAN-GP generates a class asked for (writes y_gen)
+WGAN_CONDITIONAL = True  # WGAN-GP and flow matching generate a class asked for (y_gen)
 GRADIENT_PENALTY = 10.0  # WGAN-GP penalty weight of the Wasserstein models (paper: 10) [>= 0]
 N_CRITIC = 5  # critic steps per generator step of the Wasserstein models (paper: 5) [>= 1]
 ENERGY_WEIGHT = 0.0  # WGAN-GP and contrastive GAN: weight of the energy-distance term [>= 0]
@@ -115,6 +117,7 @@ TRANSLATION_CLASSES = True  # CycleGAN/DualGAN critics see each half's own label
 CYCLE_WEIGHT = 1.0  # CycleGAN: weight of the L1 cycle-consistency loss (paper: 10) [>= 0]
 IDENTITY_WEIGHT = 0.0  # CycleGAN: weight of the L1 identity loss, when dims match [>= 0]
 DUALGAN_RECONSTRUCTION = 20.0  # DualGAN: weight of its L1 reconstruction loss [>= 0]
+FM_STEPS = 100  # flow matching: Euler steps of its sampler from noise to data [>= 1]
 SAMPLES = 10000  # embeddings generated per model into <ds>_<enc>_<gan>.gen.npz [>= 10]
 VALIDATION_SAMPLES = 2000  # samples per epoch whose Fréchet distance picks the best epoch [>= 0]
 PLOTS = True  # draw loss curves and the PCA / t-SNE picture of real vs generated embeddings
@@ -392,14 +395,16 @@ def train(name: str, model: GANModel, sizes: Sizes, make_batches: Any, steps: in
         factor = 1.0 - (epoch - 1) / run.epochs if run.lr_decay else 1.0
         for optimizer, rate in ((trainer.opt_g, loop.lr_generator),
                                 (trainer.opt_d, loop.lr_discriminator)):
-            for group in optimizer.param_groups:
+            for group in optimizer.param_groups if optimizer is not None else ():
                 group["lr"] = rate * factor
         return make_batches(epoch)
 
     def on_epoch(epoch: int, record: dict[str, Any]) -> None:
         shown = "" if record["score"] is None else f", validation FD {record['score']:.4f}"
-        print(f"{name}: epoch {epoch}/{run.epochs} D {record['d/loss']:.3f} G "
-              f"{record['g/loss']:.3f}{shown} ({time.time() - started:.0f} s)", flush=True)
+        losses = (f"D {record['d/loss']:.3f} G {record['g/loss']:.3f}" if "d/loss" in record
+                  else f"loss {record['g/loss']:.4f}")
+        print(f"{name}: epoch {epoch}/{run.epochs} {losses}{shown} "
+              f"({time.time() - started:.0f} s)", flush=True)
 
     report = trainer.fit(scheduled_batches, run.epochs, checkpoint,
                          resume_settings(name, embedding_hash, n_train, seed, run, config),

@@ -14,6 +14,7 @@ sizes (``architecture``), so that ``from_checkpoint(path)`` rebuilds the model w
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ class VectorGANConfig:
     noise_dim: int = 32  # size of the generator's noise (VAE-GAN: of its latent code)
     hidden: int = 256  # width of every hidden layer of every network
     depth: int = 3  # hidden layers of every generator, critic and encoder
-    wgan_conditional: bool = True  # WGAN-GP generates a class asked for
+    wgan_conditional: bool = True  # WGAN-GP and flow matching generate a class asked for
     gradient_penalty: float = 10.0  # penalty weight of the Wasserstein models
     energy_weight: float = 0.0  # WGAN-GP and contrastive GAN: energy-distance term
     mode_seeking: float = 1.5  # WGAN-GP and contrastive GAN: mode-seeking term (MSGAN)
@@ -56,6 +57,7 @@ class VectorGANConfig:
     cycle_weight: float = 1.0  # CycleGAN: weight of the L1 cycle-consistency loss
     identity_weight: float = 0.0  # CycleGAN: weight of the L1 identity loss, when dims match
     dualgan_reconstruction: float = 20.0  # DualGAN: weight of its L1 reconstruction loss
+    fm_steps: int = 100  # flow matching: Euler steps of the sampler from t = 0 to 1
 
 
 # ---------------------------------------------------------------- building blocks
@@ -353,6 +355,77 @@ class TranslationGAN(GANModel):
         return sum(parts.values()), parts
 
 
+# ---------------------------------------------------------------- flow matching
+def time_features(t: torch.Tensor, frequencies: int = 8) -> torch.Tensor:
+    """t (B,) in [0, 1] -> [t, sin(2^k pi t), cos(2^k pi t)] for k < frequencies (B, 1 + 2F)."""
+    scales = (2.0 ** torch.arange(frequencies, device=t.device, dtype=t.dtype)) * math.pi
+    angles = t[:, None] * scales[None, :]
+    return torch.cat([t[:, None], torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class FlowMatching(GANModel):
+    """Class-conditional flow matching with straight (optimal-transport) paths (Lipman et al.
+    2023; Tong et al. 2024, "conditional flow matching", sigma_min = 0): a velocity field
+    v(x, t, y), an MLP over [x, time features of t, one-hot y], is regressed on the straight
+    path from noise to data: for x_0 ~ N(0, I), x_1 a data vector of class y and t ~ U(0, 1),
+    x_t = (1 - t) x_0 + t x_1 and the loss is E ||v(x_t, t, y) - (x_1 - x_0)||^2 (mean over
+    dims). Sampling integrates dx/dt = v from t = 0 to 1 with ``steps`` Euler steps. No
+    discriminator: the one loop of gans.py trains it with one step per batch (``adversarial``
+    False) and keeps its EMA, checkpoints and resume."""
+
+    adversarial = False
+    adversarial_loss = AdversarialLoss("non-saturating")  # unused: no discriminator
+
+    def __init__(self, dim: int, num_classes: int = 0, hidden: int = 256, depth: int = 3,
+                 steps: int = 100) -> None:
+        super().__init__()
+        self.dim, self.noise_dim, self.num_classes, self.steps = dim, dim, num_classes, steps
+        self.generator = mlp([dim + 17 + num_classes, *[hidden] * depth, dim], activation=nn.SiLU)
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def condition(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """One-hot classes for a conditional model, None otherwise."""
+        if not self.conditional:
+            return None
+        return F.one_hot(labels, self.num_classes).float()
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor,
+                 condition: torch.Tensor | None) -> torch.Tensor:
+        parts = [x, time_features(t)] + ([condition] if condition is not None else [])
+        return self.generator(torch.cat(parts, dim=1))
+
+    def sample(self, condition: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
+        """x_1 from x_0 = noise by Euler steps of dx/dt = v(x, t, y)."""
+        x = noise
+        for step in range(self.steps):
+            t = torch.full((len(x),), step / self.steps, device=x.device)
+            x = x + self.velocity(x, t, condition) / self.steps
+        return x
+
+    def discriminator_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise TypeError("flow matching has no discriminator")
+
+    def generator_loss(self, batch: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x1 = batch["x"]
+        x0 = torch.randn_like(x1)
+        t = torch.rand(len(x1), device=x1.device)
+        loss = self.regression_loss(x0, x1, t, self.condition(batch.get("label")))
+        return loss, {"regression": loss}
+
+    def regression_loss(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor,
+                        condition: torch.Tensor | None) -> torch.Tensor:
+        """E ||v(x_t, t, y) - (x_1 - x_0)||^2 / dim at x_t = (1 - t) x_0 + t x_1."""
+        xt = (1 - t[:, None]) * x0 + t[:, None] * x1
+        return ((self.velocity(xt, t, condition) - (x1 - x0)) ** 2).mean()
+
+
 # ---------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class Sizes:
@@ -374,6 +447,7 @@ class VectorGANSpec:
     wasserstein: bool = False
     spreading_terms: bool = False
     own_settings: tuple[tuple[str, str], ...] = ()
+    betas: tuple[float, float] | None = None  # Adam betas, when not the family's default
 
 
 def _spread(config: VectorGANConfig) -> dict[str, Any]:
@@ -401,6 +475,11 @@ VECTOR_GANS: dict[str, VectorGANSpec] = {
         wasserstein=True, spreading_terms=True,
         own_settings=(("contrastive_weight", "contrastive_weight"),
                       ("contrastive_temperature", "contrastive_temperature"))),
+    "flow_matching": VectorGANSpec(
+        lambda s, c: FlowMatching(s.dim, s.num_classes if c.wgan_conditional else 0, c.hidden,
+                                  c.depth, c.fm_steps),
+        own_settings=(("conditional", "wgan_conditional"), ("fm_steps", "fm_steps")),
+        betas=(0.9, 0.999)),
     "cyclegan": VectorGANSpec(
         lambda s, c: TranslationGAN(s.dim, s.dim_b, AdversarialLoss("least-squares"), c.hidden,
                                     c.depth, c.cycle_weight, c.identity_weight,
@@ -430,8 +509,12 @@ def build_vector_gan(name: str, sizes: Sizes, config: VectorGANConfig) -> GANMod
 
 
 def adam_betas(name: str) -> tuple[float, float]:
-    """WGAN-GP's betas for the Wasserstein models, DCGAN's for the others."""
-    return WASSERSTEIN_BETAS if VECTOR_GANS[name].wasserstein else ADAM_BETAS
+    """WGAN-GP's betas for the Wasserstein models, DCGAN's for the other GANs, a variant's own
+    where it names them (flow matching: Adam's defaults, a plain regression)."""
+    spec = VECTOR_GANS[name]
+    if spec.betas is not None:
+        return spec.betas
+    return WASSERSTEIN_BETAS if spec.wasserstein else ADAM_BETAS
 
 
 def model_settings(name: str, config: VectorGANConfig) -> dict[str, Any]:
