@@ -44,7 +44,9 @@ def verdict(ok: bool) -> str:
 
 def encoder_rows(results: dict[str, Any], b: DemoReport) -> list[list[str]]:
     models = results.get("embeddings", {}).get(b.dataset, {})
-    baseline = next((v for m, v in models.items() if m.endswith("(baseline)")), None)
+    name, baseline = next(((m, v) for m, v in models.items() if m.endswith("(baseline)")),
+                          ("", None))
+    label = name.removesuffix(" (baseline)").replace("pixels_pca", "PCA-")
     rows = []
     for model, values in models.items():
         if model.endswith("(baseline)") or "+" in model:
@@ -53,10 +55,10 @@ def encoder_rows(results: dict[str, Any], b: DemoReport) -> list[list[str]]:
             rows.append(["encoders", model, f"k-NN {values['knn_accuracy']:.3f}", "—", "—"])
             continue
         beats = values["knn_accuracy"] > baseline["knn_accuracy"]
-        note = "works" if beats else ("does not beat PCA-32: the demo trains it for only a "
-                                      "few epochs (its full run is in docs/encoders.md)")
+        note = "works" if beats else (f"does not beat {label}: the demo trains it for only a "
+                                      f"few epochs (its full run is in docs/encoders.md)")
         rows.append(["encoders", model, f"k-NN accuracy {values['knn_accuracy']:.3f}",
-                     f"PCA-32 {baseline['knn_accuracy']:.3f}", note])
+                     f"{label} {baseline['knn_accuracy']:.3f}", note])
     return rows
 
 
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
                       + ["| " + " | ".join(row) + " |" for row in rows])
     pictures = [Path(b.data_dir) / "visualizations" / name
                 for name in (plan1_png, plan2_png, loop_png) if name]
+    pictures = [p for p in pictures if p.is_file()]
     text = (f"# What the demo shows ({b.dataset})\n\nImage metrics on the evaluator CNN's "
             f"features (not comparable with published FIDs); full tables in "
             f"{b.data_dir}/results/summary.md.\n\n{table}\n\nOpen first:\n"
