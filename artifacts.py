@@ -302,12 +302,15 @@ def check_replaceable(target: Path, legacy: Callable[[Path], bool] | None = None
 
 
 def replace_directory(staging: Path, target: Path,
-                      legacy: Callable[[Path], bool] | None = None) -> None:
-    """Move a fully written folder into place, marked as a stage's (OUTPUT_MARKER); an older
-    ``target`` is removed only after, and only if a stage wrote it (``check_replaceable``)."""
+                      legacy: Callable[[Path], bool] | None = None, mark: bool = True) -> None:
+    """Move a fully written folder into place, marked as a stage's (OUTPUT_MARKER) unless
+    ``mark`` is False (a folder whose contents alone say a stage wrote it, as ``legacy`` tests);
+    an older ``target`` is removed only after, and only if a stage wrote it
+    (``check_replaceable``)."""
     check_replaceable(target, legacy)
-    (staging / OUTPUT_MARKER).write_text("written by a stage of this project; a later run may "
-                                         "replace this folder\n", encoding="utf-8")
+    if mark:
+        (staging / OUTPUT_MARKER).write_text("written by a stage of this project; a later run "
+                                             "may replace this folder\n", encoding="utf-8")
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         os.replace(target, old)

@@ -379,13 +379,15 @@ def write_image_folder(folder: Path, images: np.ndarray) -> None:
     try:
         for image_id, pixels in enumerate(images):
             Image.fromarray(pixels, mode="L").save(staging / image_name(image_id))
-        replace_directory(staging, folder, only_prompt_images)
+        # Unmarked: a generation folder holds nothing but its PNGs, which is what says a stage
+        # wrote it (other tools read these folders as image sets).
+        replace_directory(staging, folder, only_prompt_images, mark=False)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def only_prompt_images(folder: Path) -> bool:
-    """A generation folder written before folders were marked: nothing but test_<id>.png."""
+    """A generation folder this stage wrote: nothing but test_<id>.png."""
     return all(re.fullmatch(r"test_\d{5}\.png", p.name) for p in folder.iterdir())
 
 

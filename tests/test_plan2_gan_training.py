@@ -69,8 +69,8 @@ def toy_batch(n: int = 12, dim: int = 4, dim_b: int = 5, classes: int = 3) -> di
 @pytest.mark.parametrize("name", vg.GAN_NAMES)
 def test_model_battery(name, tmp_path):
     """Build, shapes, finite losses with an adversarial part (flow matching: its regression),
-    one step changes every weight of both groups, a save/load round trip samples identically, and the checkpoint alone rebuilds
-    the EMA model (from_checkpoint)."""
+    one step changes every weight of both groups, a save/load round trip samples identically,
+    and the checkpoint alone rebuilds the EMA model (from_checkpoint)."""
     torch.manual_seed(0)
     model = build_vector_gan(name, SIZES, SMALL)
     batch = toy_batch()

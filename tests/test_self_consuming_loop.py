@@ -360,3 +360,16 @@ def test_seeds_run_one_loop_each_and_share_a_start_per_seed(straight, tmp_path, 
     assert "gen 0: epoch" not in out and "gen 1: trained on gen 0 + 640 real" in out
     figure = data_dir / "visualizations" / "digits_loop_accumulate_metrics.png"
     assert figure.stat().st_size > 0
+
+
+def test_a_generation_folder_holds_only_its_pngs_and_a_foreign_folder_is_not_replaced(tmp_path):
+    images = np.zeros((3, 8, 8), dtype=np.uint8)
+    folder = tmp_path / "gen_0"
+    loop.write_image_folder(folder, images)
+    assert sorted(p.name for p in folder.iterdir()) == [f"test_{i:05d}.png" for i in range(3)]
+    loop.write_image_folder(folder, images[:2] + 7)  # a stage's folder is replaced
+    assert sorted(p.name for p in folder.iterdir()) == [f"test_{i:05d}.png" for i in range(2)]
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(loop.StageError, match="did not write"):
+        loop.write_image_folder(folder, images)
+    assert (folder / "notes.txt").read_text() == "mine" and len(list(folder.iterdir())) == 3
