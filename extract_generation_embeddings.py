@@ -53,7 +53,7 @@ from clip_embedding import (
 from clip_images import PixelPipeline, image_batches
 from generation_metrics import check_generations
 from runtime import StageError, pick_device, run_stage, seed_everything
-from settings import configure, pick
+from settings import SettingsError, configure, pick
 
 ANNOTATION_FILE = "data/coco/annotations/captions_train2014.json"  # COCO captions JSON
 GENERATION_DIR_PATTERN = "data/coco/sd_to_sd_cfg_7_steps_50_gen_{g}"  # one folder per generation
@@ -122,7 +122,7 @@ def parse_shard(text: str) -> tuple[int, int] | None:
         return None
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        raise StageError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4 ... 3/4")
+        raise SettingsError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4 ... 3/4")
     return int(match.group(1)), int(match.group(2))
 
 
@@ -200,8 +200,8 @@ def pair_by_position(folder: Path, files: list[Path], caption_set: CaptionSet,
 def folder_of(generation: int, pattern: str) -> Path:
     """The folder of one generation, from --generation-dir-pattern."""
     if "{g}" not in pattern:
-        raise StageError(f"--generation-dir-pattern {pattern!r} has no '{{g}}' "
-                         f"where the generation number goes")
+        raise SettingsError(f"--generation-dir-pattern {pattern!r} has no '{{g}}' "
+                            f"where the generation number goes")
     return Path(pattern.format(g=generation))
 
 

@@ -11,15 +11,15 @@ import warnings
 import numpy as np
 
 from metrics import frechet_distance, precision_recall
-from runtime import StageError
+from settings import SettingsError
 
 
 def check_generations(generations: tuple[int, ...]) -> None:
     """Refuse an empty --generations list or one that names a generation twice."""
     if not generations:
-        raise StageError("--generations is empty")
+        raise SettingsError("--generations is empty")
     if len(set(generations)) != len(generations):
-        raise StageError(f"--generations {generations} lists a generation twice")
+        raise SettingsError(f"--generations {generations} lists a generation twice")
 
 
 def l2_normalise(embeddings: np.ndarray) -> np.ndarray:

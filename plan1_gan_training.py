@@ -65,7 +65,7 @@ from image_gans import (
 )
 from runtime import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
 from scoring import cell
-from settings import configure, pick
+from settings import SettingsError, configure, pick
 
 # Internal tables (no same-line comment, so not settings).
 LOSS_NAMES = LOSS_KINDS
@@ -266,6 +266,10 @@ def main(argv: list[str] | None = None) -> None:
                         betas=(values["beta1"], values["beta2"]), ema_decay=values["ema_decay"],
                         log_every=run.log_every, seed=run.seed)
     score_settings = scoring.ScoringSettings(seed=run.seed)
+    if 0 < run.test_images <= EVALUATOR_FEATURE_DIM:
+        raise SettingsError(f"--test-images {run.test_images}: the FID on "
+                            f"{EVALUATOR_FEATURE_DIM}-d features needs more than "
+                            f"{EVALUATOR_FEATURE_DIM} images (0: all)")
     root = Path(run.data_dir)
     folders = {name: ensure_output_dir(root / name) for name in
                ("samples/plan1", "visualizations", "checkpoints/plan1")}

@@ -60,7 +60,7 @@ from gans import (
 from metrics import frechet_distance
 from runtime import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
 from scoring import cell
-from settings import configure, pick
+from settings import SettingsError, configure, pick
 from vector_gans import (
     GAN_NAMES,
     GENERATORS,
@@ -669,8 +669,8 @@ def main(argv: list[str] | None = None) -> None:
     generators = [m for m in run.models if m in GENERATORS]
     translators = [m for m in run.models if m in TRANSLATORS]
     if translators and run.encoder_b == run.encoder:
-        raise StageError(f"--encoder-b {run.encoder_b} is --encoder too; "
-                         f"{', '.join(translators)} translate between two different embeddings")
+        raise SettingsError(f"--encoder-b {run.encoder_b} is --encoder too; "
+                            f"{', '.join(translators)} translate between two different embeddings")
     root = Path(run.data_dir)
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "checkpoints/plan2", "samples/plan2", "results")}

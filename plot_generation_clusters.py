@@ -46,7 +46,7 @@ from generation_metrics import (
     total_variance,
 )
 from runtime import StageError, pick_device, run_stage, seed_everything
-from settings import configure, pick
+from settings import SettingsError, configure, pick
 
 EMBEDDING_DIR = "data/embeddings"  # where extract_generation_embeddings.py wrote its files
 GENERATIONS = (0, 4, 10)  # generations to compare, in order; the first is the reference [>= 0]
@@ -503,8 +503,8 @@ def main(argv: list[str] | None = None) -> None:
     s = pick(DriftPlotSettings, values)
     check_generations(s.generations)
     if not matplotlib.colors.is_color_like(s.caption_colour):
-        raise StageError(f"--caption-colour {s.caption_colour!r}: not a matplotlib colour (a name "
-                         f"such as tab:blue or red, or #rrggbb)")
+        raise SettingsError(f"--caption-colour {s.caption_colour!r}: not a matplotlib colour (a "
+                            f"name such as tab:blue or red, or #rrggbb)")
     seed_everything(s.seed)
     embedding_dir = Path(s.embedding_dir)
     caption_path = embedding_dir / "coco_caption_embeddings.npz"

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from settings import SettingsError
+
 
 class StageError(Exception):
     """A problem with the input or settings of a stage; the top level prints it as one line."""
@@ -30,11 +32,16 @@ def describe_os_error(err: OSError) -> str:
 def run_stage(main: Callable[[], None], resumable: bool = True) -> None:
     """Call a stage's main(); errors and Ctrl-C become one readable line and an exit code.
 
-    StageError and OS errors (read-only folder, full disk, ...) exit with 1, Ctrl-C with 130.
+    A setting wrong on its face (SettingsError, found after ``configure``) exits with 2, as
+    ``configure`` does; StageError and OS errors (read-only folder, full disk, ...) with 1,
+    Ctrl-C with 130.
     ``resumable`` says whether the stage keeps checkpoints to resume from after Ctrl-C.
     """
     try:
         main()
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
@@ -60,8 +67,8 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise StageError(f"--device {name!r} is not a device name (auto, cuda, cuda:N, mps, cpu)") \
-            from err
+        raise SettingsError(f"--device {name!r} is not a device name (auto, cuda, cuda:N, mps, "
+                            f"cpu)") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StageError("--device cuda was asked for, but torch sees no CUDA device")
     if device.type == "cuda" and device.index is not None \

@@ -54,7 +54,7 @@ from runtime import (
     run_stage,
     seed_everything,
 )
-from settings import configure, pick
+from settings import SettingsError, configure, pick
 
 # Internal tables (no same-line comment, so not settings).
 # Patch sizes that tile a 28x28 image.
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     s = pick(ClipSettings, values)
     if s.hidden_size % s.heads:
-        raise StageError(f"--heads {s.heads} does not divide --hidden-size {s.hidden_size}")
+        raise SettingsError(f"--heads {s.heads} does not divide --hidden-size {s.hidden_size}")
     root = Path(s.data_dir)
     folders = {name: ensure_output_dir(root / name) for name in
                ("checkpoints/clip", "results", "visualizations")}

@@ -38,11 +38,13 @@ def previous_outputs(folder: Path) -> dict[Path, bytes]:
 
 
 def assert_refused(script: Path, flags: list[str], expected: str,
-                   capsys: pytest.CaptureFixture, untouched: dict[Path, bytes]) -> str:
-    """Run the stage; check the exit, the one error line and the untouched files; the line."""
+                   capsys: pytest.CaptureFixture, untouched: dict[Path, bytes],
+                   code: int = 1) -> str:
+    """Run the stage; check the exit code (2: a setting wrong on its face, 1: a file or data
+    problem), the one error line and the untouched files; the line."""
     with pytest.raises(SystemExit) as exited:
         drift.run_script(script, *flags)
-    assert exited.value.code not in (0, None)
+    assert exited.value.code == code
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], err
@@ -114,7 +116,7 @@ def test_bad_extraction_settings_refused(tiny_clip: Path, coco: Path, tmp_path: 
                                          value: str, expected: str) -> None:
     untouched = previous_outputs(tmp_path / "out")
     flags = drift.extract_flags(tiny_clip, coco, tmp_path / "out", setting, value)
-    assert_refused(drift.EXTRACT, flags, expected, capsys, untouched)
+    assert_refused(drift.EXTRACT, flags, expected, capsys, untouched, code=2)
 
 
 def test_generation_without_a_readable_image_refused(tiny_clip: Path, coco: Path,
@@ -190,7 +192,7 @@ def test_bad_generation_files_refused(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_bad_plot_settings_refused(tmp_path: Path, capsys: pytest.CaptureFixture, setting: str,
                                    value: str, expected: str) -> None:
     flags, untouched = plot_case(tmp_path)
-    assert_refused(drift.PLOT, [*flags, setting, value], expected, capsys, untouched)
+    assert_refused(drift.PLOT, [*flags, setting, value], expected, capsys, untouched, code=2)
 
 
 def test_a_collapsed_later_generation_is_measured(tmp_path: Path) -> None:

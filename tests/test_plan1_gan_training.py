@@ -21,7 +21,7 @@ from data_sources import load_dataset
 from gans import GANTrainer, LoopSettings
 from image_gans import ImageGANConfig, build_image_gan, class_condition
 from runtime import StageError
-from settings import configure, pick
+from settings import SettingsError, configure, pick
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -365,6 +365,9 @@ def test_limit_without_a_full_batch_is_refused(stage_main, tmp_path):
 
 
 def test_too_few_test_images_for_a_fid_are_refused(stage_main, tmp_path):
-    with pytest.raises(StageError, match="--test-images 100: the FID on 128-d features needs "
-                                         "more than 128 images"):
+    """Wrong on its face: refused before any file is read (an empty data dir), exit 2."""
+    with pytest.raises(SettingsError, match="--test-images 100: the FID on 128-d features needs "
+                                            "more than 128 images"):
         stage_main("--data-dir", str(tmp_path), "--test-images", "100")
+    result = run_stage(tmp_path, "--test-images", "100", check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr

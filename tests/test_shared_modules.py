@@ -19,8 +19,8 @@ from artifacts import (
     save_npz,
 )
 from data_sources import IDX_FILES, load_dataset, read_idx
-from runtime import StageError, pick_device
-from settings import as_record, configure, pick
+from runtime import StageError, pick_device, run_stage
+from settings import SettingsError, as_record, configure, pick
 
 SCRIPT = textwrap.dedent('''\
     """A stage."""
@@ -134,8 +134,11 @@ def test_pick_device():
     if not torch.cuda.is_available():
         with pytest.raises(StageError, match="no CUDA device"):
             pick_device("cuda")
-    with pytest.raises(StageError):
+    with pytest.raises(SettingsError, match="'gpu' is not a device name"):
         pick_device("gpu")
+    with pytest.raises(SystemExit) as exited:  # wrong on its face: the exit code of a setting
+        run_stage(lambda: pick_device("gpu"))
+    assert exited.value.code == 2
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True, magic: bytes | None = None):

@@ -232,6 +232,9 @@ def test_rerun_resumes_the_finished_checkpoint_and_other_settings_are_refused(tr
     code = run_in_process(*TINY, "--data-dir", str(data_dir), "--patch-size", "5")
     assert code == 2
     assert "--patch-size 5: must be one of 1, 2, 4, 7, 14, 28" in capsys.readouterr().err
+    code = run_in_process(*TINY, "--data-dir", str(data_dir), "--heads", "3")
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: --heads 3 does not divide --hidden-size 16"
 
 
 def test_an_output_dir_the_stage_did_not_write_is_refused_before_training(trained, tmp_path,
