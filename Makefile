@@ -37,45 +37,60 @@ fashion-data:
 # `make demo-all` runs every model of every stage at the old quick preset.
 DEMO := $(DATA_DIR)/.demo
 DS := fashion-mnist
+# A stage's command is a variable (make splits $(call ...) arguments at commas, and the commands
+# hold comma lists); RUN runs the command named by its second argument.
 RUN = @echo "[$(1)] started"; start=$$(date +%s); \
-	( $(2) ) > $(DEMO)/$(1).log 2>&1 || { tail -n 25 $(DEMO)/$(1).log; echo "[$(1)] failed: $(DEMO)/$(1).log"; exit 1; }; \
+	( $($(2)) ) > $(DEMO)/$(1).log 2>&1 || { tail -n 25 $(DEMO)/$(1).log; echo "[$(1)] failed: $(DEMO)/$(1).log"; exit 1; }; \
 	echo "[$(1)] done in $$(( $$(date +%s) - start )) s"; touch $(DEMO)/$(1)
+
+EVALUATOR_CMD = $(PY) -c "import data_sources, runtime, scoring; \
+	scoring.load_evaluator(data_sources.load_dataset('$(DS)', '$(DATA_DIR)'), runtime.pick_device('auto'), \
+	scoring.EvaluatorSettings(data_dir='$(DATA_DIR)'))"
+ENCODERS_CMD = $(PY) encoder_models.py --dataset $(DS) --models vae,ae_basic --epochs 3 --data-dir $(DATA_DIR)
+PLAN1_CMD = $(PY) plan1_gan_training.py --dataset $(DS) --encoder vae --models cgan --epochs 3 \
+	--lr-generator 1e-3 --lr-discriminator 1e-3 --ema-decay 0.99 --data-dir $(DATA_DIR)
+PLAN2_CMD = $(PY) plan2_gan_training.py --dataset $(DS) --encoder vae --encoder-b ae_basic \
+	--models wgan_gp,flow_matching,cyclegan --limit 10000 --batch-size 64 --mode-seeking 0.5 \
+	--data-dir $(DATA_DIR)
+FLOWS_CMD = $(PY) flows.py --dataset $(DS) --encoders vae,ae_basic --flows realnvp --epochs 10 \
+	--data-dir $(DATA_DIR)
+LOOP_CMD = $(PY) self_consuming_loop.py --dataset $(DS) --generations 5 --epochs-first 15 --epochs 1 \
+	--kid-subsets 20 --data-dir $(DATA_DIR)
+CLIP_CMD = $(PY) train_small_clip.py --dataset $(DS) --limit 20000 --data-dir $(DATA_DIR)
+DRIFT_CMD = $(PY) extract_generation_embeddings.py --model $(DATA_DIR)/checkpoints/clip_$(DS) \
+	--annotation-file $(DATA_DIR)/$(DS)_loop/captions.json \
+	--generation-dir-pattern '$(DATA_DIR)/$(DS)_loop/gen_{g}' --generations 0,2,5 \
+	--num-captions 1000 --output-dir $(DATA_DIR)/embeddings && \
+	$(PY) plot_generation_clusters.py --generations 0,2,5 --embedding-dir $(DATA_DIR)/embeddings \
+	--visualization-dir $(DATA_DIR)/visualizations --results-dir $(DATA_DIR)/results \
+	--reference-dir $(DATA_DIR)/$(DS)_loop_reference
+EVALUATE_CMD = $(PY) evaluate.py --data-dir $(DATA_DIR) --threads 2
 
 $(DEMO)/evaluator:
 	@mkdir -p $(DEMO)
-	$(call RUN,evaluator,$(PY) -c "import data_sources, runtime, scoring; \
-	scoring.load_evaluator(data_sources.load_dataset('$(DS)', '$(DATA_DIR)'), runtime.pick_device('auto'), scoring.EvaluatorSettings(data_dir='$(DATA_DIR)'))")
+	$(call RUN,evaluator,EVALUATOR_CMD)
 
 $(DEMO)/encoders:
 	@mkdir -p $(DEMO)
-	$(call RUN,encoders,$(PY) encoder_models.py --dataset $(DS) --models vae,ae_basic --epochs 3 --data-dir $(DATA_DIR))
+	$(call RUN,encoders,ENCODERS_CMD)
 
 $(DEMO)/plan1: $(DEMO)/encoders $(DEMO)/evaluator
-	$(call RUN,plan1,$(PY) plan1_gan_training.py --dataset $(DS) --encoder vae --models cgan --epochs 3 \
-	    --lr-generator 1e-3 --lr-discriminator 1e-3 --ema-decay 0.99 --data-dir $(DATA_DIR))
+	$(call RUN,plan1,PLAN1_CMD)
 
 $(DEMO)/plan2: $(DEMO)/plan1
-	$(call RUN,plan2,$(PY) plan2_gan_training.py --dataset $(DS) --encoder vae --encoder-b ae_basic \
-	    --models wgan_gp,flow_matching,cyclegan --limit 10000 --batch-size 64 --mode-seeking 0.5 --data-dir $(DATA_DIR))
+	$(call RUN,plan2,PLAN2_CMD)
 
 $(DEMO)/flows: $(DEMO)/plan2
-	$(call RUN,flows,$(PY) flows.py --dataset $(DS) --encoders vae,ae_basic --flows realnvp --epochs 10 --data-dir $(DATA_DIR))
+	$(call RUN,flows,FLOWS_CMD)
 
 $(DEMO)/loop: $(DEMO)/evaluator
-	$(call RUN,loop,$(PY) self_consuming_loop.py --dataset $(DS) --generations 5 --epochs-first 15 --epochs 1 \
-	    --kid-subsets 20 --data-dir $(DATA_DIR))
+	$(call RUN,loop,LOOP_CMD)
 
 $(DEMO)/clip: $(DEMO)/loop
-	$(call RUN,clip,$(PY) train_small_clip.py --dataset $(DS) --limit 20000 --data-dir $(DATA_DIR))
+	$(call RUN,clip,CLIP_CMD)
 
 $(DEMO)/drift: $(DEMO)/clip
-	$(call RUN,drift,$(PY) extract_generation_embeddings.py --model $(DATA_DIR)/checkpoints/clip_$(DS) \
-	    --annotation-file $(DATA_DIR)/$(DS)_loop/captions.json \
-	    --generation-dir-pattern '$(DATA_DIR)/$(DS)_loop/gen_{g}' --generations 0,2,5 \
-	    --num-captions 1000 --output-dir $(DATA_DIR)/embeddings && \
-	  $(PY) plot_generation_clusters.py --generations 0,2,5 --embedding-dir $(DATA_DIR)/embeddings \
-	    --visualization-dir $(DATA_DIR)/visualizations --results-dir $(DATA_DIR)/results \
-	    --reference-dir $(DATA_DIR)/$(DS)_loop_reference)
+	$(call RUN,drift,DRIFT_CMD)
 
 demo-stages: $(DEMO)/flows $(DEMO)/drift
 
@@ -85,7 +100,7 @@ demo: install fashion-data
 	echo "make demo: $$(( $$(date +%s) - start )) s of stages and evaluation"
 
 demo-report:
-	$(call RUN,evaluate,$(PY) evaluate.py --data-dir $(DATA_DIR) --threads 2)
+	$(call RUN,evaluate,EVALUATE_CMD)
 	@$(PY) demo_report.py --data-dir $(DATA_DIR)
 
 # Every model of every stage (the previous demo): tens of minutes more.
