@@ -1,0 +1,65 @@
+"""`make demo` as make runs it: every command the demo would run (`make -n`) names a stage script
+whose settings accept all its flags, with the comma lists whole (make splits $(call) arguments at
+commas), and the two chains reach every stage."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from settings import configure
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def demo_commands(data_dir: Path) -> list[list[str]]:
+    """The `python SCRIPT.py ...` commands of `make demo-stages demo-report`, not run."""
+    listing = subprocess.run(["make", "-n", "--no-print-directory", "demo-stages", "demo-report",
+                              f"DATA_DIR={data_dir}"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    commands = []
+    for line in listing.splitlines():
+        if "( " not in line:
+            continue
+        inner = line[line.index("( ") + 2:line.index(" ) >")]
+        for part in inner.split(" && "):
+            words = shlex.split(part)
+            if words and words[0].endswith("python") and words[1].endswith(".py"):
+                commands.append(words[1:])
+    return commands
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_every_demo_command_is_accepted_by_its_script(tmp_path):
+    commands = demo_commands(tmp_path)
+    scripts = [c[0] for c in commands]
+    assert set(scripts) >= {"encoder_models.py", "plan1_gan_training.py",
+                            "plan2_gan_training.py", "flows.py", "self_consuming_loop.py",
+                            "train_small_clip.py", "extract_generation_embeddings.py",
+                            "plot_generation_clusters.py", "evaluate.py"}, scripts
+    for script, *args in commands:
+        module = importlib.import_module(Path(script).stem)
+        configure(vars(module), args)  # exits 2 on a flag or value it does not take
+        assert str(tmp_path) in " ".join(args), (script, args)  # it works in DATA_DIR
+    flags = {c[0]: c[1:] for c in commands}
+    models = flags["encoder_models.py"][flags["encoder_models.py"].index("--models") + 1]
+    assert models == "vae,ae_basic"  # the whole list, not cut at its comma
+    plan2 = flags["plan2_gan_training.py"]
+    assert plan2[plan2.index("--models") + 1] == "wgan_gp,flow_matching,cyclegan"
+
+
+def test_the_evaluator_command_is_python_that_compiles(tmp_path):
+    listing = subprocess.run(["make", "-n", "--no-print-directory", f"{tmp_path}/.demo/evaluator",
+                              f"DATA_DIR={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    line = next(x for x in listing.splitlines() if " -c " in x)
+    inner = line[line.index("( ") + 2:line.index(" ) >")]
+    words = shlex.split(inner)
+    source = words[words.index("-c") + 1]
+    compile(source, "<make demo evaluator>", "exec")
+    assert "load_evaluator" in source and str(tmp_path) in source
