@@ -7,6 +7,8 @@ are renamed into place, so a reader never sees a half-written file.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import glob
 import hashlib
 import io
@@ -281,6 +283,51 @@ def give_umask_permissions(folder: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
+# The locks this process holds, by path, from hold_output_lock until the stage's main returns
+# (holds_output_locks) or the process ends.
+_HELD_LOCKS: dict[Path, IO[str]] = {}
+
+
+def holds_output_locks(main: Callable[..., None]) -> Callable[..., None]:
+    """Decorate a stage's main: the output locks it takes are let go when it returns or fails
+    (a stage called in a process that goes on, as the tests do, leaves no lock behind)."""
+    @functools.wraps(main)
+    def locked_main(*args: Any, **kwargs: Any) -> None:
+        before = set(_HELD_LOCKS)
+        try:
+            main(*args, **kwargs)
+        finally:
+            for path in set(_HELD_LOCKS) - before:
+                _HELD_LOCKS.pop(path).close()  # closing the file lets go of its flock
+
+    return locked_main
+
+
+def hold_output_lock(path: Path, what: str) -> None:
+    """Take the lock file ``path`` (flock) for this process, or stop: a second run writing the
+    same outputs at once (two loops of one name, one stage twice on one --data-dir) would
+    interleave them. Held until the decorated main returns (``holds_output_locks``) or the
+    process ends, however it ends."""
+    path = Path(path).resolve()
+    if path in _HELD_LOCKS:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StageError(f"{path.parent}: {holder} is writing here now ({what}); wait for it to "
+                         f"end, or give this run another --data-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{what} (pid {os.getpid()})\n")
+    handle.flush()
+    _HELD_LOCKS[path] = handle
+
+
 # A folder a stage wrote holds this file: only such a folder is ever replaced.
 OUTPUT_MARKER = ".written-by-stage"
 
@@ -406,9 +453,13 @@ def read_meta(path: str | Path, raw: np.ndarray | None) -> dict[str, Any]:
     return meta
 
 
-def load_embeddings(path: str | Path) -> dict[str, Any]:
-    """Load and check a ``<ds>_<enc>.npz`` file: train/test embeddings with labels."""
+def load_embeddings(path: str | Path, dataset: str | None = None) -> dict[str, Any]:
+    """Load and check a ``<ds>_<enc>.npz`` file: train/test embeddings with labels; of
+    ``dataset`` when given (a file whose meta names another dataset is refused)."""
     data = load_npz(path, EMBEDDING_KEYS, aligned=(("z_train", "y_train"), ("z_test", "y_test")))
+    recorded = data["meta"].get("dataset")
+    if dataset is not None and recorded is not None and recorded != dataset:
+        raise StageError(f"{path}: its meta says dataset {recorded!r}, not {dataset!r}")
     if data["z_train"].shape[1] != data["z_test"].shape[1]:
         raise StageError(f"{path}: z_train has {data['z_train'].shape[1]} dims, "
                          f"z_test {data['z_test'].shape[1]}")

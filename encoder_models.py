@@ -25,6 +25,8 @@ from tqdm import tqdm
 from artifacts import (
     check_settings_match,
     ensure_output_dir,
+    hold_output_lock,
+    holds_output_locks,
     load_checkpoint,
     make_meta,
     save_checkpoint,
@@ -50,7 +52,7 @@ LR_SCHEDULES = ("constant", "one-cycle")
 DATASET = "fashion-mnist"  # dataset to embed [in data_sources.DATASETS]
 DATA_DIR = "data"  # where every output is written (datasets are also looked up there)
 MODELS = ENCODER_NAMES  # encoders to train, comma-separated [in ENCODER_NAMES]
-EMBEDDING_DIM = 32  # size of every embedding [>= 1]
+EMBEDDING_DIM = 32  # size of every embedding [>= 1, <= 4096]
 EPOCHS = 10  # total epochs per model (more continues a finished constant-rate run) [>= 1]
 BATCH_SIZE = 256  # images per optimiser step (batch norm needs 2) [>= 2]
 LEARNING_RATE = 1e-3  # Adam learning rate (the peak rate with --lr-schedule one-cycle) [> 0]
@@ -202,11 +204,13 @@ def save_reconstructions(model: nn.Module, x_test: torch.Tensor, path: Path, tit
     plt.close(fig)
 
 
+@holds_output_locks
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     train = pick(EncoderTraining, values)
     config = pick(EncoderConfig, values, flips=FLIP_KEEPS_CLASS[train.dataset])
     root = Path(train.data_dir)
+    hold_output_lock(root / ".lock-encoder_models", "encoder_models.py")
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "checkpoints/encoders")}
     device = pick_device(values["device"])

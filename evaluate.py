@@ -39,6 +39,8 @@ from artifacts import (  # noqa: E402
     PLAN1_SAMPLE_KEYS,
     check_array,
     ensure_output_dir,
+    hold_output_lock,
+    holds_output_locks,
     load_embeddings,
     load_npz,
     make_meta,
@@ -694,6 +696,7 @@ def evaluate_all(files: dict[str, list[Path]], ev: Evaluation) -> int:
     return evaluated
 
 
+@holds_output_locks
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     run = pick(EvaluateSettings, values)
@@ -706,6 +709,7 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = Path(run.data_dir)
     if not data_dir.is_dir():
         raise StageError(f"--data-dir {data_dir}: no such folder (the other stages write there)")
+    hold_output_lock(data_dir / ".lock-evaluate", "evaluate.py")
     results_dir = ensure_output_dir(data_dir / "results")
     visual_dir = ensure_output_dir(data_dir / "visualizations")
     files = find_files(data_dir, run.stages, run.files)

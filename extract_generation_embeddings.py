@@ -39,7 +39,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from artifacts import ensure_output_dir, load_npz, make_meta, save_npz
+from artifacts import (
+    ensure_output_dir,
+    hold_output_lock,
+    holds_output_locks,
+    load_npz,
+    make_meta,
+    save_npz,
+)
 from clip_embedding import (
     COCO_NAME,
     IMAGE_SUFFIXES,
@@ -341,6 +348,7 @@ def write_merged(output_dir: Path, shards: dict[str, Any], count: int) -> list[P
     return written
 
 
+@holds_output_locks
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     s = pick(ExtractSettings, values)
@@ -349,6 +357,9 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(s.seed)
     output_dir = Path(s.output_dir)
     shard_dir = output_dir / "shards"
+    part = f"-shard-{shard[0]}" if shard and not s.merge else ""  # shards run side by side
+    hold_output_lock(output_dir / f".lock-extract_generation_embeddings{part}",
+                     f"extract_generation_embeddings.py{part}")
     if s.merge:
         ensure_output_dir(output_dir)
         count = shard[1] if shard else shard_count_in(shard_dir)

@@ -34,6 +34,8 @@ from artifacts import (
     check_settings_match,
     ensure_output_dir,
     fingerprint,
+    hold_output_lock,
+    holds_output_locks,
     load_checkpoint,
     load_embeddings,
     load_npz,
@@ -89,7 +91,7 @@ WEIGHT_DECAY = 0.0  # Adam weight decay [>= 0]
 GRAD_CLIP = 10.0  # largest gradient norm per step (0: no clipping) [>= 0]
 VALIDATION_FRACTION = 0.1  # share of the train split held out for the validation NLL [> 0, < 1]
 LIMIT = 0  # use the first N training embeddings only (0: all) [>= 0]
-HIDDEN = 256  # width of the hidden layers of every conditioner network [>= 1]
+HIDDEN = 256  # width of the hidden layers of every conditioner network [>= 1, <= 8192]
 REALNVP_LAYERS = 8  # affine coupling layers of RealNVP [>= 1]
 MAF_LAYERS = 5  # MADE layers of MAF [>= 1]
 NSF_LAYERS = 6  # rational-quadratic coupling layers of the neural spline flow [>= 1]
@@ -98,7 +100,7 @@ NSF_TAIL_BOUND = 4.0  # the splines act on [-B, B] (standardised units), identit
 SCALE_BOUND = 3.0  # affine log-scales are soft-clamped to (-c, c): c tanh(s / c) [> 0]
 GMM_COMPONENTS = 20  # components of the full-covariance Gaussian-mixture baseline [>= 1]
 KNN_K = 5  # neighbours of the k-NN accuracy of original and refined embeddings [>= 1]
-SAMPLES = 10000  # samples per flow written to <ds>_<enc>+<flow>.gen.npz [>= 1]
+SAMPLES = 10000  # samples per flow written to <ds>_<enc>+<flow>.gen.npz [>= 1, <= 1000000]
 SEED = 0  # seeds the split, the weights, the batch order, the mixture and the samples [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
@@ -177,7 +179,7 @@ def load_stage1(encoder: str, train: FlowTraining) -> dict[str, Any]:
             if key in raw and raw[key].ndim == 2 and raw[key].dtype.kind == "f":
                 check_columns(path, key,
                               raw[key][:limit or None] if key == "z_train" else raw[key])
-        data = load_embeddings(path)
+        data = load_embeddings(path, train.dataset)
     if limit:
         data["z_train"], data["y_train"] = data["z_train"][:limit], data["y_train"][:limit]
     data["path"] = path
@@ -345,43 +347,48 @@ def learning_curves(histories: dict[str, dict[str, Any]], baselines: dict[str, f
     return figure
 
 
-RESULT_COLUMNS = ("embedding+flow", "dims", "test NLL", "Gaussian", "mixture", "gain over Gaussian",
-                  "gain over mixture", "k-NN original", "k-NN refined", "best epoch / run",
-                  "s per epoch")
+RESULT_COLUMNS = ("embedding+flow", "dims", "test NLL", "Gaussian", "mixture (components)",
+                  "gain over Gaussian", "gain over mixture", "k-NN original (k)", "k-NN refined",
+                  "best epoch / run", "s per epoch")
 
 
 def result_row(meta: dict[str, Any]) -> list[str]:
-    r = meta["results"]
+    r = dict(meta["results"])
+    for key, setting in (("mixture_components", "gmm_components"), ("knn_k", "knn_k")):
+        r.setdefault(key, meta.get("settings", {}).get(setting))  # the run's own settings
     return [f"{meta['encoder']}+{meta['flow']}", str(r["dims"]) + (" (sphere chart)"
             if r["sphere_radius"] else ""), f"{r['test_nll']:.3f}", f"{r['gaussian_nll']:.3f}",
-            f"{r['mixture_nll']:.3f}", f"{r['gaussian_nll'] - r['test_nll']:+.3f}",
-            f"{r['mixture_nll'] - r['test_nll']:+.3f}", f"{r['knn_original']:.4f}",
+            f"{r['mixture_nll']:.3f} ({r['mixture_components']})",
+            f"{r['gaussian_nll'] - r['test_nll']:+.3f}", f"{r['mixture_nll'] - r['test_nll']:+.3f}",
+            f"{r['knn_original']:.4f} ({r['knn_k']})",
             f"{r['knn_refined']:.4f}", f"{r['best_epoch']} / {r['epochs_run']}",
             f"{r['seconds_per_epoch']:.1f}"]
 
 
-def results_markdown(metas: list[dict[str, Any]], train: FlowTraining) -> str:
-    """The table of every refined embedding of the dataset found on disk."""
-    dataset = train.dataset
+def results_markdown(metas: list[dict[str, Any]], dataset: str) -> str:
+    """The table of every refined embedding of the dataset found on disk; each row states what
+    it was made with (rows may come from runs of other settings; each file's meta holds all)."""
     lines = [f"# Flows on {dataset} embeddings", "",
              "Written by `flows.py` from the `meta` of every `" + dataset + "_<enc>+<flow>.npz` in "
-             "the embeddings folder. NLL: test split, nats per dimension, in the standardised "
-             "model space (vectors of one norm: stereographic chart coordinates), lower is "
-             "better; the Gaussian (full covariance) and the " + str(train.gmm_components)
-             + "-component full-covariance mixture were fitted to the same train split in the "
-             "same run. Gain = baseline NLL - flow NLL. k-NN: k=" + str(train.knn_k)
-             + ", fitted on train, test accuracy, original embedding beside the refined one "
-             "(base-space coordinates).", "",
+             "the embeddings folder (each row from its own run; that file's meta holds the run's "
+             "settings). NLL: test split, nats per dimension, in the standardised model space "
+             "(vectors of one norm: stereographic chart coordinates), lower is better; the "
+             "Gaussian (full covariance) and the full-covariance mixture (its components in "
+             "brackets) were fitted to the same train split in the row's run. Gain = baseline "
+             "NLL - flow NLL. k-NN (its k in brackets): fitted on train, test accuracy, original "
+             "embedding beside the refined one (base-space coordinates).", "",
              "| " + " | ".join(RESULT_COLUMNS) + " |", "| --- " * len(RESULT_COLUMNS) + "|"]
     lines += ["| " + " | ".join(result_row(m)) + " |" for m in metas]
     return "\n".join(lines) + "\n"
 
 
+@holds_output_locks
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     train = pick(FlowTraining, values)
     config = pick(FlowConfig, values)
     root = Path(train.data_dir)
+    hold_output_lock(root / ".lock-flows", "flows.py")
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "results", "checkpoints/flows")}
     limit_cpu_threads(values["threads"])
@@ -389,6 +396,9 @@ def main(argv: list[str] | None = None) -> None:
     # every check up front
     inputs = {encoder: load_stage1(encoder, train) for encoder in train.encoders}
     for data in inputs.values():
+        if train.knn_k > len(data["z_train"]):
+            raise StageError(f"--knn-k {train.knn_k}: {data['path']} holds only "
+                             f"{len(data['z_train'])} training embeddings (--limit {train.limit})")
         if len(data["z_train"]) < max(2 * train.gmm_components, 20):
             raise StageError(f"{data['path']}: {len(data['z_train'])} training embeddings "
                              f"(--limit {train.limit}) are too few for a validation split and a "
@@ -472,10 +482,14 @@ def main(argv: list[str] | None = None) -> None:
     metas = []
     for path in sorted(folders["embeddings"].glob(f"{train.dataset}_*+*.npz")):
         if not path.name.endswith(".gen.npz"):
-            meta = load_npz(path, {})["meta"]
+            try:
+                meta = load_npz(path, {})["meta"]
+            except StageError as err:  # another file, broken: it is no row, this run stands
+                print(f"warning: left out of the table: {err}")
+                continue
             if meta.get("script") == Path(__file__).name and "results" in meta:
                 metas.append(meta)
-    table = results_markdown(metas, train)
+    table = results_markdown(metas, train.dataset)
     out = write_text(folders["results"] / f"flows_{train.dataset}.md", table)
     print("\n" + table.split("\n\n", 2)[2] + f"\nwrote {out}")
 

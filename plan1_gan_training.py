@@ -35,6 +35,8 @@ import scoring
 from artifacts import (
     ensure_output_dir,
     fingerprint,
+    hold_output_lock,
+    holds_output_locks,
     load_embeddings,
     make_meta,
     remake_hint,
@@ -82,8 +84,8 @@ DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 NOISE_DIM = 32  # size of the generator's noise z [>= 1]
-WIDTH = 32  # channels of the 14x14 conv layers of G and D (twice as many at 7x7) [>= 1]
-FEATURE_DIM = 256  # width of the discriminator's feature layer [>= 1]
+WIDTH = 32  # channels of the 14x14 conv layers of G and D (twice as many at 7x7) [>= 1, <= 1024]
+FEATURE_DIM = 256  # width of the discriminator's feature layer [>= 1, <= 8192]
 LOSS = "hinge"  # adversarial loss [in LOSS_NAMES]
 GRADIENT_PENALTY = 0.0  # weight of the WGAN-GP gradient penalty (10 with wasserstein) [>= 0]
 SPECTRAL_NORM = True  # spectral normalisation of every discriminator layer
@@ -257,6 +259,7 @@ def report_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@holds_output_locks
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     run = pick(Plan1Settings, values)
@@ -271,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
                             f"{EVALUATOR_FEATURE_DIM}-d features needs more than "
                             f"{EVALUATOR_FEATURE_DIM} images (0: all)")
     root = Path(run.data_dir)
+    hold_output_lock(root / ".lock-plan1_gan_training", "plan1_gan_training.py")
     folders = {name: ensure_output_dir(root / name) for name in
                ("samples/plan1", "visualizations", "checkpoints/plan1")}
     limit_cpu_threads(values["threads"])

@@ -40,8 +40,11 @@ import scoring
 from artifacts import (
     ensure_output_dir,
     fingerprint,
+    hold_output_lock,
+    holds_output_locks,
     load_checkpoint,
     load_embeddings,
+    load_npz,
     make_meta,
     remake_hint,
     save_figure,
@@ -93,13 +96,13 @@ EPOCHS = 120  # total epochs per model (with --no-lr-decay, more continues a fin
 BATCH_SIZE = 256  # embeddings per step [>= 2]
 LIMIT = 0  # train on the first N training embeddings only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order, noise, the halves and the saved samples [>= 0]
-ENSEMBLE = 1  # generators per model, member k trained as --seed SEED+k; samples split evenly [>= 1]
+ENSEMBLE = 1  # generators per model, member k seeded SEED+k; samples split evenly [>= 1, <= 32]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 NOISE_DIM = 32  # size of the generator's noise (VAE-GAN: of its latent code) [>= 1]
-HIDDEN = 256  # width of every hidden layer of every network [>= 1]
-DEPTH = 3  # hidden layers of every generator, critic and encoder [>= 1]
+HIDDEN = 256  # width of every hidden layer of every network [>= 1, <= 8192]
+DEPTH = 3  # hidden layers of every generator, critic and encoder [>= 1, <= 32]
 WGAN_CONDITIONAL = True  # WGAN-GP and flow matching generate a class asked for (y_gen)
 GRADIENT_PENALTY = 10.0  # WGAN-GP penalty weight of the Wasserstein models (paper: 10) [>= 0]
 N_CRITIC = 5  # critic steps per generator step of the Wasserstein models (paper: 5) [>= 1]
@@ -118,7 +121,7 @@ CYCLE_WEIGHT = 1.0  # CycleGAN: weight of the L1 cycle-consistency loss (paper: 
 IDENTITY_WEIGHT = 0.0  # CycleGAN: weight of the L1 identity loss, when dims match [>= 0]
 DUALGAN_RECONSTRUCTION = 20.0  # DualGAN: weight of its L1 reconstruction loss [>= 0]
 FM_STEPS = 100  # flow matching: Euler steps of its sampler from noise to data [>= 1]
-SAMPLES = 10000  # embeddings generated per model into <ds>_<enc>_<gan>.gen.npz [>= 10]
+SAMPLES = 10000  # embeddings generated per model into <ds>_<enc>_<gan>.gen.npz [>= 10, <= 1000000]
 VALIDATION_SAMPLES = 2000  # samples per epoch whose Fréchet distance picks the best epoch [>= 0]
 PLOTS = True  # draw loss curves and the PCA / t-SNE picture of real vs generated embeddings
 PLOT_POINTS = 1000  # real and generated points (each) in the PCA / t-SNE picture [>= 10]
@@ -181,10 +184,7 @@ def load_source(encoder: str, run: Plan2Settings) -> tuple[Path, dict[str, Any]]
     if not path.is_file():
         raise StageError(f"{path} not found; make it with: {making_command(encoder, run)}")
     with remake_hint(making_command(encoder, run)):
-        data = load_embeddings(path)
-    recorded = data["meta"].get("dataset")
-    if recorded is not None and recorded != run.dataset:
-        raise StageError(f"{path}: its meta says dataset {recorded!r}, not {run.dataset!r}")
+        data = load_embeddings(path, run.dataset)
     classes = len(CLASS_NAMES[run.dataset])
     for key in ("y_train", "y_test"):
         labels = data[key]
@@ -195,8 +195,14 @@ def load_source(encoder: str, run: Plan2Settings) -> tuple[Path, dict[str, Any]]
 
 
 def check_same_images(path_a: Path, a: dict[str, Any], path_b: Path, b: dict[str, Any]) -> None:
-    """Two embedding files for translation must embed the same images in the same order."""
+    """Two embedding files for translation must embed the same images in the same order: both
+    say their dataset in their meta, the same one, with as many embeddings and equal labels."""
     between = f"{path_a.name} and {path_b.name}"
+    for path, data in ((path_a, a), (path_b, b)):
+        if data["meta"].get("dataset") is None:
+            raise StageError(f"{path}: its meta names no dataset, so nothing says it embeds the "
+                             f"images of the other file; translation needs files written by "
+                             f"encoder_models.py or flows.py")
     datasets = (a["meta"].get("dataset"), b["meta"].get("dataset"))
     if datasets[0] != datasets[1]:
         raise StageError(f"{between} embed different datasets ({datasets[0]!r}, "
@@ -420,6 +426,33 @@ def train(name: str, model: GANModel, sizes: Sizes, make_batches: Any, steps: in
     return trainer, report, trainer.training_seconds()
 
 
+def plain_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A table row as JSON keeps it in a file's meta (NumPy numbers become Python ones)."""
+    return json.loads(json.dumps(row, default=float))
+
+
+def rows_on_disk(folder: Path, pattern: str, match: dict[str, str]) -> list[dict[str, Any]]:
+    """The table rows stored in the meta of this stage's files ``folder/pattern`` whose meta
+    agrees with ``match``, in the order of the registry: every model trained so far, each from
+    its own run (a table rebuilt from the files, never only the last run's models)."""
+    found = {}
+    for path in sorted(folder.glob(pattern)):
+        try:
+            meta = load_npz(path, {})["meta"]
+        except StageError as err:  # someone else's broken file: no row, this run stands
+            print(f"warning: left out of the table: {err}")
+            continue
+        if meta.get("script") != Path(__file__).name or any(
+                meta.get(key) != value for key, value in match.items()):
+            continue
+        if "table_row" not in meta:
+            print(f"warning: {path} was written before rows were stored in files; it is left "
+                  f"out of the table (run its model again to add it)")
+            continue
+        found[meta.get("gan")] = meta["table_row"]
+    return [found[name] for name in VECTOR_GANS if name in found]
+
+
 def generator_table(rows: list[dict[str, Any]]) -> str:
     """One row per generator: each value ± half its 95% interval (KID: ± its sd over subsets)
     beside its floor (as many real train embeddings) or the real embeddings' value."""
@@ -544,13 +577,18 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
         out = folders["embeddings"] / f"{tag}.gen.npz"
         metric_values = scoring.plan2_metrics(out, {"z_gen": z_gen, **classes}, real,
                                               score_settings)
+        train_seconds = None if None in seconds else sum(seconds)
+        row = plain_row({"model": name if one else f"{name} x{run.ensemble}",
+                         "epochs": ", ".join(str(t.epoch) for t in trainers),
+                         "best_epoch": ", ".join(str(r.best_epoch) for r in reports),
+                         "train_seconds": train_seconds, **metric_values})
         meta = make_meta(__file__, values, run.dataset, run.seed, gan=name, encoder=run.encoder,
                          source_embeddings=source.name, embeddings_hash=embedding_hash,
                          train_embeddings=n_train, ensemble=run.ensemble,
                          member_seeds=[run.seed + k for k in range(run.ensemble)], **per_member,
-                         train_seconds=None if None in seconds else sum(seconds),
-                         conditional=conditional,
-                         parameters=sum(p.numel() for p in bests[0].parameters()))
+                         train_seconds=train_seconds, conditional=conditional,
+                         parameters=sum(p.numel() for p in bests[0].parameters()),
+                         table_row=row)
         written = [save_npz(out, {"z_gen": z_gen, **classes}, meta)]
         for decoder, decode in decoders.items():
             suffix = "" if decoder == "decoder" else f"_{decoder}"
@@ -572,10 +610,7 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
                                        f"{run.log_every} steps"),
                     folders["visualizations"] / f"plan2_{tag}{member_suffix(member)}_losses.png"))
         print(f"{name}: wrote {', '.join(str(p) for p in written)}")
-        rows.append({"model": name if one else f"{name} x{run.ensemble}",
-                     "epochs": ", ".join(str(t.epoch) for t in trainers),
-                     "best_epoch": ", ".join(str(r.best_epoch) for r in reports),
-                     "train_seconds": meta["train_seconds"], **metric_values})
+        rows.append(row)
     return rows
 
 
@@ -636,6 +671,9 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
                                                                   batch) - test_a) ** 2))
         metric_values["cycle_error_b"] = float(np.mean((translate(
             best, translate(best, test_b, "b_to_a", batch), "a_to_b", batch) - test_b) ** 2))
+        row = plain_row({"model": name, "epochs": trainer.epoch,
+                         "best_epoch": report.best_epoch, "train_seconds": seconds,
+                         **metric_values})
         meta = make_meta(__file__, values, run.dataset, run.seed, gan=name, encoder=run.encoder,
                          encoder_b=run.encoder_b, source_embeddings=path_a.name,
                          target_embeddings=path_b.name, embeddings_hash=embedding_hash,
@@ -645,7 +683,7 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
                          diverged=report.diverged, train_seconds=seconds,
                          cycle_error_a=metric_values["cycle_error_a"],
                          cycle_error_b=metric_values["cycle_error_b"],
-                         parameters=sum(p.numel() for p in model.parameters()))
+                         parameters=sum(p.numel() for p in model.parameters()), table_row=row)
         written = [save_npz(out, {"z_translated": z_translated,
                                   "y_test": real_a["y_test"].astype(np.int64)}, meta)]
         if run.plots:
@@ -656,11 +694,11 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
                 f"vs {run.encoder} test embeddings translated",
                 (f"true {run.encoder_b}", f"translated from {run.encoder}"), run)
         print(f"{name}: wrote {', '.join(str(p) for p in written)}")
-        rows.append({"model": name, "epochs": trainer.epoch, "best_epoch": report.best_epoch,
-                     "train_seconds": seconds, **metric_values})
+        rows.append(row)
     return rows
 
 
+@holds_output_locks
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     run = pick(Plan2Settings, values)
@@ -668,10 +706,14 @@ def main(argv: list[str] | None = None) -> None:
     score_settings = scoring.ScoringSettings(seed=run.seed)
     generators = [m for m in run.models if m in GENERATORS]
     translators = [m for m in run.models if m in TRANSLATORS]
+    if generators and run.ensemble > run.samples:
+        raise SettingsError(f"--ensemble {run.ensemble} is more than --samples {run.samples}: "
+                            f"every member draws at least one sample")
     if translators and run.encoder_b == run.encoder:
         raise SettingsError(f"--encoder-b {run.encoder_b} is --encoder too; "
                             f"{', '.join(translators)} translate between two different embeddings")
     root = Path(run.data_dir)
+    hold_output_lock(root / ".lock-plan2_gan_training", "plan2_gan_training.py")
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "checkpoints/plan2", "samples/plan2", "results")}
     limit_cpu_threads(values["threads"])
@@ -698,13 +740,17 @@ def main(argv: list[str] | None = None) -> None:
                               + (" per translation half" if VECTOR_GANS[name].translator else ""))
     print(f"{run.dataset}: {n_train} train, {len(real_a['z_test'])} test embeddings of "
           f"{real_a['z_train'].shape[1]} dims from {path_a}; device {device}")
-    header = (f"Written by `plan2_gan_training.py`; settings: "
+    header = ("Written by `plan2_gan_training.py` from the `meta` of its files in the embeddings "
+              "folder: one row per model trained so far, each from its own run, whose settings "
+              "that file's meta holds. The last run's settings: "
               f"`{json.dumps(values, default=str)}`.\n")
     written = []
     if generators:
-        rows = train_generators(generators, real_a, path_a, n_train, folders, values, device,
-                                run, config, score_settings)
-        table = generator_table(rows)
+        train_generators(generators, real_a, path_a, n_train, folders, values, device,
+                         run, config, score_settings)
+        table = generator_table(rows_on_disk(folders["embeddings"],
+                                             f"{run.dataset}_{run.encoder}_*.gen.npz",
+                                             {"dataset": run.dataset, "encoder": run.encoder}))
         print(f"\n{run.dataset} {run.encoder}: {run.samples} generated embeddings against the "
               f"{len(real_a['z_test'])} real test embeddings (floors: as many real train "
               f"embeddings); TSTR: k-NN fitted on generated, scored on real test; ± half the "
@@ -715,9 +761,11 @@ def main(argv: list[str] | None = None) -> None:
             f"# Plan 2 on {run.dataset} {run.encoder} embeddings\n\n{header}\n"
             f"## Generated embeddings\n\n{table}\n"))
     if translators:
-        rows = train_translators(translators, real_a, path_a, real_b, path_b, n_train, folders,
-                                 values, device, run, config, score_settings)
-        table = translation_table(rows)
+        train_translators(translators, real_a, path_a, real_b, path_b, n_train, folders,
+                          values, device, run, config, score_settings)
+        table = translation_table(rows_on_disk(
+            folders["embeddings"], f"{run.dataset}_{run.encoder}-to-{run.encoder_b}_*.npz",
+            {"dataset": run.dataset, "encoder": run.encoder, "encoder_b": run.encoder_b}))
         print(f"\n{run.dataset} {run.encoder} -> {run.encoder_b}, trained on disjoint halves of "
               f"{n_train} training images (no pairs), scored on the {len(real_a['z_test'])} "
               f"test images: cosine in B's standardised space; cycle error: mean squared error "

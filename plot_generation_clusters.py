@@ -32,7 +32,15 @@ from matplotlib.patches import Circle
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from artifacts import ensure_output_dir, load_npz, make_meta, save_figure, write_text
+from artifacts import (
+    ensure_output_dir,
+    hold_output_lock,
+    holds_output_locks,
+    load_npz,
+    make_meta,
+    save_figure,
+    write_text,
+)
 from generation_metrics import (
     centre_distance,
     check_generations,
@@ -498,6 +506,7 @@ def draw_reference(metrics: dict[str, Any], dims: int) -> Figure:
     return figure
 
 
+@holds_output_locks
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     s = pick(DriftPlotSettings, values)
@@ -526,6 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     visualization_dir, results_dir = Path(s.visualization_dir), Path(s.results_dir)
     ensure_output_dir(visualization_dir)
     ensure_output_dir(results_dir)
+    hold_output_lock(results_dir / ".lock-plot_generation_clusters", "plot_generation_clusters.py")
 
     metrics = drift_metrics(captions, generations, s.seed)
     if s.reference_dir:

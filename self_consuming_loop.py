@@ -63,6 +63,8 @@ from artifacts import (
     check_settings_match,
     ensure_output_dir,
     fingerprint,
+    hold_output_lock,
+    holds_output_locks,
     load_checkpoint,
     load_npz,
     make_meta,
@@ -117,8 +119,8 @@ DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS, OpenMP (0: library default; more were slower here) [>= 0]
 NOISE_DIM = 32  # size of the generator's noise z [>= 1]
-WIDTH = 32  # channels of the 14x14 conv layers of G and D (twice as many at 7x7) [>= 1]
-FEATURE_DIM = 256  # width of the discriminator's feature layer [>= 1]
+WIDTH = 32  # channels of the 14x14 conv layers of G and D (twice as many at 7x7) [>= 1, <= 1024]
+FEATURE_DIM = 256  # width of the discriminator's feature layer [>= 1, <= 8192]
 LOSS = "hinge"  # adversarial loss [in LOSS_NAMES]
 GRADIENT_PENALTY = 0.0  # weight of the WGAN-GP gradient penalty (10 with wasserstein) [>= 0]
 SPECTRAL_NORM = True  # spectral normalisation of every discriminator layer
@@ -618,6 +620,8 @@ def run_loop(loop: Loop, values: dict[str, Any], real: scoring.RealImages,
     run, data = loop.run, loop.data
     name = run_name(run, loop.regime)
     run_dir = ensure_output_dir(Path(run.data_dir) / name)
+    hold_output_lock(Path(run.data_dir) / f".lock-self_consuming_loop-{name}",
+                     f"self_consuming_loop.py, loop {name}")
     results_path = folders["results"] / f"{name}_metrics.json"
     records = read_results(results_path, loop.settings())
     done = {int(r["generation"]) for r in records}
@@ -694,12 +698,15 @@ def run_loop(loop: Loop, values: dict[str, Any], real: scoring.RealImages,
               f"class consistency {metric_values['class_consistency']:.3f}, recall "
               f"{metric_values['recall']:.3f}; wrote {folder}/ ({run.n_images} images)",
               flush=True)
-    records = [r for r in records if int(r["generation"]) <= run.generations]
+    # Every finished generation on record, also those of an earlier, longer run: the figure,
+    # the printed table and the metrics file show the same generations.
+    records = [r for r in records if (run_dir / f"gen_{int(r['generation'])}.npz").is_file()]
+    shown = [int(r["generation"]) for r in records]
     all_images = [load_npz(run_dir / f"gen_{g}.npz", {"x_gen": (3, "u")})["x_gen"]
-                  for g in range(run.generations + 1)]
+                  for g in shown]
     grid_ids = [int(np.flatnonzero(prompt_labels == c)[0]) for c in np.unique(prompt_labels)]
     rows = [data.x_test[grid_ids]] + [images[grid_ids] for images in all_images]
-    labels = ["real"] + [f"gen {g}" for g in range(run.generations + 1)]
+    labels = ["real"] + [f"gen {g}" for g in shown]
     figure = image_grid_figure(rows, labels, f"{name}: the first test prompt of each class, "
                                              f"drawn by every generation (same noise)")
     import matplotlib.pyplot as plt
@@ -729,6 +736,7 @@ def make_loop(values: dict[str, Any], seed: int, data: ImageDataset,
                    start=start_checkpoint(loop_dir, probe.start_settings()))
 
 
+@holds_output_locks
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     base = pick(LoopRun, values, seed=values["seeds"][0])

@@ -36,6 +36,8 @@ from artifacts import (
     check_settings_match,
     ensure_output_dir,
     give_umask_permissions,
+    hold_output_lock,
+    holds_output_locks,
     load_checkpoint,
     make_meta,
     replace_directory,
@@ -75,7 +77,7 @@ SEED = 0  # seeds weights, batch order and template choice [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS, OpenMP (0: library default; more were slower here) [>= 0]
-HIDDEN_SIZE = 64  # width of both transformer towers [>= 8]
+HIDDEN_SIZE = 64  # width of both transformer towers [>= 8, <= 4096]
 VISION_LAYERS = 4  # transformer layers of the image tower [>= 1]
 TEXT_LAYERS = 2  # transformer layers of the text tower [>= 1]
 HEADS = 4  # attention heads per layer (must divide --hidden-size) [>= 1]
@@ -288,12 +290,14 @@ def confusion_figure(labels: np.ndarray, predicted: np.ndarray, class_names: lis
     return figure
 
 
+@holds_output_locks
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     s = pick(ClipSettings, values)
     if s.hidden_size % s.heads:
         raise SettingsError(f"--heads {s.heads} does not divide --hidden-size {s.hidden_size}")
     root = Path(s.data_dir)
+    hold_output_lock(root / ".lock-train_small_clip", "train_small_clip.py")
     folders = {name: ensure_output_dir(root / name) for name in
                ("checkpoints/clip", "results", "visualizations")}
     output_dir = Path(s.output_dir) if s.output_dir else root / "checkpoints" / f"clip_{s.dataset}"

@@ -545,6 +545,12 @@ def test_bad_embedding_files_are_refused_naming_file_and_column(tmp_path):
     with pytest.raises(StageError, match=r"digits_inf\.npz: column 5 of z_test holds 1 NaN or "
                                          r"infinite"):
         run_main(tmp_path, "--encoders", "inf")
+    save_npz(tmp_path / "embeddings" / "digits_other.npz", arrays, {"dataset": "mnist"})
+    with pytest.raises(StageError, match=r"digits_other\.npz: its meta says dataset 'mnist', "
+                                         r"not 'digits'"):
+        run_main(tmp_path, "--encoders", "other")
+    with pytest.raises(StageError, match=r"--knn-k 100000: .*digits_pca\.npz holds only"):
+        run_main(tmp_path, "--encoders", "pca", "--knn-k", "100000")
     assert not list((tmp_path / "embeddings").glob("*+*"))  # refused before any training
 
 

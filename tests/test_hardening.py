@@ -9,6 +9,7 @@ outputs left byte for byte as they were.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import resource
 import shutil
@@ -563,3 +564,25 @@ def test_every_script_has_valid_defaults_and_readable_rules(script, capsys):
     for name, comment in declared_settings((ROOT / script).read_text()):
         assert comment, (script, name)
     assert "error:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("script", "argv", "message"), [
+    ("plan2_gan_training", ["--ensemble", "1000000"], "--ensemble 1000000: must be <= 32"),
+    ("plan2_gan_training", ["--hidden", "100000000"], "--hidden 100000000: must be <= 8192"),
+    ("plan2_gan_training", ["--samples", "1000000000"], "must be <= 1000000"),
+    ("plan1_gan_training", ["--width", "100000"], "--width 100000: must be <= 1024"),
+    ("self_consuming_loop", ["--width", "100000"], "--width 100000: must be <= 1024"),
+    ("train_small_clip", ["--hidden-size", "1000000"], "must be <= 4096"),
+    ("flows", ["--hidden", "100000000"], "must be <= 8192"),
+    ("encoder_models", ["--embedding-dim", "100000"], "must be <= 4096"),
+])
+def test_sizes_that_cannot_fit_in_memory_are_refused_before_anything_runs(capsys, script, argv,
+                                                                            message):
+    """Upper bounds on network and sample sizes: one line and exit 2, not an allocator
+    traceback after minutes or gigabytes of checkpoints."""
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exited:
+        configure(vars(module), argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err

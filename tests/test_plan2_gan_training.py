@@ -529,7 +529,9 @@ def test_nan_loss_stops_and_keeps_the_best_checkpoint(stage1, tmp_path, monkeypa
     (("--encoder-b", "short"), "hold 1347 and 1000 train embeddings"),
     (("--encoder-b", "shuffled"), "y_test differs at"),
     (("--encoder-b", "mnist"), "its meta says dataset 'mnist', not 'digits'"),
+    (("--encoder-b", "nometa"), "digits_nometa.npz: its meta names no dataset"),
     (("--limit", "200"), "--limit 200 leaves 100 training embeddings per translation half"),
+    (("--ensemble", "20", "--samples", "10"), "--ensemble 20 is more than --samples 10"),
 ])
 def test_bad_inputs_stop_with_one_clear_error(stage1, tmp_path, case, message):
     root = fresh_copy(stage1, tmp_path / "data")
@@ -540,6 +542,7 @@ def test_bad_inputs_stop_with_one_clear_error(stage1, tmp_path, case, message):
     save_npz(root / "embeddings" / "digits_shuffled.npz",
              {**pca, "y_test": np.roll(pca["y_test"], 1)}, meta)
     save_npz(root / "embeddings" / "digits_mnist.npz", pca, {**meta, "dataset": "mnist"})
+    np.savez(root / "embeddings" / "digits_nometa.npz", **pca)
     with pytest.raises((StageError, SettingsError)) as raised:
         run_main(root, *case, "--epochs", "1")
     assert message in str(raised.value)
@@ -795,3 +798,23 @@ def test_flow_matching_learns_a_two_dimensional_mixture_through_the_gan_loop(tmp
                          LoopSettings(lr_generator=2e-3, betas=(0.9, 0.999), ema_decay=0.99))
     assert rebuilt.fit(lambda epoch: tensor_batches(tensors, 100, 0, epoch), 15,
                        tmp_path / "fm.pt", {"test": 1}).trained_epochs == 0  # resumed finished
+
+
+def test_tables_hold_every_model_on_disk_each_from_its_own_run(stage1, tmp_path, capsys):
+    """A run of one model keeps the rows of the models trained before it (rebuilt from the
+    files' meta), in registry order; a broken file of someone else's is left out with a line."""
+    root = fresh_copy(stage1, tmp_path / "data")
+    run_main(root, "--models", "wgan_gp,cyclegan", "--epochs", "1")
+    first = (root / "results" / "plan2_digits_ae_basic.md").read_text()
+    wgan_row = next(line for line in first.splitlines() if line.startswith("| wgan_gp |"))
+    (root / "embeddings" / "digits_ae_basic_broken.gen.npz").write_bytes(b"not a zip")
+    capsys.readouterr()
+    run_main(root, "--models", "flow_matching", "--epochs", "2")
+    assert "warning: left out of the table:" in capsys.readouterr().out
+    table = (root / "results" / "plan2_digits_ae_basic.md").read_text().splitlines()
+    models = [line.split(" | ")[0][2:] for line in table if line.startswith("| ")][2:]
+    assert models == ["wgan_gp", "flow_matching"]  # registry order, the earlier row kept
+    assert wgan_row in table  # as its own run wrote it (1 epoch), not restated
+    assert any(line.startswith("| flow_matching | 2 (") for line in table)
+    translation = (root / "results" / "plan2_digits_ae_basic-to-pca.md").read_text()
+    assert translation.count("| cyclegan | 1 (") == 1

@@ -315,6 +315,14 @@ def test_a_longer_loop_continues_from_the_finished_generations(straight, tmp_pat
     records = json.loads((data_dir / "results" / f"{RUN}_metrics.json").read_text())
     assert [r["generation"] for r in records["generations"]] == [0, 1, 2]
     assert len(list((data_dir / RUN / "gen_2").iterdir())) == N_IMAGES
+    figure = data_dir / "visualizations" / f"{RUN}_samples.png"
+    height = Image.open(figure).size[1]
+    # Run again with fewer generations: nothing trains, and the figure and the table still show
+    # every finished generation, as the metrics file does.
+    code, out, err = run_in_process(data_dir, "--generations", "1", capsys=capsys)
+    assert code == 0, err
+    assert not any(f"gen {g}: trained" in out for g in range(3)) and "| 2 | gen 1 |" in out
+    assert Image.open(figure).size[1] == height
 
 
 def test_other_settings_and_impossible_sizes_are_refused(straight, capsys):
