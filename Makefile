@@ -30,9 +30,10 @@ fashion-data:
 	fi
 
 # The demo: every stage on Fashion-MNIST in a preset that spends the time where it shows, as two
-# chains on the two CPU cores (make -j2): stage 1 -> Plan 1 -> Plan 2 -> flows, and the evaluator
-# CNN -> the self-consuming loop -> the small CLIP -> the drift figures; then evaluate.py and the
-# report (demo_report.py). Each stage's output goes to $(DEMO)/<stage>.log; `make demo` again
+# chains on the two CPU cores (make -j2): the vae encoder -> Plan 1 (cgan) -> Plan 2 (wgan_gp and
+# flow matching) -> a flow on vae, and the evaluator CNN -> the self-consuming loop -> the small
+# CLIP -> the drift figures -> the ae_basic encoder -> a flow on it; then evaluate.py and the
+# report (demo_report.py). Translation (CycleGAN, DualGAN) is in `make demo-all`. Each stage's output goes to $(DEMO)/<stage>.log; `make demo` again
 # redoes nothing that finished (delete $(DEMO) to run the stages again; they resume).
 # `make demo-all` runs every model of every stage at the old quick preset.
 DEMO := $(DATA_DIR)/.demo
@@ -46,13 +47,16 @@ RUN = @echo "[$(1)] started"; start=$$(date +%s); \
 EVALUATOR_CMD = $(PY) -c "import data_sources, runtime, scoring; \
 	scoring.load_evaluator(data_sources.load_dataset('$(DS)', '$(DATA_DIR)'), runtime.pick_device('auto'), \
 	scoring.EvaluatorSettings(data_dir='$(DATA_DIR)'))"
-ENCODERS_CMD = $(PY) encoder_models.py --dataset $(DS) --models vae,ae_basic --epochs 3 --data-dir $(DATA_DIR)
+ENCODER_VAE_CMD = $(PY) encoder_models.py --dataset $(DS) --models vae --epochs 3 --data-dir $(DATA_DIR)
+ENCODER_AE_CMD = $(PY) encoder_models.py --dataset $(DS) --models ae_basic --epochs 2 --data-dir $(DATA_DIR)
 PLAN1_CMD = $(PY) plan1_gan_training.py --dataset $(DS) --encoder vae --models cgan --epochs 3 \
 	--lr-generator 1e-3 --lr-discriminator 1e-3 --ema-decay 0.99 --data-dir $(DATA_DIR)
-PLAN2_CMD = $(PY) plan2_gan_training.py --dataset $(DS) --encoder vae --encoder-b ae_basic \
-	--models wgan_gp,flow_matching,cyclegan --limit 10000 --batch-size 64 --mode-seeking 0.5 \
+PLAN2_CMD = $(PY) plan2_gan_training.py --dataset $(DS) --encoder vae \
+	--models wgan_gp,flow_matching --limit 10000 --batch-size 64 --mode-seeking 0.5 \
 	--data-dir $(DATA_DIR)
-FLOWS_CMD = $(PY) flows.py --dataset $(DS) --encoders vae,ae_basic --flows realnvp --epochs 10 \
+FLOWS_VAE_CMD = $(PY) flows.py --dataset $(DS) --encoders vae --flows realnvp --epochs 10 \
+	--data-dir $(DATA_DIR)
+FLOWS_AE_CMD = $(PY) flows.py --dataset $(DS) --encoders ae_basic --flows realnvp --epochs 10 \
 	--data-dir $(DATA_DIR)
 LOOP_CMD = $(PY) self_consuming_loop.py --dataset $(DS) --generations 5 --epochs-first 15 --epochs 1 \
 	--kid-subsets 20 --data-dir $(DATA_DIR)
@@ -64,24 +68,30 @@ DRIFT_CMD = $(PY) extract_generation_embeddings.py --model $(DATA_DIR)/checkpoin
 	$(PY) plot_generation_clusters.py --generations 0,2,5 --embedding-dir $(DATA_DIR)/embeddings \
 	--visualization-dir $(DATA_DIR)/visualizations --results-dir $(DATA_DIR)/results \
 	--reference-dir $(DATA_DIR)/$(DS)_loop_reference
-EVALUATE_CMD = $(PY) evaluate.py --data-dir $(DATA_DIR) --threads 2
+EVALUATE_CMD = $(PY) evaluate.py --data-dir $(DATA_DIR) --threads 2 --plot-points 1000
 
 $(DEMO)/evaluator:
 	@mkdir -p $(DEMO)
 	$(call RUN,evaluator,EVALUATOR_CMD)
 
-$(DEMO)/encoders:
+$(DEMO)/encoder-vae:
 	@mkdir -p $(DEMO)
-	$(call RUN,encoders,ENCODERS_CMD)
+	$(call RUN,encoder-vae,ENCODER_VAE_CMD)
 
-$(DEMO)/plan1: $(DEMO)/encoders $(DEMO)/evaluator
+$(DEMO)/plan1: $(DEMO)/encoder-vae $(DEMO)/evaluator
 	$(call RUN,plan1,PLAN1_CMD)
 
 $(DEMO)/plan2: $(DEMO)/plan1
 	$(call RUN,plan2,PLAN2_CMD)
 
-$(DEMO)/flows: $(DEMO)/plan2
-	$(call RUN,flows,FLOWS_CMD)
+$(DEMO)/flows-vae: $(DEMO)/plan2
+	$(call RUN,flows-vae,FLOWS_VAE_CMD)
+
+$(DEMO)/encoder-ae: $(DEMO)/drift
+	$(call RUN,encoder-ae,ENCODER_AE_CMD)
+
+$(DEMO)/flows-ae: $(DEMO)/encoder-ae
+	$(call RUN,flows-ae,FLOWS_AE_CMD)
 
 $(DEMO)/loop: $(DEMO)/evaluator
 	$(call RUN,loop,LOOP_CMD)
@@ -92,7 +102,7 @@ $(DEMO)/clip: $(DEMO)/loop
 $(DEMO)/drift: $(DEMO)/clip
 	$(call RUN,drift,DRIFT_CMD)
 
-demo-stages: $(DEMO)/flows $(DEMO)/drift
+demo-stages: $(DEMO)/flows-vae $(DEMO)/flows-ae
 
 demo: install fashion-data
 	@start=$$(date +%s); $(MAKE) --no-print-directory -j2 demo-stages DATA_DIR=$(DATA_DIR) && \

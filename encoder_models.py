@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     train = pick(EncoderTraining, values)
     config = pick(EncoderConfig, values, flips=FLIP_KEEPS_CLASS[train.dataset])
     root = Path(train.data_dir)
-    hold_output_lock(root / ".lock-encoder_models", "encoder_models.py")
+    for name in train.models:  # one lock per model: runs of other models go side by side
+        hold_output_lock(root / f".lock-encoder_models-{train.dataset}_{name}",
+                         f"encoder_models.py, {train.dataset} {name}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "checkpoints/encoders")}
     device = pick_device(values["device"])

@@ -388,7 +388,9 @@ def main(argv: list[str] | None = None) -> None:
     train = pick(FlowTraining, values)
     config = pick(FlowConfig, values)
     root = Path(train.data_dir)
-    hold_output_lock(root / ".lock-flows", "flows.py")
+    for encoder in train.encoders:  # one lock per embedding: flows of others go side by side
+        hold_output_lock(root / f".lock-flows-{train.dataset}_{encoder}",
+                         f"flows.py, {train.dataset} {encoder}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "results", "checkpoints/flows")}
     limit_cpu_threads(values["threads"])

@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
                             f"{EVALUATOR_FEATURE_DIM}-d features needs more than "
                             f"{EVALUATOR_FEATURE_DIM} images (0: all)")
     root = Path(run.data_dir)
-    hold_output_lock(root / ".lock-plan1_gan_training", "plan1_gan_training.py")
+    hold_output_lock(root / f".lock-plan1_gan_training-{run.dataset}_{run.encoder}",
+                     f"plan1_gan_training.py, {run.dataset} {run.encoder}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("samples/plan1", "visualizations", "checkpoints/plan1")}
     limit_cpu_threads(values["threads"])

@@ -713,7 +713,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SettingsError(f"--encoder-b {run.encoder_b} is --encoder too; "
                             f"{', '.join(translators)} translate between two different embeddings")
     root = Path(run.data_dir)
-    hold_output_lock(root / ".lock-plan2_gan_training", "plan2_gan_training.py")
+    # One lock per output set: a run of generators and one of translators go side by side.
+    if generators:
+        hold_output_lock(root / f".lock-plan2_gan_training-{run.dataset}_{run.encoder}",
+                         f"plan2_gan_training.py, {run.dataset} {run.encoder}")
+    if translators:
+        pair = f"{run.dataset}_{run.encoder}-to-{run.encoder_b}"
+        hold_output_lock(root / f".lock-plan2_gan_training-{pair}",
+                         f"plan2_gan_training.py, {pair}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "checkpoints/plan2", "samples/plan2", "results")}
     limit_cpu_threads(values["threads"])

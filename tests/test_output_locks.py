@@ -38,7 +38,7 @@ def lock_is_free(lock: Path) -> bool:
 
 
 def test_a_second_run_on_the_same_outputs_is_refused_naming_the_first(tmp_path):
-    first = holder(tmp_path / ".lock-flows", "flows.py")
+    first = holder(tmp_path / ".lock-flows-digits_pca", "flows.py")
     try:
         with pytest.raises(StageError) as refused:
             flows.main(["--dataset", "digits", "--data-dir", str(tmp_path), "--encoders", "pca",
@@ -46,11 +46,11 @@ def test_a_second_run_on_the_same_outputs_is_refused_naming_the_first(tmp_path):
         message = str(refused.value)
         assert f"flows.py (pid {first.pid}) is writing here now" in message
         assert "another --data-dir" in message and "\n" not in message
-        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock-flows"]  # nothing written
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock-flows-digits_pca"]
     finally:
         first.kill()
         first.wait()
-    assert lock_is_free(tmp_path / ".lock-flows")  # a killed run leaves no lock behind
+    assert lock_is_free(tmp_path / ".lock-flows-digits_pca")  # a killed run leaves none
 
 
 def test_the_lock_is_let_go_when_main_returns_or_fails(tmp_path):
