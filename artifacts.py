@@ -311,7 +311,7 @@ def hold_output_lock(path: Path, what: str) -> None:
     path = Path(path).resolve()
     if path in _HELD_LOCKS:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(path.parent)  # one line if the folder is a file or cannot be written
     handle = path.open("a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -358,10 +358,11 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = Path(s.output_dir)
     shard_dir = output_dir / "shards"
     part = f"-shard-{shard[0]}" if shard and not s.merge else ""  # shards run side by side
-    hold_output_lock(output_dir / f".lock-extract_generation_embeddings{part}",
-                     f"extract_generation_embeddings.py{part}")
+    lock = (output_dir / f".lock-extract_generation_embeddings{part}",
+            f"extract_generation_embeddings.py{part}")
     if s.merge:
         ensure_output_dir(output_dir)
+        hold_output_lock(*lock)
         count = shard[1] if shard else shard_count_in(shard_dir)
         shards, why = read_shards(shard_dir, count)
         if shards is None:
@@ -396,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         raise StageError(f"no images to embed in {', '.join(unpaired)}: none is named by a COCO "
                          f"id among the {len(caption_set.captions)} caption ids")
     ensure_output_dir(shard_dir if shard else output_dir)
+    hold_output_lock(*lock)  # taken once the inputs are checked: a refused run creates nothing
 
     device = pick_device(values["device"])
     model, processor = load_clip(s.model, device)
