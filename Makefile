@@ -140,3 +140,4 @@ bench: install fashion-data
 	$(PY) bench/bench_plan2_sampling.py --data-dir data/bench_plan2 --encoder ae_advanced
 	$(PY) bench/bench_clip_extraction.py
 	$(PY) bench/bench_drift_experiment.py
+	$(PY) bench/bench_loop_study.py

@@ -117,7 +117,24 @@ def class_groups(labels: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- generators of embeddings
-class WGANGP(GANModel):
+class OneHotConditioned:
+    """A generator conditioned on one-hot classes when ``num_classes`` > 0 (WGAN-GP and its
+    contrastive variant, flow matching)."""
+
+    num_classes: int
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def condition(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """One-hot classes for a conditional model, None otherwise."""
+        if not self.conditional:
+            return None
+        return F.one_hot(labels, self.num_classes).float()
+
+
+class WGANGP(OneHotConditioned, GANModel):
     """WGAN-GP (Gulrajani et al. 2017) over vectors: critic D(x[, y]) without normalisation,
     D loss E[D(G(z))] - E[D(x)] + lambda E[(||grad D(x_hat)||_2 - 1)^2] on per-sample
     interpolates x_hat, G loss -E[D(G(z))]. Conditional: a one-hot class is concatenated to G's
@@ -133,16 +150,6 @@ class WGANGP(GANModel):
         self.mode_seeking, self.energy_weight = mode_seeking, energy_weight
         self.generator = mlp([noise_dim + num_classes, *[hidden] * depth, dim])
         self.discriminator = Critic(dim, hidden, depth, num_classes)
-
-    @property
-    def conditional(self) -> bool:
-        return self.num_classes > 0
-
-    def condition(self, labels: torch.Tensor | None) -> torch.Tensor | None:
-        """One-hot classes for a conditional model, None otherwise."""
-        if not self.conditional:
-            return None
-        return F.one_hot(labels, self.num_classes).float()
 
     @staticmethod
     def _join(x: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
@@ -363,7 +370,7 @@ def time_features(t: torch.Tensor, frequencies: int = 8) -> torch.Tensor:
     return torch.cat([t[:, None], torch.sin(angles), torch.cos(angles)], dim=1)
 
 
-class FlowMatching(GANModel):
+class FlowMatching(OneHotConditioned, GANModel):
     """Class-conditional flow matching with straight (optimal-transport) paths (Lipman et al.
     2023; Tong et al. 2024, "conditional flow matching", sigma_min = 0): a velocity field
     v(x, t, y), an MLP over [x, time features of t, one-hot y], is regressed on the straight
@@ -384,16 +391,6 @@ class FlowMatching(GANModel):
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return []
-
-    @property
-    def conditional(self) -> bool:
-        return self.num_classes > 0
-
-    def condition(self, labels: torch.Tensor | None) -> torch.Tensor | None:
-        """One-hot classes for a conditional model, None otherwise."""
-        if not self.conditional:
-            return None
-        return F.one_hot(labels, self.num_classes).float()
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor,
                  condition: torch.Tensor | None) -> torch.Tensor:
