@@ -82,10 +82,10 @@ def configurations(b: StudyBench) -> list[tuple[str, list[str]]]:
     return configs
 
 
-def run_loop(flags: list[str], b: StudyBench, log: Path) -> float:
-    """One configuration (every seed) as a user runs it; its wall seconds."""
+def run_loop(flags: list[str], seed: int, b: StudyBench, log: Path) -> float:
+    """One loop (one configuration, one seed) as a user runs it; its wall seconds."""
     command = [sys.executable, str(ROOT / "self_consuming_loop.py"), "--dataset", b.dataset,
-               "--data-dir", b.data_dir, "--seeds", ",".join(map(str, b.seeds)),
+               "--data-dir", b.data_dir, "--seeds", str(seed),
                "--generations", str(b.generations), "--train-images", str(b.train_images),
                "--n-images", str(b.n_images), "--width", str(b.width), "--epochs",
                str(b.epochs), "--threads", "1", *flags, *shlex.split(b.stage_args)]
@@ -123,15 +123,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(configs)} configurations x {len(b.seeds)} seeds x {b.generations} generations "
           f"on {b.dataset}: {b.train_images} images per generation, {b.n_images} prompts, width "
           f"{b.width}, later epochs {b.epochs or 'as generation 0'}; {load_text()}", flush=True)
-    # The first configuration trains every seed's converged start; the others reuse them.
-    seconds = {configs[0][0]: run_loop(configs[0][1], b, logs / "config0.log")}
-    print(f"{configs[0][0]}: {seconds[configs[0][0]]:.0f} s", flush=True)
+    # One loop per (configuration, seed), PARALLEL at a time: the first configuration's loops
+    # train each seed's converged start, which the other configurations then reuse, so they go
+    # first (one per seed: two loops never train the same start).
     with ThreadPoolExecutor(b.parallel) as pool:
-        futures = {label: pool.submit(run_loop, flags, b, logs / f"config{index}.log")
-                   for index, (label, flags) in enumerate(configs) if index}
-        for label, future in futures.items():
-            seconds[label] = future.result()
-            print(f"{label}: {seconds[label]:.0f} s", flush=True)
+        firsts = {seed: pool.submit(run_loop, configs[0][1], seed, b,
+                                    logs / f"config0_seed{seed}.log") for seed in b.seeds}
+        for seed, future in firsts.items():
+            print(f"{configs[0][0]}, seed {seed}: {future.result():.0f} s", flush=True)
+        futures = {(label, seed): pool.submit(run_loop, flags, seed, b,
+                                              logs / f"config{index}_seed{seed}.log")
+                   for index, (label, flags) in enumerate(configs) if index for seed in b.seeds}
+        for (label, seed), future in futures.items():
+            print(f"{label}, seed {seed}: {future.result():.0f} s", flush=True)
     total = time.time() - started
     marks = [m for m in b.marks if m <= b.generations]
     keys = (("fid", "FID", 1), ("precision", "precision", 3), ("recall", "recall", 3),
