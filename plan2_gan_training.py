@@ -24,6 +24,7 @@ the generators, plan2_<ds>_<encA>-to-<encB>.md for the translators).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ from artifacts import (
     write_text,
 )
 from data_sources import CLASS_NAMES, ImageDataset, load_dataset
+from flow_models import FLOW_NAMES
 from gans import (
     GANModel,
     GANTrainer,
@@ -168,9 +170,12 @@ def loop_settings(name: str, run: Plan2Settings, seed: int) -> LoopSettings:
 
 
 # ---------------------------------------------------------------- data
-def making_command(encoder: str, run: Plan2Settings) -> str:
-    """The command that writes data/embeddings/<ds>_<encoder>.npz."""
+def making_command(encoder: str, run: Plan2Settings) -> str | None:
+    """The command that writes data/embeddings/<ds>_<encoder>.npz; None when no stage of this
+    project makes an embedding of that name."""
     base, plus, flow = encoder.partition("+")
+    if base not in encoders.ENCODER_NAMES or (plus and flow not in FLOW_NAMES):
+        return None
     if plus:
         command = f"python flows.py --dataset {run.dataset} --encoders {base} --flows {flow}"
     else:
@@ -181,9 +186,15 @@ def making_command(encoder: str, run: Plan2Settings) -> str:
 def load_source(encoder: str, run: Plan2Settings) -> tuple[Path, dict[str, Any]]:
     """An embedding file of --dataset, checked: labels are class indices, its meta agrees."""
     path = Path(run.data_dir) / "embeddings" / f"{run.dataset}_{encoder}.npz"
+    command = making_command(encoder, run)
+    if not path.is_file() and command is None:
+        raise StageError(f"{path} not found, and no stage makes it: {encoder!r} is not an "
+                         f"encoder of encoder_models.py ({', '.join(encoders.ENCODER_NAMES)}), "
+                         f"optionally +<flow> ({', '.join(FLOW_NAMES)}); name one of those, or "
+                         f"put your own embedding file there")
     if not path.is_file():
-        raise StageError(f"{path} not found; make it with: {making_command(encoder, run)}")
-    with remake_hint(making_command(encoder, run)):
+        raise StageError(f"{path} not found; make it with: {command}")
+    with remake_hint(command) if command else contextlib.nullcontext():  # a user's own file
         data = load_embeddings(path, run.dataset)
     classes = len(CLASS_NAMES[run.dataset])
     for key in ("y_train", "y_test"):

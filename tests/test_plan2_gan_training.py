@@ -521,8 +521,9 @@ def test_nan_loss_stops_and_keeps_the_best_checkpoint(stage1, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("case, message", [
-    (("--encoder", "nope"), "digits_nope.npz not found; make it with: python encoder_models.py "
-                            "--dataset digits --models nope --data-dir"),
+    (("--encoder", "nope"), "digits_nope.npz not found, and no stage makes it: 'nope' is not an "
+                            "encoder of encoder_models.py (ae_basic"),
+    (("--encoder", "ae_basic+glow"), "'ae_basic+glow' is not an encoder"),
     (("--encoder", "ae_basic+realnvp"), "make it with: python flows.py --dataset digits "
                                         "--encoders ae_basic --flows realnvp"),
     (("--encoder-b", "ae_basic"), "--encoder-b ae_basic is --encoder too"),
