@@ -6,6 +6,7 @@ plot_generation_clusters.py a reference set of real images."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -74,6 +75,12 @@ def load_clip(name_or_dir: str, device: torch.device) -> tuple[Any, Any]:
     directory = Path(name_or_dir).expanduser()
     if looks_like_path and not directory.is_dir():
         raise StageError(f"--model {name_or_dir}: no such directory")
+    for name in ("config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        if looks_like_path and (directory / name).is_file():  # a local file: say which is broken
+            try:
+                json.loads((directory / name).read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise StageError(f"{directory / name}: not valid JSON ({err})") from err
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # e.g. "torchvision not installed": not needed
     transformers_logging.disable_progress_bar()
@@ -81,6 +88,9 @@ def load_clip(name_or_dir: str, device: torch.device) -> tuple[Any, Any]:
         model = CLIPModel.from_pretrained(name_or_dir, dtype=torch.float32)
         processor = CLIPProcessor.from_pretrained(name_or_dir)
     except (OSError, ValueError) as err:
+        if looks_like_path:
+            raise StageError(f"--model {name_or_dir}: the directory holds no loadable CLIP model "
+                             f"and processor ({str(err).splitlines()[0]})") from err
         raise StageError(f"--model {name_or_dir!r}: could not load a CLIP model and processor: "
                          f"not a local directory holding one, and not in the local Hugging Face "
                          f"cache (offline? download it once on a connected machine, or pass a "

@@ -89,6 +89,20 @@ def test_malformed_annotations_refused(tiny_clip: Path, coco: Path, tmp_path: Pa
                                                   untouched)
 
 
+@pytest.mark.parametrize("name", ["config.json", "preprocessor_config.json"])
+def test_a_broken_local_config_is_named_not_blamed_on_being_offline(
+        tiny_clip: Path, coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        name: str) -> None:
+    model = tmp_path / "clip"
+    shutil.copytree(tiny_clip, model)
+    (model / name).write_text('{"model_type": "clip",')  # cut short
+    untouched = previous_outputs(tmp_path / "out")
+    flags = drift.extract_flags(tiny_clip, coco, tmp_path / "out", "--model", str(model))
+    line = assert_refused(drift.EXTRACT, flags, f"{model / name}: not valid JSON", capsys,
+                          untouched)
+    assert "offline" not in line
+
+
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
 def test_damaged_model_weights_refused(tiny_clip: Path, coco: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture, damage: str) -> None:
