@@ -368,6 +368,11 @@ def test_seeds_run_one_loop_each_and_share_a_start_per_seed(straight, tmp_path, 
     assert "gen 0: epoch" not in out and "gen 1: trained on gen 0 + 640 real" in out
     figure = data_dir / "visualizations" / "digits_loop_accumulate_metrics.png"
     assert figure.stat().st_size > 0
+    # One floor for every loop, whichever seed a run lists first (seed 1 alone drew another).
+    floors = {json.loads((data_dir / "results" / f"{name}_metrics.json").read_text())[
+        "generations"][0]["fid_floor"] for name in ("digits_loop", "digits_loop_seed1",
+                                                    "digits_loop_accumulate_seed1")}
+    assert len(floors) == 1, floors
 
 
 def test_a_generation_folder_holds_only_its_pngs_and_a_foreign_folder_is_not_replaced(tmp_path):
