@@ -10,7 +10,8 @@ The scale is the study's own (smaller than the stage's defaults, to fit about an
 cores): TRAIN_IMAGES images per generation, N_IMAGES prompts, a WIDTH-channel network, every
 later generation EPOCHS epochs (of TRAIN_IMAGES images), KID on 20 subset pairs and no bootstrap
 intervals (the band is the spread over seeds). Measured: 6 configurations x 3 seeds x 20
-generations in about 70 minutes on 2 CPU cores (docs/drift.md).
+generations in 78 minutes on 2 CPU cores shared with a test suite for 25 of them, one process per
+configuration then; one loop per configuration and seed now, not yet timed (docs/drift.md).
 
     python bench/bench_loop_study.py
 """
