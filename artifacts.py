@@ -218,7 +218,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     missing = [key for key in required if key not in state]
     if missing:
         raise StageError(f"{path}: checkpoint lacks {', '.join(missing)}; {advice}")
+    if "settings" in state and not isinstance(state["settings"], Mapping):
+        raise StageError(f"{path}: its settings are a {type(state['settings']).__name__}, not "
+                         f"a dict; {advice}")
     return state
+
+
+@contextmanager
+def restoring(path: str | Path, advice: str = "delete it to start again") -> Iterator[None]:
+    """Turn an error while loading a checkpoint's states into modules and optimisers (a tensor
+    missing or of another shape, a value of the wrong type) into one line naming the file."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        cause = " ".join(str(err).split())  # torch puts the missing keys on the next lines
+        cause = cause if len(cause) <= 120 else cause[:117].rstrip() + "..."
+        raise StageError(f"{path} holds weights of another architecture or is damaged; "
+                         f"{advice} ({cause or type(err).__name__})") from err
 
 
 def read_architecture(path: Path, state: Mapping[str, Any] | None, family: str,

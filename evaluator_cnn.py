@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artifacts import check_settings_match, load_checkpoint, save_checkpoint
+from artifacts import check_settings_match, load_checkpoint, restoring, save_checkpoint
 from data_sources import ImageDataset
 from runtime import StageError
 
@@ -144,13 +144,14 @@ def train_evaluator(data: ImageDataset, checkpoint: Path, device: torch.device, 
         check_settings_match(checkpoint, {**state.get("settings", {}),
                                           "dataset": state.get("dataset")},
                              {**settings, "dataset": data.name})
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        # map_location moved every tensor to ``device``; CPU generators take CPU states only
-        generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())  # dropout masks continue as if never stopped
-        start_epoch = int(state["epoch"])
+        with restoring(checkpoint, "delete it and it is trained again"):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            # map_location moved every tensor to ``device``; CPU generators take CPU states only
+            generator.set_state(state["generator"].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())  # dropout continues as if never stopped
+            start_epoch = int(state["epoch"])
     inputs = images_to_tensor(data.x_train, f"{data.name} training images")
     targets = torch.from_numpy(data.y_train)
     accuracy = float("nan")

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from artifacts import check_settings_match, load_checkpoint, save_checkpoint
+from artifacts import check_settings_match, load_checkpoint, restoring, save_checkpoint
 from runtime import StageError
 
 LOSS_KINDS = ("non-saturating", "hinge", "least-squares", "wasserstein")
@@ -509,11 +509,10 @@ class GANTrainer:
                              "start again")
         check_settings_match(path, state.get("settings", {}), settings)
         self._lacks_architecture = "architecture" not in state
-        try:
+        with restoring(path):
             self.load_state_dict(state)
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise StageError(f"{path} holds weights of another architecture; delete it to start "
-                             f"again ({str(err).splitlines()[0]})") from err
+            if self.best_ema is not None:  # the weights best_model() will load, checked now
+                copy.deepcopy(self.ema).load_state_dict(self.best_ema)
 
     def save(self, path: Path, settings: Mapping[str, Any]) -> None:
         save_checkpoint(path, {**self.state_dict(), "settings": dict(settings)})

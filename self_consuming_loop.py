@@ -69,6 +69,7 @@ from artifacts import (
     load_npz,
     make_meta,
     replace_directory,
+    restoring,
     save_figure,
     save_npz,
     write_text,
@@ -562,8 +563,9 @@ def train_generation(generation: int, loop: Loop, train: ImageSet, checkpoint: P
                                                  loop.config))
     if warm_from is not None and not checkpoint.exists():
         state = generation_state(warm_from, generation - 1, loop)
-        model.load_state_dict(state["model"])
-        trainer.ema.load_state_dict(state["ema"])
+        with restoring(warm_from, "delete the run's results file to run the loop again"):
+            model.load_state_dict(state["model"])
+            trainer.ema.load_state_dict(state["ema"])
     else:
         model.set_condition_statistics(conditions(train.y, data.num_classes, loop.device))
     x = torch.from_numpy(train.x).to(loop.device)

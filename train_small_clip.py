@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 from artifacts import (
@@ -43,6 +44,7 @@ from artifacts import (
     replace_directory,
     save_checkpoint,
     save_figure,
+    short_cause,
     write_text,
 )
 from captions import CAPTION_TEMPLATES, class_captions
@@ -418,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
         write_text(staging / "training_meta.json", json.dumps(meta, indent=2) + "\n")
         give_umask_permissions(staging)
         replace_directory(staging, output_dir, written_by_this_script)
+    except SafetensorError as err:  # an I/O error of the weights' writer (disk full, size limit)
+        raise StageError(f"{output_dir}: the model could not be saved ({short_cause(err)}); "
+                         f"what was there before is kept") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     results = write_text(folders["results"] / f"clip_{s.dataset}_zero_shot.json",

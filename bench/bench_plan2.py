@@ -27,8 +27,8 @@ import scoring  # noqa: E402
 from artifacts import load_embeddings, load_npz  # noqa: E402
 from bench_common import meets_target, run_script, within_target  # noqa: E402
 from flow_models import baseline_samples  # noqa: E402
-from runtime import StageError, limit_cpu_threads, run_stage  # noqa: E402
-from settings import configure, pick  # noqa: E402
+from runtime import limit_cpu_threads, run_stage  # noqa: E402
+from settings import SettingsError, configure, pick  # noqa: E402
 from vector_gans import GENERATORS  # noqa: E402
 
 DATASET = "fashion-mnist"  # dataset of the embeddings [in data_sources.DATASETS]
@@ -155,8 +155,6 @@ def verdict(encoder: str, rows: list[dict[str, Any]], models: tuple[str, ...]) -
 def translation_rows(pair: str, b: Plan2Bench) -> list[dict[str, Any]]:
     score_settings = scoring.ScoringSettings(seed=b.seed)
     source_name, _, target_name = pair.partition(":")
-    if not target_name:
-        raise StageError(f"--pairs {pair}: expected SOURCE:TARGET, e.g. ae_advanced:vae")
     folder = ROOT / b.data_dir / "embeddings"
     source = load_embeddings(folder / f"{b.dataset}_{source_name}.npz")
     target = load_embeddings(folder / f"{b.dataset}_{target_name}.npz")
@@ -177,6 +175,12 @@ def translation_rows(pair: str, b: Plan2Bench) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     b = pick(Plan2Bench, configure(globals(), argv),
              mixture_components=configure(vars(flows), [])["gmm_components"])
+    for pair in b.pairs:  # checked before anything trains
+        source_name, colon, target_name = pair.partition(":")
+        if not (colon and source_name and target_name) or ":" in target_name:
+            raise SettingsError(f"--pairs {pair}: expected SOURCE:TARGET, e.g. ae_advanced:vae")
+        if source_name == target_name:
+            raise SettingsError(f"--pairs {pair}: a translation needs two different encoders")
     limit_cpu_threads(b.threads)
     encoders = sorted(set(b.encoders) | {e for p in b.pairs for e in p.split(":") if e})
     missing = [e for e in encoders

@@ -613,6 +613,42 @@ def test_plan1_generators_decode_the_generated_embeddings(stage1, tmp_path, caps
         assert images["meta"]["decoded_by"] == f"plan1-{name}"
 
 
+@pytest.mark.parametrize(("damage", "words"), [
+    ("settings", "its settings are a list, not a dict"),
+    ("tensor", "cannot rebuild its generator")])
+def test_a_damaged_plan1_checkpoint_is_a_note_not_a_stop(stage1, tmp_path, capsys, damage,
+                                                         words):
+    """Plan 1's generators are optional decoders: one whose checkpoint is damaged inside is left
+    out with a note naming it, and Plan 2 writes its own outputs."""
+    import image_gans
+    import plan1_gan_training as plan1
+
+    root = fresh_copy(stage1, tmp_path / "data")
+    emb = load_embeddings(root / "embeddings" / "digits_ae_basic.npz")
+    values = configure(vars(plan1), ["--dataset", "digits", "--encoder", "ae_basic",
+                                     "--width", "8"])
+    run, config = pick(plan1.Plan1Settings, values), pick(image_gans.ImageGANConfig, values)
+    model = image_gans.build_image_gan("cgan", 32, 10, config)
+    model.set_condition_statistics(torch.from_numpy(emb["z_train"]))
+    path = root / "checkpoints" / "plan1" / "digits_ae_basic_cgan.pt"
+    GANTrainer(model, LoopSettings(), image_gans.architecture("cgan", 32, 10, config)).save(
+        path, plan1.resume_settings("cgan", fingerprint(emb["z_train"], emb["z_test"]),
+                                    len(emb["z_train"]), run, config, LoopSettings()))
+    state = load_checkpoint(path)
+    if damage == "settings":
+        state["settings"] = sorted(state["settings"])
+    else:
+        state["ema"].pop(next(iter(state["ema"])))
+    torch.save(state, path)
+    capsys.readouterr()
+    run_main(root, "--models", "wgan_gp", "--epochs", "1")
+    notes = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("note: Plan 1 generator not used")]
+    assert len(notes) == 1 and str(path) in notes[0] and words in notes[0], notes
+    assert (root / "embeddings" / "digits_ae_basic_wgan_gp.gen.npz").is_file()
+    assert not (root / "samples" / "plan2" / "digits_ae_basic_wgan_gp_plan1-cgan.npz").exists()
+
+
 def test_learning_rate_decay_follows_the_epoch(stage1, tmp_path):
     """--lr-decay: epoch e of E trains at rate x (1 - (e - 1) / E), in both optimisers; the
     number of epochs joins the settings a checkpoint must share."""
