@@ -52,11 +52,11 @@ ENCODER_AE_CMD = $(PY) encoder_models.py --dataset $(DS) --models ae_basic --epo
 PLAN1_CMD = $(PY) plan1_gan_training.py --dataset $(DS) --encoder vae --models cgan --epochs 3 \
 	--lr-generator 1e-3 --lr-discriminator 1e-3 --ema-decay 0.99 --data-dir $(DATA_DIR)
 PLAN2_CMD = $(PY) plan2_gan_training.py --dataset $(DS) --encoder vae \
-	--models wgan_gp,flow_matching --limit 10000 --batch-size 64 --mode-seeking 0.5 \
+	--models wgan_gp,flow_matching --limit 10000 --epochs 80 --batch-size 64 --mode-seeking 0.5 \
 	--data-dir $(DATA_DIR)
-FLOWS_VAE_CMD = $(PY) flows.py --dataset $(DS) --encoders vae --flows realnvp --epochs 10 \
+FLOWS_VAE_CMD = $(PY) flows.py --dataset $(DS) --encoders vae --flows realnvp --epochs 6 \
 	--data-dir $(DATA_DIR)
-FLOWS_AE_CMD = $(PY) flows.py --dataset $(DS) --encoders ae_basic --flows realnvp --epochs 10 \
+FLOWS_AE_CMD = $(PY) flows.py --dataset $(DS) --encoders ae_basic --flows realnvp --epochs 6 \
 	--data-dir $(DATA_DIR)
 LOOP_CMD = $(PY) self_consuming_loop.py --dataset $(DS) --generations 5 --epochs-first 15 --epochs 1 \
 	--kid-subsets 20 --data-dir $(DATA_DIR)
