@@ -113,7 +113,11 @@ def results_of(flags: list[str], b: StudyBench) -> list[list[dict[str, Any]]]:
 
 
 def at(runs: list[list[dict[str, Any]]], generation: int, key: str) -> tuple[float, float]:
-    values = [next(r[key] for r in records if r["generation"] == generation) for records in runs]
+    """Mean and sample sd over the seeds of one metric at one generation; ``a/b``: the ratio of
+    two keys of each record."""
+    numerator, _, denominator = key.partition("/")
+    values = [next(r[numerator] / (r[denominator] if denominator else 1.0)
+                   for r in records if r["generation"] == generation) for records in runs]
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
@@ -141,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     total = time.time() - started
     marks = [m for m in b.marks if m <= b.generations]
     keys = (("fid", "FID", 1), ("precision", "precision", 3), ("recall", "recall", 3),
-            ("vendi", "Vendi", 2), ("class_consistency", "class consistency", 3))
+            ("vendi", "Vendi", 2), ("class_consistency", "class consistency", 3),
+            ("within_class_variance/within_class_variance_real",
+             "within-class variance / real's", 3))
     print(f"\n# Self-consuming loops on {b.dataset}: mean ± sd over seeds "
           f"{', '.join(map(str, b.seeds))} (evaluator-CNN features, {b.n_images} prompts "
           f"against the test images); {total / 60:.0f} min in all\n")
