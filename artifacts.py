@@ -397,13 +397,9 @@ def save_figure(figure: Any, path: str | Path, dpi: int = 150) -> Path:
     return path
 
 
-def load_npz(path: str | Path, keys: Mapping[str, int | None | tuple[int | None, str]],
-             aligned: tuple[tuple[str, ...], ...] = ()) -> dict[str, Any]:
-    """Load an NPZ and check it: each key present with the given number of dimensions (None: any)
-    and, when given as ``(ndim, kinds)``, a dtype of those NumPy kinds; numbers finite and below
-    MAX_ABS_VALUE; each group in ``aligned`` of equal length. ``meta`` comes back as a dict.
-    """
-    path = Path(path)
+def _read_npz(path: Path, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an NPZ file (only ``names`` when given; the others are not read), loaded
+    without pickle; a missing, foreign or broken file is one StageError line."""
     if not path.is_file():
         raise StageError(f"{path}: file not found")
     with path.open("rb") as handle:
@@ -411,7 +407,7 @@ def load_npz(path: str | Path, keys: Mapping[str, int | None | tuple[int | None,
             raise StageError(f"{path}: not an NPZ file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
-            contents = {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files if names is None or k in names}
     except ValueError as err:
         if "pickle" in str(err) or "Object arrays" in str(err):
             raise StageError(f"{path}: holds object arrays (pickled data), which are not "
@@ -419,6 +415,23 @@ def load_npz(path: str | Path, keys: Mapping[str, int | None | tuple[int | None,
         raise StageError(f"{path}: not a readable NPZ file ({err})") from err
     except Exception as err:
         raise StageError(f"{path}: not a readable NPZ file ({err})") from err
+
+
+def load_meta(path: str | Path) -> dict[str, Any]:
+    """Only the ``meta`` of an NPZ (its arrays are not read): for tables rebuilt from the meta
+    of every file in a folder."""
+    path = Path(path)
+    return read_meta(path, _read_npz(path, ("meta",)).get("meta"))
+
+
+def load_npz(path: str | Path, keys: Mapping[str, int | None | tuple[int | None, str]],
+             aligned: tuple[tuple[str, ...], ...] = ()) -> dict[str, Any]:
+    """Load an NPZ and check it: each key present with the given number of dimensions (None: any)
+    and, when given as ``(ndim, kinds)``, a dtype of those NumPy kinds; numbers finite and below
+    MAX_ABS_VALUE; each group in ``aligned`` of equal length. ``meta`` comes back as a dict.
+    """
+    path = Path(path)
+    contents = _read_npz(path)
     missing = [k for k in keys if k not in contents]
     if missing:
         raise StageError(f"{path}: missing key(s) {', '.join(missing)}; "

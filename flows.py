@@ -38,6 +38,7 @@ from artifacts import (
     holds_output_locks,
     load_checkpoint,
     load_embeddings,
+    load_meta,
     load_npz,
     make_meta,
     remake_hint,
@@ -485,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     for path in sorted(folders["embeddings"].glob(f"{train.dataset}_*+*.npz")):
         if not path.name.endswith(".gen.npz"):
             try:
-                meta = load_npz(path, {})["meta"]
+                meta = load_meta(path)
             except StageError as err:  # another file, broken: it is no row, this run stands
                 print(f"warning: left out of the table: {err}")
                 continue

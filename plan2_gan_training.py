@@ -45,7 +45,7 @@ from artifacts import (
     holds_output_locks,
     load_checkpoint,
     load_embeddings,
-    load_npz,
+    load_meta,
     make_meta,
     remake_hint,
     save_figure,
@@ -449,7 +449,7 @@ def rows_on_disk(folder: Path, pattern: str, match: dict[str, str]) -> list[dict
     found = {}
     for path in sorted(folder.glob(pattern)):
         try:
-            meta = load_npz(path, {})["meta"]
+            meta = load_meta(path)
         except StageError as err:  # someone else's broken file: no row, this run stands
             print(f"warning: left out of the table: {err}")
             continue

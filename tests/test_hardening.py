@@ -27,6 +27,7 @@ from artifacts import (
     atomic_write,
     ensure_output_dir,
     load_checkpoint,
+    load_meta,
     load_npz,
     save_checkpoint,
     save_npz,
@@ -226,6 +227,23 @@ def test_load_npz_refuses_pickled_object_arrays(tmp_path):
     np.savez(tmp_path / "o.npz", z=np.array([{"a": 1}], dtype=object))
     with pytest.raises(StageError, match="holds object arrays"):
         load_npz(tmp_path / "o.npz", {"z": None})
+
+
+def test_load_meta_reads_the_meta_alone_and_refuses_what_load_npz_refuses(tmp_path, monkeypatch):
+    path = save_npz(tmp_path / "a.npz", {"z": np.ones((3, 2), np.float32)},
+                    {"script": "flows.py", "results": {"nll": 0.5}})
+    read = []
+    real_getitem = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__",
+                        lambda self, key: read.append(key) or real_getitem(self, key))
+    assert load_meta(path) == load_npz(path, {})["meta"]
+    assert read[0] == "meta" and read[1:] == ["z", "meta"]  # load_meta read no array
+    (tmp_path / "b.npz").write_text("not a zip")
+    with pytest.raises(StageError, match="not an NPZ file"):
+        load_meta(tmp_path / "b.npz")
+    np.savez(tmp_path / "o.npz", meta=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(StageError, match="holds object arrays"):
+        load_meta(tmp_path / "o.npz")
 
 
 # ---------------------------------------------------------------- run_stage
