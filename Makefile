@@ -53,7 +53,7 @@ PLAN1_CMD = $(PY) plan1_gan_training.py --dataset $(DS) --encoder vae --models c
 	--lr-generator 1e-3 --lr-discriminator 1e-3 --ema-decay 0.99 --data-dir $(DATA_DIR)
 PLAN2_CMD = $(PY) plan2_gan_training.py --dataset $(DS) --encoder vae \
 	--models wgan_gp,flow_matching --limit 10000 --batch-size 64 --mode-seeking 0.5 \
-	--data-dir $(DATA_DIR)
+	--epoch-vectors 0 --data-dir $(DATA_DIR)
 FLOWS_VAE_CMD = $(PY) flows.py --dataset $(DS) --encoders vae --flows realnvp --epochs 4 \
 	--data-dir $(DATA_DIR)
 FLOWS_AE_CMD = $(PY) flows.py --dataset $(DS) --encoders ae_basic --flows realnvp --epochs 4 \
@@ -118,7 +118,7 @@ demo-all: install fashion-data
 	$(PY) encoder_models.py --dataset $(DS) --epochs 2 --limit 10000 --data-dir $(DATA_DIR)
 	$(PY) flows.py --dataset $(DS) --encoders ae_basic,triplet --epochs 3 --data-dir $(DATA_DIR)
 	$(PY) plan1_gan_training.py --dataset $(DS) --epochs 2 --limit 5000 --batch-size 32 --test-images 2000 --data-dir $(DATA_DIR)
-	$(PY) plan2_gan_training.py --dataset $(DS) --epochs 20 --samples 2000 --plot-points 300 --data-dir $(DATA_DIR)
+	$(PY) plan2_gan_training.py --dataset $(DS) --epochs 20 --epoch-vectors 0 --samples 2000 --plot-points 300 --data-dir $(DATA_DIR)
 	$(PY) evaluate.py --data-dir $(DATA_DIR)
 
 # Two pytest workers (pytest-xdist): 3 minutes instead of 5.5 on 2 idle CPU cores.

@@ -273,9 +273,14 @@ def remake_hint(command: str) -> Iterator[None]:
 
 
 def check_settings_match(path: str | Path, saved: Mapping[str, Any],
-                         current: Mapping[str, Any]) -> None:
-    """Refuse to resume from a checkpoint made with other settings, naming those that differ."""
-    differing = {k: (v, saved.get(k)) for k, v in current.items() if saved.get(k) != v}
+                         current: Mapping[str, Any],
+                         before_recorded: Mapping[str, Any] | None = None) -> None:
+    """Refuse to resume from a checkpoint made with other settings, naming those that differ.
+    ``before_recorded``: the value a setting had in checkpoints written before it was recorded
+    (a key absent from ``saved`` is compared as that value)."""
+    earlier = before_recorded or {}
+    differing = {k: (v, saved.get(k, earlier.get(k))) for k, v in current.items()
+                 if saved.get(k, earlier.get(k)) != v}
     if differing:
         listed = ", ".join(f"{k}: now {a!r}, checkpoint {b!r}" for k, (a, b) in differing.items())
         raise StageError(f"{path} was trained with other settings ({listed}); delete it to start "

@@ -57,6 +57,10 @@ from tqdm import tqdm
 from artifacts import check_settings_match, load_checkpoint, restoring, save_checkpoint
 from runtime import StageError
 
+# Checkpoint settings recorded since a later version, with the value every earlier checkpoint
+# was trained with: passes over the data per epoch (``passes_per_epoch``) were always one.
+SETTINGS_BEFORE_RECORDED = {"epoch_passes": 1}
+
 LOSS_KINDS = ("non-saturating", "hinge", "least-squares", "wasserstein")
 CHECKPOINT_FORMAT = "gans.GANTrainer/1"
 
@@ -201,16 +205,27 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+def passes_per_epoch(examples: int, epoch_vectors: int) -> int:
+    """Shuffled passes over ``examples`` training items that make an epoch of about
+    ``epoch_vectors`` items: epoch_vectors / examples rounded half up, at least 1 (0: one
+    pass). An epoch so defined holds about as many steps whatever the size of the data, so that a
+    training budget in epochs tuned on a large set still trains a small one."""
+    return max(1, math.floor(epoch_vectors / examples + 0.5)) if epoch_vectors > 0 else 1
+
+
 def tensor_batches(tensors: Mapping[str, torch.Tensor], batch_size: int, seed: int,
-                   epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+                   epoch: int, part: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """Shuffled aligned batches of same-length tensors (on their own device), in an order fixed by
-    (seed, epoch); the last partial batch is dropped (batch norm and the GAN losses want full
-    batches)."""
+    (seed, epoch, part); the last partial batch is dropped (batch norm and the GAN losses want full
+    batches). ``part`` numbers the passes of an epoch of several (``passes_per_epoch``); part 0
+    is the order an epoch of one pass has always had."""
     lengths = {k: len(v) for k, v in tensors.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"tensors of different lengths: {lengths}")
     n = next(iter(lengths.values()))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+    key = (epoch_seed(seed, epoch) if part == 0
+           else int(np.random.SeedSequence([seed, epoch, part]).generate_state(1)[0]))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(key))
     device = next(iter(tensors.values())).device
     order = order.to(device)
     for start in range(0, n - batch_size + 1, batch_size):
@@ -308,15 +323,18 @@ class FitReport:
     stopped_early: bool = False
 
 
-def check_generator_steps(examples: int, batch_size: int, n_critic: int, what: str) -> None:
+def check_generator_steps(examples: int, batch_size: int, n_critic: int, what: str,
+                          passes: int = 1) -> None:
     """Refuse, before training, an epoch too short for a generator step: with fewer full batches
-    than ``n_critic`` discriminator steps per generator step the generator would never learn.
-    ``what`` names the data (for the one-line error, which says which settings would do)."""
-    batches = examples // batch_size
+    (``passes`` passes over the data) than ``n_critic`` discriminator steps per generator step
+    the generator would never learn. ``what`` names the data (for the one-line error, which says
+    which settings would do)."""
+    batches = passes * (examples // batch_size)
     if batches < n_critic:
-        largest = examples // n_critic
+        largest = examples // math.ceil(n_critic / passes)
         fix = f"--batch-size {largest} or smaller" if largest >= 2 else "more data"
-        raise StageError(f"{what}: {examples} at --batch-size {batch_size} give {batches} "
+        raise StageError(f"{what}: {examples} at --batch-size {batch_size}"
+                         f"{f' in {passes} passes' if passes > 1 else ''} give {batches} "
                          f"batch(es) per epoch, fewer than --n-critic {n_critic}, so no "
                          f"generator step; use {fix}, or --n-critic {max(1, batches)}")
 
@@ -507,7 +525,8 @@ class GANTrainer:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise StageError(f"{path} is not a GAN checkpoint of this project; delete it to "
                              "start again")
-        check_settings_match(path, state.get("settings", {}), settings)
+        check_settings_match(path, state.get("settings", {}), settings,
+                             SETTINGS_BEFORE_RECORDED)
         self._lacks_architecture = "architecture" not in state
         with restoring(path):
             self.load_state_dict(state)

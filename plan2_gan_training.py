@@ -60,6 +60,7 @@ from gans import (
     LoopSettings,
     check_generator_steps,
     loss_curves_figure,
+    passes_per_epoch,
     tensor_batches,
 )
 from metrics import frechet_distance
@@ -95,6 +96,7 @@ ENCODER = "ae_advanced"  # embedding to learn (an autoencoder's decodes to image
 ENCODER_B = "vae"  # domain B of CycleGAN and DualGAN: another encoder of the same images
 MODELS = GAN_NAMES  # models to train, comma-separated [in GAN_NAMES]
 EPOCHS = 120  # total epochs per model (with --no-lr-decay, more continues a finished run) [>= 1]
+EPOCH_VECTORS = 60000  # an epoch is round(this / training size) passes, at least 1 (0: one) [>= 0]
 BATCH_SIZE = 256  # embeddings per step [>= 2]
 LIMIT = 0  # train on the first N training embeddings only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order, noise, the halves and the saved samples [>= 0]
@@ -142,6 +144,7 @@ class Plan2Settings:
     encoder_b: str
     models: tuple[str, ...]
     epochs: int
+    epoch_vectors: int
     batch_size: int
     limit: int
     seed: int
@@ -236,10 +239,13 @@ def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[:half]), np.sort(order[half:2 * half])
 
 
-def index_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
-    """Shuffled CPU index batches of range(n), the order fixed by (seed, epoch)."""
-    for batch in tensor_batches({"i": torch.arange(n)}, batch_size, seed, epoch):
-        yield batch["i"]
+def index_batches(n: int, batch_size: int, seed: int, epoch: int,
+                  passes: int = 1) -> Iterator[torch.Tensor]:
+    """Shuffled CPU index batches of range(n), ``passes`` passes, the order fixed by (seed,
+    epoch)."""
+    for part in range(passes):
+        for batch in tensor_batches({"i": torch.arange(n)}, batch_size, seed, epoch, part):
+            yield batch["i"]
 
 
 def member_suffix(member: int) -> str:
@@ -391,6 +397,7 @@ def resume_settings(name: str, embedding_hash: str, n_train: int, seed: int,
                 "validation_samples": run.validation_samples, "lr_decay": run.lr_decay}
     if run.lr_decay:  # the schedule's shape depends on the number of epochs
         settings["epochs"] = run.epochs
+    settings["epoch_passes"] = passes_per_epoch(n_train, run.epoch_vectors)
     if VECTOR_GANS[name].translator:
         settings["encoder_b"] = run.encoder_b
     settings.update(model_settings(name, config))
@@ -521,6 +528,7 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
     """Train the generators of embeddings; write their samples, images and pictures."""
     num_classes = len(CLASS_NAMES[run.dataset])
     z_train_raw, y_train = real["z_train"][:n_train], real["y_train"][:n_train].astype(np.int64)
+    passes = passes_per_epoch(n_train, run.epoch_vectors)
     scaler = Standardiser(z_train_raw)
     z_train = torch.from_numpy(scaler.forward(z_train_raw)).to(device)
     labels = torch.from_numpy(y_train).to(device)
@@ -547,7 +555,7 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
             n_train, min(run.validation_samples, n_train), replace=False)
 
         def make_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-            for index in index_batches(n_train, run.batch_size, seed, epoch):
+            for index in index_batches(n_train, run.batch_size, seed, epoch, passes):
                 groups = torch.from_numpy(class_groups(y_train[index.numpy()]))
                 index = index.to(device)
                 yield {"x": z_train[index], "label": labels[index], "groups": groups}
@@ -560,7 +568,8 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
                       / f"{run.dataset}_{run.encoder}_{name}{member_suffix(member)}.pt")
         if run.ensemble > 1:
             print(f"{name}: ensemble member {member + 1}/{run.ensemble} (seed {seed})")
-        return (*train(name, model, sizes, make_batches, n_train // run.batch_size, score,
+        return (*train(name, model, sizes, make_batches, passes * (n_train // run.batch_size),
+                       score,
                        embedding_hash, n_train, checkpoint, seed, run, config), checkpoint)
 
     rows = []
@@ -633,6 +642,7 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
     """Train the translators A -> B on disjoint halves; write the translated test embeddings."""
     num_classes = len(CLASS_NAMES[run.dataset])
     halves = split_halves(n_train, run.seed)
+    passes = passes_per_epoch(n_train, run.epoch_vectors)  # of the whole set, not of a half
     za_train, zb_train = real_a["z_train"][:n_train], real_b["z_train"][:n_train]
     y_train = real_a["y_train"][:n_train].astype(np.int64)  # checked equal to B's
     scaler_a, scaler_b = Standardiser(za_train), Standardiser(zb_train)
@@ -650,8 +660,9 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
 
     def make_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         # Independent orders for the two halves: no pair is ever formed.
-        for ia, ib in zip(index_batches(len(halves[0]), run.batch_size, run.seed, epoch),
-                          index_batches(len(halves[1]), run.batch_size, run.seed + 1, epoch),
+        for ia, ib in zip(index_batches(len(halves[0]), run.batch_size, run.seed, epoch, passes),
+                          index_batches(len(halves[1]), run.batch_size, run.seed + 1, epoch,
+                                        passes),
                           strict=True):
             ia, ib = ia.to(device), ib.to(device)
             yield {"a": a_half[ia], "label_a": label_a[ia], "b": b_half[ib],
@@ -669,7 +680,7 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
         model = build_vector_gan(name, sizes, config).to(device)
         checkpoint = folders["checkpoints/plan2"] / f"{tag}.pt"
         trainer, report, seconds = train(name, model, sizes, make_batches,
-                                         len(halves[0]) // run.batch_size,
+                                         passes * (len(halves[0]) // run.batch_size),
                                          score if checked > 1 else None, embedding_hash, n_train,
                                          checkpoint, run.seed, run, config)
         best: TranslationGAN = trainer.best_model()
@@ -755,9 +766,13 @@ def main(argv: list[str] | None = None) -> None:
         examples, name = min(critics)
         check_generator_steps(examples, run.batch_size, run.n_critic,
                               f"--models {name}: training embeddings"
-                              + (" per translation half" if VECTOR_GANS[name].translator else ""))
+                              + (" per translation half" if VECTOR_GANS[name].translator else ""),
+                              passes_per_epoch(n_train, run.epoch_vectors))
+    passes = passes_per_epoch(n_train, run.epoch_vectors)
     print(f"{run.dataset}: {n_train} train, {len(real_a['z_test'])} test embeddings of "
-          f"{real_a['z_train'].shape[1]} dims from {path_a}; device {device}")
+          f"{real_a['z_train'].shape[1]} dims from {path_a}; device {device}; an epoch is "
+          f"{passes} pass{'es' if passes > 1 else ''} over them (--epoch-vectors "
+          f"{run.epoch_vectors})")
     header = ("Written by `plan2_gan_training.py` from the `meta` of its files in the embeddings "
               "folder: one row per model trained so far, each from its own run, whose settings "
               "that file's meta holds. The last run's settings: "

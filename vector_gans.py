@@ -494,6 +494,13 @@ VECTOR_GANS: dict[str, VectorGANSpec] = {
                       ("translation_classes", "translation_classes"))),
 }
 GAN_NAMES = tuple(VECTOR_GANS)
+
+
+def is_adversarial(name: str) -> bool:
+    """Whether the model ``name`` trains against a discriminator (a GAN), not by a regression
+    such as flow matching's: read off a tiny instance of it."""
+    return build_vector_gan(name, Sizes(2, 2, 2), VectorGANConfig(noise_dim=1, hidden=2,
+                                                                  depth=1)).adversarial
 GENERATORS = tuple(name for name, spec in VECTOR_GANS.items() if not spec.translator)
 TRANSLATORS = tuple(name for name, spec in VECTOR_GANS.items() if spec.translator)
 

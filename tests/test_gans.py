@@ -420,6 +420,29 @@ def test_tensor_batches_are_full_aligned_and_seeded_per_epoch():
         list(gans.tensor_batches({"x": torch.zeros(4), "y": torch.zeros(5)}, 2, 0, 1))
 
 
+def test_an_epoch_of_several_passes_keeps_the_first_pass_order():
+    """passes_per_epoch: epoch_vectors / examples rounded half up, at least one, 0 meaning one;
+    pass 0 of an epoch is the order an epoch of one pass has (old runs resume unchanged), and
+    the other passes are other permutations, fixed by (seed, epoch, pass)."""
+    cases = {(60000, 60000): 1, (50000, 60000): 1, (40000, 60000): 2, (24000, 60000): 3,
+             (10000, 60000): 6, (1437, 60000): 42, (70000, 60000): 1, (10000, 0): 1}
+    for (examples, vectors), passes in cases.items():
+        assert gans.passes_per_epoch(examples, vectors) == passes, (examples, vectors)
+    data = {"y": torch.arange(12)}
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(
+        gans.epoch_seed(5, 3)))  # what an epoch has always drawn
+    first = torch.cat([b["y"] for b in gans.tensor_batches(data, 4, seed=5, epoch=3)])
+    assert torch.equal(first, order)
+    assert torch.equal(first, torch.cat([b["y"] for b in gans.tensor_batches(
+        data, 4, seed=5, epoch=3, part=0)]))
+    parts = [torch.cat([b["y"] for b in gans.tensor_batches(data, 4, 5, 3, part)])
+             for part in (1, 2)]
+    assert not torch.equal(parts[0], first) and not torch.equal(parts[0], parts[1])
+    assert all(sorted(p.tolist()) == list(range(12)) for p in parts)
+    again = torch.cat([b["y"] for b in gans.tensor_batches(data, 4, 5, 3, 1)])
+    assert torch.equal(again, parts[0])
+
+
 def test_figures_have_a_panel_per_image_and_per_loss_group(tmp_path):
     rows = [np.zeros((4, 28, 28), np.uint8), np.full((3, 28, 28), 255, np.uint8)]
     figure = gans.image_grid_figure(rows, ["real", "generated"], "grid")

@@ -519,11 +519,17 @@ def stage(script: str, data_dir: Path, *args: str) -> subprocess.CompletedProces
 
 
 NO_GENERATOR_STEP = [
-    ("plan2_gan_training.py", ("--encoder", "ae_basic", "--models", "wgan_gp", "--epochs", "1"),
+    ("plan2_gan_training.py", ("--encoder", "ae_basic", "--models", "wgan_gp", "--epochs", "1",
+                               "--epoch-vectors", "0"),
      ("wgan_gp", "256 at --batch-size 256 give 1 batch(es)", "--n-critic 5",
       "--batch-size 51 or smaller")),
+    ("plan2_gan_training.py", ("--encoder", "ae_basic", "--models", "wgan_gp", "--epochs", "1",
+                               "--epoch-vectors", "512"),
+     ("wgan_gp", "256 at --batch-size 256 in 2 passes give 2 batch(es)", "--n-critic 5",
+      "--batch-size 85 or smaller")),
     ("plan2_gan_training.py", ("--encoder", "ae_basic", "--encoder-b", "triplet", "--models",
-                               "wgan_gp,cyclegan,dualgan", "--batch-size", "64", "--epochs", "1"),
+                               "wgan_gp,cyclegan,dualgan", "--batch-size", "64", "--epochs", "1",
+                               "--epoch-vectors", "0"),
      ("dualgan", "per translation half: 128 at --batch-size 64 give 2", "--batch-size 25")),
     ("plan1_gan_training.py", ("--encoder", "ae_basic", "--limit", "256", "--n-critic", "3",
                                "--epochs", "1"),

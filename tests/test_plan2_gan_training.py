@@ -41,9 +41,11 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # Small networks and short runs: the stage's behaviour, not its quality, is under test here.
+# An epoch is one pass over digits' 1,437 training embeddings (the default, 60,000 vectors,
+# would make it 42; test_an_epoch_is_several_passes_over_a_small_training_set tests that).
 QUICK = ["--dataset", "digits", "--device", "cpu", "--threads", "1", "--batch-size", "128",
          "--hidden", "32", "--depth", "2", "--samples", "300", "--validation-samples", "200",
-         "--plot-points", "60"]
+         "--plot-points", "60", "--epoch-vectors", "0"]
 
 
 # Small networks for the battery (the other hyper-parameters at their defaults).
@@ -660,6 +662,34 @@ def test_learning_rate_decay_follows_the_epoch(stage1, tmp_path):
         assert state[optimizer]["param_groups"][0]["lr"] == pytest.approx(6e-4 / 2)
     with pytest.raises(StageError, match="epochs: now 3, checkpoint 2"):
         run_main(root, *args, "--epochs", "3")
+
+
+def test_an_epoch_is_several_passes_over_a_small_training_set(stage1, tmp_path):
+    """--epoch-vectors V: an epoch over n training embeddings is V / n passes (rounded, at least
+    one), so a smaller set trains as many steps per epoch; the checkpoint records the passes,
+    a run with another count does not resume it, and a checkpoint from before the passes were
+    recorded resumes as one pass."""
+    args = ("--models", "wgan_gp", "--limit", "512", "--batch-size", "64", "--epochs", "2",
+            "--no-lr-decay")
+    steps = {}
+    for vectors, passes in ((0, 1), (1536, 3)):
+        root = fresh_copy(stage1, tmp_path / f"v{vectors}")
+        run_main(root, *args, "--epoch-vectors", str(vectors))
+        state = load_checkpoint(root / "checkpoints" / "plan2" / "digits_ae_basic_wgan_gp.pt")
+        assert state["settings"]["epoch_passes"] == passes
+        steps[passes] = (state["d_steps"], state["g_steps"])
+    # 512 embeddings at --batch-size 64: 8 critic steps a pass, a generator step every 5
+    assert steps == {1: (16, 3), 3: (48, 9)}
+    with pytest.raises(StageError, match="epoch_passes: now 1, checkpoint 3"):
+        run_main(tmp_path / "v1536", *args, "--epoch-vectors", "0")
+    path = tmp_path / "v0" / "checkpoints" / "plan2" / "digits_ae_basic_wgan_gp.pt"
+    state = torch.load(path, weights_only=True)
+    del state["settings"]["epoch_passes"]  # as written before the passes were recorded
+    torch.save(state, path)
+    run_main(tmp_path / "v0", *args, "--epoch-vectors", "0", "--epochs", "3")
+    assert load_checkpoint(path)["d_steps"] == 24  # resumed: one more epoch of one pass
+    with pytest.raises(StageError, match="epoch_passes: now 3, checkpoint 1"):
+        run_main(tmp_path / "v0", *args, "--epoch-vectors", "1536", "--epochs", "4")
 
 
 def test_ensemble_members_are_the_single_seed_runs(stage1, tmp_path, capsys):
