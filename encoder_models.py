@@ -210,16 +210,18 @@ def main(argv: list[str] | None = None) -> None:
     train = pick(EncoderTraining, values)
     config = pick(EncoderConfig, values, flips=FLIP_KEEPS_CLASS[train.dataset])
     root = Path(train.data_dir)
-    for name in train.models:  # one lock per model: runs of other models go side by side
-        hold_output_lock(root / f".lock-encoder_models-{train.dataset}_{name}",
-                         f"encoder_models.py, {train.dataset} {name}")
-    folders = {name: ensure_output_dir(root / name) for name in
-               ("embeddings", "visualizations", "checkpoints/encoders")}
     device = pick_device(values["device"])
     data = load_dataset(train.dataset, train.data_dir, train.limit)
     if len(data.x_train) < 2:
         raise StageError(f"--limit {train.limit} leaves {len(data.x_train)} training image(s); "
                          f"a batch needs at least 2")
+    # Every input checked (a refused run writes nothing): one lock per model, so that runs of
+    # other models go side by side.
+    for name in train.models:
+        hold_output_lock(root / f".lock-encoder_models-{train.dataset}_{name}",
+                         f"encoder_models.py, {train.dataset} {name}")
+    folders = {name: ensure_output_dir(root / name) for name in
+               ("embeddings", "visualizations", "checkpoints/encoders")}
     print(f"{data.name}: {len(data.x_train)} train, {len(data.x_test)} test images "
           f"from {data.source}; device {device}")
     x_train = torch.from_numpy(data.x_train).to(device)

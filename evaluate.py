@@ -709,14 +709,14 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = Path(run.data_dir)
     if not data_dir.is_dir():
         raise StageError(f"--data-dir {data_dir}: no such folder (the other stages write there)")
-    hold_output_lock(data_dir / ".lock-evaluate", "evaluate.py")
-    results_dir = ensure_output_dir(data_dir / "results")
-    visual_dir = ensure_output_dir(data_dir / "visualizations")
     files = find_files(data_dir, run.stages, run.files)
     if not any(files.values()):
         raise StageError(f"no file under {data_dir} matches --files {','.join(run.files)} for "
                          f"the stages {', '.join(run.stages)}; nothing evaluated, earlier results "
                          f"are left as they were")
+    hold_output_lock(data_dir / ".lock-evaluate", "evaluate.py")  # a refused run writes nothing
+    results_dir = ensure_output_dir(data_dir / "results")
+    visual_dir = ensure_output_dir(data_dir / "visualizations")
     seed_everything(values["seed"])
     limit_cpu_threads(values["threads"])
     ev = Evaluation(run, score_settings, evaluator, pick_device(values["device"]), visual_dir)

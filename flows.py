@@ -389,11 +389,6 @@ def main(argv: list[str] | None = None) -> None:
     train = pick(FlowTraining, values)
     config = pick(FlowConfig, values)
     root = Path(train.data_dir)
-    for encoder in train.encoders:  # one lock per embedding: flows of others go side by side
-        hold_output_lock(root / f".lock-flows-{train.dataset}_{encoder}",
-                         f"flows.py, {train.dataset} {encoder}")
-    folders = {name: ensure_output_dir(root / name) for name in
-               ("embeddings", "visualizations", "results", "checkpoints/flows")}
     limit_cpu_threads(values["threads"])
     device = pick_device(values["device"])
     # every check up front
@@ -406,6 +401,13 @@ def main(argv: list[str] | None = None) -> None:
             raise StageError(f"{data['path']}: {len(data['z_train'])} training embeddings "
                              f"(--limit {train.limit}) are too few for a validation split and a "
                              f"{train.gmm_components}-component mixture")
+    # Every input checked (a refused run writes nothing): one lock per embedding, so that flows
+    # of other embeddings go side by side.
+    for encoder in train.encoders:
+        hold_output_lock(root / f".lock-flows-{train.dataset}_{encoder}",
+                         f"flows.py, {train.dataset} {encoder}")
+    folders = {name: ensure_output_dir(root / name) for name in
+               ("embeddings", "visualizations", "results", "checkpoints/flows")}
     print(f"{train.dataset}: {len(train.encoders)} embedding(s), flows {', '.join(train.flows)}; "
           f"device {device}")
     for encoder, data in inputs.items():

@@ -274,10 +274,6 @@ def main(argv: list[str] | None = None) -> None:
                             f"{EVALUATOR_FEATURE_DIM}-d features needs more than "
                             f"{EVALUATOR_FEATURE_DIM} images (0: all)")
     root = Path(run.data_dir)
-    hold_output_lock(root / f".lock-plan1_gan_training-{run.dataset}_{run.encoder}",
-                     f"plan1_gan_training.py, {run.dataset} {run.encoder}")
-    folders = {name: ensure_output_dir(root / name) for name in
-               ("samples/plan1", "visualizations", "checkpoints/plan1")}
     limit_cpu_threads(values["threads"])
     seed_everything(run.seed, run.deterministic)
     device = pick_device(values["device"])
@@ -294,6 +290,11 @@ def main(argv: list[str] | None = None) -> None:
     embedding_path = root / "embeddings" / f"{run.dataset}_{run.encoder}.npz"
     z_train_np, z_test_np, embedding_meta = paired_embeddings(embedding_path, data, n_train, run)
     embedding_hash = fingerprint(z_train_np, z_test_np)
+    # Every input checked (a refused run writes nothing): the lock on this run's outputs.
+    hold_output_lock(root / f".lock-plan1_gan_training-{run.dataset}_{run.encoder}",
+                     f"plan1_gan_training.py, {run.dataset} {run.encoder}")
+    folders = {name: ensure_output_dir(root / name) for name in
+               ("samples/plan1", "visualizations", "checkpoints/plan1")}
     print(f"{data.name}: {n_train} train, {len(data.x_test)} test images from {data.source}; "
           f"conditions: {embedding_path} ({z_train_np.shape[1]}-d); device {device}")
 

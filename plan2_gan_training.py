@@ -735,16 +735,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SettingsError(f"--encoder-b {run.encoder_b} is --encoder too; "
                             f"{', '.join(translators)} translate between two different embeddings")
     root = Path(run.data_dir)
-    # One lock per output set: a run of generators and one of translators go side by side.
-    if generators:
-        hold_output_lock(root / f".lock-plan2_gan_training-{run.dataset}_{run.encoder}",
-                         f"plan2_gan_training.py, {run.dataset} {run.encoder}")
-    if translators:
-        pair = f"{run.dataset}_{run.encoder}-to-{run.encoder_b}"
-        hold_output_lock(root / f".lock-plan2_gan_training-{pair}",
-                         f"plan2_gan_training.py, {pair}")
-    folders = {name: ensure_output_dir(root / name) for name in
-               ("embeddings", "visualizations", "checkpoints/plan2", "samples/plan2", "results")}
     limit_cpu_threads(values["threads"])
     seed_everything(run.seed, run.deterministic)
     device = pick_device(values["device"])
@@ -768,6 +758,17 @@ def main(argv: list[str] | None = None) -> None:
                               f"--models {name}: training embeddings"
                               + (" per translation half" if VECTOR_GANS[name].translator else ""),
                               passes_per_epoch(n_train, run.epoch_vectors))
+    # Every input checked (a refused run writes nothing): one lock per output set, so that a
+    # run of generators and one of translators go side by side.
+    if generators:
+        hold_output_lock(root / f".lock-plan2_gan_training-{run.dataset}_{run.encoder}",
+                         f"plan2_gan_training.py, {run.dataset} {run.encoder}")
+    if translators:
+        pair = f"{run.dataset}_{run.encoder}-to-{run.encoder_b}"
+        hold_output_lock(root / f".lock-plan2_gan_training-{pair}",
+                         f"plan2_gan_training.py, {pair}")
+    folders = {name: ensure_output_dir(root / name) for name in
+               ("embeddings", "visualizations", "checkpoints/plan2", "samples/plan2", "results")}
     passes = passes_per_epoch(n_train, run.epoch_vectors)
     print(f"{run.dataset}: {n_train} train, {len(real_a['z_test'])} test embeddings of "
           f"{real_a['z_train'].shape[1]} dims from {path_a}; device {device}; an epoch is "

@@ -452,11 +452,14 @@ def test_evaluate_bad_inputs_leave_the_last_results(evaluated, args, words):
     assert snapshot(evaluated) == before
 
 
-def test_evaluate_data_dir_problems(tmp_path):
+def test_evaluate_data_dir_problems(trained, tmp_path):
     result = evaluate(tmp_path / "missing")
     assert_one_line_error(result, "--data-dir", "missing", "no such folder")
     (tmp_path / "results").write_text("a file")
     (tmp_path / "embeddings").mkdir()
+    result = evaluate(tmp_path)  # inputs first: nothing to evaluate is said before the outputs
+    assert_one_line_error(result, "nothing evaluated")
+    shutil.copy(trained / "embeddings" / "digits_ae_basic.npz", tmp_path / "embeddings")
     result = evaluate(tmp_path)
     assert_one_line_error(result, "results", "not a folder")
 

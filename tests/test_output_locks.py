@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import artifacts
 import flows
+from data_sources import load_dataset
 from runtime import StageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +39,23 @@ def lock_is_free(lock: Path) -> bool:
     return result.returncode == 0 and result.stdout.strip() == "free"
 
 
+def pca_embeddings(data_dir: Path) -> Path:
+    """A valid digits embedding file (pixel PCA, 8-d) under data_dir/embeddings."""
+    from sklearn.decomposition import PCA
+
+    data = load_dataset("digits")
+    pixels = {split: getattr(data, f"x_{split}").reshape(-1, 784) / 255.0
+              for split in ("train", "test")}
+    pca = PCA(8, random_state=0).fit(pixels["train"])
+    return artifacts.save_npz(
+        data_dir / "embeddings" / "digits_pca.npz",
+        {"z_train": pca.transform(pixels["train"]).astype(np.float32), "y_train": data.y_train,
+         "z_test": pca.transform(pixels["test"]).astype(np.float32), "y_test": data.y_test},
+        artifacts.make_meta("tests", {}, "digits", 0))
+
+
 def test_a_second_run_on_the_same_outputs_is_refused_naming_the_first(tmp_path):
+    pca_embeddings(tmp_path)
     first = holder(tmp_path / ".lock-flows-digits_pca", "flows.py")
     try:
         with pytest.raises(StageError) as refused:
@@ -46,7 +64,8 @@ def test_a_second_run_on_the_same_outputs_is_refused_naming_the_first(tmp_path):
         message = str(refused.value)
         assert f"flows.py (pid {first.pid}) is writing here now" in message
         assert "another --data-dir" in message and "\n" not in message
-        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock-flows-digits_pca"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock-flows-digits_pca",
+                                                                "embeddings"]
     finally:
         first.kill()
         first.wait()
@@ -70,3 +89,30 @@ def test_the_lock_is_let_go_when_main_returns_or_fails(tmp_path):
     with pytest.raises(StageError):
         main(True)
     assert lock_is_free(lock)
+
+
+REFUSED = [  # (script, flags): each stops on an input before it writes (nothing trained)
+    ("flows.py", ["--encoders", "pca", "--knn-k", "100000"]),
+    ("flows.py", ["--encoders", "ae_basic"]),  # no such embedding file
+    ("plan2_gan_training.py", ["--encoder", "ae_basic", "--models", "wgan_gp"]),
+    ("plan2_gan_training.py", ["--encoder", "pca", "--models", "wgan_gp", "--limit", "100"]),
+    ("plan1_gan_training.py", ["--encoder", "ae_basic", "--models", "cgan"]),
+    ("encoder_models.py", ["--models", "ae_basic", "--limit", "1"]),
+    ("evaluate.py", ["--files", "nothing_matches_this"]),  # takes no --dataset, --device
+]
+
+
+@pytest.mark.parametrize(("script", "flags"), REFUSED, ids=[f"{s} {' '.join(f)}"
+                                                             for s, f in REFUSED])
+def test_a_refused_run_leaves_the_data_folder_as_it_was(tmp_path, script, flags):
+    """A run stopped by its inputs (a missing or too small file, a setting the data cannot
+    meet) exits 1 with one line and creates no output folder and no lock file."""
+    pca_embeddings(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    common = [] if script == "evaluate.py" else ["--dataset", "digits", "--device", "cpu"]
+    result = subprocess.run([sys.executable, script, *common, "--data-dir", str(tmp_path),
+                             *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
