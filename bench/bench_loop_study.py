@@ -8,11 +8,13 @@ growth of FID from generation 0, and what the study shows; draws every configura
 
 The scale is the study's own (smaller than the stage's defaults, to fit the 60-minute budget on
 2 CPU cores): TRAIN_IMAGES images per generation, N_IMAGES prompts, a WIDTH-channel network,
-every later generation EPOCHS epochs (of TRAIN_IMAGES images), KID on 20 subset pairs and no
-bootstrap intervals (the band is the spread over seeds). Two loops side by side run about 1.5
-times slower each than one alone (measured: 11.4 s against 17 s of training per generation), so
-10 epochs per generation took 78 minutes; 7 fit the budget (the time of the last run is in
-docs/drift.md).
+generation 0 trained until its validation FID has not improved for PATIENCE epochs (at most
+EPOCHS_FIRST), every later generation EPOCHS epochs (of TRAIN_IMAGES images), KID on 20 subset
+pairs and no bootstrap intervals (the band is the spread over seeds). Two loops side by side run
+about 1.5 times slower each than one alone (measured: 11.4 s against 17 s of training per
+generation). Each seed's converged start is trained first (its first configuration's loop up to
+generation 1); every other loop of that seed starts as soon as it is there, so both cores stay
+busy (the time of the last run is in docs/drift.md).
 
     python bench/bench_loop_study.py
 """
@@ -24,7 +26,7 @@ import shlex
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import scoring  # noqa: E402
 import self_consuming_loop as loop  # noqa: E402
 from artifacts import ensure_output_dir, save_figure  # noqa: E402
 from bench_common import ROOT, load_text  # noqa: E402
-from runtime import StageError, run_stage  # noqa: E402
+from data_sources import load_dataset  # noqa: E402
+from runtime import StageError, pick_device, run_stage  # noqa: E402
 from settings import configure, pick  # noqa: E402
 
 DATASET = "fashion-mnist"  # dataset of the loops [in data_sources.DATASETS]
@@ -47,7 +51,9 @@ FRESH = 0.2  # the fresh-data configurations' share of fresh real images [> 0, <
 TRAIN_IMAGES = 2000  # images of generation 0's set and of every addition [>= 64]
 N_IMAGES = 1000  # prompts scored per generation [>= 10]
 WIDTH = 16  # channels of the networks' first conv layer [>= 1]
-EPOCHS = 7  # epochs of every later generation (0: generation 0's converged count) [>= 0]
+EPOCHS = 5  # epochs of every later generation (0: generation 0's converged count) [>= 0]
+EPOCHS_FIRST = 100  # most epochs of generation 0 [>= 1]
+PATIENCE = 10  # generation 0 stops after this many epochs without a better validation FID [>= 1]
 SCRATCH = False  # also the replace loop from scratch (no warm start): 1/6 more time
 PARALLEL = 2  # loops run at once (one CPU thread each) [>= 1]
 STAGE_ARGS = "--kid-subsets 20 --bootstrap 0"  # more self_consuming_loop.py flags for every loop
@@ -67,6 +73,8 @@ class StudyBench:
     n_images: int
     width: int
     epochs: int
+    epochs_first: int
+    patience: int
     scratch: bool
     parallel: int
     stage_args: str
@@ -84,15 +92,17 @@ def configurations(b: StudyBench) -> list[tuple[str, list[str]]]:
     return configs
 
 
-def run_loop(flags: list[str], seed: int, b: StudyBench, log: Path) -> float:
-    """One loop (one configuration, one seed) as a user runs it; its wall seconds."""
+def run_loop(flags: list[str], seed: int, generations: int, b: StudyBench, log: Path) -> float:
+    """One loop (one configuration, one seed) as a user runs it, up to ``generations`` (resumed
+    when it has some); its wall seconds."""
     command = [sys.executable, str(ROOT / "self_consuming_loop.py"), "--dataset", b.dataset,
                "--data-dir", b.data_dir, "--seeds", str(seed),
-               "--generations", str(b.generations), "--train-images", str(b.train_images),
+               "--generations", str(generations), "--train-images", str(b.train_images),
                "--n-images", str(b.n_images), "--width", str(b.width), "--epochs",
-               str(b.epochs), "--threads", "1", *flags, *shlex.split(b.stage_args)]
+               str(b.epochs), "--epochs-first", str(b.epochs_first), "--patience",
+               str(b.patience), "--threads", "1", *flags, *shlex.split(b.stage_args)]
     started = time.time()
-    with log.open("w") as output:
+    with log.open("a") as output:
         code = subprocess.run(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT).returncode
     if code:
         raise StageError(f"{' '.join(command[1:])} failed (exit {code}); see {log}")
@@ -129,19 +139,31 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(configs)} configurations x {len(b.seeds)} seeds x {b.generations} generations "
           f"on {b.dataset}: {b.train_images} images per generation, {b.n_images} prompts, width "
           f"{b.width}, later epochs {b.epochs or 'as generation 0'}; {load_text()}", flush=True)
-    # One loop per (configuration, seed), PARALLEL at a time: the first configuration's loops
-    # train each seed's converged start, which the other configurations then reuse, so they go
-    # first (one per seed: two loops never train the same start).
+    # One loop per (configuration, seed), PARALLEL at a time. The first configuration's loop of
+    # a seed, run to generation 1, trains that seed's converged start, which every loop of the
+    # seed then reuses: those go first (one per seed: two loops never train the same start), and
+    # a seed's loops start as soon as its start is there.
+    # The evaluator CNN every loop scores with, trained once here (on both cores) rather than
+    # by the first two loops at once.
+    scoring.load_evaluator(load_dataset(b.dataset, b.data_dir), pick_device("auto"),
+                           scoring.EvaluatorSettings(data_dir=b.data_dir))
+    ready = [(0, seed, 1) for seed in b.seeds]  # (configuration, seed, up to generation)
+    later = {seed: [(index, seed, b.generations) for index in range(len(configs))]
+             for seed in b.seeds}
     with ThreadPoolExecutor(b.parallel) as pool:
-        firsts = {seed: pool.submit(run_loop, configs[0][1], seed, b,
-                                    logs / f"config0_seed{seed}.log") for seed in b.seeds}
-        for seed, future in firsts.items():
-            print(f"{configs[0][0]}, seed {seed}: {future.result():.0f} s", flush=True)
-        futures = {(label, seed): pool.submit(run_loop, flags, seed, b,
-                                              logs / f"config{index}_seed{seed}.log")
-                   for index, (label, flags) in enumerate(configs) if index for seed in b.seeds}
-        for (label, seed), future in futures.items():
-            print(f"{label}, seed {seed}: {future.result():.0f} s", flush=True)
+        running: dict[Future, tuple[int, int, int]] = {}
+        while ready or running:
+            while ready and len(running) < b.parallel:
+                task = ready.pop(0)
+                index, seed, generations = task
+                running[pool.submit(run_loop, configs[index][1], seed, generations, b,
+                                    logs / f"config{index}_seed{seed}.log")] = task
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index, seed, generations = running.pop(future)
+                print(f"{configs[index][0]}, seed {seed}, to generation {generations}: "
+                      f"{future.result():.0f} s", flush=True)
+                ready.extend(later.pop(seed, []))  # the seed's start is there: its loops
     total = time.time() - started
     marks = [m for m in b.marks if m <= b.generations]
     keys = (("fid", "FID", 1), ("precision", "precision", 3), ("recall", "recall", 3),
