@@ -45,6 +45,20 @@ def meets_target(row: dict[str, Any], mixture: dict[str, Any]) -> bool:
         and row["density"] > mixture["density"]
 
 
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for one value) of one metric over seeds."""
+    import numpy
+
+    spread = float(numpy.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return float(numpy.mean(values)), spread
+
+
+def over_seeds(values: list[float], digits: int = 3) -> str:
+    """One table cell of a metric measured with several seeds: "mean ± sd" (one seed: the value)."""
+    mean, spread = mean_sd(values)
+    return f"{mean:.{digits}f}" + (f" ± {spread:.{digits}f}" if len(values) > 1 else "")
+
+
 # ---------------------------------------------------------------- CLIP extraction timing
 # What bench_clip_extraction.py and gpu_check_extraction.py share: the pictures they embed and the
 # model-only reference. PIL, scikit-learn's sample photographs and the extraction stage are
