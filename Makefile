@@ -137,7 +137,10 @@ bench: install fashion-data
 	$(PY) bench/bench_evaluate.py --dataset fashion-mnist
 	$(PY) bench/bench_plan1.py
 	$(PY) bench/bench_plan2.py
-	$(PY) bench/bench_plan2_sampling.py --data-dir data/bench_plan2 --encoder ae_advanced
+	$(PY) bench/bench_plan2_sampling.py --data-dir data/bench_plan2/seed0 --encoder ae_advanced
+	$(PY) bench/bench_plan2_target.py --encoders ae_basic,vae --train-sizes 10000,0
+	$(PY) bench/bench_plan2_target.py --encoders ae_intermediate,ae_advanced --train-sizes 0 \
+		--models wgan_gp,flow_matching
 	$(PY) bench/bench_clip_extraction.py
 	$(PY) bench/bench_drift_experiment.py
 	$(PY) bench/bench_loop_study.py

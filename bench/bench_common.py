@@ -45,6 +45,35 @@ def meets_target(row: dict[str, Any], mixture: dict[str, Any]) -> bool:
         and row["density"] > mixture["density"]
 
 
+def seed_folder(root: str | Path, seed: int) -> Path:
+    """The data folder of one seed's training runs under a benchmark's folder, so that no seed
+    overwrites or resumes another's checkpoints and samples."""
+    return Path(root) / f"seed{seed}"
+
+
+def dataset_files(root: Path, dataset: str) -> list[Path]:
+    """The dataset files downloaded into root (none when the data lives elsewhere): a stage reads
+    the images from its own data folder first."""
+    folder = root / "datasets" / dataset
+    return sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith(".")
+                  and not p.name.endswith(".part")) if folder.is_dir() else []
+
+
+def share_inputs(root: Path, folder: Path, paths: list[Path]) -> None:
+    """Copy inputs made once under root (stage-1 embeddings, the evaluator, dataset files) to the
+    same place under a seed's folder, unless the same bytes are there already."""
+    import filecmp
+
+    from artifacts import atomic_write
+
+    for source in paths:
+        target = folder / source.relative_to(root)
+        if target.is_file() and filecmp.cmp(source, target, shallow=False):
+            continue
+        with atomic_write(target) as handle:
+            handle.write(source.read_bytes())
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; 0 for one value) of one metric over seeds."""
     import numpy
