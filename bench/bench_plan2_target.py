@@ -10,7 +10,8 @@ table (mean ± sd over seeds) with the target of issues 10 and 27: the best GAN 
 validation) at recall >= 0.8 and a Fréchet distance <= 2x the floor, above the mixture's
 precision and density. Also which generator of embeddings is best on validation (within those
 bounds first, then by precision), mixture and flow matching included. The tables also go to
-DATA_DIR/results/plan2_target.md.
+DATA_DIR/results/plan2_target_<encoders>.md (one file per set of encoders, so a second run with
+other encoders keeps the first's report).
 
 Every run is plan2_gan_training.py as a user runs it, in a folder of its own under DATA_DIR
 (resumed when run again; a run's log beside it); PARALLEL at a time. Hours on 2 CPU cores at
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         lines += report(split, runs, [fitted[(split.name, seed)] for seed in b.seeds], b)
     text = "\n".join(lines)
     print(text, flush=True)
-    path = write_text(ensure_output_dir(root / "results") / "plan2_target.md", text + "\n")
+    path = write_text(ensure_output_dir(root / "results")
+                      / f"plan2_target_{'_'.join(b.encoders)}.md", text + "\n")
     print(f"\n{(time.time() - started) / 60:.0f} min; wrote {path}; {load_text()}")
 
 
