@@ -158,7 +158,7 @@ def test_bench_plan2_stops_in_one_line_when_its_stage_fails(tmp_path):
                       make_meta("tests", {}, "digits", 0))
     before = source.read_bytes()
     result = bench_plan2(data_dir, "--encoders", "pca", "--flows", "", "--pairs", "",
-                         "--stage-args=--no-such-flag")
+                         "--seeds", "0", "--samples", "200", "--stage-args=--no-such-flag")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "unrecognized arguments: --no-such-flag" in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
