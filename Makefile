@@ -125,7 +125,7 @@ demo-all: install fashion-data
 TEST_WORKERS ?= 2
 
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -20,10 +20,6 @@ from sklearn.decomposition import PCA
 from artifacts import make_meta, save_npz
 from data_sources import load_dataset
 
-# Its module fixtures train models: one worker runs the whole module (make test uses
-# --dist loadgroup), so they are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("demo_report")
-
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--device", "cpu", "--evaluator-epochs", "4", "--plot-points", "200", "--kmeans-init", "2",
         "--silhouette-samples", "300", "--baseline-components", "8", "--bootstrap", "0",

@@ -31,10 +31,6 @@ from evaluator_cnn import (
 )
 from runtime import StageError
 
-# Its module fixtures train models: one worker runs the whole module (make test uses
-# --dist loadgroup), so they are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("evaluate")
-
 REPO = Path(__file__).resolve().parents[1]
 # Small but real: a 4-epoch evaluator and short plots keep the whole run to seconds on 2 cores.
 FAST = ["--device", "cpu", "--evaluator-epochs", "4", "--plot-points", "200", "--kmeans-init", "2",

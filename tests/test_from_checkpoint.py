@@ -17,10 +17,6 @@ from data_sources import load_dataset
 from gans import GANTrainer, LoopSettings
 from runtime import StageError
 
-# Its module fixtures train models: one worker runs the whole module (make test uses
-# --dist loadgroup), so they are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("from_checkpoint")
-
 
 @pytest.fixture(scope="module")
 def encoder_run(tmp_path_factory):

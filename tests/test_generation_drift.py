@@ -34,10 +34,6 @@ from generation_metrics import (
     total_variance,
 )
 
-# Its module fixtures train models: one worker runs the whole module (make test uses
-# --dist loadgroup), so they are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("generation_drift")
-
 ROOT = Path(__file__).resolve().parents[1]
 EXTRACT = ROOT / "extract_generation_embeddings.py"
 PLOT = ROOT / "plot_generation_clusters.py"

@@ -19,10 +19,6 @@ from clip_embedding import embed_images
 from clip_images import PixelPipeline, image_batches
 from runtime import StageError
 
-# Its module fixtures train models: one worker runs the whole module (make test uses
-# --dist loadgroup), so they are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("generation_extraction")
-
 CPU = torch.device("cpu")
 EXTRACT, extract_flags, load, run_script = (drift.EXTRACT, drift.extract_flags, drift.load,
                                             drift.run_script)

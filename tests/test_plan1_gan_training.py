@@ -23,10 +23,6 @@ from image_gans import ImageGANConfig, build_image_gan, class_condition
 from runtime import StageError
 from settings import SettingsError, configure, pick
 
-# Its module fixtures train models: one worker runs the whole module (make test uses
-# --dist loadgroup), so they are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("plan1_gan_training")
-
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CONDITION_DIM, CLASSES = 6, 4

@@ -37,10 +37,6 @@ from runtime import StageError
 from settings import SettingsError, configure, pick
 from vector_gans import Sizes, VectorGANConfig, build_vector_gan
 
-# Its module fixtures train models: one worker runs the whole module (make test uses
-# --dist loadgroup), so they are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("plan2_gan_training")
-
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

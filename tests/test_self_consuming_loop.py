@@ -30,10 +30,6 @@ from loop_regimes import REAL, ImageSet, Regime
 from runtime import run_stage
 from settings import configure
 
-# Its module fixtures train models: one worker runs the whole module (make test uses
-# --dist loadgroup), so they are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("self_consuming_loop")
-
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 N_IMAGES = 12

@@ -22,10 +22,6 @@ import train_small_clip
 from CL_loss_function import clip_contrastive_loss
 from data_sources import load_dataset
 
-# Its module fixtures train models: one worker runs the whole module (make test uses
-# --dist loadgroup), so they are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("small_clip")
-
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = ["--dataset", "digits", "--device", "cpu", "--epochs", "1", "--limit", "256",
