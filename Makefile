@@ -121,11 +121,12 @@ demo-all: install fashion-data
 	$(PY) plan2_gan_training.py --dataset $(DS) --epochs 20 --epoch-vectors 0 --samples 2000 --plot-points 300 --data-dir $(DATA_DIR)
 	$(PY) evaluate.py --data-dir $(DATA_DIR)
 
-# Two pytest workers (pytest-xdist): 3 minutes instead of 5.5 on 2 idle CPU cores.
+# Two pytest workers (pytest-xdist), each test file on one worker (--dist loadfile), so a
+# file's module fixtures, which train models, are built once, not once per worker.
 TEST_WORKERS ?= 2
 
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: install
 	$(VENV)/bin/ruff check .
