@@ -1,0 +1,18 @@
+"""Test order for make test's two workers (--dist loadfile hands out whole files in order): the
+files that take longest run first, so that the workers end together instead of one running the
+last long file alone."""
+
+from __future__ import annotations
+
+import pytest
+
+LONGEST_FIRST = ("test_hardening.py", "test_plan2_gan_training.py", "test_self_consuming_loop.py",
+                 "test_encoder_models.py", "test_demo_report.py", "test_evaluate.py",
+                 "test_plan1_gan_training.py", "test_flows.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Sort the longest files (measured, in LONGEST_FIRST's order) to the front; the rest keep
+    their order."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
