@@ -497,24 +497,18 @@ def test_every_boolean_setting_is_a_bare_switch(tmp_path, capsys):
     assert configure_error(tmp_path, ["--flag", "--no-flag"], capsys, source).startswith(
         "error: argument --no-flag: not allowed with argument --flag")
     capsys.readouterr()
-    for script in SCRIPTS:  # each script's own parser, in this process (a subprocess each: 57 s)
-        namespace_of = runpy_namespace(script)
-        with pytest.raises(SystemExit) as exit_info:
-            configure(namespace_of, ["--help"])
-        assert exit_info.value.code == 0, script
-        text = capsys.readouterr().out
-        if script == "plan2_gan_training.py":  # and once as a user runs it
-            assert subprocess.run([sys.executable, script, "--help"], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=120,
-                                  env=ENV).stdout == text
-        for name, _ in declared_settings((ROOT / script).read_text()):
-            if isinstance(namespace_of.get(name), bool):
-                flag = "--" + name.lower().replace("_", "-")
-                assert f"{flag} [true|false]" in text and f"--no-{flag[2:]}" in text, \
-                    (script, flag)
+    namespace_of = runpy_namespace("plan2_gan_training.py")
+    with pytest.raises(SystemExit):
+        configure(namespace_of, ["--help"])
+    in_process = capsys.readouterr().out  # what the per-script test below reads, for each script
+    assert "--plots [true|false]" in in_process and "--no-plots" in in_process
+    assert subprocess.run([sys.executable, "plan2_gan_training.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env=ENV).stdout == in_process  # is what a user sees
 
 
 def runpy_namespace(script: str) -> dict:
+    """The script's module namespace, run as when it is run as a script (its folder on the path)."""
     import runpy
 
     sys.path[:0] = [str(ROOT), str((ROOT / script).parent)]
@@ -591,15 +585,21 @@ SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.py"), *ROOT.gl
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_has_valid_defaults_and_readable_rules(script, capsys):
-    import runpy
-
-    sys.path[:0] = [str(ROOT), str((ROOT / script).parent)]  # as when run as a script
-    namespace = runpy.run_path(str(ROOT / script), run_name="imported_by_test")
+    """Defaults pass their rules, every setting has a comment, and --help lists each boolean
+    setting both ways (--flag [true|false] and --no-flag)."""
+    namespace = runpy_namespace(script)
     settings = configure(namespace, [])
     assert settings, script
+    assert "error:" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        configure(namespace, ["--help"])
+    assert exit_info.value.code == 0, script
+    text = capsys.readouterr().out
     for name, comment in declared_settings((ROOT / script).read_text()):
         assert comment, (script, name)
-    assert "error:" not in capsys.readouterr().err
+        if isinstance(namespace.get(name), bool):
+            flag = "--" + name.lower().replace("_", "-")
+            assert f"{flag} [true|false]" in text and f"--no-{flag[2:]}" in text, (script, flag)
 
 
 @pytest.mark.parametrize(("script", "argv", "message"), [
