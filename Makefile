@@ -44,9 +44,7 @@ RUN = @echo "[$(1)] started"; start=$$(date +%s); \
 	( $($(2)) ) > $(DEMO)/$(1).log 2>&1 || { tail -n 25 $(DEMO)/$(1).log; echo "[$(1)] failed: $(DEMO)/$(1).log"; exit 1; }; \
 	echo "[$(1)] done in $$(( $$(date +%s) - start )) s"; touch $(DEMO)/$(1)
 
-EVALUATOR_CMD = $(PY) -c "import data_sources, runtime, scoring; \
-	scoring.load_evaluator(data_sources.load_dataset('$(DS)', '$(DATA_DIR)'), runtime.pick_device('auto'), \
-	scoring.EvaluatorSettings(data_dir='$(DATA_DIR)'))"
+EVALUATOR_CMD = $(PY) train_evaluator.py --dataset $(DS) --data-dir $(DATA_DIR)
 ENCODER_VAE_CMD = $(PY) encoder_models.py --dataset $(DS) --models vae --epochs 3 --data-dir $(DATA_DIR)
 ENCODER_AE_CMD = $(PY) encoder_models.py --dataset $(DS) --models ae_basic --epochs 2 --data-dir $(DATA_DIR)
 PLAN1_CMD = $(PY) plan1_gan_training.py --dataset $(DS) --encoder vae --models cgan --epochs 3 \

@@ -12,18 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from artifacts import load_embeddings, load_npz, write_text
-from flow_models import baseline_samples
-from runtime import StageError, run_stage
-from scoring import ScoringSettings, plan2_metrics
-from settings import configure, pick
+from dataio.artifacts import load_embeddings, load_npz, write_text
+from evaluation.scoring import ScoringSettings, plan2_metrics
+from models.flow_models import baseline_samples
+from runtime.settings import configure, pick
+from runtime.stage import StageError, run_stage
 
-DATASET = "fashion-mnist"  # the demo's dataset [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # the demo's dataset [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # where the demo's stages wrote their files
 PLAN1_FID = 30.0  # Plan 1 works: its best model's FID at most this [> 0]
 PLAN1_CONSISTENCY = 0.80  # ... and its class consistency at least this [> 0, <= 1]
 PLAN2_CONSISTENCY = 0.70  # Plan 2 works: decoded images of the class asked for this often [> 0]
 LOOP_FID = 30.0  # the loop's generation 0 works: its FID at most this [> 0]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from artifacts import (
+from dataio.artifacts import (
     check_settings_match,
     ensure_output_dir,
     hold_output_lock,
@@ -33,8 +33,8 @@ from artifacts import (
     save_figure,
     save_npz,
 )
-from data_sources import load_dataset
-from encoders import (
+from dataio.data_sources import load_dataset
+from models.encoders import (
     ENCODER_NAMES,
     FLIP_KEEPS_CLASS,
     EncoderConfig,
@@ -43,13 +43,14 @@ from encoders import (
     embed_all,
     to_unit,
 )
-from runtime import StageError, pick_device, require_finite, run_stage, seed_everything
-from settings import configure, pick
+from runtime.settings import configure, pick
+from runtime.stage import StageError, pick_device, require_finite, run_stage, seed_everything
 
-# Internal tables (no same-line comment, so not settings): the schedules there are.
+# The schedules there are (a table the rule of --lr-schedule names, not a setting).
 LR_SCHEDULES = ("constant", "one-cycle")
 
-DATASET = "fashion-mnist"  # dataset to embed [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset to embed [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # where every output is written (datasets are also looked up there)
 MODELS = ENCODER_NAMES  # encoders to train, comma-separated [in ENCODER_NAMES]
 EMBEDDING_DIM = 32  # size of every embedding [>= 1, <= 4096]
@@ -68,6 +69,7 @@ PROJECTION_DIM = 64  # output size of the contrastive projection head [>= 1]
 TRIPLET_MARGIN = 0.2  # margin of the triplet loss (embeddings are unit vectors) [> 0]
 TRIPLET_MINING = "all"  # all (batch-all) or hard (batch-hard; collapses early) [all | hard]
 EMBED_BATCH_SIZE = 1024  # images per forward pass when writing embeddings [>= 1]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

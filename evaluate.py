@@ -32,9 +32,7 @@ import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-import metrics  # noqa: E402
-import scoring  # noqa: E402
-from artifacts import (  # noqa: E402
+from dataio.artifacts import (  # noqa: E402
     GENERATED_EMBEDDING_KEYS,
     PLAN1_SAMPLE_KEYS,
     check_array,
@@ -47,22 +45,27 @@ from artifacts import (  # noqa: E402
     save_figure,
     write_text,
 )
-from data_sources import CLASS_NAMES, DATASETS, load_dataset  # noqa: E402
-from evaluator_cnn import check_images  # noqa: E402
-from feature_spaces import FeatureSpaceSettings  # noqa: E402
-from runtime import (  # noqa: E402
+from dataio.data_sources import CLASS_NAMES, DATASETS, load_dataset  # noqa: E402
+from evaluation import (
+    metrics,  # noqa: E402
+    scoring,  # noqa: E402
+)
+from evaluation.evaluator_cnn import check_images  # noqa: E402
+from evaluation.feature_spaces import FeatureSpaceSettings  # noqa: E402
+from evaluation.scoring import cell, number  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import (  # noqa: E402
     StageError,
     limit_cpu_threads,
     pick_device,
     run_stage,
     seed_everything,
 )
-from scoring import cell, number  # noqa: E402
-from settings import configure, pick  # noqa: E402
 
 # The stages there are (an internal table, not a setting): each has its files and its table.
 STAGE_NAMES = ("embeddings", "plan1", "plan2", "plan2_images", "plan2_translation")
 
+# ---------------------------------------------------------------- settings
 DATA_DIR = "data"  # where the other stages wrote their files; results go to <data-dir>/results
 STAGES = STAGE_NAMES  # stages to evaluate [in STAGE_NAMES]
 FILES = ("*",)  # glob patterns of the file names to evaluate, e.g. fashion-mnist_*
@@ -87,10 +90,11 @@ KID_SUBSETS = 100  # KID: pairs of random subsets (torch-fidelity's default) [>=
 KID_SUBSET_SIZE = 1000  # KID: samples per subset, capped at the smaller set [>= 2]
 CAS_HIDDEN = 128  # classifier accuracy score: hidden units of its MLP [>= 1]
 CAS_EPOCHS = 10  # classifier accuracy score: training passes of its MLP [>= 1]
-FEATURE_SPACE = "evaluator"  # space of the image metrics [in feature_spaces.SPACES]
+FEATURE_SPACE = "evaluator"  # space of the image metrics [in evaluation.feature_spaces.SPACES]
 FEATURE_MODEL = ""  # dinov2 / clip: hub name or local directory ('': ViT-L/14 of each)
 FEATURE_BATCH_SIZE = 100  # images per forward pass of an inception / dinov2 / clip model [>= 1]
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
+# ---------------------------------------------------------------- end of settings
 
 # What one broken file can raise; the file is reported and skipped, the others go on.
 PER_FILE_ERRORS = (StageError, ValueError, TypeError, KeyError, IndexError,

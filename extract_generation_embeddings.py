@@ -14,7 +14,8 @@ not among the loaded captions is reported and skipped. PAIRING 'position' pairs 
 natural name order with the i-th caption, for folders whose names carry no ids (COCO-named files
 are refused). Unreadable images are reported by name, skipped and counted in ``meta``.
 PREPROCESSING 'fast' decodes at reduced size on the CPU and resizes, crops and normalises on the
-device (see clip_images.py); 'processor' runs the Hugging Face image processor image by image.
+device (see clip_tools/clip_images.py); 'processor' runs the Hugging Face image processor image
+by image.
 
 Writes OUTPUT_DIR/coco_caption_embeddings.npz (text_embeddings, captions, image_ids) and one
 OUTPUT_DIR/gen_<g>_embeddings.npz per generation (image_embeddings, text_embeddings of each
@@ -39,15 +40,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from artifacts import (
-    ensure_output_dir,
-    hold_output_lock,
-    holds_output_locks,
-    load_npz,
-    make_meta,
-    save_npz,
-)
-from clip_embedding import (
+from clip_tools.clip_embedding import (
     COCO_NAME,
     IMAGE_SUFFIXES,
     batch_blocks,
@@ -57,11 +50,20 @@ from clip_embedding import (
     list_images,
     load_clip,
 )
-from clip_images import PixelPipeline, image_batches
-from generation_metrics import check_generations
-from runtime import StageError, pick_device, run_stage, seed_everything
-from settings import SettingsError, configure, pick
+from clip_tools.clip_images import PixelPipeline, image_batches
+from dataio.artifacts import (
+    ensure_output_dir,
+    hold_output_lock,
+    holds_output_locks,
+    load_npz,
+    make_meta,
+    save_npz,
+)
+from evaluation.generation_metrics import check_generations
+from runtime.settings import SettingsError, configure, pick
+from runtime.stage import StageError, pick_device, run_stage, seed_everything
 
+# ---------------------------------------------------------------- settings
 ANNOTATION_FILE = "data/coco/annotations/captions_train2014.json"  # COCO captions JSON
 GENERATION_DIR_PATTERN = "data/coco/sd_to_sd_cfg_7_steps_50_gen_{g}"  # one folder per generation
 GENERATIONS = (0, 4, 10)  # generations to embed, any list [>= 0]
@@ -76,6 +78,7 @@ SEED = 0  # seeds torch and numpy; the extraction itself draws nothing at random
 SHARD = ""  # 'i/n' (0 <= i < n): embed only shard i of n into OUTPUT_DIR/shards; '': everything
 MERGE = False  # only join the shard files in OUTPUT_DIR/shards into the usual files
 OUTPUT_DIR = "data/embeddings"  # where the NPZ files are written
+# ---------------------------------------------------------------- end of settings
 
 
 

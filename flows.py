@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from artifacts import (
+from dataio.artifacts import (
     check_settings_match,
     ensure_output_dir,
     fingerprint,
@@ -47,8 +47,9 @@ from artifacts import (
     save_npz,
     write_text,
 )
-from encoders import ENCODER_NAMES
-from flow_models import (
+from evaluation.metrics import knn_accuracy
+from models.encoders import ENCODER_NAMES
+from models.flow_models import (
     FLOW_NAMES,
     LAYER_FIELDS,
     Flow,
@@ -63,8 +64,8 @@ from flow_models import (
     mixture_nll,
     to_base,
 )
-from metrics import knn_accuracy
-from runtime import (
+from runtime.settings import configure, pick
+from runtime.stage import (
     StageError,
     limit_cpu_threads,
     pick_device,
@@ -72,14 +73,14 @@ from runtime import (
     run_stage,
     seed_everything,
 )
-from settings import configure, pick
 
-# Internal tables (not settings): the learning-rate schedules there are, and the encoders stage 1
+# Tables (not settings): the learning-rate schedules there are, and the encoders stage 1
 # trains by default (any other name of a stage-1 file works too).
 LR_SCHEDULES = ("constant", "cosine")
 STAGE1_ENCODERS = ENCODER_NAMES
 
-DATASET = "fashion-mnist"  # dataset whose embeddings are refined [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset whose embeddings are refined [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # where data/embeddings/<ds>_<enc>.npz are read and every output is written
 ENCODERS = STAGE1_ENCODERS  # stage-1 embeddings <ds>_<enc>.npz to refine, by encoder
 FLOWS = FLOW_NAMES  # flows fitted to each embedding [in FLOW_NAMES]
@@ -106,6 +107,7 @@ SEED = 0  # seeds the split, the weights, the batch order, the mixture and the s
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
+# ---------------------------------------------------------------- end of settings
 
 # A column whose standard deviation is below this share of its scale counts as constant.
 CONSTANT_COLUMN_TOLERANCE = 1e-6

@@ -3,12 +3,12 @@
 Given the embedding e(x) of each training image x (data/embeddings/<ds>_<enc>.npz, written by
 encoder_models.py), train generators G(z, e(x)) whose images resemble x, judged by discriminators
 that see the same condition: a conditional GAN with a projection discriminator, an ACGAN (an
-auxiliary class head on real labels) and an InfoGAN (categorical and continuous codes recovered by
-a Q head). All three train through the shared loop in gans.py. Per epoch: a grid of real test
+auxiliary class head on real labels) and an InfoGAN (categorical and continuous codes recovered by a
+Q head). All three train through the shared loop in training/gans.py. Per epoch: a grid of real test
 images and their regenerations in data/visualizations/; at the end: every test image regenerated
 from its embedding in data/samples/plan1/<ds>_<enc>_<gan>.npz (the format evaluate.py reads), a
-loss-curve PNG, and a report (FID on the evaluator's features with its floor, Inception-style
-score, class consistency, pixel error to the source image).
+loss-curve PNG, and a report (FID on the evaluator's features with its floor, Inception-style score,
+class consistency, pixel error to the source image).
 
 The default condition is the VAE's embedding (its posterior mean): it was trained to carry what
 is needed to rebuild the image, in a space the KL term keeps smooth and near N(0, I), so that a
@@ -30,9 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import metrics
-import scoring
-from artifacts import (
+from dataio.artifacts import (
     ensure_output_dir,
     fingerprint,
     hold_output_lock,
@@ -43,19 +41,12 @@ from artifacts import (
     save_figure,
     save_npz,
 )
-from data_sources import ImageDataset, load_dataset
-from evaluator_cnn import FEATURE_DIM as EVALUATOR_FEATURE_DIM
-from evaluator_cnn import evaluator_outputs
-from gans import (
-    LOSS_KINDS,
-    GANTrainer,
-    LoopSettings,
-    check_generator_steps,
-    image_grid_figure,
-    loss_curves_figure,
-    tensor_batches,
-)
-from image_gans import (
+from dataio.data_sources import ImageDataset, load_dataset
+from evaluation import metrics, scoring
+from evaluation.evaluator_cnn import FEATURE_DIM as EVALUATOR_FEATURE_DIM
+from evaluation.evaluator_cnn import evaluator_outputs
+from evaluation.scoring import cell
+from models.image_gans import (
     GAN_NAMES,
     IMAGE_GANS,
     ConditionalGAN,
@@ -65,14 +56,23 @@ from image_gans import (
     regenerate,
     to_signed,
 )
-from runtime import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
-from scoring import cell
-from settings import SettingsError, configure, pick
+from runtime.settings import SettingsError, configure, pick
+from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
+from training.gans import (
+    LOSS_KINDS,
+    GANTrainer,
+    LoopSettings,
+    check_generator_steps,
+    image_grid_figure,
+    loss_curves_figure,
+    tensor_batches,
+)
 
-# Internal tables (no same-line comment, so not settings).
+# Tables the settings' rules name (not settings).
 LOSS_NAMES = LOSS_KINDS
 
-DATASET = "fashion-mnist"  # dataset whose images are regenerated [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset whose images are regenerated [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # where embeddings are read and every output is written
 ENCODER = "vae"  # stage-1 embedding to condition on: embeddings/<ds>_<enc>.npz
 MODELS = GAN_NAMES  # GANs to train, comma-separated [in GAN_NAMES]
@@ -105,6 +105,7 @@ TEST_IMAGES = 0  # regenerate the first N test images only, for quick runs (0: a
 GRID_NOISE_ROWS = 3  # rows of regenerations (one noise each) under the real row [>= 1]
 LOG_EVERY = 50  # steps between reads of the summed losses (progress bar, curves) [>= 1]
 SAMPLE_BATCH_SIZE = 1000  # images per generator pass when writing samples [>= 1]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ Translators between two encoders' embeddings of the same images, trained without
 and DualGAN. The training images are cut into two disjoint halves, one seen only as domain A
 (--encoder), the other only as domain B (--encoder-b); on the test split both embeddings of each
 image are known, which measures how well A->B recovers the true B embedding. Every model is an
-MLP over standardised vectors (train statistics) trained through the shared loop in gans.py.
+MLP over standardised vectors (train statistics) trained through the shared loop in
+training/gans.py.
 
 Writes data/embeddings/<ds>_<enc>_<gan>.gen.npz (generated embeddings; y_gen for conditional
 models), data/embeddings/<ds>_<encA>-to-<encB>_<gan>.npz (translated test embeddings), and, when
@@ -35,10 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import encoders
-import image_gans
-import scoring
-from artifacts import (
+from dataio.artifacts import (
     ensure_output_dir,
     fingerprint,
     hold_output_lock,
@@ -52,22 +50,13 @@ from artifacts import (
     save_npz,
     write_text,
 )
-from data_sources import CLASS_NAMES, ImageDataset, load_dataset
-from flow_models import FLOW_NAMES
-from gans import (
-    GANModel,
-    GANTrainer,
-    LoopSettings,
-    check_generator_steps,
-    loss_curves_figure,
-    passes_per_epoch,
-    tensor_batches,
-)
-from metrics import frechet_distance
-from runtime import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
-from scoring import cell
-from settings import SettingsError, configure, pick
-from vector_gans import (
+from dataio.data_sources import CLASS_NAMES, ImageDataset, load_dataset
+from evaluation import scoring
+from evaluation.metrics import frechet_distance
+from evaluation.scoring import cell
+from models import encoders, image_gans
+from models.flow_models import FLOW_NAMES
+from models.vector_gans import (
     GAN_NAMES,
     GENERATORS,
     TRANSLATORS,
@@ -86,11 +75,20 @@ from vector_gans import (
     model_settings,
     translate,
 )
+from runtime.settings import SettingsError, configure, pick
+from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
+from training.gans import (
+    GANModel,
+    GANTrainer,
+    LoopSettings,
+    check_generator_steps,
+    loss_curves_figure,
+    passes_per_epoch,
+    tensor_batches,
+)
 
-# Internal tables: the models there are (GAN_NAMES, GENERATORS, TRANSLATORS) come from
-# vector_gans.py.
-
-DATASET = "fashion-mnist"  # dataset the embeddings are of [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset the embeddings are of [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # where embeddings are read and every output is written
 ENCODER = "ae_advanced"  # embedding to learn (an autoencoder's decodes to images); domain A
 ENCODER_B = "vae"  # domain B of CycleGAN and DualGAN: another encoder of the same images
@@ -131,6 +129,7 @@ PLOTS = True  # draw loss curves and the PCA / t-SNE picture of real vs generate
 PLOT_POINTS = 1000  # real and generated points (each) in the PCA / t-SNE picture [>= 10]
 LOG_EVERY = 50  # steps between reads of the summed losses (progress bar, curves) [>= 1]
 SAMPLE_BATCH_SIZE = 2000  # vectors per generator pass when writing samples and images [>= 1]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from matplotlib.patches import Circle
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from artifacts import (
+from dataio.artifacts import (
     ensure_output_dir,
     hold_output_lock,
     holds_output_locks,
@@ -41,7 +41,7 @@ from artifacts import (
     save_figure,
     write_text,
 )
-from generation_metrics import (
+from evaluation.generation_metrics import (
     centre_distance,
     check_generations,
     clipscore,
@@ -53,9 +53,10 @@ from generation_metrics import (
     split_half_frechet,
     total_variance,
 )
-from runtime import StageError, pick_device, run_stage, seed_everything
-from settings import SettingsError, configure, pick
+from runtime.settings import SettingsError, configure, pick
+from runtime.stage import StageError, pick_device, run_stage, seed_everything
 
+# ---------------------------------------------------------------- settings
 EMBEDDING_DIR = "data/embeddings"  # where extract_generation_embeddings.py wrote its files
 GENERATIONS = (0, 4, 10)  # generations to compare, in order; the first is the reference [>= 0]
 VISUALIZATION_DIR = "data/visualizations"  # where the PNG figures go
@@ -71,6 +72,7 @@ REFERENCE_DIR = ""  # real images named by image id, embedded as the reference (
 MODEL = ""  # the CLIP that embeds the reference images ('': the one the captions name)
 DEVICE = "auto"  # where the reference images are embedded: auto, cuda, mps or cpu
 BATCH_SIZE = 64  # reference images per forward pass [>= 1]
+# ---------------------------------------------------------------- end of settings
 
 
 
@@ -465,7 +467,7 @@ def reference_embeddings(s: DriftPlotSettings, captions: dict[str, Any], device:
                          ) -> np.ndarray:
     """The CLIP embeddings of the real images in --reference-dir whose ids have a caption (the
     prompts' own images, paired by id), embedded with the CLIP the captions were."""
-    import clip_embedding
+    from clip_tools import clip_embedding
 
     folder = Path(s.reference_dir)
     model_name = s.model or str(captions["meta"].get("model") or "")

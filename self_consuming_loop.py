@@ -1,22 +1,23 @@
 """A self-consuming loop of class-conditioned GANs, each trained on what the loop fed it.
 
 Generation 0 is a caption-(class-)conditioned GAN (Plan 1's cGAN generator and projection
-discriminator, trained by the shared loop in gans.py, the condition a one-hot class) trained on
-the first --train-images real training images until its validation FID (on --validation-images
-real training images it never trains on) has not improved for --patience epochs: a converged
-start, shared by every loop of the same seed and settings (data/checkpoints/loop/start/). Each
-later generation k adds --train-images images to the loop's pool: images generation k-1
-generated with the class histogram of generation 0's set (the noise truncated to [-psi, psi]
-with --truncation psi) and, with --fresh-fraction, fresh real training images drawn anew. Then
-it trains (loop_regimes.py) on the newest addition (--regime replace, the fully synthetic loop
-of Shumailov et al. 2024 and Alemohammad et al. 2024), on the whole pool (accumulate,
-Gerstgrasser et al. 2024) or on --train-images drawn from it (accumulate-subsample), for the
-same budget as generation 0 (--epochs 0; an epoch is --train-images images whatever the pool's
-size), starting from generation k-1's weights (--warm-start) or from scratch.
+discriminator, trained by the shared loop in training/gans.py, the condition a one-hot class)
+trained on the first --train-images real training images until its validation FID (on
+--validation-images real training images it never trains on) has not improved for --patience epochs:
+a converged start, shared by every loop of the same seed and settings
+(data/checkpoints/loop/start/). Each later generation k adds --train-images images to the loop's
+pool: images generation k-1 generated with the class histogram of generation 0's set (the noise
+truncated to [-psi, psi] with --truncation psi) and, with --fresh-fraction, fresh real training
+images drawn anew. Then it trains (training/loop_regimes.py) on the newest addition (--regime
+replace, the fully synthetic loop of Shumailov et al. 2024 and Alemohammad et al. 2024), on the
+whole pool (accumulate, Gerstgrasser et al. 2024) or on --train-images drawn from it
+(accumulate-subsample), for the same budget as generation 0 (--epochs 0; an epoch is --train-images
+images whatever the pool's size), starting from generation k-1's weights (--warm-start) or from
+scratch.
 
 The prompts: the first N_IMAGES test images, each with a caption of its class ("a photo of a
-Sneaker", a template of captions.py chosen per image by the seed). After each generation its EMA
-generator draws one image per prompt (the same noise every generation) and writes
+Sneaker", a template of clip_tools/captions.py chosen per image by the seed). After each
+generation its EMA generator draws one image per prompt (the same noise every generation) and writes
 DATA_DIR/<run>/gen_<k>/test_<id>.png, the id being the test image's index; DATA_DIR/<run>/
 captions.json holds the captions of those ids in COCO's format, so that
 extract_generation_embeddings.py reads them with
@@ -26,8 +27,8 @@ of plot_generation_clusters.py --reference-dir). <run> is <ds>_loop, then _accum
 _accsub for those regimes, _fresh<percent>, _trunc<psi>, _scratch without warm start and
 _seed<k> for a seed other than 0.
 
-Per generation it measures, against the real test images, the metrics of scoring.py (FID, KID,
-precision, recall, density, coverage, Vendi, class consistency, intra-class FID and the
+Per generation it measures, against the real test images, the metrics of evaluation/scoring.py
+(FID, KID, precision, recall, density, coverage, Vendi, class consistency, intra-class FID and the
 classifier accuracy score, each with its 95% interval and its real-vs-real floor) and the
 within-class variance of the features relative to that of the real prompt images; writes them
 with each generation's training sources (images by origin) to
@@ -55,11 +56,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-import image_gans
-import loop_regimes
-import metrics
-import scoring
-from artifacts import (
+from clip_tools.captions import CAPTION_TEMPLATES, class_phrase
+from dataio.artifacts import (
     check_settings_match,
     ensure_output_dir,
     fingerprint,
@@ -74,9 +72,15 @@ from artifacts import (
     save_npz,
     write_text,
 )
-from captions import CAPTION_TEMPLATES, class_phrase
-from data_sources import ImageDataset, load_dataset
-from gans import (
+from dataio.data_sources import ImageDataset, load_dataset
+from evaluation import metrics, scoring
+from evaluation.scoring import cell
+from models import image_gans
+from models.image_gans import ConditionalGAN, ImageGANConfig, class_condition, to_signed
+from runtime.settings import configure, pick
+from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
+from training import loop_regimes
+from training.gans import (
     LOSS_KINDS,
     GANTrainer,
     LoopSettings,
@@ -84,13 +88,9 @@ from gans import (
     image_grid_figure,
     tensor_batches,
 )
-from image_gans import ConditionalGAN, ImageGANConfig, class_condition, to_signed
-from loop_regimes import ImageSet, Regime
-from runtime import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
-from scoring import cell
-from settings import configure, pick
+from training.loop_regimes import ImageSet, Regime
 
-# Internal tables (no same-line comment, so not settings).
+# Tables the stage and its settings' rules use (not settings).
 LOSS_NAMES = LOSS_KINDS
 METRIC_KEYS = ("fid", "fid_floor", "kid", "kid_std", "kid_floor", "precision", "precision_floor",
                "recall", "recall_floor", "density", "density_floor", "coverage",
@@ -101,10 +101,11 @@ METRIC_KEYS = ("fid", "fid_floor", "kid", "kid_std", "kid_floor", "precision", "
 ADDITION_KEYS = {"x": (3, "u"), "y": (1, "iu"), "origin": (1, "i")}
 REGIME_TAGS = {"replace": "", "accumulate": "_accumulate", "accumulate-subsample": "_accsub"}
 
-DATASET = "fashion-mnist"  # dataset of the real images [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset of the real images [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # where images, checkpoints, results and figures are written
 GENERATIONS = 10  # generations after the first: gen_0 ... gen_<N> are trained and written [>= 1]
-REGIME = "replace"  # what generation k trains on (loop_regimes.py) [in loop_regimes.REGIMES]
+REGIME = "replace"  # what generation k trains on [in training.loop_regimes.REGIMES]
 FRESH_FRACTION = 0.0  # share of each later addition that is fresh real images [>= 0, <= 1]
 WARM_START = True  # generation k starts from generation k-1's weights; --no-warm-start: scratch
 TRUNCATION = 0.0  # noise of the images fed back drawn in [-psi, psi] (0: untruncated) [>= 0]
@@ -136,6 +137,7 @@ KID_SUBSETS = 100  # KID: pairs of random subsets [>= 1]
 CAS_EPOCHS = 10  # classifier accuracy score: training passes of its MLP [>= 1]
 LOG_EVERY = 50  # steps between reads of the summed losses [>= 1]
 SAMPLE_BATCH_SIZE = 1000  # images per generator pass when sampling [>= 1]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from artifacts import (
+from CL_loss_function import clip_contrastive_loss
+from clip_tools.captions import CAPTION_TEMPLATES, class_captions
+from dataio.artifacts import (
     check_replaceable,
     check_settings_match,
     ensure_output_dir,
@@ -47,10 +49,9 @@ from artifacts import (
     short_cause,
     write_text,
 )
-from captions import CAPTION_TEMPLATES, class_captions
-from CL_loss_function import clip_contrastive_loss
-from data_sources import load_dataset
-from runtime import (
+from dataio.data_sources import load_dataset
+from runtime.settings import SettingsError, configure, pick
+from runtime.stage import (
     StageError,
     limit_cpu_threads,
     pick_device,
@@ -58,16 +59,16 @@ from runtime import (
     run_stage,
     seed_everything,
 )
-from settings import SettingsError, configure, pick
 
-# Internal tables (no same-line comment, so not settings).
+# Tables the stage and its settings' rules use (not settings).
 # Patch sizes that tile a 28x28 image.
 PATCH_SIZES = (1, 2, 4, 7, 14, 28)
 IMAGE_SIZE = 28
 # CLIP's context length: what extract_generation_embeddings.py truncates captions to.
 MAX_TEXT_LENGTH = 77
 
-DATASET = "fashion-mnist"  # dataset to train on [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset to train on [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # where the model, checkpoints and results are written
 OUTPUT_DIR = ""  # where save_pretrained writes the model ('': DATA_DIR/checkpoints/clip_<ds>)
 EPOCHS = 2  # passes over the training images (one-cycle schedule over all of them) [>= 1]
@@ -87,6 +88,7 @@ PATCH_SIZE = 7  # ViT patch size: 7 cuts 28x28 into 16 patches [in PATCH_SIZES]
 PROJECTION_DIM = 64  # size of the joint image-text embedding [>= 2]
 VOCAB_SIZE = 400  # BPE vocabulary size: 326 bytes and symbols, then merges from captions [>= 330]
 EVAL_BATCH_SIZE = 1000  # images per forward pass when evaluating [>= 1]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

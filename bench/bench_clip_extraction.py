@@ -38,16 +38,17 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import model_only_seconds, synchronise, write_pictures  # noqa: E402
-from clip_embedding import (  # noqa: E402
+from clip_tools.clip_embedding import (  # noqa: E402
     autocast_for,
     batch_blocks,
     embed_images,
     projected,
 )
-from clip_images import PixelPipeline, decode_reduced, image_batches  # noqa: E402
-from runtime import pick_device, run_stage, seed_everything  # noqa: E402
-from settings import configure, pick  # noqa: E402
+from clip_tools.clip_images import PixelPipeline, decode_reduced, image_batches  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import pick_device, run_stage, seed_everything  # noqa: E402
 
+# ---------------------------------------------------------------- settings
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 PREPROCESSING = "fast"  # the stage's path timed end to end [fast | processor]
 N_IMAGES = 96  # images embedded end to end and model-only [>= 1]
@@ -60,6 +61,7 @@ IMAGE_SIZE = 512  # side of the JPEG files (Stable Diffusion's output size) [>= 
 CAPTION_TOKENS = 16  # tokens of a synthetic caption (a COCO caption is about 11 words) [>= 1]
 THREADS = 0  # torch CPU threads for the model runs (0: torch's default) [>= 0]
 SEED = 0  # seeds the weights, the crops and the token ids [>= 0]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from runtime import StageError  # noqa: E402
+from runtime.stage import StageError  # noqa: E402
 
 
 def run_script(script: str, *args: str) -> float:
@@ -64,7 +64,7 @@ def share_inputs(root: Path, folder: Path, paths: list[Path]) -> None:
     same place under a seed's folder, unless the same bytes are there already."""
     import filecmp
 
-    from artifacts import atomic_write
+    from dataio.artifacts import atomic_write
 
     for source in paths:
         target = folder / source.relative_to(root)
@@ -131,7 +131,7 @@ def synchronise(device: torch.device) -> None:
 def model_only_seconds(model: CLIPModel, batches: list[torch.Tensor],
                        device: torch.device) -> float:
     """Seconds for the image tower (plus normalisation) on preprocessed in-memory batches."""
-    from clip_embedding import autocast_for, projected
+    from clip_tools.clip_embedding import autocast_for, projected
 
     synchronise(device)
     started = time.perf_counter()

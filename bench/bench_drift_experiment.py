@@ -26,14 +26,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import ROOT  # noqa: E402
-from runtime import StageError, run_stage  # noqa: E402
-from settings import configure, pick  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import StageError, run_stage  # noqa: E402
 
-DATASET = "fashion-mnist"  # dataset of the experiment [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset of the experiment [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # the evaluator is taken from here; the run goes to DATA_DIR/bench_drift
 GENERATIONS = (0, 4, 10)  # generations embedded and plotted (the loop runs up to the last) [>= 0]
 TARGET_MINUTES = 15.0  # the bound for the quick preset on 2 CPU cores [> 0]
 KEEP = False  # keep DATA_DIR/bench_drift afterwards (it is replaced at the next run anyway)
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)
@@ -79,13 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.copy(cached, bench / "checkpoints" / "evaluator")
     else:
         timed("evaluator CNN (once per dataset; outside the total)",
-              ["-c", "import data_sources, evaluate, runtime, scoring, settings; "
-                     "v = settings.configure(vars(evaluate), []); "
-                     f"scoring.load_evaluator(data_sources.load_dataset({b.dataset!r}, "
-                     f"{b.data_dir!r}), runtime.pick_device('auto'), scoring.EvaluatorSettings("
-                     f"data_dir={str(bench)!r}, epochs=v['evaluator_epochs'], "
-                     "batch_size=v['evaluator_batch_size'], "
-                     "learning_rate=v['evaluator_learning_rate'], seed=v['seed']))"],
+              ["train_evaluator.py", "--dataset", b.dataset, "--data-dir", str(bench)],
               times, cpu)
     loop_dir = bench / f"{b.dataset}_loop"
     last = max(b.generations)

@@ -21,15 +21,16 @@ from sklearn.decomposition import PCA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from artifacts import load_embeddings  # noqa: E402
 from bench_common import ROOT, mean_sd, over_seeds, run_script, seed_folder  # noqa: E402
-from data_sources import load_dataset  # noqa: E402
-from encoders import ENCODER_NAMES  # noqa: E402
-from metrics import kmeans_agreement, knn_accuracy  # noqa: E402
-from runtime import run_stage  # noqa: E402
-from settings import configure, pick  # noqa: E402
+from dataio.artifacts import load_embeddings  # noqa: E402
+from dataio.data_sources import load_dataset  # noqa: E402
+from evaluation.metrics import kmeans_agreement, knn_accuracy  # noqa: E402
+from models.encoders import ENCODER_NAMES  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import run_stage  # noqa: E402
 
-DATASET = "fashion-mnist"  # dataset to train and measure on [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset to train and measure on [in dataio.data_sources.DATASETS]
 MODELS = ENCODER_NAMES  # encoders [in ENCODER_NAMES]
 EPOCHS = 10  # epochs per encoder [>= 1]
 EMBEDDING_DIM = 32  # embedding size (and the PCA baseline's components) [>= 1]
@@ -38,6 +39,7 @@ DEVICE = "auto"  # passed to encoder_models.py
 SEEDS = (0, 1, 2)  # seeds of every measured configuration [>= 0]
 BASELINES = True  # also measure raw pixels and PCA
 ENCODER_ARGS = ""  # more encoder_models.py flags: --encoder-args="--lr-schedule one-cycle"
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

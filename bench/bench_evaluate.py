@@ -21,24 +21,26 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import scoring  # noqa: E402
-from data_sources import load_dataset  # noqa: E402
-from runtime import (  # noqa: E402
+from dataio.data_sources import load_dataset  # noqa: E402
+from evaluation import scoring  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import (  # noqa: E402
     StageError,
     limit_cpu_threads,
     pick_device,
     run_stage,
     seed_everything,
 )
-from settings import configure, pick  # noqa: E402
 
-DATASET = "fashion-mnist"  # whose evaluator and test images are used [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # whose evaluator and test images [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # where the evaluator is cached (<data-dir>/checkpoints/evaluator)
 COUNT = 10_000  # generated images to evaluate (at most the test split's size) [>= 10]
 DEVICE = "cpu"  # the target is for CPU; auto picks cuda, then mps, then cpu
 SEED = 0  # seeds the floors' training subset [>= 0]
 TARGET_SECONDS = 60.0  # the issue's bound on 2 CPU cores [> 0]
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_common import ROOT, load_text  # noqa: E402
-from runtime import StageError, run_stage  # noqa: E402
-from settings import configure, pick  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import StageError, run_stage  # noqa: E402
 
+# ---------------------------------------------------------------- settings
 DATA_DIR = "data"  # a folder the stages wrote (make demo's), with its evaluator CNN cached
 BASELINE_REVISION = "69890c5"  # the commit before the new metrics (evaluate.py as it was)
 RUNS = 1  # pairs of runs (A then B) [>= 1]
 BOOTSTRAP = 10  # --bootstrap of the new evaluate.py [>= 0]
 TARGET_RATIO = 1.5  # the bound on new / old [> 0]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

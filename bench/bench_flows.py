@@ -29,21 +29,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flows  # noqa: E402
-from artifacts import load_embeddings, load_npz, write_text  # noqa: E402
 from bench_common import ROOT, mean_sd, over_seeds, run_script, seed_folder  # noqa: E402
-from encoders import ENCODER_NAMES  # noqa: E402
-from flow_models import FlowConfig, baseline_samples, build_flow, fit_preprocessing  # noqa: E402
-from metrics import frechet_distance, precision_recall_density_coverage  # noqa: E402
-from runtime import limit_cpu_threads, run_stage  # noqa: E402
-from settings import configure, pick  # noqa: E402
+from dataio.artifacts import load_embeddings, load_npz, write_text  # noqa: E402
+from evaluation.metrics import frechet_distance, precision_recall_density_coverage  # noqa: E402
+from models.encoders import ENCODER_NAMES  # noqa: E402
+from models.flow_models import FlowConfig, baseline_samples, build_flow, fit_preprocessing  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import limit_cpu_threads, run_stage  # noqa: E402
 
 # Internal table: the encoders whose embeddings count as autoencoder embeddings for the targets.
 AUTOENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae")
 
-DATASET = "fashion-mnist"  # dataset of the embeddings [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset of the embeddings [in dataio.data_sources.DATASETS]
 DATA_DIR = "data/bench_flows"  # the report; seed<k>/: seed k's stage-1 embeddings and flows
 ENCODERS = ENCODER_NAMES  # stage-1 embeddings to fit flows to, by encoder
-FLOWS = ("realnvp", "maf", "nsf")  # flows to fit [in flow_models.FLOW_NAMES]
+FLOWS = ("realnvp", "maf", "nsf")  # flows to fit [in models.flow_models.FLOW_NAMES]
 EPOCHS = 30  # most epochs per flow, passed to flows.py [>= 1]
 ENCODER_EPOCHS = 2  # epochs of encoder_models.py for a missing stage-1 file [>= 1]
 THREADS = 2  # CPU threads of flows.py (0: library default) [>= 0]
@@ -52,6 +53,7 @@ SEEDS = (0, 1, 2)  # seeds of every measured configuration [>= 0]
 FLOW_ARGS = ""  # more flows.py flags: --flow-args="--learning-rate 2e-3"
 FIT = True  # run flows.py and score its files (false: only time the training epochs)
 TIMING_EPOCHS = 1  # timed training epochs over 60,000 vectors per flow (0: no timing) [>= 0]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

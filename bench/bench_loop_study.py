@@ -35,15 +35,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import scoring  # noqa: E402
 import self_consuming_loop as loop  # noqa: E402
-from artifacts import ensure_output_dir, save_figure  # noqa: E402
 from bench_common import ROOT, load_text  # noqa: E402
-from data_sources import load_dataset  # noqa: E402
-from runtime import StageError, pick_device, run_stage  # noqa: E402
-from settings import configure, pick  # noqa: E402
+from dataio.artifacts import ensure_output_dir, save_figure  # noqa: E402
+from dataio.data_sources import load_dataset  # noqa: E402
+from evaluation import scoring  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import StageError, pick_device, run_stage  # noqa: E402
 
-DATASET = "fashion-mnist"  # dataset of the loops [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset of the loops [in dataio.data_sources.DATASETS]
 DATA_DIR = "data/bench_loop_study"  # every loop's folders, results and figures
 SEEDS = (0, 1, 2)  # one loop per seed and configuration [>= 0]
 GENERATIONS = 20  # generations after the first [>= 1]
@@ -58,6 +59,7 @@ SCRATCH = False  # also the replace loop from scratch (no warm start): 1/6 more 
 PARALLEL = 2  # loops run at once (one CPU thread each) [>= 1]
 STAGE_ARGS = "--kid-subsets 20 --bootstrap 0"  # more self_consuming_loop.py flags for every loop
 MARKS = (0, 5, 10, 20)  # generations reported in the table [>= 0]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

@@ -33,17 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import encoders  # noqa: E402
 import plan1_gan_training as plan1  # noqa: E402
-import scoring  # noqa: E402
-from artifacts import (  # noqa: E402
-    PLAN1_SAMPLE_KEYS,
-    ensure_output_dir,
-    load_checkpoint,
-    load_embeddings,
-    load_npz,
-    save_figure,
-)
 from bench_common import (  # noqa: E402
     dataset_files,
     load_text,
@@ -53,17 +43,27 @@ from bench_common import (  # noqa: E402
     seed_folder,
     share_inputs,
 )
-from data_sources import load_dataset  # noqa: E402
-from gans import GANTrainer, LoopSettings, image_grid_figure, tensor_batches  # noqa: E402
-from image_gans import GAN_NAMES, ImageGANConfig, build_image_gan, to_signed  # noqa: E402
-from runtime import (  # noqa: E402
+from dataio.artifacts import (  # noqa: E402
+    PLAN1_SAMPLE_KEYS,
+    ensure_output_dir,
+    load_checkpoint,
+    load_embeddings,
+    load_npz,
+    save_figure,
+)
+from dataio.data_sources import load_dataset  # noqa: E402
+from evaluation import scoring  # noqa: E402
+from models import encoders  # noqa: E402
+from models.image_gans import GAN_NAMES, ImageGANConfig, build_image_gan, to_signed  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import (  # noqa: E402
     StageError,
     limit_cpu_threads,
     pick_device,
     run_stage,
     seed_everything,
 )
-from settings import configure, pick  # noqa: E402
+from training.gans import GANTrainer, LoopSettings, image_grid_figure, tensor_batches  # noqa: E402
 
 AUTOENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae")
 # The targets.
@@ -79,7 +79,8 @@ FLOOR_COLUMNS = (("fid_floor", 2), ("score_real", 2), ("precision_floor", 3),
                  ("recall_floor", 3), ("density_floor", 3), ("coverage_floor", 3),
                  ("class_consistency_real", 3))
 
-DATASET = "fashion-mnist"  # dataset [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset [in dataio.data_sources.DATASETS]
 DATA_DIR = "data/bench"  # embeddings, checkpoints and samples of the benchmark
 ENCODER = "vae"  # stage-1 embedding the GANs are conditioned on
 ENCODER_EPOCHS = 10  # encoder epochs when its embedding file has to be made [>= 1]
@@ -92,6 +93,7 @@ THREADS = 1  # CPU threads of the training runs and the metrics [>= 0]
 DEVICE = "auto"  # device of the training runs and of the timing
 SEEDS = (0, 1, 2)  # seeds of every measured configuration [>= 0]
 PLAN1_ARGS = ""  # more plan1_gan_training.py flags: --plan1-args="--loss least-squares"
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import flows  # noqa: E402
-import scoring  # noqa: E402
-from artifacts import load_embeddings, load_npz  # noqa: E402
 from bench_common import (  # noqa: E402
     dataset_files,
     mean_sd,
@@ -42,15 +40,18 @@ from bench_common import (  # noqa: E402
     share_inputs,
     within_target,
 )
-from flow_models import baseline_samples  # noqa: E402
-from runtime import limit_cpu_threads, run_stage  # noqa: E402
-from settings import SettingsError, configure, pick  # noqa: E402
-from vector_gans import GENERATORS, is_adversarial  # noqa: E402
+from dataio.artifacts import load_embeddings, load_npz  # noqa: E402
+from evaluation import scoring  # noqa: E402
+from models.flow_models import baseline_samples  # noqa: E402
+from models.vector_gans import GENERATORS, is_adversarial  # noqa: E402
+from runtime.settings import SettingsError, configure, pick  # noqa: E402
+from runtime.stage import limit_cpu_threads, run_stage  # noqa: E402
 
 # The metrics the target reads, averaged over the seeds before it is checked.
 TARGET_METRICS = ("ratio", "precision", "recall", "density")
 
-DATASET = "fashion-mnist"  # dataset of the embeddings [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset of the embeddings [in dataio.data_sources.DATASETS]
 DATA_DIR = "data/bench_plan2"  # where the benchmark's embeddings, checkpoints and samples go
 ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae")  # embeddings to generate
 MODELS = GENERATORS  # generators [in GENERATORS]
@@ -58,12 +59,13 @@ PAIRS = ("ae_basic:vae", "ae_advanced:ntxent")  # translations A:B (CycleGAN, Du
 ENCODER_EPOCHS = 2  # epochs of encoder_models.py for an encoder that is missing [>= 1]
 EPOCHS = 0  # epochs of plan2_gan_training.py (0: the stage's own default) [>= 0]
 STAGE_ARGS = ""  # more plan2_gan_training.py flags, e.g. --stage-args="--batch-size 128"
-FLOWS = ("realnvp",)  # flows whose samples join the table [in flow_models.FLOW_NAMES, or empty]
+FLOWS = ("realnvp",)  # flows whose samples are tabled [in models.flow_models.FLOW_NAMES, or empty]
 FLOW_ARGS = ""  # more flows.py flags
 SAMPLES = 10000  # samples of every generator, fitted baseline and flow [>= 10]
 SEEDS = (0, 1, 2)  # seeds of every measured configuration [>= 0]
 DEVICE = "auto"  # passed to the stages
 THREADS = 1  # CPU threads of the metrics here and of each stage (0: library default) [>= 0]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

@@ -20,24 +20,26 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flows  # noqa: E402
-import scoring  # noqa: E402
-import vector_gans  # noqa: E402
-from artifacts import fingerprint, load_checkpoint, load_embeddings, load_npz  # noqa: E402
 from bench_common import meets_target  # noqa: E402
-from data_sources import CLASS_NAMES  # noqa: E402
-from flow_models import baseline_samples  # noqa: E402
-from runtime import StageError, limit_cpu_threads, run_stage  # noqa: E402
-from settings import configure, pick  # noqa: E402
+from dataio.artifacts import fingerprint, load_checkpoint, load_embeddings, load_npz  # noqa: E402
+from dataio.data_sources import CLASS_NAMES  # noqa: E402
+from evaluation import scoring  # noqa: E402
+from models import vector_gans  # noqa: E402
+from models.flow_models import baseline_samples  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import StageError, limit_cpu_threads, run_stage  # noqa: E402
 
-DATASET = "fashion-mnist"  # dataset of the embeddings [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset of the embeddings [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # holds embeddings/ and checkpoints/plan2/ of a finished plan2 run
 ENCODER = "ae_advanced"  # the embedding the generator learnt
-MODEL = "wgan_gp"  # the generator [in vector_gans.GENERATORS]
+MODEL = "wgan_gp"  # the generator [in models.vector_gans.GENERATORS]
 SAMPLING_SEEDS = (0, 1, 2, 3, 4)  # seeds of the classes asked for and of the noise [>= 0]
 SAMPLES = 10000  # samples per sampling seed [>= 10]
 SEED = 0  # seed of the metrics' floor subset and of the mixture (the stage's --seed) [>= 0]
 MIXTURE = True  # fit the 20-component mixture too and check the target at each seed
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
+# ---------------------------------------------------------------- end of settings
 
 METRICS = ("ratio", "precision", "recall", "density", "coverage")
 

@@ -36,8 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flows  # noqa: E402
-import scoring  # noqa: E402
-from artifacts import (  # noqa: E402
+from bench_common import ROOT, load_text, meets_target, run_script, within_target  # noqa: E402
+from dataio.artifacts import (  # noqa: E402
     ensure_output_dir,
     load_embeddings,
     load_npz,
@@ -45,13 +45,14 @@ from artifacts import (  # noqa: E402
     save_npz,
     write_text,
 )
-from bench_common import ROOT, load_text, meets_target, run_script, within_target  # noqa: E402
-from flow_models import baseline_samples  # noqa: E402
-from runtime import StageError, limit_cpu_threads, run_stage  # noqa: E402
-from settings import configure, pick  # noqa: E402
-from vector_gans import GENERATORS, is_adversarial  # noqa: E402
+from evaluation import scoring  # noqa: E402
+from models.flow_models import baseline_samples  # noqa: E402
+from models.vector_gans import GENERATORS, is_adversarial  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import StageError, limit_cpu_threads, run_stage  # noqa: E402
 
-DATASET = "fashion-mnist"  # dataset of the embeddings [in data_sources.DATASETS]
+# ---------------------------------------------------------------- settings
+DATASET = "fashion-mnist"  # dataset of the embeddings [in dataio.data_sources.DATASETS]
 DATA_DIR = "data/bench_plan2_target"  # stage-1 embeddings (made if missing) and every run
 ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae")  # embeddings to generate
 MODELS = ("wgan_gp", "contrastive_gan", "flow_matching")  # generators [in GENERATORS]
@@ -65,6 +66,7 @@ STAGE_ARGS = ""  # flags of every plan2_gan_training.py run, e.g. --stage-args="
 SAMPLES = 10000  # samples of every generator and of the mixture [>= 10]
 DEVICE = "auto"  # passed to the stage
 PARALLEL = 2  # stage runs (and mixture fits) at once, one CPU thread each [>= 1]
+# ---------------------------------------------------------------- end of settings
 METRICS = ("ratio", "precision", "recall", "density", "coverage")
 SCORED = ("validation", "test")
 

@@ -36,11 +36,12 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import ROOT, model_only_seconds, synchronise, write_pictures  # noqa: E402
-from clip_embedding import batch_blocks, embed_images  # noqa: E402
-from clip_images import PixelPipeline, image_batches  # noqa: E402
-from runtime import pick_device, run_stage, seed_everything  # noqa: E402
-from settings import configure, pick  # noqa: E402
+from clip_tools.clip_embedding import batch_blocks, embed_images  # noqa: E402
+from clip_tools.clip_images import PixelPipeline, image_batches  # noqa: E402
+from runtime.settings import configure, pick  # noqa: E402
+from runtime.stage import pick_device, run_stage, seed_everything  # noqa: E402
 
+# ---------------------------------------------------------------- settings
 DEVICE = "cuda"  # the device to check (cuda, or cpu for a dry run)
 N_IMAGES = 4096  # JPEG files embedded end to end and model-only [>= 1]
 BATCH_SIZE = 256  # images per forward pass [>= 1]
@@ -48,6 +49,7 @@ WORKER_COUNTS = (4, 8, 12)  # DataLoader workers tried for the fast path [>= 0]
 PROCESSOR_WORKERS = 12  # DataLoader workers for the processor path [>= 0]
 N_AGREEMENT = 64  # images compared between the fast and the processor path [>= 1]
 SEED = 0  # seeds the weights and the pictures [>= 0]
+# ---------------------------------------------------------------- end of settings
 
 
 @dataclass(frozen=True)

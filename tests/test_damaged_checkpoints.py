@@ -16,11 +16,11 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-import vector_gans
-from artifacts import load_checkpoint, make_meta, restoring, save_checkpoint, save_npz
-from data_sources import load_dataset
-from gans import GANTrainer, LoopSettings
-from runtime import StageError
+from dataio.artifacts import load_checkpoint, make_meta, restoring, save_checkpoint, save_npz
+from dataio.data_sources import load_dataset
+from models import vector_gans
+from runtime.stage import StageError
+from training.gans import GANTrainer, LoopSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from artifacts import make_meta, save_npz
-from data_sources import load_dataset
+from dataio.artifacts import make_meta, save_npz
+from dataio.data_sources import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--device", "cpu", "--evaluator-epochs", "4", "--plot-points", "200", "--kmeans-init", "2",

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import encoder_models
-import encoders
-from artifacts import load_checkpoint, load_embeddings
-from encoders import FLIP_KEEPS_CLASS, EncoderConfig, build_encoder
-from runtime import StageError
-from settings import configure, pick
+from dataio.artifacts import load_checkpoint, load_embeddings
+from models import encoders
+from models.encoders import FLIP_KEEPS_CLASS, EncoderConfig, build_encoder
+from runtime.settings import configure, pick
+from runtime.stage import StageError
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = encoders.ENCODER_NAMES

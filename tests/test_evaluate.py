@@ -1,4 +1,5 @@
-"""evaluate.py and evaluator_cnn.py end to end on digits, with files built in the DESIGN.md formats.
+"""evaluate.py and evaluation/evaluator_cnn.py end to end on digits, with files built in the
+DESIGN.md formats.
 
 The "generated" files have answers known in advance: copies of the real test images (or test
 embeddings) must score a Fréchet distance of 0 and full precision, recall and coverage; uniform
@@ -19,17 +20,16 @@ import torch
 from sklearn.decomposition import PCA
 
 import evaluate
-import metrics
-import scoring
-from artifacts import load_checkpoint, make_meta, save_npz
-from data_sources import load_dataset
-from evaluator_cnn import (
+from dataio.artifacts import load_checkpoint, make_meta, save_npz
+from dataio.data_sources import load_dataset
+from evaluation import metrics, scoring
+from evaluation.evaluator_cnn import (
     EvaluatorCNN,
     check_images,
     evaluator_outputs,
     train_evaluator,
 )
-from runtime import StageError
+from runtime.stage import StageError
 
 REPO = Path(__file__).resolve().parents[1]
 # Small but real: a 4-epoch evaluator and short plots keep the whole run to seconds on 2 cores.

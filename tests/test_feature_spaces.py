@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import feature_spaces
-from data_sources import load_dataset
-from feature_spaces import FeatureSpaceSettings
-from runtime import StageError
+from dataio.data_sources import load_dataset
+from evaluation import feature_spaces
+from evaluation.feature_spaces import FeatureSpaceSettings
+from runtime.stage import StageError
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_evaluate_names_its_feature_space_and_reports_the_new_metrics(tiny_dinov
     import json
 
     import evaluate
-    from artifacts import make_meta, save_npz
+    from dataio.artifacts import make_meta, save_npz
 
     data = load_dataset("digits")
     folder = tmp_path / "data" / "samples" / "plan1"

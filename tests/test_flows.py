@@ -18,9 +18,8 @@ import torch
 from sklearn.datasets import make_moons
 from sklearn.decomposition import PCA
 
-import flow_models
 import flows
-from artifacts import (
+from dataio.artifacts import (
     GENERATED_EMBEDDING_KEYS,
     load_checkpoint,
     load_embeddings,
@@ -28,8 +27,9 @@ from artifacts import (
     make_meta,
     save_npz,
 )
-from data_sources import load_dataset
-from flow_models import (
+from dataio.data_sources import load_dataset
+from models import flow_models
+from models.flow_models import (
     Flow,
     FlowConfig,
     MADEAffine,
@@ -41,8 +41,8 @@ from flow_models import (
     rational_quadratic_spline,
     to_base,
 )
-from runtime import StageError
-from settings import configure, pick
+from runtime.settings import configure, pick
+from runtime.stage import StageError
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = flow_models.FLOW_NAMES

@@ -9,13 +9,11 @@ import pytest
 import torch
 
 import encoder_models
-import encoders
-import image_gans
-import vector_gans
-from artifacts import load_checkpoint, load_embeddings, save_checkpoint
-from data_sources import load_dataset
-from gans import GANTrainer, LoopSettings
-from runtime import StageError
+from dataio.artifacts import load_checkpoint, load_embeddings, save_checkpoint
+from dataio.data_sources import load_dataset
+from models import encoders, image_gans, vector_gans
+from runtime.stage import StageError
+from training.gans import GANTrainer, LoopSettings
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-import gans
-from gans import AdversarialLoss, GANModel, GANTrainer, LoopSettings
-from runtime import StageError
+from runtime.stage import StageError
+from training import gans
+from training.gans import AdversarialLoss, GANModel, GANTrainer, LoopSettings
 
 torch.set_num_threads(1)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import test_generation_drift as drift
 
-from artifacts import save_npz
+from dataio.artifacts import save_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 tiny_clip, coco = drift.tiny_clip, drift.coco  # the drift tests' fixtures, built again here

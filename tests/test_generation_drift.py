@@ -22,8 +22,8 @@ from PIL import Image
 from sklearn.metrics.pairwise import cosine_distances
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from artifacts import make_meta, save_npz
-from generation_metrics import (
+from dataio.artifacts import make_meta, save_npz
+from evaluation.generation_metrics import (
     centre_distance,
     frechet,
     l2_normalise,

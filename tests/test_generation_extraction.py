@@ -15,9 +15,9 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from clip_embedding import embed_images
-from clip_images import PixelPipeline, image_batches
-from runtime import StageError
+from clip_tools.clip_embedding import embed_images
+from clip_tools.clip_images import PixelPipeline, image_batches
+from runtime.stage import StageError
 
 CPU = torch.device("cpu")
 EXTRACT, extract_flags, load, run_script = (drift.EXTRACT, drift.extract_flags, drift.load,

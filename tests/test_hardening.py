@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from artifacts import (
+from dataio.artifacts import (
     atomic_write,
     ensure_output_dir,
     load_checkpoint,
@@ -33,21 +33,25 @@ from artifacts import (
     save_npz,
     write_text,
 )
-from runtime import StageError, describe_os_error, run_stage
-from settings import configure, declared_settings
+from runtime.settings import configure, declared_settings
+from runtime.stage import StageError, describe_os_error, run_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 SCRIPT = textwrap.dedent('''\
     """A stage."""
-    NAMES = ("a", "b", "c")
+    NAMES = ("a", "b", "c")  # a table with a comment, outside the block: not a setting
+    # ---------------------------------------------------------------- settings
     EPOCHS = 3  # passes over the data [>= 1]
     RATE = 0.5  # a fraction [> 0, <= 1]
+    # a comment line inside the block
     MODE = "fast"  # how [fast | slow]
     MODELS = ("a", "b")  # variants [in NAMES]
-    DATASET = "digits"  # which data [in data_sources.DATASETS]
+    DATASET = "digits"  # which data [in dataio.data_sources.DATASETS]
     FREE = 1.0  # no rule
+    # ---------------------------------------------------------------- end of settings
+    LATER = 2  # after the block: not a setting
 ''')
 
 
@@ -69,10 +73,28 @@ def configure_error(tmp_path: Path, argv: list[str], capsys, source: str = SCRIP
 
 
 # ---------------------------------------------------------------- settings rules
-def test_internal_tables_are_not_settings(tmp_path, capsys):
+def test_the_settings_are_the_constants_of_the_marked_block(tmp_path, capsys):
     assert [name for name, _ in declared_settings(SCRIPT)] == [
         "EPOCHS", "RATE", "MODE", "MODELS", "DATASET", "FREE"]
     configure_error(tmp_path, ["--names", "x"], capsys)
+    configure_error(tmp_path, ["--later", "3"], capsys)
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    (SCRIPT.replace("FREE = 1.0  # no rule", "FREE = 1.0"),
+     "error: FREE (line 10) is in the settings block without a comment"),
+    (SCRIPT.replace("# ---------------------------------------------------------------- end of "
+                    "settings\n", ""),
+     "error: the script needs one '# --- settings' line and one later '# --- end of settings' "
+     "line around its settings (found 1 and 0)"),
+    (SCRIPT.replace("FREE = 1.0  # no rule", "FREE = {'a': 1}  # a mapping"),
+     "error: FREE: a setting is a bool, number, string, path or list of them, not dict"),
+])
+def test_a_settings_block_a_reader_could_misread_is_refused(tmp_path, capsys, source,
+                                                            message):
+    """A constant of the block without its help text, a missing marker or a value no flag can
+    carry stops the script: deleting a comment never silently deletes a flag."""
+    assert configure_error(tmp_path, [], capsys, source).startswith(message)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -490,7 +512,8 @@ def test_a_broken_file_of_an_earlier_stage_names_the_command_that_remakes_it(tra
 
 def test_every_boolean_setting_is_a_bare_switch(tmp_path, capsys):
     """--flag on, --no-flag off, --flag true|false still read; --help lists both forms."""
-    source = SCRIPT + "FLAG = False  # a switch\n"
+    source = SCRIPT.replace("FREE = 1.0  # no rule\n",
+                            "FREE = 1.0  # no rule\nFLAG = False  # a switch\n")
     for argv, expected in ((["--flag"], True), (["--no-flag"], False),
                            (["--flag", "false"], False), (["--flag", "yes"], True), ([], False)):
         assert configure(namespace(tmp_path, source), argv)["flag"] is expected, argv
@@ -580,7 +603,7 @@ def test_the_batch_size_the_refusal_names_trains(trained, tmp_path):
 
 # ---------------------------------------------------------------- every script
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.py"), *ROOT.glob("bench/*.py")]
-                 if "configure(globals()" in p.read_text() and p.name != "settings.py")
+                 if "configure(globals()" in p.read_text())
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -8,8 +8,8 @@ import pytest
 import scipy.spatial.distance
 import torch
 
-import metrics
-from generation_metrics import clipscore, mean_cosine
+from evaluation import metrics
+from evaluation.generation_metrics import clipscore, mean_cosine
 
 # Two points, each repeated four times: the case (a collapsed generator has such ties).
 DUPLICATED = np.repeat([[0.13, -0.13, 0.64], [0.1, -0.54, 0.36]], 4, axis=0)

@@ -1,4 +1,5 @@
-"""metrics.py against answers known independently: closed forms and constructed point sets."""
+"""evaluation/metrics.py against answers known independently: closed forms and constructed
+point sets."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import scipy.linalg
 from sklearn.datasets import make_blobs
 
-import metrics
+from evaluation import metrics
 
 
 def samples_with_moments(mean: np.ndarray, cov: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import artifacts
 import flows
-from data_sources import load_dataset
-from runtime import StageError, run_stage
+from dataio import artifacts
+from dataio.data_sources import load_dataset
+from runtime.stage import StageError, run_stage
 
 ROOT = Path(__file__).resolve().parent.parent
-HOLD = ("import sys, time; from pathlib import Path; import artifacts; "
+HOLD = ("import sys, time; from pathlib import Path; from dataio import artifacts; "
         "artifacts.hold_output_lock(Path(sys.argv[1]), sys.argv[2]); print('held', flush=True); "
         "time.sleep(120)")
 TRY = ("import fcntl, sys; f = open(sys.argv[1], 'a'); "

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-import metrics
-from data_sources import load_dataset
+from dataio.data_sources import load_dataset
+from evaluation import metrics
 
 
 def naive_kid(a: np.ndarray, b: np.ndarray, subsets: int, m: int, seed: int):

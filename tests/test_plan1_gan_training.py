@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-import image_gans
 import plan1_gan_training as plan1
-import scoring
-from artifacts import PLAN1_SAMPLE_KEYS, load_checkpoint, load_npz, make_meta, save_npz
-from data_sources import load_dataset
-from gans import GANTrainer, LoopSettings
-from image_gans import ImageGANConfig, build_image_gan, class_condition
-from runtime import StageError
-from settings import SettingsError, configure, pick
+from dataio.artifacts import PLAN1_SAMPLE_KEYS, load_checkpoint, load_npz, make_meta, save_npz
+from dataio.data_sources import load_dataset
+from evaluation import scoring
+from models import image_gans
+from models.image_gans import ImageGANConfig, build_image_gan, class_condition
+from runtime.settings import SettingsError, configure, pick
+from runtime.stage import StageError
+from training.gans import GANTrainer, LoopSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import plan2_gan_training as p2
-import vector_gans as vg
-from artifacts import (
+from CL_loss_function import nt_xent_loss
+from dataio.artifacts import (
     fingerprint,
     load_checkpoint,
     load_embeddings,
@@ -29,13 +29,13 @@ from artifacts import (
     make_meta,
     save_npz,
 )
-from CL_loss_function import nt_xent_loss
-from data_sources import load_dataset
-from gans import AdversarialLoss, GANTrainer, LoopSettings, tensor_batches
-from metrics import frechet_distance
-from runtime import StageError
-from settings import SettingsError, configure, pick
-from vector_gans import Sizes, VectorGANConfig, build_vector_gan
+from dataio.data_sources import load_dataset
+from evaluation.metrics import frechet_distance
+from models import vector_gans as vg
+from models.vector_gans import Sizes, VectorGANConfig, build_vector_gan
+from runtime.settings import SettingsError, configure, pick
+from runtime.stage import StageError
+from training.gans import AdversarialLoss, GANTrainer, LoopSettings, tensor_batches
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -423,7 +423,7 @@ def test_stage_writes_every_file_in_its_format(end_to_end):
 
 def test_images_are_the_autoencoders_decoding(end_to_end):
     """x_gen is the ae_basic decoder's image of each generated embedding."""
-    import encoders
+    from models import encoders
 
     root = end_to_end["root"]
     gen = load_npz(root / "embeddings" / "digits_ae_basic_wgan_gp.gen.npz", {"z_gen": 2})
@@ -572,8 +572,8 @@ def test_plan1_generators_decode_the_generated_embeddings(stage1, tmp_path, caps
     it now (cgan), or from its settings, as checkpoints written before the record hold them
     (infogan); each renders every generated embedding. One trained on other embeddings (acgan)
     is left out with a note."""
-    import image_gans
     import plan1_gan_training as plan1
+    from models import image_gans
 
     root = fresh_copy(stage1, tmp_path / "data")
     emb = load_embeddings(root / "embeddings" / "digits_ae_basic.npz")
@@ -622,8 +622,8 @@ def test_a_damaged_plan1_checkpoint_is_a_note_not_a_stop(stage1, tmp_path, capsy
                                                          words):
     """Plan 1's generators are optional decoders: one whose checkpoint is damaged inside is left
     out with a note naming it, and Plan 2 writes its own outputs."""
-    import image_gans
     import plan1_gan_training as plan1
+    from models import image_gans
 
     root = fresh_copy(stage1, tmp_path / "data")
     emb = load_embeddings(root / "embeddings" / "digits_ae_basic.npz")
@@ -733,7 +733,7 @@ def test_sampling_bench_reproduces_the_stage_at_its_seed(stage1, tmp_path):
     """bench/bench_plan2_sampling.py, run as a user runs it on a finished --ensemble 2 run: its
     row for sampling seed 0 (the stage's --seed) is scoring.plan2_metrics of the stage's own
     file, and another seed gives other samples."""
-    import scoring
+    from evaluation import scoring
 
     root = fresh_copy(stage1, tmp_path / "data")
     run_main(root, "--models", "wgan_gp", "--epochs", "1", "--ensemble", "2")

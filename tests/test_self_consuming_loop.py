@@ -17,18 +17,18 @@ import pytest
 import torch
 from PIL import Image
 
-import loop_regimes
-import scoring
 import self_consuming_loop as loop
-from artifacts import load_checkpoint, load_npz
-from captions import CAPTION_TEMPLATES
-from clip_embedding import image_id_from_name
-from data_sources import load_dataset
+from clip_tools.captions import CAPTION_TEMPLATES
+from clip_tools.clip_embedding import image_id_from_name
+from dataio.artifacts import load_checkpoint, load_npz
+from dataio.data_sources import load_dataset
+from evaluation import scoring
 from extract_generation_embeddings import read_first_captions
-from image_gans import ImageGANConfig
-from loop_regimes import REAL, ImageSet, Regime
-from runtime import run_stage
-from settings import configure
+from models.image_gans import ImageGANConfig
+from runtime.settings import configure
+from runtime.stage import run_stage
+from training import loop_regimes
+from training.loop_regimes import REAL, ImageSet, Regime
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -242,7 +242,7 @@ def test_truncation_shrinks_the_spread_of_the_samples():
                                 for c in range(10)]))
     assert spreads[0] > spreads[1] > spreads[2] > 0
     with pytest.raises(ValueError, match="not to InfoGAN"):
-        from image_gans import build_image_gan
+        from models.image_gans import build_image_gan
 
         info = build_image_gan("infogan", 10, 10, ImageGANConfig(width=8, feature_dim=16))
         loop.generate(info, labels[:5], 10, 0, torch.device("cpu"), 5, 0.5)

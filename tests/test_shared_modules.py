@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from artifacts import (
+from dataio.artifacts import (
     load_checkpoint,
     load_embeddings,
     load_npz,
@@ -18,12 +18,13 @@ from artifacts import (
     save_checkpoint,
     save_npz,
 )
-from data_sources import IDX_FILES, load_dataset, read_idx
-from runtime import StageError, pick_device, run_stage
-from settings import SettingsError, as_record, configure, pick
+from dataio.data_sources import IDX_FILES, load_dataset, read_idx
+from runtime.settings import SettingsError, as_record, configure, pick
+from runtime.stage import StageError, pick_device, run_stage
 
 SCRIPT = textwrap.dedent('''\
     """A stage."""
+    # ---------------------------------------------------------------- settings
     EPOCHS = 3  # passes over the data
     LEARNING_RATE = 1e-3  # step size
     NAME = "ae"  # which model
@@ -31,6 +32,7 @@ SCRIPT = textwrap.dedent('''\
     SIZES = (1, 2)  # layer sizes
     FLAG = False  # a switch
     lower = 5
+    # ---------------------------------------------------------------- end of settings
 ''')
 
 
@@ -205,7 +207,7 @@ def test_digits_split_is_fixed_and_scaled():
 
 def test_datasets_in_the_repository_folder_are_found_from_another_data_dir(tmp_path,
                                                                              monkeypatch):
-    import data_sources
+    from dataio import data_sources
 
     fake_idx_folder(tmp_path / "repo" / "mnist", 6, 6)
     monkeypatch.setattr(data_sources, "REPOSITORY_DATASETS", tmp_path / "repo")

@@ -20,7 +20,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 import train_small_clip
 from CL_loss_function import clip_contrastive_loss
-from data_sources import load_dataset
+from dataio.data_sources import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,17 +1,25 @@
 """Command-line overrides for the settings at the top of a stage script, validated up front.
 
-A setting is a module-level UPPER_CASE constant with a comment on the same line:
-``BATCH_SIZE = 128  # images per step [>= 2]`` becomes ``--batch-size 128``; ``--help`` lists every
-setting with its comment and default. An UPPER_CASE constant without a same-line comment is an
-internal table, not a setting. A stage's ``main(argv)`` calls ``values = configure(globals(),
-argv)`` first and packs the values into frozen dataclasses with ``pick``; nothing below ``main``
-reads a module's settings, and the constants are never rewritten.
+A script's settings are the module-level UPPER_CASE constants of its settings block, the lines
+between two marker comments::
+
+    # ---------------------------------------------------------------- settings
+    BATCH_SIZE = 128  # images per step [>= 2]
+    # ---------------------------------------------------------------- end of settings
+
+Each becomes a flag (``--batch-size 128``) and its same-line comment is its help text, so every
+constant of the block must have one (a missing comment is an error, never a silently dropped
+flag). Tables the script needs that are not settings live outside the block. A stage's
+``main(argv)`` calls ``values = configure(globals(), argv)`` first and packs the values into
+frozen dataclasses with ``pick``; nothing below ``main`` reads a module's settings, and the
+constants are never rewritten.
 
 A comment may end with a rule in square brackets, checked for the default and for any override
 before the stage reads anything:
 - comparisons ``>= 1``, ``> 0``, ``<= 1``, ``< 5``, combined with commas: ``[> 0, <= 1]``;
 - choices ``[constant | one-cycle]``, or ``[in GAN_NAMES]`` for the items of a module-level
-  sequence ``GAN_NAMES`` of the script, or ``[in data_sources.DATASETS]`` for one of a module.
+  sequence ``GAN_NAMES`` of the script, or ``[in dataio.data_sources.DATASETS]`` for one of a
+  module.
 For a tuple setting the rule applies to every item; a tuple must not repeat an item, and must be
 non-empty unless its rule says ``or empty`` (``[in FLOW_NAMES, or empty]``; ``--flows ""``).
 Floats must be finite. A broken value stops the script with one line and exit code 2. A boolean
@@ -141,19 +149,45 @@ def _list_parser(example: list | tuple) -> Any:
     return parse
 
 
+SETTINGS_START = "settings"
+SETTINGS_END = "end of settings"
+
+
+def _marker(comment: str) -> str:
+    """A comment's text without its ``#`` and the dashes of a section line."""
+    return comment.lstrip("#").strip().strip("-").strip()
+
+
 def declared_settings(source: str) -> list[tuple[str, str]]:
-    """Names and same-line comments of the module-level UPPER_CASE assignments that have one."""
+    """Names and comments of the UPPER_CASE constants in a script's settings block, in order.
+
+    Raises SettingsError when the block's two marker lines are missing or out of order, or when
+    a constant of the block has no same-line comment."""
     comments: dict[int, str] = {}
+    markers: dict[str, list[int]] = {SETTINGS_START: [], SETTINGS_END: []}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
             comments[tok.start[0]] = tok.string.lstrip("#").strip()
+            if tok.start[1] == 0 and _marker(tok.string) in markers:
+                markers[_marker(tok.string)].append(tok.start[0])
+    starts, ends = markers[SETTINGS_START], markers[SETTINGS_END]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise SettingsError(f"the script needs one '# --- {SETTINGS_START}' line and one later "
+                            f"'# --- {SETTINGS_END}' line around its settings (found "
+                            f"{len(starts)} and {len(ends)})")
     found = []
     for node in ast.parse(source).body:
+        if not starts[0] < node.lineno < ends[0]:
+            continue
         targets = node.targets if isinstance(node, ast.Assign) else (
             [node.target] if isinstance(node, ast.AnnAssign) else [])
         line = node.end_lineno or node.lineno
         for target in targets:
-            if isinstance(target, ast.Name) and target.id.isupper() and line in comments:
+            if isinstance(target, ast.Name) and target.id.isupper():
+                if line not in comments:
+                    raise SettingsError(f"{target.id} (line {node.lineno}) is in the settings "
+                                        f"block without a comment: write its help text there, "
+                                        f"or move it out of the block")
                 found.append((target.id, comments[line]))
     return found
 
@@ -203,8 +237,6 @@ def configure(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[
     rules: dict[str, tuple[str, Rule]] = {}
     try:
         for name, comment in declared_settings(source):
-            if name not in namespace:  # assigned later in the module
-                continue
             default = namespace[name]
             flag = "--" + name.lower().replace("_", "-")
             if isinstance(default, bool):
@@ -214,7 +246,8 @@ def configure(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[
             elif isinstance(default, int | float | str | Path):
                 kind = type(default)
             else:
-                continue
+                raise SettingsError(f"{name}: a setting is a bool, number, string, path or "
+                                    f"list of them, not {type(default).__name__}")
             found = RULE_AT_END.search(comment)
             rule = parse_rule(found.group(1), name, namespace) if found else Rule()
             text = RULE_AT_END.sub("", comment)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from runtime import StageError
+from runtime.stage import StageError
 
 # What a corrupt or truncated image raises in PIL (a broken PNG raises SyntaxError).
 READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from settings import SettingsError
+from runtime.settings import SettingsError
 
 
 class StageError(Exception):

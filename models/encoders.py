@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artifacts import read_architecture
 from CL_loss_function import batch_triplet_loss, nt_xent_loss
-from nets import ConvDecoder, ConvEncoder, mlp
-from runtime import StageError
+from dataio.artifacts import read_architecture
+from models.nets import ConvDecoder, ConvEncoder, mlp
+from runtime.stage import StageError
 
 FAMILY = "encoders"
 # Horizontal flips keep the class of clothes, not of digits.

@@ -3,7 +3,8 @@
 Generators (learn the distribution of one embedding): WGAN-GP (optionally class-conditional),
 VAE-GAN and a contrastive GAN (class-conditional, NT-Xent towards real embeddings of the class
 asked for). Translators (map one encoder's embeddings to another's without pairs): CycleGAN and
-DualGAN. Every model is an MLP over standardised vectors, trained by the one loop in gans.py.
+DualGAN. Every model is an MLP over standardised vectors, trained by the one loop in
+training/gans.py.
 
 A variant is a class and one registry entry (``VECTOR_GANS``: how to build it, whether it
 generates or translates, whether it is a Wasserstein model, and the config fields only it reads).
@@ -26,11 +27,11 @@ import torch.nn.functional as F
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from artifacts import read_architecture
 from CL_loss_function import nt_xent_loss
-from gans import AdversarialLoss, GANModel
-from nets import ProjectionHead, mlp
-from runtime import StageError
+from dataio.artifacts import read_architecture
+from models.nets import ProjectionHead, mlp
+from runtime.stage import StageError
+from training.gans import AdversarialLoss, GANModel
 
 FAMILY = "vector_gans"
 # Adam betas: WGAN-GP's paper (0.5, 0.9) for the Wasserstein models, DCGAN's for the others.
@@ -377,8 +378,8 @@ class FlowMatching(OneHotConditioned, GANModel):
     path from noise to data: for x_0 ~ N(0, I), x_1 a data vector of class y and t ~ U(0, 1),
     x_t = (1 - t) x_0 + t x_1 and the loss is E ||v(x_t, t, y) - (x_1 - x_0)||^2 (mean over
     dims). Sampling integrates dx/dt = v from t = 0 to 1 with ``steps`` Euler steps. No
-    discriminator: the one loop of gans.py trains it with one step per batch (``adversarial``
-    False) and keeps its EMA, checkpoints and resume."""
+    discriminator: the one loop of training/gans.py trains it with one step per batch
+    (``adversarial`` False) and keeps its EMA, checkpoints and resume."""
 
     adversarial = False
     adversarial_loss = AdversarialLoss("non-saturating")  # unused: no discriminator

@@ -10,8 +10,8 @@ import warnings
 
 import numpy as np
 
-from metrics import frechet_distance, precision_recall
-from settings import SettingsError
+from evaluation.metrics import frechet_distance, precision_recall
+from runtime.settings import SettingsError
 
 
 def check_generations(generations: tuple[int, ...]) -> None:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clip_images import PixelPipeline, image_batches, model_inputs
-from runtime import StageError
+from clip_tools.clip_images import PixelPipeline, image_batches, model_inputs
+from runtime.stage import StageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # The COCO image id: the digits after the last '_' or '-' of the stem, or an all-digit stem.

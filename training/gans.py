@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from artifacts import check_settings_match, load_checkpoint, restoring, save_checkpoint
-from runtime import StageError
+from dataio.artifacts import check_settings_match, load_checkpoint, restoring, save_checkpoint
+from runtime.stage import StageError
 
 # Checkpoint settings recorded since a later version, with the value every earlier checkpoint
 # was trained with: passes over the data per epoch (``passes_per_epoch``) were always one.

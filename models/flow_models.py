@@ -26,9 +26,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
-from artifacts import read_architecture
-from nets import mlp
-from runtime import StageError
+from dataio.artifacts import read_architecture
+from models.nets import mlp
+from runtime.stage import StageError
 
 FAMILY = "flows"
 # Vectors whose norms all lie within this relative distance of their mean lie on a sphere.

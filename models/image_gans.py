@@ -1,12 +1,11 @@
 """Plan 1's image GANs: generators of 28x28 images from a condition vector, and their critics.
 
-A conditional GAN with a projection discriminator, an ACGAN (an auxiliary class head on real
-labels) and an InfoGAN (categorical and continuous codes recovered by a Q head), all trained by the
-one loop in gans.py. The condition is any vector: a stage-1 embedding in Plan 1, a one-hot class in
+A conditional GAN with a projection discriminator, an ACGAN (an auxiliary class head on real labels)
+and an InfoGAN (categorical and continuous codes recovered by a Q head), all trained by the one loop
+in training/gans.py. The condition is any vector: a stage-1 embedding in Plan 1, a one-hot class in
 the self-consuming loop. A variant is a class and a registry entry (``IMAGE_GANS``); its
 hyper-parameters are an ``ImageGANConfig``, which every checkpoint stores beside the condition's
-size (``architecture``), so that ``from_checkpoint(path)`` rebuilds the model without any
-settings.
+size (``architecture``), so that ``from_checkpoint(path)`` rebuilds the model without any settings.
 """
 
 from __future__ import annotations
@@ -21,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artifacts import read_architecture
-from gans import AdversarialLoss, GANModel, apply_spectral_norm
-from nets import ConvCritic, ConvGenerator, ProjectionHead, mlp
-from runtime import StageError
+from dataio.artifacts import read_architecture
+from models.nets import ConvCritic, ConvGenerator, ProjectionHead, mlp
+from runtime.stage import StageError
+from training.gans import AdversarialLoss, GANModel, apply_spectral_norm
 
 FAMILY = "image_gans"
 

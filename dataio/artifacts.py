@@ -27,7 +27,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from runtime import StageError, describe_os_error
+from runtime.stage import StageError, describe_os_error
 
 # The keys of each kind of file in DESIGN.md: (number of dimensions, allowed dtype kinds).
 # Kinds are NumPy's: "f" float, "i" signed and "u" unsigned integer.

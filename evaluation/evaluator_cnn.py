@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artifacts import check_settings_match, load_checkpoint, restoring, save_checkpoint
-from data_sources import ImageDataset
-from runtime import StageError
+from dataio.artifacts import check_settings_match, load_checkpoint, restoring, save_checkpoint
+from dataio.data_sources import ImageDataset
+from runtime.stage import StageError
 
 IMAGE_SHAPE = (28, 28)
 FEATURE_DIM = 128  # width of the penultimate layer: the space FID and PRDC are computed in

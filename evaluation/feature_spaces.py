@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluator_cnn import check_images, evaluator_outputs
-from runtime import StageError
+from evaluation.evaluator_cnn import check_images, evaluator_outputs
+from runtime.stage import StageError
 
 SPACES = ("evaluator", "inception", "dinov2", "clip")
 # The models dgm-eval uses for final numbers, loaded by hub name when no model is given.

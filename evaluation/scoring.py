@@ -5,7 +5,7 @@ loop score their own outputs with the same functions, so that a stage's table an
 agree. Every function takes a ``ScoringSettings`` (the neighbours, splits and seed of the metrics);
 image metrics also take the dataset's ``RealImages``: its evaluator CNN (cached per dataset under
 ``<data_dir>/checkpoints/evaluator/``, trained once with ``EvaluatorSettings``) and its outputs on
-the test images. Formulas and papers: ``metrics.py``.
+the test images. Formulas and papers: ``evaluation/metrics.py``.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics.pairwise import paired_cosine_distances
 from sklearn.preprocessing import StandardScaler
 
-import metrics
-from data_sources import ImageDataset
-from evaluator_cnn import (
+from dataio.data_sources import ImageDataset
+from evaluation import metrics
+from evaluation.evaluator_cnn import (
     Evaluator,
     check_images,
     checkpoint_path,
     evaluator_outputs,
     train_evaluator,
 )
-from feature_spaces import FeatureSpace, FeatureSpaceSettings, feature_space
-from runtime import StageError
+from evaluation.feature_spaces import FeatureSpace, FeatureSpaceSettings, feature_space
+from runtime.stage import StageError
 
 
 @dataclass(frozen=True)
