@@ -172,14 +172,13 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     """Load a checkpoint into model and optimiser; returns (epochs done, loss history)."""
     state = load_checkpoint(path, map_location=device,
                             required=("model", "optimizer", "epoch", "losses", "settings"))
-    saved = {"lr_schedule": "constant", **state["settings"]}  # older checkpoints
-    check_settings_match(path, saved, settings)
+    check_settings_match(path, state["settings"], settings)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise StageError(f"{path} holds weights of another architecture (made by an older "
-                         f"version of this script?); delete it to start again "
+        raise StageError(f"{path} holds weights of another architecture; delete it to start "
+                         f"again "
                          f"({str(err).splitlines()[0]})") from err
     return int(state["epoch"]), [float(v) for v in state["losses"]]
 

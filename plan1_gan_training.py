@@ -56,15 +56,14 @@ from models.image_gans import (
     regenerate,
     to_signed,
 )
+from reporting.figures import image_grid_figure, loss_curves_figure
 from runtime.settings import SettingsError, configure, pick
 from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
 from training.gans import (
     LOSS_KINDS,
     GANTrainer,
-    LoopSettings,
-    check_generator_steps,
-    image_grid_figure,
-    loss_curves_figure,
+    TrainerSettings,
+    generator_step_shortfall,
     tensor_batches,
 )
 
@@ -220,7 +219,7 @@ def validation_fid(evaluator: nn.Module, x_real: np.ndarray, z_real: torch.Tenso
 
 # ---------------------------------------------------------------- the stage
 def resume_settings(name: str, embedding_hash: str, n_train: int, run: Plan1Settings,
-                    config: ImageGANConfig, loop: LoopSettings) -> dict[str, Any]:
+                    config: ImageGANConfig, loop: TrainerSettings) -> dict[str, Any]:
     """What a checkpoint must share with this run to be continued."""
     settings = {"dataset": run.dataset, "encoder": run.encoder, "embeddings": embedding_hash,
                 "train_images": n_train, "batch_size": run.batch_size, "seed": run.seed,
@@ -256,7 +255,7 @@ def report_table(rows: list[dict[str, Any]]) -> str:
                           cell(r, "intra_fid", "intra_fid_floor", "floor", 2),
                           cell(r, "cas", "cas_real", "real")])
             + f" | {r['pixel_mae']:.4f} | "
-            + ("— |" if r["train_seconds"] is None else f"{r['train_seconds']:.0f} s |"))
+            + f"{r['train_seconds']:.0f} s |")
     return "\n".join(lines)
 
 
@@ -265,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     run = pick(Plan1Settings, values)
     config = pick(ImageGANConfig, values)
-    loop = LoopSettings(n_critic=values["n_critic"], lr_generator=values["lr_generator"],
+    loop = TrainerSettings(n_critic=values["n_critic"], lr_generator=values["lr_generator"],
                         lr_discriminator=values["lr_discriminator"],
                         betas=(values["beta1"], values["beta2"]), ema_decay=values["ema_decay"],
                         log_every=run.log_every, seed=run.seed)
@@ -283,7 +282,13 @@ def main(argv: list[str] | None = None) -> None:
     if n_train < run.batch_size:
         raise StageError(f"--limit {run.limit} leaves {n_train} training images, not one full "
                          f"batch of --batch-size {run.batch_size}")
-    check_generator_steps(n_train, run.batch_size, loop.n_critic, "training images")
+    shortfall = generator_step_shortfall(n_train, run.batch_size, loop.n_critic)
+    if shortfall:
+        batches, largest = shortfall
+        raise StageError(f"training images: {n_train} at --batch-size {run.batch_size} give "
+                         f"{batches} batch(es) per epoch, fewer than --n-critic {loop.n_critic}, "
+                         f"so no generator step; use --batch-size {largest} or smaller, or "
+                         f"--n-critic {max(1, batches)}")
     n_test = min(run.test_images, len(data.x_test)) if run.test_images else len(data.x_test)
     if n_test <= EVALUATOR_FEATURE_DIM:
         raise StageError(f"--test-images {run.test_images}: the FID on {EVALUATOR_FEATURE_DIM}-d "

@@ -41,20 +41,17 @@ from dataio.artifacts import (
     fingerprint,
     hold_output_lock,
     holds_output_locks,
-    load_checkpoint,
     load_embeddings,
-    load_meta,
     make_meta,
     remake_hint,
-    save_figure,
     save_npz,
     write_text,
 )
-from dataio.data_sources import CLASS_NAMES, ImageDataset, load_dataset
+from dataio.data_sources import CLASS_NAMES, load_dataset
 from evaluation import scoring
 from evaluation.metrics import frechet_distance
-from evaluation.scoring import cell
-from models import encoders, image_gans
+from models import encoders
+from models.decoding import autoencoder_decoder, plan1_decoders
 from models.flow_models import FLOW_NAMES
 from models.vector_gans import (
     GAN_NAMES,
@@ -75,14 +72,15 @@ from models.vector_gans import (
     model_settings,
     translate,
 )
+from reporting.figures import loss_curves_figure, real_vs_generated_figure, save_and_close
+from reporting.plan2_tables import generator_table, plain_row, rows_on_disk, translation_table
 from runtime.settings import SettingsError, configure, pick
 from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
 from training.gans import (
-    GANModel,
     GANTrainer,
-    LoopSettings,
-    check_generator_steps,
-    loss_curves_figure,
+    GenerativeModel,
+    TrainerSettings,
+    generator_step_shortfall,
     passes_per_epoch,
     tensor_batches,
 )
@@ -162,11 +160,11 @@ class Plan2Settings:
     sample_batch_size: int
 
 
-def loop_settings(name: str, run: Plan2Settings, seed: int) -> LoopSettings:
+def trainer_settings(name: str, run: Plan2Settings, seed: int) -> TrainerSettings:
     """The optimiser schedule of a model: WGAN-GP's paper for the Wasserstein models."""
     wasserstein = VECTOR_GANS[name].wasserstein
     lr = run.wasserstein_lr if wasserstein else run.learning_rate
-    return LoopSettings(n_critic=run.n_critic if wasserstein else 1, lr_generator=lr,
+    return TrainerSettings(n_critic=run.n_critic if wasserstein else 1, lr_generator=lr,
                         lr_discriminator=lr, betas=adam_betas(name), ema_decay=run.ema_decay,
                         log_every=run.log_every, seed=seed)
 
@@ -253,141 +251,53 @@ def member_suffix(member: int) -> str:
 
 
 # ---------------------------------------------------------------- pictures
-def real_vs_generated_figure(real: np.ndarray, generated: np.ndarray, title: str,
-                             real_label: str, generated_label: str, points: int,
-                             seed: int) -> Any:
-    """PCA (axes of the real points) and a joint t-SNE of seeded subsets of both sets."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-
-    rng = np.random.default_rng(seed)
-    real = real[np.sort(rng.choice(len(real), min(points, len(real)), replace=False))]
-    generated = generated[np.sort(rng.choice(len(generated), min(points, len(generated)),
-                                             replace=False))]
-    both = np.concatenate([real, generated]).astype(np.float64)
-    pca = PCA(n_components=2, random_state=seed).fit(real.astype(np.float64))
-    tsne = TSNE(n_components=2, init="pca", learning_rate="auto", random_state=seed,
-                perplexity=min(30.0, (len(both) - 1) / 3)).fit_transform(both)
-    figure, axes = plt.subplots(1, 2, figsize=(12, 5.5))
-    for axis, coordinates, name in ((axes[0], pca.transform(both),
-                                     "PCA (axes of the real points)"),
-                                    (axes[1], tsne, "t-SNE of both sets")):
-        for part, label, colour in ((coordinates[:len(real)], f"{real_label} ({len(real)})",
-                                     "tab:blue"),
-                                    (coordinates[len(real):],
-                                     f"{generated_label} ({len(generated)})", "tab:orange")):
-            axis.scatter(part[:, 0], part[:, 1], s=5, alpha=0.5, color=colour, linewidths=0,
-                         label=label)
-        axis.set_title(name, fontsize=10)
-        axis.set_xticks([])
-        axis.set_yticks([])
-        axis.legend(markerscale=3, loc="best", fontsize=8)
-    figure.suptitle(title, fontsize=11)
-    figure.text(0.01, 0.01, "t-SNE sizes and gaps carry no meaning; distances are measured in "
-                "the embedding space", fontsize=8, color="0.35")
-    return figure
-
-
-def save_plot(figure: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    save_figure(figure, path)
-    plt.close(figure)
-    return path
-
-
 def save_pictures(trainer: GANTrainer, stem: Path, losses_title: str, real: np.ndarray,
                   fake: np.ndarray, title: str, labels: tuple[str, str],
                   run: Plan2Settings) -> list[Path]:
     """The loss curves (<stem>_losses.png) and the PCA / t-SNE picture of real against generated
     or translated vectors (<stem>_real_vs_generated.png)."""
-    return [save_plot(loss_curves_figure(trainer.history, f"{losses_title}: losses per "
-                                         f"{run.log_every} steps"),
-                      stem.with_name(stem.name + "_losses.png")),
-            save_plot(real_vs_generated_figure(real, fake, title, *labels, run.plot_points,
-                                               run.seed),
-                      stem.with_name(stem.name + "_real_vs_generated.png"))]
+    return [save_and_close(loss_curves_figure(trainer.history, f"{losses_title}: losses per "
+                                              f"{run.log_every} steps"),
+                           stem.with_name(stem.name + "_losses.png")),
+            save_and_close(real_vs_generated_figure(real, fake, title, *labels, run.plot_points,
+                                                    run.seed),
+                           stem.with_name(stem.name + "_real_vs_generated.png"))]
 
 
 # ---------------------------------------------------------------- from embeddings to images
-def autoencoder_decoder(z_test: np.ndarray, data: ImageDataset, run: Plan2Settings):
-    """decode(z) -> uint8 images with the decoder of the --encoder autoencoder, or (None, why).
-
-    The checkpoint must reproduce the embedding file: the first test images are embedded again
-    and compared, so that images never come from a decoder trained further or on other data."""
-    path = Path(run.data_dir) / "checkpoints" / "encoders" / f"{run.dataset}_{run.encoder}.pt"
-    if "+" in run.encoder:
-        return None, "flow-refined embeddings live in the flow's base space, not the decoder's"
-    if run.encoder not in encoders.ENCODER_NAMES:
-        return None, f"{run.encoder!r} is not an encoder of encoder_models.py"
-    if not path.is_file():
-        return None, f"{path} not found"
-    state = load_checkpoint(path, required=("model", "settings"),
-                            advice=f"remake it with: {making_command(run.encoder, run)}")
-    if state["settings"].get("embedding_dim") != z_test.shape[1]:
-        return None, (f"{path} has embedding size {state['settings'].get('embedding_dim')}, the "
-                      f"embeddings {z_test.shape[1]}")
-    try:
-        model = encoders.from_checkpoint(path, state=state)
-    except StageError as err:
-        return None, str(err).removeprefix(f"{path}: ")
-    if model.kind != "autoencoder":
-        return None, f"{run.encoder} has no decoder"
-    check = encoders.embed_all(model, torch.from_numpy(data.x_test[:64]))
-    gap = float(np.abs(check - z_test[:64]).max())
-    if gap > 1e-3 * (1.0 + float(np.abs(z_test[:64]).max())):
-        return None, (f"{path} does not reproduce the test embeddings (largest difference "
-                      f"{gap:.3g}): trained further since the embeddings were written?")
-
-    def decode(z: np.ndarray) -> np.ndarray:
-        return encoders.decode_images(model, z, run.sample_batch_size)
-
-    return decode, f"decoder of {path}"
-
-
-def plan1_decoders(z_train: np.ndarray, z_test: np.ndarray, device: torch.device,
-                   run: Plan2Settings) -> tuple[dict[str, Any], list[str]]:
-    """decode(z) -> uint8 images through each Plan 1 generator trained on these embeddings
-    (data/checkpoints/plan1/<ds>_<enc>_<gan>.pt), and notes on those that cannot be used."""
-    folder = Path(run.data_dir) / "checkpoints" / "plan1"
-    paths = sorted(folder.glob(f"{run.dataset}_{run.encoder}_*.pt"))
-    decoders, notes = {}, []
-    for path in paths:
-        gan = path.stem.removeprefix(f"{run.dataset}_{run.encoder}_")
-        if gan not in image_gans.GAN_NAMES:
-            continue
-        remake = (f"python plan1_gan_training.py --dataset {run.dataset} --encoder "
-                  f"{run.encoder} --models {gan}"
-                  + (f" --data-dir {run.data_dir}" if run.data_dir != "data" else ""))
-        try:
-            state = load_checkpoint(path, advice=f"remake it with: {remake}")
-            saved = state.get("settings", {})
-            n_train = saved.get("train_images")
-            if not isinstance(n_train, int) or saved.get("embeddings") != fingerprint(
-                    z_train[:n_train], z_test):
-                notes.append(f"{path}: trained on other embeddings than "
-                             f"{run.dataset}_{run.encoder}.npz")
-                continue
-            model = image_gans.from_checkpoint(path, device, state=state)
-        except StageError as err:
-            notes.append(str(err))
-            continue
-
-        def decode(z: np.ndarray, model: Any = model) -> np.ndarray:
-            return image_gans.regenerate(model, torch.from_numpy(z).to(device), run.seed)
-
-        decoders[gan] = decode
-    return decoders, notes
+def image_decoders(real: dict[str, Any], device: torch.device,
+                   run: Plan2Settings) -> dict[str, Any]:
+    """decode(z) -> images for each way these embeddings can become images: "decoder" (the
+    autoencoder that made them) and "plan1-<gan>" (each Plan 1 generator trained on them);
+    what cannot be used is said in a note."""
+    root = Path(run.data_dir) / "checkpoints"
+    data_dir = f" --data-dir {run.data_dir}" if run.data_dir != "data" else ""
+    decoders: dict[str, Any] = {}
+    decode, why = autoencoder_decoder(
+        root / "encoders" / f"{run.dataset}_{run.encoder}.pt", run.encoder, real["z_test"],
+        load_dataset(run.dataset, run.data_dir).x_test, run.sample_batch_size,
+        making_command(run.encoder, run) or "encoder_models.py")
+    if decode is None:
+        print(f"note: no images from {run.encoder} embeddings through an autoencoder: {why}")
+    else:
+        decoders["decoder"] = decode
+    prefix = f"{run.dataset}_{run.encoder}_"
+    plan1, notes = plan1_decoders(
+        sorted((root / "plan1").glob(f"{prefix}*.pt")), prefix, f"{prefix[:-1]}.npz",
+        real["z_train"], real["z_test"], device, run.seed,
+        lambda gan: f"python plan1_gan_training.py --dataset {run.dataset} --encoder "
+                    f"{run.encoder} --models {gan}{data_dir}")
+    for note in notes:
+        print(f"note: Plan 1 generator not used: {note}")
+    decoders.update({f"plan1-{gan}": f for gan, f in plan1.items()})
+    return decoders
 
 
 # ---------------------------------------------------------------- training
 def resume_settings(name: str, embedding_hash: str, n_train: int, seed: int,
                     run: Plan2Settings, config: VectorGANConfig) -> dict[str, Any]:
     """What a checkpoint must share with this run to be continued."""
-    loop = loop_settings(name, run, seed)
+    loop = trainer_settings(name, run, seed)
     settings = {"model": name, "dataset": run.dataset, "encoder": run.encoder,
                 "embeddings": embedding_hash, "train_embeddings": n_train,
                 "batch_size": run.batch_size, "seed": seed,
@@ -403,12 +313,12 @@ def resume_settings(name: str, embedding_hash: str, n_train: int, seed: int,
     return settings
 
 
-def train(name: str, model: GANModel, sizes: Sizes, make_batches: Any, steps: int, score: Any,
-          embedding_hash: str, n_train: int, checkpoint: Path, seed: int, run: Plan2Settings,
-          config: VectorGANConfig) -> tuple[GANTrainer, Any, float | None]:
+def train(name: str, model: GenerativeModel, sizes: Sizes, make_batches: Any, steps: int,
+          score: Any, embedding_hash: str, n_train: int, checkpoint: Path, seed: int,
+          run: Plan2Settings, config: VectorGANConfig) -> tuple[GANTrainer, Any, float]:
     """Train (or resume) one model; returns its trainer, the fit report and the seconds of every
     epoch trained (resumed runs included; ``GANTrainer.training_seconds``)."""
-    loop = loop_settings(name, run, seed)
+    loop = trainer_settings(name, run, seed)
     trainer = GANTrainer(model, loop, architecture(name, sizes, config))
     started = time.time()
 
@@ -443,77 +353,19 @@ def train(name: str, model: GANModel, sizes: Sizes, make_batches: Any, steps: in
     return trainer, report, trainer.training_seconds()
 
 
-def plain_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A table row as JSON keeps it in a file's meta (NumPy numbers become Python ones)."""
-    return json.loads(json.dumps(row, default=float))
-
-
-def rows_on_disk(folder: Path, pattern: str, match: dict[str, str]) -> list[dict[str, Any]]:
-    """The table rows stored in the meta of this stage's files ``folder/pattern`` whose meta
-    agrees with ``match``, in the order of the registry: every model trained so far, each from
-    its own run (a table rebuilt from the files, never only the last run's models)."""
-    found = {}
-    for path in sorted(folder.glob(pattern)):
-        try:
-            meta = load_meta(path)
-        except StageError as err:  # someone else's broken file: no row, this run stands
-            print(f"warning: left out of the table: {err}")
-            continue
-        if meta.get("script") != Path(__file__).name or any(
-                meta.get(key) != value for key, value in match.items()):
-            continue
-        if "table_row" not in meta:
-            print(f"warning: {path} was written before rows were stored in files; it is left "
-                  f"out of the table (run its model again to add it)")
-            continue
-        found[meta.get("gan")] = meta["table_row"]
-    return [found[name] for name in VECTOR_GANS if name in found]
-
-
-def generator_table(rows: list[dict[str, Any]]) -> str:
-    """One row per generator: each value ± half its 95% interval (KID: ± its sd over subsets)
-    beside its floor (as many real train embeddings) or the real embeddings' value."""
-    lines = ["| model | epochs (best) | Fréchet distance (floor) | ratio | KID (floor) | "
-             "precision (floor) | recall (floor) | density (floor) | coverage (floor) | "
-             "Vendi (real) | k-NN class match (real test acc.) | TSTR k-NN acc. (TRTR) | "
-             "intra-class Fréchet distance (floor) | k-means ARI vs class asked (real) | "
-             "train time |", "| --- " * 15 + "|"]
-    for r in rows:
-        conditional = "knn_class_consistency" in r
-        lines.append(
-            f"| {r['model']} | {r['epochs']} ({r['best_epoch']}) | "
-            + cell(r, "frechet_distance", "frechet_distance_floor", "floor")
-            + f" | {r['frechet_distance'] / r['frechet_distance_floor']:.2f} | "
-            + " | ".join([cell(r, "kid", "kid_floor", "floor", 4),
-                          *[cell(r, m, m + "_floor", "floor")
-                            for m in ("precision", "recall", "density", "coverage")],
-                          cell(r, "vendi", "vendi_real", "real", 2)])
-            + (" | " + " | ".join([
-                cell(r, "knn_class_consistency", "knn_accuracy_real", "real"),
-                cell(r, "tstr_knn_accuracy", "trtr_knn_accuracy", "TRTR"),
-                cell(r, "intra_frechet_distance", "intra_frechet_distance_floor", "floor"),
-                cell(r, "kmeans_ari", "kmeans_ari_real", "real")])
-               if conditional else " | — | — | — | —")
-            + (" | — |" if r["train_seconds"] is None else f" | {r['train_seconds']:.0f} s |"))
-    return "\n".join(lines)
-
-
-def translation_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | epochs (best) | cosine to true B (paired linear map) | k-NN acc. of "
-             "A->B (B's own) | cycle error A (B) | train time |", "| --- " * 6 + "|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['epochs']} ({r['best_epoch']}) | {r['cosine']:.3f} "
-                     f"({r['cosine_paired_linear']:.3f}) | {r['knn_accuracy']:.3f} "
-                     f"({r['knn_accuracy_target']:.3f}) | {r['cycle_error_a']:.3f} "
-                     f"({r['cycle_error_b']:.3f}) | "
-                     + ("— |" if r["train_seconds"] is None else f"{r['train_seconds']:.0f} s |"))
-    return "\n".join(lines)
+def table_rows(folder: Path, pattern: str, match: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows this stage's files ``folder/pattern`` keep (every model trained so far, each
+    from its own run), in the registry's order; files left out are said in a warning."""
+    rows, notes = rows_on_disk(folder, pattern, Path(__file__).name, match, VECTOR_GANS)
+    for note in notes:
+        print(f"warning: {note}")
+    return rows
 
 
 def validation_score(reference: np.ndarray, labels: np.ndarray, seed: int, batch_size: int):
     """score(ema): Fréchet distance between samples (the same noise and classes every epoch) and
     a fixed subset of the standardised training embeddings; lower is better. Never the test."""
-    def score(model: GANModel) -> float:
+    def score(model: GenerativeModel) -> float:
         return frechet_distance(generate(model, labels, len(reference), seed + 1, batch_size),
                                 reference)
 
@@ -533,19 +385,9 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
     labels = torch.from_numpy(y_train).to(device)
     embedding_hash = fingerprint(z_train_raw, y_train)
     sizes = Sizes(z_train.shape[1], num_classes)
-    decoders: dict[str, Any] = {}
-    decode, why = autoencoder_decoder(real["z_test"], load_dataset(run.dataset, run.data_dir),
-                                      run)
-    if decode is None:
-        print(f"note: no images from {run.encoder} embeddings through an autoencoder: {why}")
-    else:
-        decoders["decoder"] = decode
-    plan1, notes = plan1_decoders(real["z_train"], real["z_test"], device, run)
-    for note in notes:
-        print(f"note: Plan 1 generator not used: {note}")
-    decoders.update({f"plan1-{gan}": f for gan, f in plan1.items()})
+    decoders = image_decoders(real, device, run)
 
-    def train_member(name: str, member: int) -> tuple[GANTrainer, Any, float | None, Path]:
+    def train_member(name: str, member: int) -> tuple[GANTrainer, Any, float, Path]:
         """Member ``member`` of a model's ensemble, trained (or resumed) exactly as a run with
         ``--seed SEED+member`` trains the model alone: weights, batch order, noise and the
         validation subset all follow that seed. Member 0's checkpoint is the model's own."""
@@ -583,7 +425,7 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
         z_gen = scaler.inverse(generate_ensemble(bests, y_gen, run.samples, run.seed,
                                                  run.sample_batch_size))
         seconds = [m[2] for m in members]
-        one = run.ensemble == 1  # one member: scalars, as before ensembles; several: lists
+        one = run.ensemble == 1  # one member: scalars (a single model's format); several: lists
         per_member = {
             "checkpoint": [str(m[3]) for m in members],
             "epochs_trained": [trainer.epoch for trainer in trainers],
@@ -596,7 +438,7 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
         out = folders["embeddings"] / f"{tag}.gen.npz"
         metric_values = scoring.plan2_metrics(out, {"z_gen": z_gen, **classes}, real,
                                               score_settings)
-        train_seconds = None if None in seconds else sum(seconds)
+        train_seconds = sum(seconds)
         row = plain_row({"model": name if one else f"{name} x{run.ensemble}",
                          "epochs": ", ".join(str(t.epoch) for t in trainers),
                          "best_epoch": ", ".join(str(r.best_epoch) for r in reports),
@@ -622,7 +464,7 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
                 f"{name} on {run.dataset} {run.encoder}: real test vs generated embeddings",
                 ("real test", "generated"), run)
             for member, trainer in enumerate(trainers[1:], start=1):
-                written.append(save_plot(
+                written.append(save_and_close(
                     loss_curves_figure(trainer.history, f"{name} on {run.dataset} "
                                        f"{run.encoder} embeddings, ensemble member "
                                        f"{member + 1} (seed {run.seed + member}): losses per "
@@ -667,7 +509,7 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
             yield {"a": a_half[ia], "label_a": label_a[ia], "b": b_half[ib],
                    "label_b": label_b[ib]}
 
-    def score(model: GANModel) -> float:
+    def score(model: GenerativeModel) -> float:
         """Distribution match both ways on the training halves (no pairs); lower is better."""
         return (frechet_distance(translate(model, check_a, "a_to_b", batch), check_b)
                 + frechet_distance(translate(model, check_b, "b_to_a", batch), check_a))
@@ -751,12 +593,18 @@ def main(argv: list[str] | None = None) -> None:
     # fewest training vectors (a translator's half) sets the largest batch size.
     critics = [(n_train // 2 if VECTOR_GANS[name].translator else n_train, name)
                for name in run.models if VECTOR_GANS[name].wasserstein]
-    if critics:
-        examples, name = min(critics)
-        check_generator_steps(examples, run.batch_size, run.n_critic,
-                              f"--models {name}: training embeddings"
-                              + (" per translation half" if VECTOR_GANS[name].translator else ""),
-                              passes_per_epoch(n_train, run.epoch_vectors))
+    passes = passes_per_epoch(n_train, run.epoch_vectors)
+    shortfall = critics and generator_step_shortfall(min(critics)[0], run.batch_size,
+                                                     run.n_critic, passes)
+    if shortfall:
+        (examples, name), (batches, largest) = min(critics), shortfall
+        fix = f"--batch-size {largest} or smaller" if largest >= 2 else "more data"
+        raise StageError(f"--models {name}: training embeddings"
+                         f"{' per translation half' if VECTOR_GANS[name].translator else ''}: "
+                         f"{examples} at --batch-size {run.batch_size}"
+                         f"{f' in {passes} passes' if passes > 1 else ''} give {batches} "
+                         f"batch(es) per epoch, fewer than --n-critic {run.n_critic}, so no "
+                         f"generator step; use {fix}, or --n-critic {max(1, batches)}")
     # Every input checked (a refused run writes nothing): one lock per output set, so that a
     # run of generators and one of translators go side by side.
     if generators:
@@ -768,7 +616,6 @@ def main(argv: list[str] | None = None) -> None:
                          f"plan2_gan_training.py, {pair}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "checkpoints/plan2", "samples/plan2", "results")}
-    passes = passes_per_epoch(n_train, run.epoch_vectors)
     print(f"{run.dataset}: {n_train} train, {len(real_a['z_test'])} test embeddings of "
           f"{real_a['z_train'].shape[1]} dims from {path_a}; device {device}; an epoch is "
           f"{passes} pass{'es' if passes > 1 else ''} over them (--epoch-vectors "
@@ -781,9 +628,9 @@ def main(argv: list[str] | None = None) -> None:
     if generators:
         train_generators(generators, real_a, path_a, n_train, folders, values, device,
                          run, config, score_settings)
-        table = generator_table(rows_on_disk(folders["embeddings"],
-                                             f"{run.dataset}_{run.encoder}_*.gen.npz",
-                                             {"dataset": run.dataset, "encoder": run.encoder}))
+        table = generator_table(table_rows(
+            folders["embeddings"], f"{run.dataset}_{run.encoder}_*.gen.npz",
+            {"dataset": run.dataset, "encoder": run.encoder}))
         print(f"\n{run.dataset} {run.encoder}: {run.samples} generated embeddings against the "
               f"{len(real_a['z_test'])} real test embeddings (floors: as many real train "
               f"embeddings); TSTR: k-NN fitted on generated, scored on real test; ± half the "
@@ -796,7 +643,7 @@ def main(argv: list[str] | None = None) -> None:
     if translators:
         train_translators(translators, real_a, path_a, real_b, path_b, n_train, folders,
                           values, device, run, config, score_settings)
-        table = translation_table(rows_on_disk(
+        table = translation_table(table_rows(
             folders["embeddings"], f"{run.dataset}_{run.encoder}-to-{run.encoder_b}_*.npz",
             {"dataset": run.dataset, "encoder": run.encoder, "encoder_b": run.encoder_b}))
         print(f"\n{run.dataset} {run.encoder} -> {run.encoder_b}, trained on disjoint halves of "

@@ -27,16 +27,16 @@ of plot_generation_clusters.py --reference-dir). <run> is <ds>_loop, then _accum
 _accsub for those regimes, _fresh<percent>, _trunc<psi>, _scratch without warm start and
 _seed<k> for a seed other than 0.
 
-Per generation it measures, against the real test images, the metrics of evaluation/scoring.py
-(FID, KID, precision, recall, density, coverage, Vendi, class consistency, intra-class FID and the
+Per generation it measures, against the real test images, the metrics of evaluation/scoring.py (FID,
+KID, precision, recall, density, coverage, Vendi, class consistency, intra-class FID and the
 classifier accuracy score, each with its 95% interval and its real-vs-real floor) and the
-within-class variance of the features relative to that of the real prompt images; writes them
-with each generation's training sources (images by origin) to
-DATA_DIR/results/<run>_metrics.json, DATA_DIR/<run>/gen_<k>.npz (the images in Plan 1's sample
-format), a grid of samples per generation and a figure of the metrics of every loop of the
-dataset found in results/ (mean ± sd over the seeds of each loop). Each generation's checkpoint
-and addition are kept in DATA_DIR/checkpoints/loop/<run>/; an interrupted loop resumes in the
-generation it was in, and finished generations are kept (a larger --generations continues).
+within-class variance of the features relative to that of the real prompt images; writes them with
+each generation's training sources (images by origin) to DATA_DIR/results/<run>_metrics.json,
+DATA_DIR/<run>/gen_<k>.npz (the images in Plan 1's sample format), a grid of samples per generation
+and a figure of the metrics of this run's loops (mean ± sd over its seeds); compare_loops.py puts
+every loop of the dataset side by side. Each generation's checkpoint and addition are kept in
+DATA_DIR/checkpoints/loop/<run>/; an interrupted loop resumes in the generation it was in, and
+finished generations are kept (a larger --generations continues).
 
     python self_consuming_loop.py --dataset digits --generations 2 --n-images 50 --train-images 500
 """
@@ -68,7 +68,6 @@ from dataio.artifacts import (
     make_meta,
     replace_directory,
     restoring,
-    save_figure,
     save_npz,
     write_text,
 )
@@ -77,18 +76,19 @@ from evaluation import metrics, scoring
 from evaluation.scoring import cell
 from models import image_gans
 from models.image_gans import ConditionalGAN, ImageGANConfig, class_condition, to_signed
+from reporting.figures import image_grid_figure, save_and_close
+from reporting.loop_comparison import config_of, metrics_figure
 from runtime.settings import configure, pick
 from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
 from training import loop_regimes
 from training.gans import (
     LOSS_KINDS,
     GANTrainer,
-    LoopSettings,
-    check_generator_steps,
-    image_grid_figure,
+    TrainerSettings,
+    generator_step_shortfall,
     tensor_batches,
 )
-from training.loop_regimes import ImageSet, Regime
+from training.loop_regimes import REGIME_TAGS, ImageSet, Regime
 
 # Tables the stage and its settings' rules use (not settings).
 LOSS_NAMES = LOSS_KINDS
@@ -99,7 +99,6 @@ METRIC_KEYS = ("fid", "fid_floor", "kid", "kid_std", "kid_floor", "precision", "
                "score", "score_real", "within_class_variance", "within_class_variance_real",
                "within_class_spread", "feature_space")
 ADDITION_KEYS = {"x": (3, "u"), "y": (1, "iu"), "origin": (1, "i")}
-REGIME_TAGS = {"replace": "", "accumulate": "_accumulate", "accumulate-subsample": "_accsub"}
 
 # ---------------------------------------------------------------- settings
 DATASET = "fashion-mnist"  # dataset of the real images [in dataio.data_sources.DATASETS]
@@ -119,7 +118,7 @@ BATCH_SIZE = 64  # images per step [>= 2]
 SEEDS = (0,)  # seeds of the loops, one loop each: weights, batches, noise, captions, draws [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
-THREADS = 1  # CPU threads of torch, BLAS, OpenMP (0: library default; more were slower here) [>= 0]
+THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 NOISE_DIM = 32  # size of the generator's noise z [>= 1]
 WIDTH = 32  # channels of the 14x14 conv layers of G and D (twice as many at 7x7) [>= 1, <= 1024]
 FEATURE_DIM = 256  # width of the discriminator's feature layer [>= 1, <= 8192]
@@ -143,7 +142,7 @@ SAMPLE_BATCH_SIZE = 1000  # images per generator pass when sampling [>= 1]
 @dataclass(frozen=True)
 class LoopRun:
     """What a loop trains and writes (the GAN's own hyper-parameters: ImageGANConfig; its
-    optimiser: LoopSettings; what it feeds each generation: Regime)."""
+    optimiser: TrainerSettings; what it feeds each generation: Regime)."""
 
     dataset: str
     data_dir: str
@@ -219,10 +218,10 @@ def generate(model: ConditionalGAN, labels: np.ndarray, num_classes: int, seed: 
                                  batch_size, truncation)
 
 
-def optimiser_settings(values: dict[str, Any]) -> LoopSettings:
+def optimiser_settings(values: dict[str, Any]) -> TrainerSettings:
     """The GAN loop's optimiser settings from this stage's settings (``configure``'s values);
     each generation adds its own seed."""
-    return LoopSettings(n_critic=values["n_critic"], lr_generator=values["lr_generator"],
+    return TrainerSettings(n_critic=values["n_critic"], lr_generator=values["lr_generator"],
                         lr_discriminator=values["lr_discriminator"],
                         betas=(values["beta1"], values["beta2"]),
                         ema_decay=values["ema_decay"], log_every=values["log_every"])
@@ -235,7 +234,7 @@ class Loop:
 
     run: LoopRun
     config: ImageGANConfig
-    optimiser: LoopSettings
+    optimiser: TrainerSettings
     regime: Regime
     data: ImageDataset
     checkpoints: Path
@@ -404,93 +403,6 @@ def generation_complete(folder: Path, samples: Path, count: int) -> bool:
     return names == {image_name(i) for i in range(count)}
 
 
-def config_of(run: str) -> str:
-    """A run's name without its seed: the loops that are one configuration at several seeds."""
-    head, seeded, seed = run.rpartition("_seed")
-    return head if seeded and seed.isdigit() else run
-
-
-def run_label(config: str) -> str:
-    """A legend label: regime, fresh share, truncation, scratch."""
-    rest = config.partition("_loop")[2]
-    regime = next((name for name, tag in REGIME_TAGS.items() if tag and rest.startswith(tag)),
-                  "replace")
-    rest = rest.removeprefix(REGIME_TAGS[regime])
-    label = {"replace": "replace", "accumulate": "accumulate",
-             "accumulate-subsample": "accumulate-subsample"}[regime]
-    for part in rest.strip("_").split("_"):
-        if part.startswith("fresh"):
-            label += f", {part[5:]}% fresh" + (" (control)" if part == "fresh100" else "")
-        elif part.startswith("trunc"):
-            label += f", psi {part[5:]}"
-        elif part == "scratch":
-            label += ", from scratch"
-    return label
-
-
-def banded(runs: dict[str, list[dict[str, Any]]], key: str
-           ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-    """Per configuration: generations, mean and sd over its seeds of ``key``, the seed count
-    (generations every seed has reached)."""
-    configs: dict[str, list[list[dict[str, Any]]]] = {}
-    for run, records in runs.items():
-        configs.setdefault(config_of(run), []).append(records)
-    out = {}
-    for config, seeds in configs.items():
-        common = sorted(set.intersection(*({int(r["generation"]) for r in records}
-                                           for records in seeds)))
-        table = np.array([[next(float(r[key]) if r.get(key) is not None else np.nan
-                                for r in records if int(r["generation"]) == g)
-                           for g in common] for records in seeds])
-        out[config] = (np.array(common), table.mean(axis=0),
-                       table.std(axis=0, ddof=1) if len(seeds) > 1 else np.zeros(len(common)),
-                       len(seeds))
-    return out
-
-
-def metrics_figure(runs: dict[str, list[dict[str, Any]]], title: str) -> Any:
-    """FID (with its floor), class consistency, within-class spread, precision, recall and Vendi
-    against the generation: per configuration the mean over its seeds, a band of ± one sd; the
-    real-image references as dashed grey lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    panels = (("fid", "FID, evaluator features (log scale)", "fid_floor"),
-              ("class_consistency", "class consistency", "class_consistency_real"),
-              ("within_class_spread", "within-class variance / real's", None),
-              ("precision", "precision (k=3)", "precision_floor"),
-              ("recall", "recall (k=3)", "recall_floor"),
-              ("vendi", "Vendi score", "vendi_real"))
-    figure, axes = plt.subplots(2, 3, figsize=(14, 8))
-    first = next(iter(runs.values()))
-    for axis, (key, name, reference) in zip(axes.flat, panels, strict=True):
-        for index, (config, (generations, mean, sd, seeds)) in enumerate(
-                banded(runs, key).items()):
-            colour = f"C{index % 10}"
-            axis.plot(generations, mean, marker="o", markersize=3, color=colour,
-                      label=f"{run_label(config)} ({seeds} seed{'s' * (seeds > 1)})")
-            if seeds > 1:
-                axis.fill_between(generations, mean - sd, mean + sd, color=colour, alpha=0.2)
-        if reference is not None:
-            axis.plot([r["generation"] for r in first], [r.get(reference) for r in first],
-                      linestyle="--", color="grey", label="real images")
-        elif key == "within_class_spread":
-            axis.axhline(1.0, linestyle="--", color="grey", label="real images")
-        axis.set_title(name, fontsize=10)
-        axis.set_xlabel("generation")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.grid(alpha=0.3)
-    axes.flat[0].set_yscale("log")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9,
-                  frameon=False)
-    figure.suptitle(title + " (mean ± sd over seeds)", fontsize=11)
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
-    return figure
-
-
 def format_table(records: list[dict[str, Any]]) -> str:
     """One row per generation, each value ± half its 95% interval, the floors in brackets."""
     lines = ["| generation | trained on | FID (floor) | KID (floor) | precision (floor) | "
@@ -534,21 +446,6 @@ def write_results(path: Path, records: list[dict[str, Any]], values: dict[str, A
                 "meta": make_meta(__file__, values, loop.run.dataset, loop.run.seed, run=name,
                                   captions=str(caption_file))}
     write_text(path, json.dumps(document, indent=2) + "\n")
-
-
-def compared_runs(results_dir: Path, dataset: str, own: dict[str, list[dict[str, Any]]]
-                  ) -> dict[str, list[dict[str, Any]]]:
-    """This run's loops and the other loops of the dataset found in ``results_dir``."""
-    runs = dict(own)
-    for path in sorted(results_dir.glob(f"{dataset}_loop*_metrics.json")):
-        name = path.name.removesuffix("_metrics.json")
-        if name in runs:
-            continue
-        try:
-            runs[name] = list(json.loads(path.read_text(encoding="utf-8"))["generations"])
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-            print(f"note: {path} is not readable as loop results; left out of the figure")
-    return runs
 
 
 # ---------------------------------------------------------------- one generation
@@ -713,10 +610,7 @@ def run_loop(loop: Loop, values: dict[str, Any], real: scoring.RealImages,
     labels = ["real"] + [f"gen {g}" for g in shown]
     figure = image_grid_figure(rows, labels, f"{name}: the first test prompt of each class, "
                                              f"drawn by every generation (same noise)")
-    import matplotlib.pyplot as plt
-
-    grid_png = save_figure(figure, folders["visualizations"] / f"{name}_samples.png")
-    plt.close(figure)
+    grid_png = save_and_close(figure, folders["visualizations"] / f"{name}_samples.png")
     print(f"\n{name}: FID, KID, precision/recall and Vendi on the {real.space.title} features "
           f"(not Inception: compare with the floor, {run.n_images} real training images "
           f"against the test set); ± half the 95% bootstrap interval\n")
@@ -763,8 +657,14 @@ def main(argv: list[str] | None = None) -> None:
     if regime.train_images < base.batch_size:
         raise StageError(f"--train-images {regime.train_images} is less than one batch of "
                          f"--batch-size {base.batch_size}")
-    check_generator_steps(regime.train_images, base.batch_size, optimiser.n_critic,
-                          "--train-images")
+    shortfall = generator_step_shortfall(regime.train_images, base.batch_size,
+                                         optimiser.n_critic)
+    if shortfall:
+        batches, largest = shortfall
+        raise StageError(f"--train-images: {regime.train_images} at --batch-size "
+                         f"{base.batch_size} give {batches} batch(es) per epoch, fewer than "
+                         f"--n-critic {optimiser.n_critic}, so no generator step; use "
+                         f"--batch-size {largest} or smaller, or --n-critic {max(1, batches)}")
     if len(data.x_test) < base.n_images:
         raise StageError(f"--n-images {base.n_images}: {data.name} has only {len(data.x_test)} "
                          f"test images to prompt with")
@@ -777,7 +677,7 @@ def main(argv: list[str] | None = None) -> None:
     real = scoring.real_images_for(
         data, device, scoring.EvaluatorSettings(data_dir=base.data_dir), s)
     # The real-vs-real floors, drawn once with seed 0: the same floor for every loop and seed,
-    # whichever seeds this run lists first (a loop of seed 2 alone drew another: 4.38 vs 6.31).
+    # whichever seeds this run lists first (a floor drawn per seed would differ from seed to seed).
     scoring.real_image_floors(real, base.n_images, device, replace(s, seed=0))
     reference = root / f"{data.name}_loop_reference"
     if not all((reference / image_name(i)).is_file() for i in range(base.n_images)):
@@ -787,15 +687,13 @@ def main(argv: list[str] | None = None) -> None:
         loop = make_loop(values, seed, data, device)
         finished.update([run_loop(loop, values, real, replace(s, seed=seed), folders,
                                   reference)])
-    figure = metrics_figure(compared_runs(folders["results"], base.dataset, finished),
-                            f"{base.dataset} self-consuming loops: {base.n_images} images per "
-                            f"generation against the {len(data.x_test)} real test images")
-    import matplotlib.pyplot as plt
-
+    figure = metrics_figure(finished, f"{base.dataset} self-consuming loop: {base.n_images} "
+                                      f"images per generation against the {len(data.x_test)} "
+                                      f"real test images")
     figure_name = f"{config_of(run_name(base, regime))}_metrics.png"
-    metrics_png = save_figure(figure, folders["visualizations"] / figure_name)
-    plt.close(figure)
-    print(f"\nfigure of every loop of {base.dataset} in {folders['results']}: {metrics_png}")
+    metrics_png = save_and_close(figure, folders["visualizations"] / figure_name)
+    print(f"\nfigure of this run's loops: {metrics_png}; every loop of {base.dataset} side by "
+          f"side: python compare_loops.py --dataset {base.dataset} --data-dir {base.data_dir}")
 
 
 if __name__ == "__main__":

@@ -72,14 +72,14 @@ DATASET = "fashion-mnist"  # dataset to train on [in dataio.data_sources.DATASET
 DATA_DIR = "data"  # where the model, checkpoints and results are written
 OUTPUT_DIR = ""  # where save_pretrained writes the model ('': DATA_DIR/checkpoints/clip_<ds>)
 EPOCHS = 2  # passes over the training images (one-cycle schedule over all of them) [>= 1]
-BATCH_SIZE = 64  # image-caption pairs per step (small batches learned faster here) [>= 2]
+BATCH_SIZE = 64  # image-caption pairs per step (small batches learn faster per epoch) [>= 2]
 LEARNING_RATE = 3e-3  # peak AdamW learning rate of the one-cycle schedule [> 0]
 WEIGHT_DECAY = 0.05  # AdamW weight decay of the weight matrices [>= 0]
 LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order and template choice [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
-THREADS = 1  # CPU threads of torch, BLAS, OpenMP (0: library default; more were slower here) [>= 0]
+THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 HIDDEN_SIZE = 64  # width of both transformer towers [>= 8, <= 4096]
 VISION_LAYERS = 4  # transformer layers of the image tower [>= 1]
 TEXT_LAYERS = 2  # transformer layers of the text tower [>= 1]
@@ -265,16 +265,6 @@ def make_optimizer(model: Any, steps: int, s: ClipSettings
     return optimizer, schedule
 
 
-def written_by_this_script(folder: Path) -> bool:
-    """A model folder this script wrote before folders were marked: its training_meta.json
-    names it."""
-    try:
-        meta = json.loads((folder / "training_meta.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(meta, dict) and meta.get("script") == Path(__file__).name
-
-
 def confusion_figure(labels: np.ndarray, predicted: np.ndarray, class_names: list[str],
                      title: str) -> Any:
     import matplotlib
@@ -306,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
                ("checkpoints/clip", "results", "visualizations")}
     output_dir = Path(s.output_dir) if s.output_dir else root / "checkpoints" / f"clip_{s.dataset}"
     output_dir = output_dir.resolve()  # '.' has no name to stage beside
-    check_replaceable(output_dir, written_by_this_script)  # before any training
+    check_replaceable(output_dir)  # before any training
     ensure_output_dir(output_dir.parent)
     limit_cpu_threads(values["threads"])
     seed_everything(s.seed, s.deterministic)
@@ -421,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
                       tokenizer=tokenizer).save_pretrained(staging)
         write_text(staging / "training_meta.json", json.dumps(meta, indent=2) + "\n")
         give_umask_permissions(staging)
-        replace_directory(staging, output_dir, written_by_this_script)
+        replace_directory(staging, output_dir)
     except SafetensorError as err:  # an I/O error of the weights' writer (disk full, size limit)
         raise StageError(f"{output_dir}: the model could not be saved ({short_cause(err)}); "
                          f"what was there before is kept") from err

@@ -14,8 +14,8 @@ Pictures: N_IMAGES JPEG files of IMAGE_SIZE pixels cut from scikit-learn's two s
      the mean is the reference);
    - end to end: the stage's image path (DataLoader workers decode, the device preprocesses,
      batched image tower, L2 normalisation), files on disk to embeddings in memory;
-   - one image at a time: open, preprocess and run both towers per image, as the public scripts
-     did. Targets: end to end >= 0.8 x model only (on a GPU with enough workers; on a CPU the
+   - one image at a time: open, preprocess and run both towers per image (a naive loop).
+     Targets: end to end >= 0.8 x model only (on a GPU with enough workers; on a CPU the
      tower is the bottleneck anyway), and >= 2 x one image at a time.
 Captions are synthetic token ids of CAPTION_TOKENS tokens (no tokenizer is downloaded).
 Run from the repository root: python bench/bench_clip_extraction.py [--device cuda --workers 12]
@@ -154,7 +154,7 @@ def caption_seconds(model: CLIPModel, ids: torch.Tensor, device: torch.device,
 
 def per_image_seconds(model: CLIPModel, files: list[Path], ids: torch.Tensor,
                       image_processor: CLIPImageProcessor, device: torch.device) -> float:
-    """Seconds for the public scripts' loop: per image, open, preprocess, run both towers."""
+    """Seconds for the naive per-image loop: per image, open, preprocess, run both towers."""
     synchronise(device)
     started = time.perf_counter()
     for path, caption in zip(files, ids, strict=False):
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     rates = {"model only (image tower, preprocessed batches)": b.n_images / model_only,
              "end to end (the stage's image path)": b.n_images / end_to_end,
              "end to end with the batched caption pass": b.n_images / (end_to_end + captions),
-             "one image at a time, both towers (public scripts)": b.n_per_image / one_by_one}
+             "one image at a time, both towers (naive loop)": b.n_per_image / one_by_one}
     for name, rate in rates.items():
         print(f"{name:<52} {rate:8.2f} images/s")
     print(f"model-only runs: {b.n_images / before:.2f} and {b.n_images / after:.2f} images/s "

@@ -1,4 +1,4 @@
-"""Benchmark: the offline drift experiment end to end, in `make demo`'s quick preset (issue 12).
+"""Benchmark: the offline drift experiment end to end, in `make demo`'s quick preset.
 
 Runs, as a user runs them, into a fresh folder DATA_DIR/bench_drift: the small CLIP
 (train_small_clip.py), the self-consuming loop (self_consuming_loop.py, generations 0-10), the
@@ -33,7 +33,7 @@ from runtime.stage import StageError, run_stage  # noqa: E402
 DATASET = "fashion-mnist"  # dataset of the experiment [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # the evaluator is taken from here; the run goes to DATA_DIR/bench_drift
 GENERATIONS = (0, 4, 10)  # generations embedded and plotted (the loop runs up to the last) [>= 0]
-TARGET_MINUTES = 15.0  # the issue's bound for the quick preset on 2 CPU cores [> 0]
+TARGET_MINUTES = 15.0  # bound for the quick preset on 2 CPU cores [> 0]
 KEEP = False  # keep DATA_DIR/bench_drift afterwards (it is replaced at the next run anyway)
 # ---------------------------------------------------------------- end of settings
 

@@ -1,4 +1,4 @@
-"""Benchmark: image metrics of 10,000 generated images once the evaluator is trained (issue 3).
+"""Benchmark: image metrics of 10,000 generated images once the evaluator is trained.
 
 Times what evaluate.py does for one Plan 1 file: evaluator features and logits of the test
 images and of the generated ones, FID (classifier features), the Inception-style score,
@@ -38,7 +38,7 @@ DATA_DIR = "data"  # where the evaluator is cached (<data-dir>/checkpoints/evalu
 COUNT = 10_000  # generated images to evaluate (at most the test split's size) [>= 10]
 DEVICE = "cpu"  # the target is for CPU; auto picks cuda, then mps, then cpu
 SEED = 0  # seeds the floors' training subset [>= 0]
-TARGET_SECONDS = 60.0  # the issue's bound on 2 CPU cores [> 0]
+TARGET_SECONDS = 60.0  # bound on the timed work on 2 CPU cores [> 0]
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 # ---------------------------------------------------------------- end of settings
 

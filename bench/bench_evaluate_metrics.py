@@ -2,7 +2,7 @@
 classifier accuracy score and the bootstrap intervals, beside evaluate.py as it was before them
 (a git worktree of BASELINE_REVISION), on two copies of one data folder (the `make demo` outputs),
 run in turn A B A B ... so that the machine's drift hits both; prints each run's seconds and the
-ratio. The issue's target: at most 1.5x. The evaluator CNN must be cached in the folder (both
+ratio. Target: at most 1.5x (TARGET_RATIO). The evaluator CNN must be cached in the folder (both
 versions read the same checkpoint), so that training it is in neither time.
 
     python bench/bench_evaluate_metrics.py --data-dir data --runs 1
@@ -26,10 +26,10 @@ from runtime.stage import StageError, run_stage  # noqa: E402
 
 # ---------------------------------------------------------------- settings
 DATA_DIR = "data"  # a folder the stages wrote (make demo's), with its evaluator CNN cached
-BASELINE_REVISION = "69890c5"  # the commit before the new metrics (evaluate.py as it was)
+BASELINE_REVISION = "69890c5"  # commit whose evaluate.py lacks the paper metrics (the baseline)
 RUNS = 1  # pairs of runs (A then B) [>= 1]
-BOOTSTRAP = 10  # --bootstrap of the new evaluate.py [>= 0]
-TARGET_RATIO = 1.5  # the bound on new / old [> 0]
+BOOTSTRAP = 10  # --bootstrap of the current evaluate.py [>= 0]
+TARGET_RATIO = 1.5  # bound on current / baseline seconds [> 0]
 # ---------------------------------------------------------------- end of settings
 
 

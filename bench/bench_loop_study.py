@@ -4,17 +4,16 @@ GENERATIONS generations, one loop per seed, run as self_consuming_loop.py runs (
 at a time on 2 CPU cores; plus the replace loop trained from scratch instead of warm-started.
 Prints, per configuration, the metrics at a few generations as mean ± sd over the seeds, the
 growth of FID from generation 0, and what the study shows; draws every configuration side by side
-(self_consuming_loop.py's figure, bands of ± one sd over seeds).
+(compare_loops.py's figure, bands of ± one sd over seeds).
 
-The scale is the study's own (smaller than the stage's defaults, to fit the 60-minute budget on
-2 CPU cores): TRAIN_IMAGES images per generation, N_IMAGES prompts, a WIDTH-channel network,
+The scale is the study's own (smaller than the stage's defaults, to fit the 60-minute budget on 2
+CPU cores): TRAIN_IMAGES images per generation, N_IMAGES prompts, a WIDTH-channel network,
 generation 0 trained until its validation FID has not improved for PATIENCE epochs (at most
-EPOCHS_FIRST), every later generation EPOCHS epochs (of TRAIN_IMAGES images), KID on 20 subset
-pairs and no bootstrap intervals (the band is the spread over seeds). Two loops side by side run
-about 1.5 times slower each than one alone (measured: 11.4 s against 17 s of training per
-generation). Each seed's converged start is trained first (its first configuration's loop up to
-generation 1); every other loop of that seed starts as soon as it is there, so both cores stay
-busy (the time of the last run is in docs/drift.md).
+EPOCHS_FIRST), every later generation EPOCHS epochs (of TRAIN_IMAGES images), KID on 20 subset pairs
+and no bootstrap intervals (the band is the spread over seeds). Two loops side by side each run
+about 1.5 times slower than one alone, about 1.3 times the throughput of one. Each seed's converged
+start is trained first (its first configuration's loop up to generation 1); every other loop of that
+seed starts as soon as it is there, so both cores stay busy (results and timing: docs/drift.md).
 
     python bench/bench_loop_study.py
 """
@@ -40,8 +39,10 @@ from bench_common import ROOT, load_text  # noqa: E402
 from dataio.artifacts import ensure_output_dir, save_figure  # noqa: E402
 from dataio.data_sources import load_dataset  # noqa: E402
 from evaluation import scoring  # noqa: E402
+from reporting.loop_comparison import loop_results, metrics_figure  # noqa: E402
 from runtime.settings import configure, pick  # noqa: E402
 from runtime.stage import StageError, pick_device, run_stage  # noqa: E402
+from training.loop_regimes import Regime  # noqa: E402
 
 # ---------------------------------------------------------------- settings
 DATASET = "fashion-mnist"  # dataset of the loops [in dataio.data_sources.DATASETS]
@@ -118,7 +119,7 @@ def results_of(flags: list[str], b: StudyBench) -> list[list[dict[str, Any]]]:
     runs = []
     for seed in b.seeds:
         run = pick(loop.LoopRun, values, seed=seed)
-        regime = loop.Regime(values["regime"], values["train_images"], values["fresh_fraction"])
+        regime = Regime(values["regime"], values["train_images"], values["fresh_fraction"])
         path = Path(b.data_dir) / "results" / f"{loop.run_name(run, regime)}_metrics.json"
         runs.append(json.loads(path.read_text())["generations"])
     return runs
@@ -197,8 +198,8 @@ def main(argv: list[str] | None = None) -> None:
               + ("avoids the collapse replacing shows" if accumulate < 1.2 <= replace
                  else "does not avoid it here" if accumulate >= 1.2 else
                  "shows no collapse to avoid here (replace did not collapse either)"))
-    figure = loop.metrics_figure(loop.compared_runs(Path(b.data_dir) / "results", b.dataset, {}),
-                                 f"{b.dataset} self-consuming loops, {b.generations} generations")
+    figure = metrics_figure(loop_results(Path(b.data_dir) / "results", b.dataset)[0],
+                            f"{b.dataset} self-consuming loops, {b.generations} generations")
     png = save_figure(figure, Path(b.data_dir) / "visualizations" / "loop_study_metrics.png")
     print(f"\nfigure: {png}; per-loop logs in {logs}; {load_text()}")
 

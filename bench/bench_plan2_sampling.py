@@ -1,9 +1,10 @@
 """How much do a Plan 2 generator's sample metrics move with the sampling seed alone? Loads the
 finished checkpoints that made `<ds>_<enc>_<model>.gen.npz` (one model or an `--ensemble`), draws
---samples embeddings at each sampling seed (the classes asked for and the noise; the stage draws
-at its own --seed, so that row reproduces its file) and prints Fréchet distance / floor,
-precision, recall, density and coverage per seed with their mean and standard deviation, beside
-the 20-component mixture, and whether issue 10's target holds at each seed. Trains nothing.
+--samples embeddings at each sampling seed (the classes asked for and the noise; the stage draws at
+its own --seed, so that row reproduces its file) and prints Fréchet distance / floor, precision,
+recall, density and coverage per seed with their mean and standard deviation, beside the
+20-component mixture, and whether Plan 2's target (bench_common.meets_target) holds at each seed.
+Trains nothing.
 
     python bench/bench_plan2_sampling.py --data-dir data/bench_flows --encoder ae_intermediate
 """

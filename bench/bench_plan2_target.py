@@ -6,7 +6,7 @@ then the best GAN are chosen, and on the test split, scored once, for the report
 never looks at it). The mixture is fitted on the same n embeddings with each seed.
 
 Prints, per encoder and size, the validation means of every candidate, the choices, and the test
-table (mean ± sd over seeds) with the target of issues 10 and 27: the best GAN (chosen on
+table (mean ± sd over seeds) with Plan 2's target: the best GAN (chosen on
 validation) at recall >= 0.8 and a Fréchet distance <= 2x the floor, above the mixture's
 precision and density. Also which generator of embeddings is best on validation (within those
 bounds first, then by precision), mixture and flow matching included. The tables also go to

@@ -1,4 +1,4 @@
-"""One GPU check of extract_generation_embeddings.py (issue 13), to run once on a CUDA machine.
+"""One GPU check of extract_generation_embeddings.py, to run once on a CUDA machine.
 
     python bench/gpu_check_extraction.py            # about 3 minutes on one H100
 

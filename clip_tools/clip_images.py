@@ -124,7 +124,7 @@ class PixelPipeline:
         images = images.to(torch.float32, memory_format=torch.contiguous_format)
         scale = images.new_tensor(self.scale).view(1, 3, 1, 1)
         offset = images.new_tensor(self.offset).view(1, 3, 1, 1)
-        return torch.addcmul(offset, images, scale)  # one pass; in-place mul_/add_ took 10x
+        return torch.addcmul(offset, images, scale)  # one fused pass: mul_ then add_ is ~10x slower
 
 
 def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

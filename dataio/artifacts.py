@@ -239,19 +239,16 @@ def restoring(path: str | Path, advice: str = "delete it to start again") -> Ite
 
 def read_architecture(path: Path, state: Mapping[str, Any] | None, family: str,
                       names: Iterable[str], family_title: str,
-                      legacy: Callable[[Path, Mapping[str, Any]], dict[str, Any]] | None = None,
-                      without: str = "") -> tuple[Mapping[str, Any], dict[str, Any]]:
+                      remake: str) -> tuple[Mapping[str, Any], dict[str, Any]]:
     """A checkpoint (loaded unless ``state`` is given) and the record of the model it holds
     (``"architecture"``: family, name, sizes, config), checked to be one of ``names`` of
-    ``family``. A checkpoint made before records were stored gets one from ``legacy``, or is
-    refused with ``without`` saying what to do."""
+    ``family``. A checkpoint without the record is refused, naming ``remake``: the command that
+    writes one."""
     state = load_checkpoint(path, map_location="cpu") if state is None else state
     record = state.get("architecture")
     if record is None:
-        if legacy is None:
-            raise StageError(f"{path}: written before checkpoints recorded their model; "
-                             f"{without}")
-        record = legacy(path, state)
+        raise StageError(f"{path}: holds no record of its model (architecture), so nothing can "
+                         f"rebuild it; remake it with: {remake}")
     names = tuple(names)
     if not isinstance(record, Mapping) or record.get("family") != family \
             or record.get("name") not in names:
@@ -273,14 +270,10 @@ def remake_hint(command: str) -> Iterator[None]:
 
 
 def check_settings_match(path: str | Path, saved: Mapping[str, Any],
-                         current: Mapping[str, Any],
-                         before_recorded: Mapping[str, Any] | None = None) -> None:
-    """Refuse to resume from a checkpoint made with other settings, naming those that differ.
-    ``before_recorded``: the value a setting had in checkpoints written before it was recorded
-    (a key absent from ``saved`` is compared as that value)."""
-    earlier = before_recorded or {}
-    differing = {k: (v, saved.get(k, earlier.get(k))) for k, v in current.items()
-                 if saved.get(k, earlier.get(k)) != v}
+                         current: Mapping[str, Any]) -> None:
+    """Refuse to resume from a checkpoint made with other settings, naming those that differ
+    (a setting the checkpoint does not record differs from any value)."""
+    differing = {k: (v, saved.get(k)) for k, v in current.items() if saved.get(k) != v}
     if differing:
         listed = ", ".join(f"{k}: now {a!r}, checkpoint {b!r}" for k, (a, b) in differing.items())
         raise StageError(f"{path} was trained with other settings ({listed}); delete it to start "
@@ -353,15 +346,16 @@ def hold_output_lock(path: Path, what: str) -> None:
 OUTPUT_MARKER = ".written-by-stage"
 
 
-def check_replaceable(target: Path, legacy: Callable[[Path], bool] | None = None) -> None:
+def check_replaceable(target: Path, unmarked: Callable[[Path], bool] | None = None) -> None:
     """Refuse, before any work, to replace a path a stage of this project did not write: an
-    existing folder must hold OUTPUT_MARKER (or pass ``legacy``, the test for folders written
-    before the marker); a file, or any other folder, is left alone."""
+    existing folder must hold OUTPUT_MARKER (or pass ``unmarked``, the test for a stage's folders
+    that carry no marker because their contents say what they are); a file, or any other folder,
+    is left alone."""
     target = Path(target)
     if not target.exists() and not target.is_symlink():
         return
     if target.is_dir() and not target.is_symlink() and (
-            (target / OUTPUT_MARKER).is_file() or (legacy is not None and legacy(target))):
+            (target / OUTPUT_MARKER).is_file() or (unmarked is not None and unmarked(target))):
         return
     kind = "folder" if target.is_dir() else "file"
     raise StageError(f"{target}: an existing {kind} this project's stages did not write (no "
@@ -370,12 +364,12 @@ def check_replaceable(target: Path, legacy: Callable[[Path], bool] | None = None
 
 
 def replace_directory(staging: Path, target: Path,
-                      legacy: Callable[[Path], bool] | None = None, mark: bool = True) -> None:
+                      unmarked: Callable[[Path], bool] | None = None, mark: bool = True) -> None:
     """Move a fully written folder into place, marked as a stage's (OUTPUT_MARKER) unless
-    ``mark`` is False (a folder whose contents alone say a stage wrote it, as ``legacy`` tests);
-    an older ``target`` is removed only after, and only if a stage wrote it
+    ``mark`` is False (a folder whose contents alone say a stage wrote it, as ``unmarked``
+    tests); the previous ``target`` is removed only after, and only if a stage wrote it
     (``check_replaceable``)."""
-    check_replaceable(target, legacy)
+    check_replaceable(target, unmarked)
     if mark:
         (staging / OUTPUT_MARKER).write_text("written by a stage of this project; a later run "
                                              "may replace this folder\n", encoding="utf-8")

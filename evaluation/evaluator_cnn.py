@@ -25,7 +25,7 @@ from runtime.stage import StageError
 
 IMAGE_SHAPE = (28, 28)
 FEATURE_DIM = 128  # width of the penultimate layer: the space FID and PRDC are computed in
-# Test accuracy each evaluator should reach; MNIST's comes from the issue, digits' is ours.
+# Test accuracy each evaluator must reach before its features are trusted to measure with.
 TARGET_ACCURACY = {"mnist": 0.99, "fashion-mnist": 0.91, "digits": 0.95}
 
 

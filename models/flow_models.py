@@ -378,19 +378,6 @@ def architecture(name: str, dim: int, config: FlowConfig) -> dict[str, Any]:
     return {"family": FAMILY, "name": name, "dim": dim, "config": asdict(config)}
 
 
-def _legacy_architecture(path: Path, state: Mapping[str, Any]) -> dict[str, Any]:
-    """The architecture of a checkpoint written before checkpoints stored it, from its resume
-    settings, flow name and size."""
-    saved = state.get("settings")
-    if not isinstance(saved, Mapping) or state.get("flow") not in FLOWS or "dims" not in state:
-        raise StageError(f"{path}: not a flow checkpoint of flows.py")
-    name = state["flow"]
-    config = {k: saved[k] for k in ("hidden", "scale_bound", "nsf_bins", "nsf_tail_bound")
-              if k in saved}
-    config[LAYER_FIELDS[name]] = saved["layers"]
-    return {"family": FAMILY, "name": name, "dim": int(state["dims"]), "config": config}
-
-
 def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     state: Mapping[str, Any] | None = None) -> tuple[Flow, Preprocessing]:
     """The flow of a checkpoint written by flows.py with the weights of its best validation
@@ -399,7 +386,7 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     caller has loaded it already."""
     path = Path(path)
     state, record = read_architecture(path, state, FAMILY, FLOW_NAMES, "flows",
-                                      _legacy_architecture)
+                                      "python flows.py")
     try:
         flow = build_flow(record["name"], int(record["dim"]), FlowConfig(**record["config"]))
         flow.load_state_dict(state["best_state"])

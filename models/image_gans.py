@@ -11,7 +11,7 @@ size (``architecture``), so that ``from_checkpoint(path)`` rebuilds the model wi
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -256,23 +256,6 @@ def architecture(name: str, condition_dim: int, num_classes: int,
             "num_classes": num_classes, "config": asdict(config)}
 
 
-def _legacy_architecture(path: Path, state: Mapping[str, Any]) -> dict[str, Any]:
-    """The architecture of a checkpoint written before checkpoints stored it: the config from
-    its resume settings, the condition's size from its condition buffer."""
-    saved = state.get("settings") or {}
-    weights = state.get("model") or {}
-    if not isinstance(saved, Mapping) or "condition_mean" not in weights:
-        raise StageError(f"{path}: not an image-GAN checkpoint of this project (no settings or "
-                         f"condition statistics)")
-    names = {f.name for f in fields(ImageGANConfig)}
-    config = {k: v for k, v in saved.items() if k in names}
-    classes = weights.get("discriminator.classes.weight")
-    return {"family": FAMILY, "name": saved.get("model", "cgan"),
-            "condition_dim": int(weights["condition_mean"].shape[0]),
-            "num_classes": int(classes.shape[0]) if classes is not None else 0,
-            "config": config}
-
-
 def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     state: Mapping[str, Any] | None = None) -> ConditionalGAN:
     """The EMA generator (best epoch's weights) of a checkpoint written by the GAN loop for an
@@ -280,7 +263,7 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     the caller has loaded it already."""
     path = Path(path)
     state, record = read_architecture(path, state, FAMILY, GAN_NAMES, "image GANs",
-                                      _legacy_architecture)
+                                      "python plan1_gan_training.py, or self_consuming_loop.py")
     try:
         config = ImageGANConfig(**record["config"])
         model = build_image_gan(record["name"], int(record["condition_dim"]),

@@ -31,7 +31,7 @@ from CL_loss_function import nt_xent_loss
 from dataio.artifacts import read_architecture
 from models.nets import ProjectionHead, mlp
 from runtime.stage import StageError
-from training.gans import AdversarialLoss, GANModel
+from training.gans import AdversarialLoss, GANModel, GenerativeModel
 
 FAMILY = "vector_gans"
 # Adam betas: WGAN-GP's paper (0.5, 0.9) for the Wasserstein models, DCGAN's for the others.
@@ -364,34 +364,37 @@ class TranslationGAN(GANModel):
 
 
 # ---------------------------------------------------------------- flow matching
-def time_features(t: torch.Tensor, frequencies: int = 8) -> torch.Tensor:
+TIME_FREQUENCIES = 8  # octaves of the sinusoidal features of flow matching's time t
+
+
+def time_feature_size(frequencies: int = TIME_FREQUENCIES) -> int:
+    """The width of ``time_features``: t itself and a sine and cosine per octave."""
+    return 1 + 2 * frequencies
+
+
+def time_features(t: torch.Tensor, frequencies: int = TIME_FREQUENCIES) -> torch.Tensor:
     """t (B,) in [0, 1] -> [t, sin(2^k pi t), cos(2^k pi t)] for k < frequencies (B, 1 + 2F)."""
     scales = (2.0 ** torch.arange(frequencies, device=t.device, dtype=t.dtype)) * math.pi
     angles = t[:, None] * scales[None, :]
     return torch.cat([t[:, None], torch.sin(angles), torch.cos(angles)], dim=1)
 
 
-class FlowMatching(OneHotConditioned, GANModel):
+class FlowMatching(OneHotConditioned, GenerativeModel):
     """Class-conditional flow matching with straight (optimal-transport) paths (Lipman et al.
     2023; Tong et al. 2024, "conditional flow matching", sigma_min = 0): a velocity field
     v(x, t, y), an MLP over [x, time features of t, one-hot y], is regressed on the straight
     path from noise to data: for x_0 ~ N(0, I), x_1 a data vector of class y and t ~ U(0, 1),
     x_t = (1 - t) x_0 + t x_1 and the loss is E ||v(x_t, t, y) - (x_1 - x_0)||^2 (mean over
     dims). Sampling integrates dx/dt = v from t = 0 to 1 with ``steps`` Euler steps. No
-    discriminator: the one loop of training/gans.py trains it with one step per batch
-    (``adversarial`` False) and keeps its EMA, checkpoints and resume."""
-
-    adversarial = False
-    adversarial_loss = AdversarialLoss("non-saturating")  # unused: no discriminator
+    discriminator: the one loop of training/gans.py trains it with one step per batch and keeps
+    its EMA, checkpoints and resume."""
 
     def __init__(self, dim: int, num_classes: int = 0, hidden: int = 256, depth: int = 3,
                  steps: int = 100) -> None:
         super().__init__()
         self.dim, self.noise_dim, self.num_classes, self.steps = dim, dim, num_classes, steps
-        self.generator = mlp([dim + 17 + num_classes, *[hidden] * depth, dim], activation=nn.SiLU)
-
-    def discriminator_parameters(self) -> list[nn.Parameter]:
-        return []
+        self.generator = mlp([dim + time_feature_size() + num_classes, *[hidden] * depth, dim],
+                             activation=nn.SiLU)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor,
                  condition: torch.Tensor | None) -> torch.Tensor:
@@ -405,9 +408,6 @@ class FlowMatching(OneHotConditioned, GANModel):
             t = torch.full((len(x),), step / self.steps, device=x.device)
             x = x + self.velocity(x, t, condition) / self.steps
         return x
-
-    def discriminator_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise TypeError("flow matching has no discriminator")
 
     def generator_loss(self, batch: dict[str, torch.Tensor]
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -440,7 +440,7 @@ class VectorGANSpec:
     steps, WGAN-GP's Adam rate and betas) or not; whether the mode-seeking and energy terms
     apply; and its own settings as (checkpoint key, config field) pairs."""
 
-    build: Callable[[Sizes, VectorGANConfig], GANModel]
+    build: Callable[[Sizes, VectorGANConfig], GenerativeModel]
     translator: bool = False
     wasserstein: bool = False
     spreading_terms: bool = False
@@ -500,13 +500,13 @@ GAN_NAMES = tuple(VECTOR_GANS)
 def is_adversarial(name: str) -> bool:
     """Whether the model ``name`` trains against a discriminator (a GAN), not by a regression
     such as flow matching's: read off a tiny instance of it."""
-    return build_vector_gan(name, Sizes(2, 2, 2), VectorGANConfig(noise_dim=1, hidden=2,
-                                                                  depth=1)).adversarial
+    return isinstance(build_vector_gan(name, Sizes(2, 2, 2),
+                                       VectorGANConfig(noise_dim=1, hidden=2, depth=1)), GANModel)
 GENERATORS = tuple(name for name, spec in VECTOR_GANS.items() if not spec.translator)
 TRANSLATORS = tuple(name for name, spec in VECTOR_GANS.items() if spec.translator)
 
 
-def build_vector_gan(name: str, sizes: Sizes, config: VectorGANConfig) -> GANModel:
+def build_vector_gan(name: str, sizes: Sizes, config: VectorGANConfig) -> GenerativeModel:
     """A vector GAN by name for vectors of these sizes."""
     if name not in VECTOR_GANS:
         raise StageError(f"unknown model {name!r}; valid names: {', '.join(GAN_NAMES)}")
@@ -530,10 +530,8 @@ def model_settings(name: str, config: VectorGANConfig) -> dict[str, Any]:
         settings["noise_dim"] = config.noise_dim
     if spec.wasserstein:
         settings["gradient_penalty"] = config.gradient_penalty
-    if spec.spreading_terms and config.mode_seeking:  # older checkpoints: none
+    if spec.spreading_terms:
         settings["mode_seeking"] = config.mode_seeking
-        settings["mode_seeking_pairs"] = "same class"  # earlier: rows i, i + B/2 of a batch
-    if spec.spreading_terms and config.energy_weight:
         settings["energy_weight"] = config.energy_weight
     settings.update({key: getattr(config, field) for key, field in spec.own_settings})
     return settings
@@ -545,15 +543,13 @@ def architecture(name: str, sizes: Sizes, config: VectorGANConfig) -> dict[str, 
 
 
 def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                    state: Mapping[str, Any] | None = None) -> GANModel:
+                    state: Mapping[str, Any] | None = None) -> GenerativeModel:
     """The EMA model (best epoch's weights) of a checkpoint written by plan2_gan_training.py,
     rebuilt from the checkpoint alone, in eval mode. ``state``: the checkpoint, when the caller
     has loaded it already."""
     path = Path(path)
-    state, record = read_architecture(
-        path, state, FAMILY, GAN_NAMES, "vector GANs",
-        without="run plan2_gan_training.py once more with the flags that made it (it resumes "
-                "without training and records it)")
+    state, record = read_architecture(path, state, FAMILY, GAN_NAMES, "vector GANs",
+                                      "python plan2_gan_training.py")
     try:
         model = build_vector_gan(record["name"], Sizes(**record["sizes"]),
                                  VectorGANConfig(**record["config"]))
@@ -586,7 +582,7 @@ def class_draw(y_train: np.ndarray, n: int, num_classes: int, seed: int) -> np.n
 
 
 @torch.no_grad()
-def generate(model: GANModel, labels: np.ndarray | None, n: int, seed: int,
+def generate(model: GenerativeModel, labels: np.ndarray | None, n: int, seed: int,
              batch_size: int = 2000) -> np.ndarray:
     """n standardised samples in eval mode, noise from a CPU generator seeded with ``seed`` (the
     same on every device); ``labels`` are the classes asked for of a conditional model."""
@@ -604,7 +600,7 @@ def generate(model: GANModel, labels: np.ndarray | None, n: int, seed: int,
     return np.concatenate(parts)
 
 
-def generate_ensemble(models: list[GANModel], labels: np.ndarray | None, n: int, seed: int,
+def generate_ensemble(models: list[GenerativeModel], labels: np.ndarray | None, n: int, seed: int,
                       batch_size: int = 2000) -> np.ndarray:
     """n standardised samples split evenly over the members, interleaved: row i comes from
     member i mod M, with noise seeded ``seed + member``. One member: ``generate(model, labels,

@@ -20,7 +20,7 @@ from dataio.artifacts import load_checkpoint, make_meta, restoring, save_checkpo
 from dataio.data_sources import load_dataset
 from models import vector_gans
 from runtime.stage import StageError
-from training.gans import GANTrainer, LoopSettings
+from training.gans import GANTrainer, TrainerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -53,7 +53,7 @@ def finished_gan(path: Path) -> GANTrainer:
     """A tiny vector GAN's checkpoint as the GAN loop writes it (with a best epoch's weights)."""
     torch.manual_seed(0)
     sizes, config = vector_gans.Sizes(4, 3), vector_gans.VectorGANConfig(hidden=8, depth=1)
-    trainer = GANTrainer(vector_gans.build_vector_gan("wgan_gp", sizes, config), LoopSettings(),
+    trainer = GANTrainer(vector_gans.build_vector_gan("wgan_gp", sizes, config), TrainerSettings(),
                          vector_gans.architecture("wgan_gp", sizes, config))
     trainer.best_ema = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
     trainer.save(path, {"epochs": 2})

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from script_runner import run_script
 
 import encoder_models
 from dataio.artifacts import load_checkpoint, load_embeddings
@@ -28,9 +29,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_stage(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "encoder_models.py", "--dataset", "digits", "--data-dir",
-           str(data_dir), "--device", "cpu", *args]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    result = run_script("encoder_models.py", "--dataset", "digits", "--data-dir", str(data_dir),
+                        "--device", "cpu", *args)
     if check:
         assert result.returncode == 0, result.stderr
     return result

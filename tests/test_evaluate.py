@@ -11,12 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from script_runner import run_script
 from sklearn.decomposition import PCA
 
 import evaluate
@@ -38,8 +38,7 @@ FAST = ["--device", "cpu", "--evaluator-epochs", "4", "--plot-points", "200", "-
 
 
 def run_evaluate(data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "evaluate.py", "--data-dir", str(data_dir), *FAST,
-                           *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
+    return run_script("evaluate.py", "--data-dir", str(data_dir), *FAST, *extra)
 
 
 def save_foreign(path: Path, arrays: dict, meta: object) -> None:

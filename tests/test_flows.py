@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from script_runner import run_script
 from sklearn.datasets import make_moons
 from sklearn.decomposition import PCA
 
@@ -338,8 +339,7 @@ QUICK_CONFIG = FlowConfig(hidden=32, realnvp_layers=4, maf_layers=3, nsf_layers=
 
 
 def run_stage(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "flows.py", "--data-dir", str(data_dir), *QUICK, *args]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    result = run_script("flows.py", "--data-dir", str(data_dir), *QUICK, *args)
     if check:
         assert result.returncode == 0, result.stderr
     return result

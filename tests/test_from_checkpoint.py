@@ -1,6 +1,6 @@
 """Every model family rebuilds a trained model from its checkpoint alone (``from_checkpoint``),
-including checkpoints written before they stored their architecture, and refuses another
-family's checkpoint or an old one it cannot rebuild in one line that says what to do."""
+and refuses another family's checkpoint, or one without the record of its model, in one line
+that names the command that remakes it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataio.artifacts import load_checkpoint, load_embeddings, save_checkpoint
 from dataio.data_sources import load_dataset
 from models import encoders, image_gans, vector_gans
 from runtime.stage import StageError
-from training.gans import GANTrainer, LoopSettings
+from training.gans import GANTrainer, TrainerSettings
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def encoder_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["ae_basic", "ntxent"])
-def test_an_encoder_is_rebuilt_from_its_checkpoint_new_and_old(encoder_run, tmp_path, name):
+def test_an_encoder_is_rebuilt_from_its_checkpoint(encoder_run, tmp_path, name):
     checkpoint = encoder_run / "checkpoints" / "encoders" / f"digits_{name}.pt"
     embeddings = load_embeddings(encoder_run / "embeddings" / f"digits_{name}.npz")
     images = torch.from_numpy(load_dataset("digits").x_test)
@@ -36,10 +36,11 @@ def test_an_encoder_is_rebuilt_from_its_checkpoint_new_and_old(encoder_run, tmp_
     np.testing.assert_array_equal(encoders.embed_all(model, images), embeddings["z_test"])
     state = load_checkpoint(checkpoint)
     assert state["architecture"]["name"] == name
-    old = tmp_path / "old.pt"  # as written before checkpoints stored their architecture
-    save_checkpoint(old, {k: v for k, v in state.items() if k != "architecture"})
-    np.testing.assert_array_equal(encoders.embed_all(encoders.from_checkpoint(old), images),
-                                  embeddings["z_test"])
+    bare = tmp_path / "bare.pt"
+    save_checkpoint(bare, {k: v for k, v in state.items() if k != "architecture"})
+    with pytest.raises(StageError, match="bare.pt: holds no record of its model .*; remake it "
+                                         "with: python encoder_models.py"):
+        encoders.from_checkpoint(bare)
 
 
 def test_a_family_refuses_another_familys_checkpoint(encoder_run):
@@ -51,19 +52,19 @@ def test_a_family_refuses_another_familys_checkpoint(encoder_run):
         vector_gans.from_checkpoint(checkpoint)
 
 
-def test_an_old_vector_gan_checkpoint_is_refused_with_what_to_do(tmp_path):
-    """Plan 2's checkpoints did not hold the vector sizes; one written before the architecture
-    record is refused, naming the stage run that adds the record without training."""
+def test_a_vector_gan_is_rebuilt_and_one_without_its_record_refused(tmp_path):
+    """Plan 2's model sizes live only in the record: with it the model samples as the trained
+    one did; without it the checkpoint is refused, naming the stage that remakes it."""
     sizes, config = vector_gans.Sizes(4, 3), vector_gans.VectorGANConfig(hidden=8, depth=1)
     torch.manual_seed(0)
     model = vector_gans.build_vector_gan("wgan_gp", sizes, config)
-    state = GANTrainer(model, LoopSettings()).state_dict()
-    save_checkpoint(tmp_path / "old.pt", {k: v for k, v in state.items() if k != "architecture"})
+    state = GANTrainer(model, TrainerSettings()).state_dict()
+    save_checkpoint(tmp_path / "bare.pt", state)
     with pytest.raises(StageError) as error:
-        vector_gans.from_checkpoint(tmp_path / "old.pt")
+        vector_gans.from_checkpoint(tmp_path / "bare.pt")
     message = str(error.value)
-    assert "\n" not in message and "old.pt" in message
-    assert "run plan2_gan_training.py once more with the flags that made it" in message
+    assert "\n" not in message and "bare.pt" in message
+    assert message.endswith("remake it with: python plan2_gan_training.py")
     record = vector_gans.architecture("wgan_gp", sizes, config)
     save_checkpoint(tmp_path / "new.pt", {**state, "architecture": record})
     rebuilt = vector_gans.from_checkpoint(tmp_path / "new.pt")

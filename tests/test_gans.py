@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from dataio.artifacts import save_checkpoint
+from reporting import figures
 from runtime.stage import StageError
 from training import gans
-from training.gans import AdversarialLoss, GANModel, GANTrainer, LoopSettings
+from training.gans import AdversarialLoss, GANModel, GANTrainer, TrainerSettings
 
 torch.set_num_threads(1)
 
@@ -178,19 +180,19 @@ def test_every_parameter_must_be_in_exactly_one_group():
     model = VectorGAN()
     model.extra = nn.Linear(2, 2)  # trained by nothing
     with pytest.raises(ValueError, match="in neither: extra.weight, extra.bias"):
-        GANTrainer(model, LoopSettings())
+        GANTrainer(model, TrainerSettings())
     model = VectorGAN()
     model.generator_parameters = lambda: [*model.generator.parameters(),
                                           *model.discriminator.parameters()]
     with pytest.raises(ValueError, match="in both: discriminator"):
-        GANTrainer(model, LoopSettings())
+        GANTrainer(model, TrainerSettings())
 
 
 # ---------------------------------------------------------------- the schedule and EMA
 def test_n_critic_counts_discriminator_steps_across_epochs():
     torch.manual_seed(0)
     model = VectorGAN()
-    trainer = GANTrainer(model, LoopSettings(n_critic=3))
+    trainer = GANTrainer(model, TrainerSettings(n_critic=3))
     trainer.train_epoch(gaussian_batches(10))
     assert model.calls == {"d": 10, "g": 3} and trainer.g_steps == 3
     trainer.train_epoch(gaussian_batches(10))  # generator steps after D steps 12, 15, 18
@@ -208,7 +210,7 @@ def test_each_step_trains_only_its_own_group():
         return original(batch)
 
     model.generator_loss = generator_loss
-    trainer = GANTrainer(model, LoopSettings(n_critic=2))
+    trainer = GANTrainer(model, TrainerSettings(n_critic=2))
     def unchanged(before, module):
         return [torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True)]
 
@@ -226,7 +228,7 @@ def test_each_step_trains_only_its_own_group():
 def test_ema_follows_its_formula():
     torch.manual_seed(0)
     model = VectorGAN()
-    trainer = GANTrainer(model, LoopSettings(ema_decay=0.9))
+    trainer = GANTrainer(model, TrainerSettings(ema_decay=0.9))
     expected = [p.detach().clone() for p in model.generator.parameters()]
     for t in range(1, 6):
         trainer.train_epoch(gaussian_batches(1, seed=t))
@@ -242,7 +244,7 @@ def test_ema_follows_its_formula():
 def fit(tmp_path, epochs, model=None, score=None, settings=None, **loop):
     torch.manual_seed(0)
     model = model or VectorGAN()
-    trainer = GANTrainer(model, LoopSettings(log_every=3, **loop))
+    trainer = GANTrainer(model, TrainerSettings(log_every=3, **loop))
     data = {"x": 3.0 + 0.5 * torch.randn(96, 1, generator=torch.Generator().manual_seed(1))}
     resumed = []
     report = trainer.fit(lambda epoch: gans.tensor_batches(data, 16, 0, epoch), epochs,
@@ -370,7 +372,7 @@ def test_toy_gan_learns_a_gaussian(kind, penalty, n_critic, betas):
     torch.manual_seed(0)
     target = torch.tensor([3.0, -2.0])
     model = VectorGAN(AdversarialLoss(kind, penalty), dim=2, hidden=32)
-    trainer = GANTrainer(model, LoopSettings(n_critic=n_critic, lr_generator=2e-3,
+    trainer = GANTrainer(model, TrainerSettings(n_critic=n_critic, lr_generator=2e-3,
                                              lr_discriminator=2e-3, betas=betas, ema_decay=0.99))
     noise = model.sample_noise(2000, torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -389,7 +391,7 @@ def test_conditional_toy_gan_follows_its_condition():
     """Condition +1 or -1 (a one-hot-like code): samples move to +3 or -3 accordingly."""
     torch.manual_seed(0)
     model = VectorGAN(AdversarialLoss("hinge"), condition_dim=1)
-    trainer = GANTrainer(model, LoopSettings(lr_generator=2e-3, lr_discriminator=2e-3,
+    trainer = GANTrainer(model, TrainerSettings(lr_generator=2e-3, lr_discriminator=2e-3,
                                              ema_decay=0.99))
     gen = torch.Generator().manual_seed(0)
     batches = []
@@ -445,15 +447,15 @@ def test_an_epoch_of_several_passes_keeps_the_first_pass_order():
 
 def test_figures_have_a_panel_per_image_and_per_loss_group(tmp_path):
     rows = [np.zeros((4, 28, 28), np.uint8), np.full((3, 28, 28), 255, np.uint8)]
-    figure = gans.image_grid_figure(rows, ["real", "generated"], "grid")
+    figure = figures.image_grid_figure(rows, ["real", "generated"], "grid")
     assert len(figure.axes) == 8 and figure.axes[0].get_ylabel() == "real"
     trainer, _ = fit(tmp_path, 2, score=lambda ema: 1.0)
-    figure = gans.loss_curves_figure(trainer.history, "curves")
+    figure = figures.loss_curves_figure(trainer.history, "curves")
     assert len(figure.axes) == 3
     labels = {line.get_label() for line in figure.axes[0].get_lines()}
     assert labels == {"adversarial"}  # the total equals its one term: drawn once
     trainer, _ = fit(tmp_path / "gp", 1, model=VectorGAN(AdversarialLoss("wasserstein", 10.0)))
-    figure = gans.loss_curves_figure(trainer.history, "curves")
+    figure = figures.loss_curves_figure(trainer.history, "curves")
     labels = {line.get_label() for line in figure.axes[0].get_lines()}
     assert labels == {"loss", "adversarial", "gradient_penalty"} and len(figure.axes) == 2
 
@@ -462,31 +464,34 @@ def test_fit_stops_when_an_epoch_makes_no_generator_step(tmp_path):
     """Two batches an epoch with n_critic 3: the first epoch trains no generator; fit stops with
     one line instead of a KeyError (a stage refuses this up front, check_generator_steps)."""
     torch.manual_seed(0)
-    trainer = GANTrainer(VectorGAN(), LoopSettings(n_critic=3))
+    trainer = GANTrainer(VectorGAN(), TrainerSettings(n_critic=3))
     with pytest.raises(StageError, match="epoch 1 made no generator step"):
         trainer.fit(lambda epoch: gaussian_batches(2, seed=epoch), 2, tmp_path / "c.pt", {})
     assert not (tmp_path / "c.pt").exists()
-    with pytest.raises(StageError, match="give 2 batch.*--batch-size 21 or smaller"):
-        gans.check_generator_steps(64, 32, 3, "vectors")
-    gans.check_generator_steps(96, 32, 3, "vectors")  # three batches: one generator step
+    assert gans.generator_step_shortfall(64, 32, 3) == (2, 21)  # 21 * 3 <= 64
+    assert gans.generator_step_shortfall(96, 32, 3) is None  # three batches: one step
+    assert gans.generator_step_shortfall(64, 32, 3, passes=2) is None  # 2 passes: 4 batches
+    assert gans.generator_step_shortfall(4, 4, 3) == (1, 1)  # no batch size would do
 
 
-def test_a_checkpoint_without_its_architecture_gets_it_when_resumed(tmp_path):
-    """Checkpoints made before they stored their model's architecture: a run that resumes one
-    (nothing left to train) rewrites it with the record, the weights unchanged."""
+def test_a_checkpoint_of_another_model_is_not_resumed(tmp_path):
+    """A trainer resumes only a checkpoint whose model record is its own: one without a record,
+    or with another, is refused in one line and left as it is."""
     torch.manual_seed(0)
-    path = tmp_path / "old.pt"
-    old = GANTrainer(VectorGAN(), LoopSettings())
-    old.fit(lambda epoch: gaussian_batches(2, seed=epoch), 1, path, {"s": 1})
-    assert "architecture" not in torch.load(path, weights_only=True)
+    path = tmp_path / "c.pt"
+    GANTrainer(VectorGAN(), TrainerSettings()).fit(
+        lambda epoch: gaussian_batches(2, seed=epoch), 1, path, {"s": 1})
+    before = path.read_bytes()
     record = {"family": "test", "name": "vector", "config": {"width": 8}}
-    torch.manual_seed(1)
-    new = GANTrainer(VectorGAN(), LoopSettings(), architecture=record)
-    report = new.fit(lambda epoch: gaussian_batches(2, seed=epoch), 1, path, {"s": 1})
-    state = torch.load(path, weights_only=True)
-    assert report.trained_epochs == 0 and state["architecture"] == record
-    for key, value in old.state_dict()["ema"].items():
-        assert torch.equal(state["ema"][key], value)
+    for saved in (None, {**record, "name": "other"}):
+        if saved is not None:
+            state = torch.load(path, weights_only=True)
+            save_checkpoint(path, {**state, "architecture": saved})
+            before = path.read_bytes()
+        trainer = GANTrainer(VectorGAN(), TrainerSettings(), architecture=record)
+        with pytest.raises(StageError, match="c.pt holds another model"):
+            trainer.fit(lambda epoch: gaussian_batches(2, seed=epoch), 2, path, {"s": 1})
+        assert path.read_bytes() == before
 
 
 def test_fit_stops_after_patience_epochs_without_a_better_score_and_stays_stopped(tmp_path):
@@ -494,11 +499,11 @@ def test_fit_stops_after_patience_epochs_without_a_better_score_and_stays_stoppe
     not beat epoch 2), keeps epoch 2's weights, and a resumed run with more epochs trains none."""
     torch.manual_seed(0)
     scores = iter([5.0, 3.0, 4.0, 4.0, 2.0, 1.0])
-    trainer = GANTrainer(VectorGAN(), LoopSettings())
+    trainer = GANTrainer(VectorGAN(), TrainerSettings())
     report = trainer.fit(lambda epoch: gaussian_batches(2, seed=epoch), 6, tmp_path / "c.pt",
                          {}, score=lambda model: next(scores), patience=2)
     assert report.stopped_early and trainer.epoch == 4 and report.best_epoch == 2
-    again = GANTrainer(VectorGAN(), LoopSettings())
+    again = GANTrainer(VectorGAN(), TrainerSettings())
     report = again.fit(lambda epoch: gaussian_batches(2, seed=epoch), 10, tmp_path / "c.pt", {},
                        score=lambda model: 0.0, patience=2)
     assert report.trained_epochs == 0 and report.stopped_early and again.best_epoch == 2

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from script_runner import run_script
 
 from dataio.artifacts import (
     atomic_write,
@@ -294,9 +295,13 @@ def test_os_errors_and_interruptions_become_one_line(capsys):
 
 # ---------------------------------------------------------------- the encoder stage
 def encoder(data_dir: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "encoder_models.py", "--dataset", "digits",
-                           "--data-dir", str(data_dir), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=ENV, **kwargs)
+    """encoder_models.py on digits: in this process, or as a subprocess given ``kwargs`` for
+    ``subprocess.run`` (a resource limit set before the script starts)."""
+    argv = ["--dataset", "digits", "--data-dir", str(data_dir), *args]
+    if not kwargs:
+        return run_script("encoder_models.py", *argv)
+    return subprocess.run([sys.executable, "encoder_models.py", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=ENV, **kwargs)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -410,10 +415,9 @@ def test_encoder_file_size_limit_is_one_line(tmp_path):
 
 # ---------------------------------------------------------------- evaluate.py
 def evaluate(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "evaluate.py", "--data-dir", str(data_dir),
-                           "--stages", "embeddings", "--baseline-components", "0",
-                           "--kmeans-init", "1", "--plot-points", "100", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=ENV)
+    return run_script("evaluate.py", "--data-dir", str(data_dir), "--stages", "embeddings",
+                      "--baseline-components", "0", "--kmeans-init", "1", "--plot-points", "100",
+                      *args)
 
 
 @pytest.fixture(scope="module")
@@ -540,9 +544,7 @@ def runpy_namespace(script: str) -> dict:
 
 # ---------------------------------------------------------------- too few batches for n_critic
 def stage(script: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, "--dataset", "digits", "--data-dir",
-                           str(data_dir), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=ENV)
+    return run_script(script, "--dataset", "digits", "--data-dir", str(data_dir), *args)
 
 
 NO_GENERATOR_STEP = [

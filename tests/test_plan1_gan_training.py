@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from script_runner import run_script
 
 import plan1_gan_training as plan1
 from dataio.artifacts import PLAN1_SAMPLE_KEYS, load_checkpoint, load_npz, make_meta, save_npz
@@ -21,7 +22,7 @@ from models import image_gans
 from models.image_gans import ImageGANConfig, build_image_gan, class_condition
 from runtime.settings import SettingsError, configure, pick
 from runtime.stage import StageError
-from training.gans import GANTrainer, LoopSettings
+from training.gans import GANTrainer, TrainerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -66,7 +67,7 @@ def test_gan_battery(name, tmp_path):
     model.train()
     for loss, parts in (model.discriminator_loss(batch), model.generator_loss(batch)):
         assert loss.ndim == 0 and torch.isfinite(loss) and "adversarial" in parts
-    trainer = GANTrainer(model, LoopSettings())
+    trainer = GANTrainer(model, TrainerSettings())
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     trainer.train_epoch([batch])  # one discriminator step, one generator step
     unchanged = [k for k, p in model.named_parameters() if torch.equal(p, before[k])]
@@ -100,7 +101,7 @@ def test_class_conditioned_generator_for_the_self_consuming_loop():
     assert torch.equal(condition.argmax(1), labels) and torch.equal(condition.sum(1),
                                                                     torch.ones(8))
     batch = {"x": make_batch()["x"], "condition": condition, "label": labels}
-    trainer = GANTrainer(model, LoopSettings())
+    trainer = GANTrainer(model, TrainerSettings())
     trainer.train_epoch([batch, batch])
     noise = model.sample_noise(8, torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -141,7 +142,7 @@ def test_acgan_class_head_gives_logits_to_cross_entropy(monkeypatch):
 
 def test_infogan_q_head_trains_in_the_generator_step():
     model = build("infogan")
-    trainer = GANTrainer(model, LoopSettings(n_critic=2))
+    trainer = GANTrainer(model, TrainerSettings(n_critic=2))
     q_before = [p.detach().clone() for p in model.q_head.parameters()]
     trainer.train_epoch([make_batch(0)])  # a discriminator step only
     assert all(torch.equal(a, b) for a, b in zip(q_before, model.q_head.parameters(),
@@ -248,9 +249,7 @@ STAGE_ARGS = ("--dataset", "digits", "--encoder", "ae_basic", "--threads", "1", 
 
 
 def run_stage(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "plan1_gan_training.py", *STAGE_ARGS, "--data-dir", str(data_dir),
-           *args]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    result = run_script("plan1_gan_training.py", *STAGE_ARGS, "--data-dir", str(data_dir), *args)
     if check:
         assert result.returncode == 0, result.stderr
     return result

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from script_runner import run_script
 
 import self_consuming_loop as loop
 from clip_tools.captions import CAPTION_TEMPLATES
@@ -42,9 +43,7 @@ RUN = "digits_loop"
 
 
 def run(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "self_consuming_loop.py", *TINY, "--data-dir",
-                             str(data_dir), *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, env=ENV)
+    result = run_script("self_consuming_loop.py", *TINY, "--data-dir", str(data_dir), *args)
     if check:
         assert result.returncode == 0, result.stderr
     return result

@@ -4,7 +4,9 @@ Plan 1 (images from embeddings), Plan 2 (embedding vectors) and the self-consumi
 from a class) all train through ``GANTrainer``. A GAN variant is its networks plus its losses;
 it never copies the loop. Nothing here depends on the data's shape or on what the condition is.
 
-The model protocol (subclass ``GANModel``, an ``nn.Module`` holding every network):
+The model protocol (subclass ``GANModel``, an ``nn.Module`` holding every network; a generator
+trained without a discriminator, such as flow matching, subclasses ``GenerativeModel`` and has no
+``discriminator_loss``: the loop then makes one generator step per batch):
 
 - ``discriminator_loss(batch)`` and ``generator_loss(batch)`` return ``(loss, parts)``: the scalar
   to minimise and a dict of named scalars to log (detached or not; the loop detaches them).
@@ -43,7 +45,7 @@ import abc
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,10 +58,6 @@ from tqdm import tqdm
 
 from dataio.artifacts import check_settings_match, load_checkpoint, restoring, save_checkpoint
 from runtime.stage import StageError
-
-# Checkpoint settings recorded since a later version, with the value every earlier checkpoint
-# was trained with: passes over the data per epoch (``passes_per_epoch``) were always one.
-SETTINGS_BEFORE_RECORDED = {"epoch_passes": 1}
 
 LOSS_KINDS = ("non-saturating", "hinge", "least-squares", "wasserstein")
 CHECKPOINT_FORMAT = "gans.GANTrainer/1"
@@ -160,24 +158,19 @@ def apply_spectral_norm(module: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------- the model protocol
-class GANModel(nn.Module, abc.ABC):
-    """Networks plus losses; see the module docstring for the protocol the loop relies on."""
+class GenerativeModel(nn.Module, abc.ABC):
+    """A generator the loop trains by its own loss alone (flow matching: one generator step per
+    batch, with the same EMA, checkpoints and resume); a ``GANModel`` adds a discriminator. See
+    the module docstring for the protocol the loop relies on."""
 
-    adversarial_loss: AdversarialLoss
     noise_dim: int
-    # False for a generator trained without a discriminator (flow matching): the loop then makes
-    # one generator step per batch and nothing else, with the same EMA, checkpoints and resume.
-    adversarial = True
 
     def generator_parameters(self) -> list[nn.Parameter]:
         return list(self.generator.parameters())
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
-        return list(self.discriminator.parameters())
-
-    @abc.abstractmethod
-    def discriminator_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Implemented by every variant (see the module docstring)."""
+        """The discriminator group: none without a discriminator."""
+        return []
 
     @abc.abstractmethod
     def generator_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -199,7 +192,21 @@ class GANModel(nn.Module, abc.ABC):
         """Implemented by every variant (see the module docstring)."""
 
 
-# ---------------------------------------------------------------- batches and figures
+class GANModel(GenerativeModel):
+    """A generator and its discriminator(s), trained against each other with ``adversarial_loss``
+    (see the module docstring)."""
+
+    adversarial_loss: AdversarialLoss
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return list(self.discriminator.parameters())
+
+    @abc.abstractmethod
+    def discriminator_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Implemented by every variant (see the module docstring)."""
+
+
+# ---------------------------------------------------------------- batches
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: training after a resume draws what it would have drawn."""
     return seed * 1_000_003 + epoch
@@ -218,7 +225,8 @@ def tensor_batches(tensors: Mapping[str, torch.Tensor], batch_size: int, seed: i
     """Shuffled aligned batches of same-length tensors (on their own device), in an order fixed by
     (seed, epoch, part); the last partial batch is dropped (batch norm and the GAN losses want full
     batches). ``part`` numbers the passes of an epoch of several (``passes_per_epoch``); part 0
-    is the order an epoch of one pass has always had."""
+    draws from ``epoch_seed(seed, epoch)``, so that an epoch's first pass does not depend on how
+    many passes it has."""
     lengths = {k: len(v) for k, v in tensors.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"tensors of different lengths: {lengths}")
@@ -233,67 +241,9 @@ def tensor_batches(tensors: Mapping[str, torch.Tensor], batch_size: int, seed: i
         yield {k: v[idx] for k, v in tensors.items()}
 
 
-def image_grid_figure(rows: Sequence[np.ndarray], row_labels: Sequence[str], title: str) -> Any:
-    """A grid of grey images, one labelled row per array (n, H, W) of uint8 pixels."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = max(len(r) for r in rows)
-    figure, axes = plt.subplots(len(rows), columns, squeeze=False,
-                                figsize=(columns * 0.8 + 1.6, len(rows) * 0.8 + 0.5))
-    for r, (images, label) in enumerate(zip(rows, row_labels, strict=True)):
-        for c in range(columns):
-            axis = axes[r, c]
-            axis.set_xticks([])
-            axis.set_yticks([])
-            for spine in axis.spines.values():
-                spine.set_visible(False)
-            if c < len(images):
-                axis.imshow(images[c], cmap="gray", vmin=0, vmax=255)
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    figure.suptitle(title, fontsize=10)
-    figure.subplots_adjust(wspace=0.05, hspace=0.05)
-    return figure
-
-
-def loss_curves_figure(history: Mapping[str, Any], title: str) -> Any:
-    """Discriminator and generator loss terms per log interval against the generator step, and
-    the validation score per epoch when there is one."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    intervals, epochs = history.get("intervals", []), history.get("epochs", [])
-    scored = [e for e in epochs if e.get("score") is not None]
-    panels = 3 if scored else 2
-    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
-    steps = [r["d_steps"] for r in intervals]
-    for axis, prefix, name in ((axes[0], "d/", "discriminator"), (axes[1], "g/", "generator")):
-        keys = sorted({k for r in intervals for k in r if k.startswith(prefix)})
-        if len(keys) == 2:  # the total is its one term: draw it once
-            keys = [k for k in keys if k != f"{prefix}loss"]
-        for key in keys:
-            axis.plot(steps, [r.get(key, float("nan")) for r in intervals],
-                      label=key.removeprefix(prefix))
-        axis.set_title(f"{name} loss terms" if keys else f"no {name}")
-        axis.set_xlabel("discriminator step")
-        if keys:
-            axis.legend(fontsize=8)
-        axis.grid(alpha=0.3)
-    if scored:
-        axes[2].plot([e["epoch"] for e in scored], [e["score"] for e in scored], marker="o")
-        axes[2].set_title(history.get("score_name") or "validation score (lower is better)")
-        axes[2].set_xlabel("epoch")
-        axes[2].grid(alpha=0.3)
-    figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
-    return figure
-
-
 # ---------------------------------------------------------------- the loop
 @dataclass(frozen=True)
-class LoopSettings:
+class TrainerSettings:
     """How the loop trains; the model brings its own networks and losses."""
 
     n_critic: int = 1  # discriminator steps per generator step
@@ -323,34 +273,29 @@ class FitReport:
     stopped_early: bool = False
 
 
-def check_generator_steps(examples: int, batch_size: int, n_critic: int, what: str,
-                          passes: int = 1) -> None:
-    """Refuse, before training, an epoch too short for a generator step: with fewer full batches
-    (``passes`` passes over the data) than ``n_critic`` discriminator steps per generator step
-    the generator would never learn. ``what`` names the data (for the one-line error, which says
-    which settings would do)."""
+def generator_step_shortfall(examples: int, batch_size: int, n_critic: int,
+                             passes: int = 1) -> tuple[int, int] | None:
+    """None when an epoch of ``passes`` passes over ``examples`` items in full batches makes a
+    generator step (at least ``n_critic`` batches, one discriminator step each); otherwise the
+    epoch's batch count and the largest batch size that would make a step (below 2: none would),
+    so that a stage can refuse the run before training a generator that would never learn."""
     batches = passes * (examples // batch_size)
-    if batches < n_critic:
-        largest = examples // math.ceil(n_critic / passes)
-        fix = f"--batch-size {largest} or smaller" if largest >= 2 else "more data"
-        raise StageError(f"{what}: {examples} at --batch-size {batch_size}"
-                         f"{f' in {passes} passes' if passes > 1 else ''} give {batches} "
-                         f"batch(es) per epoch, fewer than --n-critic {n_critic}, so no "
-                         f"generator step; use {fix}, or --n-critic {max(1, batches)}")
+    if batches >= n_critic:
+        return None
+    return batches, examples // math.ceil(n_critic / passes)
 
 
 class GANTrainer:
-    """Trains a ``GANModel``: optimisers, EMA, step counters, history, checkpoints.
+    """Trains a ``GenerativeModel`` (a ``GANModel`` against its discriminator): optimisers, EMA,
+    step counters, history, checkpoints.
 
     ``architecture`` (the model family's record of its name, sizes and config) is stored in every
-    checkpoint, so that the family's ``from_checkpoint`` rebuilds the model from the file alone;
-    a checkpoint made before it was stored gets it when a run resumes from it."""
+    checkpoint, so that the family's ``from_checkpoint`` rebuilds the model from the file alone."""
 
-    def __init__(self, model: GANModel, settings: LoopSettings,
+    def __init__(self, model: GenerativeModel, settings: TrainerSettings,
                  architecture: Mapping[str, Any] | None = None) -> None:
         self.model, self.settings = model, settings
         self.architecture = dict(architecture) if architecture is not None else None
-        self._lacks_architecture = False
         g_params, d_params = model.generator_parameters(), model.discriminator_parameters()
         g_ids, d_ids = {id(p) for p in g_params}, {id(p) for p in d_params}
         named = dict(model.named_parameters())
@@ -420,7 +365,7 @@ class GANTrainer:
         interval: dict[str, torch.Tensor] = {}
         interval_counts: dict[str, int] = {}
         d_adversarial_max = torch.full((), -math.inf, device=device)
-        adversarial = self.model.adversarial
+        adversarial = isinstance(self.model, GANModel)
         watch_pinned = adversarial and self.model.adversarial_loss.bounded_below_by_zero
 
         def add(prefix: str, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
@@ -513,7 +458,7 @@ class GANTrainer:
         self.history = state["history"]
         self.best_epoch, self.best_score = int(state["best_epoch"]), state["best_score"]
         self.best_ema, self.diverged = state["best_ema"], state["diverged"]
-        self.stopped_early = bool(state.get("stopped_early", False))  # older checkpoints: none
+        self.stopped_early = bool(state["stopped_early"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
@@ -525,9 +470,10 @@ class GANTrainer:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise StageError(f"{path} is not a GAN checkpoint of this project; delete it to "
                              "start again")
-        check_settings_match(path, state.get("settings", {}), settings,
-                             SETTINGS_BEFORE_RECORDED)
-        self._lacks_architecture = "architecture" not in state
+        check_settings_match(path, state.get("settings", {}), settings)
+        if self.architecture is not None and state.get("architecture") != self.architecture:
+            raise StageError(f"{path} holds another model ({state.get('architecture')}); delete "
+                             f"it to start again")
         with restoring(path):
             self.load_state_dict(state)
             if self.best_ema is not None:  # the weights best_model() will load, checked now
@@ -536,13 +482,11 @@ class GANTrainer:
     def save(self, path: Path, settings: Mapping[str, Any]) -> None:
         save_checkpoint(path, {**self.state_dict(), "settings": dict(settings)})
 
-    def training_seconds(self) -> float | None:
-        """Seconds of every epoch trained so far, resumed runs included (None when a checkpoint
-        of an older version lacks the epoch times)."""
-        epochs = self.history["epochs"]
-        return sum(e["seconds"] for e in epochs) if all("seconds" in e for e in epochs) else None
+    def training_seconds(self) -> float:
+        """Seconds of every epoch trained so far, resumed runs included."""
+        return sum(e["seconds"] for e in self.history["epochs"])
 
-    def best_model(self) -> GANModel:
+    def best_model(self) -> GenerativeModel:
         """The EMA model with the weights of the best epoch (the last one without a score)."""
         model = copy.deepcopy(self.ema)
         if self.best_ema is not None:
@@ -552,7 +496,7 @@ class GANTrainer:
     # ------------------------------------------------------------ training with checkpoints
     def fit(self, make_batches: Callable[[int], Iterable[Any]], epochs: int, checkpoint: Path,
             settings: Mapping[str, Any], steps_per_epoch: int | None = None,
-            score: Callable[[GANModel], float] | None = None, score_name: str | None = None,
+            score: Callable[[GenerativeModel], float] | None = None, score_name: str | None = None,
             on_epoch: Callable[[int, dict[str, float]], None] | None = None,
             desc: str = "", on_resume: Callable[[int], None] | None = None,
             patience: int = 0) -> FitReport:
@@ -573,8 +517,6 @@ class GANTrainer:
         checkpoint = Path(checkpoint)
         if checkpoint.exists():
             self.restore(checkpoint, settings)
-            if self.architecture is not None and self._lacks_architecture:
-                self.save(checkpoint, settings)  # the same state, now with its architecture
             if on_resume is not None:
                 on_resume(self.epoch)
         resumed_from = self.epoch
@@ -599,8 +541,7 @@ class GANTrainer:
                 break
             if "g/loss" not in means:
                 raise StageError(f"{desc or 'GAN'}: epoch {epoch} made no generator step (fewer "
-                                 f"batches than n_critic {self.settings.n_critic}); use more data "
-                                 f"or a smaller batch size")
+                                 f"batches than n_critic {self.settings.n_critic})")
             record: dict[str, Any] = {"epoch": epoch, **means, "score": None}
             if score is not None:
                 record["score"] = float(score(self.ema))

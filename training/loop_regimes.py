@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 REGIMES = ("replace", "accumulate", "accumulate-subsample")
+# What a regime adds to a loop's run name (<ds>_loop<tag>...).
+REGIME_TAGS = {"replace": "", "accumulate": "_accumulate", "accumulate-subsample": "_accsub"}
 REAL = -1
 
 
