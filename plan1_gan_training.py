@@ -42,6 +42,7 @@ from dataio.artifacts import (
     save_npz,
 )
 from dataio.data_sources import ImageDataset, load_dataset
+from dataio.splits import held_out_count, held_out_split, split_record
 from evaluation import metrics, scoring
 from evaluation.evaluator_cnn import FEATURE_DIM as EVALUATOR_FEATURE_DIM
 from evaluation.evaluator_cnn import evaluator_outputs
@@ -99,7 +100,7 @@ INFO_CATEGORIES = 10  # InfoGAN: categories of the categorical code [>= 2]
 INFO_CONTINUOUS = 2  # InfoGAN: continuous codes, uniform in [-1, 1] [>= 0]
 INFO_WEIGHT = 1.0  # InfoGAN: weight of the categorical mutual-information term [>= 0]
 INFO_CONTINUOUS_WEIGHT = 0.1  # InfoGAN: weight of the continuous codes' term [>= 0]
-VALIDATION_IMAGES = 2000  # training images regenerated per epoch to pick the best epoch [>= 0]
+HELD_OUT_FRACTION = 0.05  # share of training images held out; their FID picks the epoch [>= 0, < 1]
 TEST_IMAGES = 0  # regenerate the first N test images only, for quick runs (0: all) [>= 0]
 GRID_NOISE_ROWS = 3  # rows of regenerations (one noise each) under the real row [>= 1]
 LOG_EVERY = 50  # steps between reads of the summed losses (progress bar, curves) [>= 1]
@@ -120,7 +121,7 @@ class Plan1Settings:
     limit: int
     seed: int
     deterministic: bool
-    validation_images: int
+    held_out_fraction: float
     test_images: int
     grid_noise_rows: int
     log_every: int
@@ -203,10 +204,11 @@ def save_epoch_grid(model: ConditionalGAN, x_test: np.ndarray, z_test: torch.Ten
     plt.close(figure)
 
 
-def validation_fid(evaluator: nn.Module, x_real: np.ndarray, z_real: torch.Tensor,
-                   device: torch.device, run: Plan1Settings):
-    """score(model): FID on the evaluator's features between these training images and their
-    regenerations (the same noise every epoch); lower is better. Test images are never used."""
+def held_out_fid(evaluator: nn.Module, x_real: np.ndarray, z_real: torch.Tensor,
+                 device: torch.device, run: Plan1Settings):
+    """score(model): FID on the evaluator's features between the held-out training images and
+    their regenerations (the same noise every epoch); lower is better. The images were never
+    trained on; test images are never used."""
     real_features, _ = evaluator_outputs(evaluator, x_real, device)
 
     def score(model: ConditionalGAN) -> float:
@@ -220,7 +222,8 @@ def validation_fid(evaluator: nn.Module, x_real: np.ndarray, z_real: torch.Tenso
 # ---------------------------------------------------------------- the stage
 def resume_settings(name: str, embedding_hash: str, n_train: int, run: Plan1Settings,
                     config: ImageGANConfig, loop: TrainerSettings) -> dict[str, Any]:
-    """What a checkpoint must share with this run to be continued."""
+    """What a checkpoint must share with this run to be continued (``n_train``: the first
+    training images the run draws its training and held-out images from)."""
     settings = {"dataset": run.dataset, "encoder": run.encoder, "embeddings": embedding_hash,
                 "train_images": n_train, "batch_size": run.batch_size, "seed": run.seed,
                 "noise_dim": config.noise_dim, "width": config.width,
@@ -229,7 +232,7 @@ def resume_settings(name: str, embedding_hash: str, n_train: int, run: Plan1Sett
                 "spectral_norm": config.spectral_norm, "n_critic": loop.n_critic,
                 "lr_generator": loop.lr_generator, "lr_discriminator": loop.lr_discriminator,
                 "betas": list(loop.betas), "ema_decay": loop.ema_decay,
-                "validation_images": run.validation_images, "model": name}
+                "held_out_fraction": run.held_out_fraction, "model": name}
     settings.update({key: getattr(config, key) for key in IMAGE_GANS[name].own_settings})
     return settings
 
@@ -279,13 +282,20 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(values["device"])
     data = load_dataset(run.dataset, run.data_dir)  # all of it: the evaluator trains on every image
     n_train = min(run.limit, len(data.x_train)) if run.limit else len(data.x_train)
-    if n_train < run.batch_size:
-        raise StageError(f"--limit {run.limit} leaves {n_train} training images, not one full "
-                         f"batch of --batch-size {run.batch_size}")
-    shortfall = generator_step_shortfall(n_train, run.batch_size, loop.n_critic)
+    # The held-out images pick the epoch; a FID on the evaluator's features needs more of them
+    # than its dimensions, so fewer are not held out (the last epoch is kept).
+    n_held = held_out_count(n_train, run.held_out_fraction)
+    n_held = n_held if n_held > EVALUATOR_FEATURE_DIM else 0
+    kept, held_out = held_out_split(n_train, n_held)
+    if len(kept) < run.batch_size:
+        raise StageError(f"--limit {run.limit} and --held-out-fraction {run.held_out_fraction} "
+                         f"leave "
+                         f"{len(kept)} training images, not one full batch of --batch-size "
+                         f"{run.batch_size}")
+    shortfall = generator_step_shortfall(len(kept), run.batch_size, loop.n_critic)
     if shortfall:
         batches, largest = shortfall
-        raise StageError(f"training images: {n_train} at --batch-size {run.batch_size} give "
+        raise StageError(f"training images: {len(kept)} at --batch-size {run.batch_size} give "
                          f"{batches} batch(es) per epoch, fewer than --n-critic {loop.n_critic}, "
                          f"so no generator step; use --batch-size {largest} or smaller, or "
                          f"--n-critic {max(1, batches)}")
@@ -301,24 +311,28 @@ def main(argv: list[str] | None = None) -> None:
                      f"plan1_gan_training.py, {run.dataset} {run.encoder}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("samples/plan1", "visualizations", "checkpoints/plan1")}
-    print(f"{data.name}: {n_train} train, {len(data.x_test)} test images from {data.source}; "
+    print(f"{data.name}: {len(kept)} train ({len(held_out)} more held out), {len(data.x_test)} "
+          f"test images from {data.source}; "
           f"conditions: {embedding_path} ({z_train_np.shape[1]}-d); device {device}")
 
     real = scoring.real_images_for(
         data, device, scoring.EvaluatorSettings(data_dir=run.data_dir),
         score_settings)
-    x_train = torch.from_numpy(data.x_train[:n_train]).to(device)
-    y_train = torch.from_numpy(data.y_train[:n_train]).to(device)
-    z_train = torch.from_numpy(z_train_np).to(device)
+    x_train = torch.from_numpy(data.x_train[kept]).to(device)
+    y_train = torch.from_numpy(data.y_train[kept]).to(device)
+    z_train = torch.from_numpy(z_train_np[kept]).to(device)
     z_test = torch.from_numpy(z_test_np).to(device)
-    n_valid = min(run.validation_images, n_train)
     score = None
-    if n_valid > EVALUATOR_FEATURE_DIM:
-        score = validation_fid(real.evaluator.model, data.x_train[:n_valid], z_train[:n_valid],
-                               device, run)
-    elif run.validation_images:
-        print(f"note: {n_valid} validation images are too few for a FID on "
-              f"{EVALUATOR_FEATURE_DIM}-d features; the last epoch is kept instead of the best")
+    if len(held_out):
+        score = held_out_fid(real.evaluator.model, data.x_train[held_out],
+                             torch.from_numpy(z_train_np[held_out]).to(device), device, run)
+        print(f"{len(held_out)} of the first {n_train} training images held out (never trained "
+              f"on): their FID picks the epoch")
+    elif run.held_out_fraction:
+        print(f"note: --held-out-fraction {run.held_out_fraction} of {n_train} images is too few "
+              f"for a FID on "
+              f"{EVALUATOR_FEATURE_DIM}-d features: nothing is held out, and the last epoch is "
+              f"kept instead of the best")
     chosen = grid_sources(data.y_test)
     tensors = {"x": x_train, "condition": z_train, "label": y_train}
 
@@ -344,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
                             f"{name} on {run.dataset} {run.encoder} embeddings, epoch {epoch}: "
                             f"test images (top) regenerated from their embeddings (EMA "
                             f"generator)", run)
-            fid = "" if record["score"] is None else f", validation FID {record['score']:.2f}"
+            fid = "" if record["score"] is None else f", held-out FID {record['score']:.2f}"
             print(f"{name}: epoch {epoch}/{run.epochs} D {record['d/loss']:.3f} G "
                   f"{record['g/loss']:.3f}{fid} ({time.time() - started:.0f} s); {png}",
                   flush=True)
@@ -357,8 +371,8 @@ def main(argv: list[str] | None = None) -> None:
 
         resume = resume_settings(name, embedding_hash, n_train, run, config, loop)
         report = trainer.fit(make_batches, run.epochs, checkpoint, resume,
-                             steps_per_epoch=n_train // run.batch_size, score=score,
-                             score_name=f"validation FID ({n_valid} training images)",
+                             steps_per_epoch=len(kept) // run.batch_size, score=score,
+                             score_name=f"held-out FID ({len(held_out)} training images)",
                              on_epoch=on_epoch, desc=name, on_resume=on_resume)
         if report.diverged:
             print(f"warning: {name}: training diverged ({report.diverged}); stopped, and the "
@@ -376,8 +390,9 @@ def main(argv: list[str] | None = None) -> None:
                          embeddings=str(embedding_path), embeddings_hash=embedding_hash,
                          embeddings_time=embedding_meta.get("time"), checkpoint=str(checkpoint),
                          epochs_trained=trainer.epoch, best_epoch=report.best_epoch,
-                         validation_fid=report.best_score, diverged=report.diverged,
-                         train_images=n_train, test_images=n_test, pixel_mae=pixel_mae,
+                         held_out_fid=report.best_score, diverged=report.diverged,
+                         train_images=len(kept), split=split_record(n_train, held_out),
+                         test_images=n_test, pixel_mae=pixel_mae,
                          train_seconds=train_seconds,
                          parameters=sum(p.numel() for p in model.parameters()))
         save_npz(out, arrays, meta)

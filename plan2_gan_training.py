@@ -48,6 +48,7 @@ from dataio.artifacts import (
     write_text,
 )
 from dataio.data_sources import CLASS_NAMES, load_dataset
+from dataio.splits import held_out_count, held_out_split, split_record
 from evaluation import scoring
 from evaluation.metrics import frechet_distance
 from models import encoders
@@ -122,7 +123,7 @@ IDENTITY_WEIGHT = 0.0  # CycleGAN: weight of the L1 identity loss, when dims mat
 DUALGAN_RECONSTRUCTION = 20.0  # DualGAN: weight of its L1 reconstruction loss [>= 0]
 FM_STEPS = 100  # flow matching: Euler steps of its sampler from noise to data [>= 1]
 SAMPLES = 10000  # embeddings generated per model into <ds>_<enc>_<gan>.gen.npz [>= 10, <= 1000000]
-VALIDATION_SAMPLES = 2000  # samples per epoch whose Fréchet distance picks the best epoch [>= 0]
+HELD_OUT_FRACTION = 0.05  # share of training vectors held out: their FD picks the epoch [>= 0, < 1]
 PLOTS = True  # draw loss curves and the PCA / t-SNE picture of real vs generated embeddings
 PLOT_POINTS = 1000  # real and generated points (each) in the PCA / t-SNE picture [>= 10]
 LOG_EVERY = 50  # steps between reads of the summed losses (progress bar, curves) [>= 1]
@@ -153,7 +154,7 @@ class Plan2Settings:
     lr_decay: bool
     ema_decay: float
     samples: int
-    validation_samples: int
+    held_out_fraction: float
     plots: bool
     plot_points: int
     log_every: int
@@ -303,7 +304,7 @@ def resume_settings(name: str, embedding_hash: str, n_train: int, seed: int,
                 "batch_size": run.batch_size, "seed": seed,
                 "n_critic": loop.n_critic, "learning_rate": loop.lr_generator,
                 "betas": list(loop.betas), "ema_decay": run.ema_decay,
-                "validation_samples": run.validation_samples, "lr_decay": run.lr_decay}
+                "held_out_fraction": run.held_out_fraction, "lr_decay": run.lr_decay}
     if run.lr_decay:  # the schedule's shape depends on the number of epochs
         settings["epochs"] = run.epochs
     settings["epoch_passes"] = passes_per_epoch(n_train, run.epoch_vectors)
@@ -333,7 +334,7 @@ def train(name: str, model: GenerativeModel, sizes: Sizes, make_batches: Any, st
         return make_batches(epoch)
 
     def on_epoch(epoch: int, record: dict[str, Any]) -> None:
-        shown = "" if record["score"] is None else f", validation FD {record['score']:.4f}"
+        shown = "" if record["score"] is None else f", held-out FD {record['score']:.4f}"
         losses = (f"D {record['d/loss']:.3f} G {record['g/loss']:.3f}" if "d/loss" in record
                   else f"loss {record['g/loss']:.4f}")
         print(f"{name}: epoch {epoch}/{run.epochs} {losses}{shown} "
@@ -342,7 +343,7 @@ def train(name: str, model: GenerativeModel, sizes: Sizes, make_batches: Any, st
     report = trainer.fit(scheduled_batches, run.epochs, checkpoint,
                          resume_settings(name, embedding_hash, n_train, seed, run, config),
                          steps_per_epoch=steps,
-                         score=score, score_name="validation Fréchet distance (standardised)",
+                         score=score, score_name="held-out Fréchet distance (standardised)",
                          on_epoch=on_epoch, desc=name)
     if report.resumed_from:
         print(f"{name}: resumed from {checkpoint} after epoch {report.resumed_from}"
@@ -362,9 +363,10 @@ def table_rows(folder: Path, pattern: str, match: dict[str, str]) -> list[dict[s
     return rows
 
 
-def validation_score(reference: np.ndarray, labels: np.ndarray, seed: int, batch_size: int):
+def held_out_score(reference: np.ndarray, labels: np.ndarray, seed: int, batch_size: int):
     """score(ema): Fréchet distance between samples (the same noise and classes every epoch) and
-    a fixed subset of the standardised training embeddings; lower is better. Never the test."""
+    the standardised held-out training embeddings, never trained on; lower is better. Never the
+    test split."""
     def score(model: GenerativeModel) -> float:
         return frechet_distance(generate(model, labels, len(reference), seed + 1, batch_size),
                                 reference)
@@ -372,28 +374,32 @@ def validation_score(reference: np.ndarray, labels: np.ndarray, seed: int, batch
     return score
 
 
-def train_generators(names: list[str], real: dict[str, Any], source: Path, n_train: int,
-                     folders: dict[str, Path], values: dict[str, Any], device: torch.device,
-                     run: Plan2Settings, config: VectorGANConfig,
+def train_generators(names: list[str], real: dict[str, Any], source: Path,
+                     split: tuple[np.ndarray, np.ndarray], folders: dict[str, Path],
+                     values: dict[str, Any], device: torch.device, run: Plan2Settings,
+                     config: VectorGANConfig,
                      score_settings: scoring.ScoringSettings) -> list[dict[str, Any]]:
-    """Train the generators of embeddings; write their samples, images and pictures."""
+    """Train the generators of embeddings on the kept part of ``split`` (kept, held-out indices
+    of the training embeddings), choose each one's epoch on the held-out part; write their
+    samples, images and pictures."""
     num_classes = len(CLASS_NAMES[run.dataset])
-    z_train_raw, y_train = real["z_train"][:n_train], real["y_train"][:n_train].astype(np.int64)
+    kept, held_out = split
+    z_train_raw, y_train = real["z_train"][kept], real["y_train"][kept].astype(np.int64)
+    n_train = len(kept)
     passes = passes_per_epoch(n_train, run.epoch_vectors)
     scaler = Standardiser(z_train_raw)
     z_train = torch.from_numpy(scaler.forward(z_train_raw)).to(device)
     labels = torch.from_numpy(y_train).to(device)
-    embedding_hash = fingerprint(z_train_raw, y_train)
+    embedding_hash = fingerprint(z_train_raw, y_train, held_out)
     sizes = Sizes(z_train.shape[1], num_classes)
     decoders = image_decoders(real, device, run)
 
     def train_member(name: str, member: int) -> tuple[GANTrainer, Any, float, Path]:
         """Member ``member`` of a model's ensemble, trained (or resumed) exactly as a run with
-        ``--seed SEED+member`` trains the model alone: weights, batch order, noise and the
-        validation subset all follow that seed. Member 0's checkpoint is the model's own."""
+        ``--seed SEED+member`` trains the model alone: weights, batch order and noise follow
+        that seed; every member chooses on the same held-out embeddings. Member 0's checkpoint
+        is the model's own."""
         seed = run.seed + member
-        chosen = np.random.default_rng(seed).choice(
-            n_train, min(run.validation_samples, n_train), replace=False)
 
         def make_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
             for index in index_batches(n_train, run.batch_size, seed, epoch, passes):
@@ -403,8 +409,9 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
 
         seed_everything(seed, run.deterministic)
         model = build_vector_gan(name, sizes, config).to(device)
-        score = validation_score(z_train[chosen].cpu().numpy(), y_train[chosen], seed,
-                                 run.sample_batch_size) if len(chosen) > 1 else None
+        score = held_out_score(scaler.forward(real["z_train"][held_out]),
+                               real["y_train"][held_out].astype(np.int64), seed,
+                               run.sample_batch_size) if len(held_out) > 1 else None
         checkpoint = (folders["checkpoints/plan2"]
                       / f"{run.dataset}_{run.encoder}_{name}{member_suffix(member)}.pt")
         if run.ensemble > 1:
@@ -430,7 +437,7 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
             "checkpoint": [str(m[3]) for m in members],
             "epochs_trained": [trainer.epoch for trainer in trainers],
             "best_epoch": [report.best_epoch for report in reports],
-            "validation_frechet": [report.best_score for report in reports],
+            "held_out_frechet": [report.best_score for report in reports],
             "diverged": [report.diverged for report in reports]}
         if one:
             per_member = {key: value[0] for key, value in per_member.items()}
@@ -445,7 +452,9 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
                          "train_seconds": train_seconds, **metric_values})
         meta = make_meta(__file__, values, run.dataset, run.seed, gan=name, encoder=run.encoder,
                          source_embeddings=source.name, embeddings_hash=embedding_hash,
-                         train_embeddings=n_train, ensemble=run.ensemble,
+                         train_embeddings=n_train,
+                         split=split_record(n_train + len(held_out), held_out),
+                         ensemble=run.ensemble,
                          member_seeds=[run.seed + k for k in range(run.ensemble)], **per_member,
                          train_seconds=train_seconds, conditional=conditional,
                          parameters=sum(p.numel() for p in bests[0].parameters()),
@@ -476,26 +485,31 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path, n_tra
 
 
 def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
-                      real_b: dict[str, Any], path_b: Path, n_train: int,
+                      real_b: dict[str, Any], path_b: Path, split: tuple[np.ndarray, np.ndarray],
                       folders: dict[str, Path], values: dict[str, Any], device: torch.device,
                       run: Plan2Settings, config: VectorGANConfig,
                       score_settings: scoring.ScoringSettings) -> list[dict[str, Any]]:
-    """Train the translators A -> B on disjoint halves; write the translated test embeddings."""
+    """Train the translators A -> B on disjoint halves of the kept part of ``split`` (kept,
+    held-out indices of the training embeddings), choose each one's epoch on the held-out part;
+    write the translated test embeddings."""
     num_classes = len(CLASS_NAMES[run.dataset])
+    kept, held_out = split
+    n_train = len(kept)
     halves = split_halves(n_train, run.seed)
     passes = passes_per_epoch(n_train, run.epoch_vectors)  # of the whole set, not of a half
-    za_train, zb_train = real_a["z_train"][:n_train], real_b["z_train"][:n_train]
-    y_train = real_a["y_train"][:n_train].astype(np.int64)  # checked equal to B's
+    za_train, zb_train = real_a["z_train"][kept], real_b["z_train"][kept]
+    y_train = real_a["y_train"][kept].astype(np.int64)  # checked equal to B's
     scaler_a, scaler_b = Standardiser(za_train), Standardiser(zb_train)
     # Each half with its own labels; the images of the other half are never seen.
     a_half = torch.from_numpy(scaler_a.forward(za_train[halves[0]])).to(device)
     b_half = torch.from_numpy(scaler_b.forward(zb_train[halves[1]])).to(device)
     label_a = torch.from_numpy(y_train[halves[0]]).to(device)
     label_b = torch.from_numpy(y_train[halves[1]]).to(device)
-    embedding_hash = fingerprint(za_train, zb_train, y_train, halves[0])
+    embedding_hash = fingerprint(za_train, zb_train, y_train, halves[0], held_out)
     test_a, test_b = scaler_a.forward(real_a["z_test"]), scaler_b.forward(real_b["z_test"])
-    checked = min(run.validation_samples, len(halves[0]))
-    check_a, check_b = a_half[:checked].cpu().numpy(), b_half[:checked].cpu().numpy()
+    check_a, check_b = ((scaler_a.forward(real_a["z_train"][held_out]),
+                         scaler_b.forward(real_b["z_train"][held_out]))
+                        if len(held_out) > 1 else (None, None))
     sizes = Sizes(a_half.shape[1], num_classes, b_half.shape[1])
     batch = run.sample_batch_size
 
@@ -510,7 +524,8 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
                    "label_b": label_b[ib]}
 
     def score(model: GenerativeModel) -> float:
-        """Distribution match both ways on the training halves (no pairs); lower is better."""
+        """Distribution match both ways on the held-out embeddings, each domain's own (no pairs
+        are used); lower is better."""
         return (frechet_distance(translate(model, check_a, "a_to_b", batch), check_b)
                 + frechet_distance(translate(model, check_b, "b_to_a", batch), check_a))
 
@@ -522,7 +537,8 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
         checkpoint = folders["checkpoints/plan2"] / f"{tag}.pt"
         trainer, report, seconds = train(name, model, sizes, make_batches,
                                          passes * (len(halves[0]) // run.batch_size),
-                                         score if checked > 1 else None, embedding_hash, n_train,
+                                         score if len(held_out) > 1 else None, embedding_hash,
+                                         n_train,
                                          checkpoint, run.seed, run, config)
         best: TranslationGAN = trainer.best_model()
         translated = translate(best, test_a, "a_to_b", batch)
@@ -541,8 +557,9 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
                          encoder_b=run.encoder_b, source_embeddings=path_a.name,
                          target_embeddings=path_b.name, embeddings_hash=embedding_hash,
                          train_embeddings=n_train, halves=[len(h) for h in halves],
+                         split=split_record(n_train + len(held_out), held_out),
                          checkpoint=str(checkpoint), epochs_trained=trainer.epoch,
-                         best_epoch=report.best_epoch, validation_frechet=report.best_score,
+                         best_epoch=report.best_epoch, held_out_frechet=report.best_score,
                          diverged=report.diverged, train_seconds=seconds,
                          cycle_error_a=metric_values["cycle_error_a"],
                          cycle_error_b=metric_values["cycle_error_b"],
@@ -584,16 +601,21 @@ def main(argv: list[str] | None = None) -> None:
     if translators:
         path_b, real_b = load_source(run.encoder_b, run)
         check_same_images(path_a, real_a, path_b, real_b)
-    usable = n_train // 2 if translators else n_train
+    # A Fréchet distance needs two vectors: fewer are not held out (the last epoch is kept).
+    n_held = held_out_count(n_train, run.held_out_fraction)
+    split = held_out_split(n_train, n_held if n_held > 1 else 0)
+    kept = len(split[0])
+    usable = kept // 2 if translators else kept
     if usable < run.batch_size:
-        raise StageError(f"--limit {run.limit} leaves {usable} training embeddings"
+        raise StageError(f"--limit {run.limit} and --held-out-fraction {run.held_out_fraction} "
+                         f"leave {usable} training embeddings"
                          f"{' per translation half' if translators else ''}, not one full batch "
                          f"of --batch-size {run.batch_size}")
     # The Wasserstein models take n_critic critic steps per generator step: the one with the
     # fewest training vectors (a translator's half) sets the largest batch size.
-    critics = [(n_train // 2 if VECTOR_GANS[name].translator else n_train, name)
+    critics = [(kept // 2 if VECTOR_GANS[name].translator else kept, name)
                for name in run.models if VECTOR_GANS[name].wasserstein]
-    passes = passes_per_epoch(n_train, run.epoch_vectors)
+    passes = passes_per_epoch(kept, run.epoch_vectors)
     shortfall = critics and generator_step_shortfall(min(critics)[0], run.batch_size,
                                                      run.n_critic, passes)
     if shortfall:
@@ -616,7 +638,8 @@ def main(argv: list[str] | None = None) -> None:
                          f"plan2_gan_training.py, {pair}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "checkpoints/plan2", "samples/plan2", "results")}
-    print(f"{run.dataset}: {n_train} train, {len(real_a['z_test'])} test embeddings of "
+    print(f"{run.dataset}: {kept} train ({n_train - kept} more held out: they pick each model's "
+          f"epoch), {len(real_a['z_test'])} test embeddings of "
           f"{real_a['z_train'].shape[1]} dims from {path_a}; device {device}; an epoch is "
           f"{passes} pass{'es' if passes > 1 else ''} over them (--epoch-vectors "
           f"{run.epoch_vectors})")
@@ -626,7 +649,7 @@ def main(argv: list[str] | None = None) -> None:
               f"`{json.dumps(values, default=str)}`.\n")
     written = []
     if generators:
-        train_generators(generators, real_a, path_a, n_train, folders, values, device,
+        train_generators(generators, real_a, path_a, split, folders, values, device,
                          run, config, score_settings)
         table = generator_table(table_rows(
             folders["embeddings"], f"{run.dataset}_{run.encoder}_*.gen.npz",
@@ -641,13 +664,13 @@ def main(argv: list[str] | None = None) -> None:
             f"# Plan 2 on {run.dataset} {run.encoder} embeddings\n\n{header}\n"
             f"## Generated embeddings\n\n{table}\n"))
     if translators:
-        train_translators(translators, real_a, path_a, real_b, path_b, n_train, folders,
+        train_translators(translators, real_a, path_a, real_b, path_b, split, folders,
                           values, device, run, config, score_settings)
         table = translation_table(table_rows(
             folders["embeddings"], f"{run.dataset}_{run.encoder}-to-{run.encoder_b}_*.npz",
             {"dataset": run.dataset, "encoder": run.encoder, "encoder_b": run.encoder_b}))
         print(f"\n{run.dataset} {run.encoder} -> {run.encoder_b}, trained on disjoint halves of "
-              f"{n_train} training images (no pairs), scored on the {len(real_a['z_test'])} "
+              f"{kept} training images (no pairs), scored on the {len(real_a['z_test'])} "
               f"test images: cosine in B's standardised space; cycle error: mean squared error "
               f"per dimension in standardised units\n\n{table}\n")
         written.append(write_text(

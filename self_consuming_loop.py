@@ -2,9 +2,9 @@
 
 Generation 0 is a caption-(class-)conditioned GAN (Plan 1's cGAN generator and projection
 discriminator, trained by the shared loop in training/gans.py, the condition a one-hot class)
-trained on the first --train-images real training images until its validation FID (on
---validation-images real training images it never trains on) has not improved for --patience epochs:
-a converged start, shared by every loop of the same seed and settings
+trained on the first --train-images real training images until its held-out FID (on the last
+--held-out-fraction of the training images, never trained on) has not improved for --patience
+epochs: a converged start, shared by every loop of the same seed and settings
 (data/checkpoints/loop/start/). Each later generation k adds --train-images images to the loop's
 pool: images generation k-1 generated with the class histogram of generation 0's set (the noise
 truncated to [-psi, psi] with --truncation psi) and, with --fresh-fraction, fresh real training
@@ -72,13 +72,14 @@ from dataio.artifacts import (
     write_text,
 )
 from dataio.data_sources import ImageDataset, load_dataset
+from dataio.splits import held_out_count
 from evaluation import metrics, scoring
 from evaluation.scoring import cell
 from models import image_gans
 from models.image_gans import ConditionalGAN, ImageGANConfig, class_condition, to_signed
 from reporting.figures import image_grid_figure, save_and_close
 from reporting.loop_comparison import config_of, metrics_figure
-from runtime.settings import configure, pick
+from runtime.settings import SettingsError, configure, pick
 from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
 from training import loop_regimes
 from training.gans import (
@@ -109,10 +110,10 @@ FRESH_FRACTION = 0.0  # share of each later addition that is fresh real images [
 WARM_START = True  # generation k starts from generation k-1's weights; --no-warm-start: scratch
 TRUNCATION = 0.0  # noise of the images fed back drawn in [-psi, psi] (0: untruncated) [>= 0]
 TRAIN_IMAGES = 10000  # images of generation 0's set and of every addition (an epoch) [>= 2]
-VALIDATION_IMAGES = 2000  # real training images that pick generation 0's best epoch [>= 0]
+HELD_OUT_FRACTION = 0.05  # share of training images (the last) held out for gen 0 [>= 0, < 1]
 N_IMAGES = 1000  # images written per generation, one per test image (the first N) [>= 1]
 EPOCHS_FIRST = 40  # most epochs of generation 0 (it stops earlier once converged) [>= 1]
-PATIENCE = 3  # generation 0 stops after this many epochs without a better validation FID [>= 1]
+PATIENCE = 3  # generation 0 stops after this many epochs without a better held-out FID [>= 1]
 EPOCHS = 0  # epochs of every later generation (0: as many as generation 0 needed) [>= 0]
 BATCH_SIZE = 64  # images per step [>= 2]
 SEEDS = (0,)  # seeds of the loops, one loop each: weights, batches, noise, captions, draws [>= 0]
@@ -149,7 +150,7 @@ class LoopRun:
     generations: int
     warm_start: bool
     truncation: float
-    validation_images: int
+    held_out_fraction: float
     n_images: int
     epochs_first: int
     patience: int
@@ -241,6 +242,10 @@ class Loop:
     start: Path
     device: torch.device
 
+    def held_out_images(self) -> int:
+        """How many of the last training images are held out (--held-out-fraction)."""
+        return held_out_count(len(self.data.x_train), self.run.held_out_fraction)
+
     def model_settings(self) -> dict[str, Any]:
         c, o = self.config, self.optimiser
         return {"noise_dim": c.noise_dim, "width": c.width, "feature_dim": c.feature_dim,
@@ -254,7 +259,7 @@ class Loop:
         """What generation 0 depends on: it is shared by the loops that agree on these."""
         return {"dataset": self.run.dataset, "generation": 0, "seed": self.run.seed,
                 "train_images": self.regime.train_images,
-                "validation_images": self.run.validation_images,
+                "held_out_fraction": self.run.held_out_fraction,
                 "epochs": self.run.epochs_first, "patience": self.run.patience,
                 **self.model_settings()}
 
@@ -277,15 +282,21 @@ def start_checkpoint(loop_dir: Path, start: dict[str, Any]) -> Path:
     return loop_dir / "start" / f"{start['dataset']}_seed{start['seed']}_{tag}.pt"
 
 
-def validation_indices(data: ImageDataset, loop: Loop) -> np.ndarray:
-    """The last --validation-images training images: never trained on, never fresh."""
-    return np.arange(len(data.x_train) - loop.run.validation_images, len(data.x_train))
+def held_out_indices(data: ImageDataset, loop: Loop) -> np.ndarray:
+    """The last --held-out-fraction of the training images: never trained on, never fresh."""
+    return np.arange(len(data.x_train) - loop.held_out_images(), len(data.x_train))
 
 
-def validation_fid(loop: Loop, real: scoring.RealImages, s: scoring.ScoringSettings):
-    """score(model): FID of the images a model draws for the validation images' classes against
+def fresh_pool(data: ImageDataset, loop: Loop) -> np.ndarray:
+    """The real training images fresh data is drawn from: neither in generation 0's set nor
+    held out."""
+    return np.arange(loop.regime.train_images, len(data.x_train) - loop.held_out_images())
+
+
+def held_out_fid(loop: Loop, real: scoring.RealImages, s: scoring.ScoringSettings):
+    """score(model): FID of the images a model draws for the held-out images' classes against
     those images (features of the run's space); lower is better. Never the test images."""
-    index = validation_indices(loop.data, loop)
+    index = held_out_indices(loop.data, loop)
     labels = loop.data.y_train[index]
     reference, _ = scoring.image_outputs(real, loop.data.x_train[index], loop.device, s)
 
@@ -329,16 +340,17 @@ def additions_up_to(generation: int, loop: Loop, previous: ConditionalGAN | None
                              f"run's results file to run the loop again")
         if previous is None:
             previous = load_generation_model(previous_path, k - 1, loop)
-        labels, rng = loop_regimes.addition_labels(first.y, k, regime, loop.run.seed)
+        labels = loop_regimes.addition_labels(first.y, k, regime, loop.run.seed)
         made = generate(previous, labels, data.num_classes, loop.run.seed * 100_003 + 7 * k + 1,
                         loop.device, loop.run.sample_batch_size, loop.run.truncation)
-        fresh_pool = np.setdiff1d(np.arange(len(data.x_train)), validation_indices(data, loop))
-        images = loop_regimes.addition(made, labels, k - 1, data.x_train, data.y_train,
-                                       fresh_pool, rng, regime)
+        fresh, repeats = loop_regimes.fresh_indices(fresh_pool(data, loop), k, regime,
+                                                    loop.run.seed)
+        images = loop_regimes.addition(made, labels, k - 1, data.x_train, data.y_train, fresh)
         save_addition(path, images, make_meta(
             __file__, values, loop.run.dataset, loop.run.seed, generation=k,
             made_by=f"generation {k - 1} ({previous_path})",
-            sources=loop_regimes.sources(images), loop_settings=loop.settings()))
+            sources=loop_regimes.sources(images), loop_settings=loop.settings(),
+            fresh_indices=[int(i) for i in fresh], fresh_repeats=repeats))
         additions.append(images)
     return additions, previous
 
@@ -404,13 +416,16 @@ def generation_complete(folder: Path, samples: Path, count: int) -> bool:
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
-    """One row per generation, each value ± half its 95% interval, the floors in brackets."""
+    """One row per generation, each value ± half its 95% interval, the floors in brackets; a
+    generation whose fresh real images include ones an earlier generation had (the pool of
+    unused ones ran out) is marked "fresh repeats"."""
     lines = ["| generation | trained on | FID (floor) | KID (floor) | precision (floor) | "
              "recall (floor) | Vendi (real) | class consistency (real) | within-class "
              "variance / real's | train time |", "| --- " * 10 + "|"]
     for r in records:
         lines.append(
-            f"| {r['generation']} | {r['trained_on']} | "
+            f"| {r['generation']} | {r['trained_on']}"
+            f"{' (fresh repeats)' if r.get('fresh_repeats') else ''} | "
             + " | ".join([cell(r, "fid", "fid_floor", "floor", 2),
                           cell(r, "kid", "kid_floor", "floor", 4),
                           cell(r, "precision", "precision_floor", "floor"),
@@ -463,8 +478,7 @@ def train_generation(generation: int, loop: Loop, train: ImageSet, checkpoint: P
     if warm_from is not None and not checkpoint.exists():
         state = generation_state(warm_from, generation - 1, loop)
         with restoring(warm_from, "delete the run's results file to run the loop again"):
-            model.load_state_dict(state["model"])
-            trainer.ema.load_state_dict(state["ema"])
+            trainer.warm_start(state)  # from the weights that drew its training images
     else:
         model.set_condition_statistics(conditions(train.y, data.num_classes, loop.device))
     x = torch.from_numpy(train.x).to(loop.device)
@@ -493,13 +507,13 @@ def train_generation(generation: int, loop: Loop, train: ImageSet, checkpoint: P
 
     def on_epoch(epoch: int, record: dict[str, Any]) -> None:
         if record["score"] is not None:
-            print(f"gen {generation}: epoch {epoch}/{epochs}, validation FID "
+            print(f"gen {generation}: epoch {epoch}/{epochs}, held-out FID "
                   f"{record['score']:.2f}", flush=True)
 
     report = trainer.fit(make_batches, epochs, checkpoint, settings,
                          steps_per_epoch=per_epoch // run.batch_size, desc=f"gen {generation}",
                          on_resume=on_resume, score=score,
-                         score_name="validation FID" if score else None, on_epoch=on_epoch,
+                         score_name="held-out FID" if score else None, on_epoch=on_epoch,
                          patience=run.patience if score else 0)
     if report.diverged:
         print(f"warning: gen {generation}: training diverged ({report.diverged}); the "
@@ -553,8 +567,8 @@ def run_loop(loop: Loop, values: dict[str, Any], real: scoring.RealImages,
         additions, previous = additions_up_to(generation, loop, previous, previous_path, values)
         train = loop_regimes.training_set(additions, loop.regime, run.seed)
         sources = loop_regimes.sources(train)
-        score = validation_fid(loop, real, s) if generation == 0 and \
-            run.validation_images > 1 else None
+        score = held_out_fid(loop, real, s) if generation == 0 and \
+            loop.held_out_images() > 1 else None
         warm_from = previous_path if run.warm_start and generation > 0 else None
         trainer, report = train_generation(generation, loop, train, checkpoint, warm_from,
                                            score)
@@ -575,9 +589,10 @@ def run_loop(loop: Loop, values: dict[str, Any], real: scoring.RealImages,
         record = {"generation": generation, "trained_on": source_of(sources),
                   "train_sources": sources, "train_images": len(train),
                   "fresh_real_images": loop.regime.fresh if generation else 0,
+                  "fresh_repeats": generation * loop.regime.fresh > len(fresh_pool(data, loop)),
                   "epochs": trainer.epoch, "best_epoch": report.best_epoch,
                   "stopped_early": report.stopped_early,
-                  "validation_fid": report.best_score if generation == 0 else None,
+                  "held_out_fid": report.best_score if generation == 0 else None,
                   "diverged": report.diverged, "train_seconds": train_seconds,
                   **{k: metric_values[k] for k in METRIC_KEYS},
                   **{k: v for k, v in metric_values.items() if k.endswith("_ci95")},
@@ -646,14 +661,21 @@ def main(argv: list[str] | None = None) -> None:
     limit_cpu_threads(values["threads"])
     device = pick_device(values["device"])
     data = load_dataset(base.dataset, base.data_dir)
-    if len(data.x_train) < regime.train_images + base.validation_images:
-        raise StageError(f"--train-images {regime.train_images} and --validation-images "
-                         f"{base.validation_images}: {data.name} has only {len(data.x_train)} "
+    held_out = held_out_count(len(data.x_train), base.held_out_fraction)
+    if len(data.x_train) < regime.train_images + held_out:
+        raise StageError(f"--train-images {regime.train_images} and --held-out-fraction "
+                         f"{base.held_out_fraction} ({held_out} images): {data.name} has only "
+                         f"{len(data.x_train)} "
                          f"training images")
-    if regime.fresh and len(data.x_train) - base.validation_images < regime.fresh:
+    if regime.fresh_fraction > 0 and regime.fresh == 0:
+        raise SettingsError(f"--fresh-fraction {regime.fresh_fraction} of --train-images "
+                            f"{regime.train_images} rounds to 0 fresh images per generation; use "
+                            f"0, or at least {0.5 / regime.train_images:.2g}")
+    pool = len(data.x_train) - regime.train_images - held_out
+    if regime.fresh > pool:
         raise StageError(f"--fresh-fraction {regime.fresh_fraction}: {regime.fresh} fresh "
-                         f"images per generation, more than the training images outside the "
-                         f"validation set")
+                         f"images per generation, more than the {pool} training images outside "
+                         f"generation 0's set and the held-out ones")
     if regime.train_images < base.batch_size:
         raise StageError(f"--train-images {regime.train_images} is less than one batch of "
                          f"--batch-size {base.batch_size}")

@@ -1,19 +1,18 @@
 """How good and how fast are the Plan 1 GANs? Not a test: tens of minutes to hours.
 
-Speed: one epoch over the whole training set of the conditional GAN (batch 128, the stage's
-default) and of the ACGAN (batch 64, as eriklindernoren/PyTorch-GAN's acgan.py, 298.5 s on this
-kind of machine), timed in this process with the stage's models and the shared loop.
-Quality: trains the stage's GANs (plan1_gan_training.py, resumable) on the chosen encoder's
-embeddings once per seed of SEEDS, each seed in a data folder of its own (DATA_DIR/seed<k>, with
-copies of the stage-1 embeddings and the evaluator, made once in DATA_DIR), then measures every
-model's regenerations of the test images beside calibration rows measured in the same run at the
-same seeds: the real-vs-real floor (a seeded subset of training images), the test images shifted
-by one pixel, with Gaussian pixel noise (sd 25), and each autoencoder's own reconstructions of the
-same test images (every autoencoder checkpoint found in DATA_DIR). Every metric is the mean ± the
-sample sd over the seeds; the targets are checked on the means, with the number of seeds each is
-met at. The best model is chosen on the validation FID the stage records (on training images),
-never on the test split. Writes a grid of real test images, reconstructions and the first seed's
-regenerations.
+Speed: one epoch over the whole training set of the conditional GAN (batch 128, the stage's default)
+and of the ACGAN (batch 64, as eriklindernoren/PyTorch-GAN's acgan.py, 298.5 s on this kind of
+machine), timed in this process with the stage's models and the shared loop. Quality: trains the
+stage's GANs (plan1_gan_training.py, resumable) on the chosen encoder's embeddings once per seed of
+SEEDS, each seed in a data folder of its own (DATA_DIR/seed<k>, with copies of the stage-1
+embeddings and the evaluator, made once in DATA_DIR), then measures every model's regenerations of
+the test images beside calibration rows measured in the same run at the same seeds: the real-vs-real
+floor (a seeded subset of training images), the test images shifted by one pixel, with Gaussian
+pixel noise (sd 25), and each autoencoder's own reconstructions of the same test images (every
+autoencoder checkpoint found in DATA_DIR). Every metric is the mean ± the sample sd over the seeds;
+the targets are checked on the means, with the number of seeds each is met at. The best model is
+chosen on the held-out FID the stage records (training images it held out), never on the test split.
+Writes a grid of real test images, reconstructions and the first seed's regenerations.
 
     python bench/bench_plan1.py --epochs 15 --threads 1 --seeds 0,1,2
 """
@@ -262,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise StageError(f"{path}: samples do not regenerate test images 0..N-1 in order")
             values = measure(label, arrays["x_gen"], data, seeded, device, s)
             values.update({key: arrays["meta"].get(key) for key in
-                           ("epochs_trained", "best_epoch", "validation_fid", "train_seconds")})
+                           ("epochs_trained", "best_epoch", "held_out_fid", "train_seconds")})
             found.append(values)
             if seed == b.seeds[0]:
                 grids[name] = arrays["x_gen"]
@@ -314,19 +313,19 @@ def main(argv: list[str] | None = None) -> None:
                      f"{best_recon:.2f}: {'met' if mean_sd(fid)[0] < best_recon else 'NOT met'} "
                      f"({seeds_met([f < r for f, r in zip(fid, recon_at_seed, strict=True)])})")
         print(line)
-    validation = {label: [r["validation_fid"] for r in rows[label]] for label in gan_labels}
+    validation = {label: [r["held_out_fid"] for r in rows[label]] for label in gan_labels}
     if gan_labels and all(None not in values for values in validation.values()):
         best = min(gan_labels, key=lambda label: mean_sd(validation[label])[0])
         fid, recall = [r["fid"] for r in rows[best]], [r["recall"] for r in rows[best]]
         met = mean_sd(fid)[0] <= BEST_FID and mean_sd(recall)[0] >= BEST_RECALL
-        print(f"- best model {best} (chosen on the stage's validation FID on training images, "
+        print(f"- best model {best} (chosen on the stage's FID on its held-out training images, "
               f"{mean_sd(validation[best])[0]:.2f} mean; never on the test split): FID "
               f"{over_seeds(fid, 2)} <= {BEST_FID} with recall {over_seeds(recall)} >= "
               f"{BEST_RECALL}: {'met' if met else 'NOT met'} ("
               + seeds_met([f <= BEST_FID and r >= BEST_RECALL
                            for f, r in zip(fid, recall, strict=True)]) + ")")
     elif gan_labels:
-        print("- best model: not chosen: a run recorded no validation FID (--validation-images 0 "
+        print("- best model: not chosen: a run recorded no held-out FID (--held-out-fraction 0 "
               "or too few training images), and the test split never chooses")
 
 

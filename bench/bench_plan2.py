@@ -8,8 +8,8 @@ Every generator, flow, fitted baseline and translator is trained (or fitted) onc
 SEEDS, each seed's runs in a data folder of their own (DATA_DIR/seed<k>, with copies of the
 stage-1 embeddings), and every metric is printed as the mean ± the sample sd over the seeds. The
 target is checked on the means, with the number of seeds it is met at; the best GAN of an encoder
-is chosen on the validation Fréchet distance the stage records (on training embeddings), never
-on the test split.
+is chosen on the held-out Fréchet distance the stage records (training embeddings it held out),
+never on the test split.
 
 Encoders missing from --data-dir are trained first, once for all seeds (encoder_models.py
 --epochs 2, the stage's quick recipe), and flows.py runs on each encoder unless --flows is empty.
@@ -104,15 +104,16 @@ def epochs_args(b: Plan2Bench) -> list[str]:
 def row(name: str, values: dict[str, Any], seconds: float | None,
         validation: float | None = None) -> dict[str, Any]:
     """A table row; seconds: the training (or fitting) time, None where it is not separate;
-    validation: the stage's validation Fréchet distance (training embeddings), for the choice."""
+    validation: the stage's held-out Fréchet distance (training embeddings it held out), for the
+    choice."""
     return {"name": name, "seconds": seconds, "validation": validation, **values,
             "ratio": values["frechet_distance"] / values["frechet_distance_floor"]}
 
 
-def validation_frechet(meta: dict[str, Any]) -> float | None:
-    """The best epoch's validation Fréchet distance a generator's file records (an ensemble's:
+def held_out_frechet(meta: dict[str, Any]) -> float | None:
+    """The best epoch's held-out Fréchet distance a generator's file records (an ensemble's:
     the mean over its members), or None."""
-    value = meta.get("validation_frechet")
+    value = meta.get("held_out_frechet")
     values = value if isinstance(value, list) else [value]
     return None if not values or None in values else sum(values) / len(values)
 
@@ -151,7 +152,7 @@ def generator_rows(encoder: str, seed: int, b: Plan2Bench) -> list[dict[str, Any
                              {"z_gen": (2, "f")})
         rows.append(row(name, scoring.plan2_metrics(source, generated, real, score_settings),
                         generated["meta"].get("train_seconds"),
-                        validation_frechet(generated["meta"])))
+                        held_out_frechet(generated["meta"])))
     return rows
 
 
@@ -222,7 +223,7 @@ def generator_table(encoder: str, runs: list[list[dict[str, Any]]]) -> str:
 
 
 def verdict(encoder: str, runs: list[list[dict[str, Any]]], models: tuple[str, ...]) -> str:
-    """The target: the best GAN, chosen on the validation Fréchet distance the stage records (on
+    """The target: the best GAN, chosen on the held-out Fréchet distance the stage records (on
     training embeddings), at recall >= 0.8 and Fréchet distance <= 2x the floor beats the
     mixture on precision and density, on the means over the seeds."""
     table = by_name(runs)
@@ -232,15 +233,15 @@ def verdict(encoder: str, runs: list[list[dict[str, Any]]], models: tuple[str, .
         return f"{encoder}: not checked: no GAN among --models {','.join(models)}"
     validation = {name: [r["validation"] for r in table[name]] for name in gans}
     if any(None in values for values in validation.values()):
-        return (f"{encoder}: not checked: a GAN's run recorded no validation Fréchet distance "
-                f"(--validation-samples 0?), and the test split never chooses")
+        return (f"{encoder}: not checked: a GAN's run recorded no held-out Fréchet distance "
+                f"(--held-out-fraction 0?), and the test split never chooses")
     best = min(gans, key=lambda name: mean_sd(validation[name])[0])
     records = table[best]
     mean = means(records)
     met = meets_target(mean, means(mixture))
     at_seeds = sum(meets_target(r, m) for r, m in zip(records, mixture, strict=True))
     return (f"{encoder}: {'met' if met else 'NOT met'} on the means (met at {at_seeds} of "
-            f"{len(records)} seeds): best GAN {best} (lowest validation Fréchet distance, "
+            f"{len(records)} seeds): best GAN {best} (lowest held-out Fréchet distance, "
             f"{mean_sd(validation[best])[0]:.4f} mean) precision "
             f"{seeds_cell(records, 'precision')} (mixture {seeds_cell(mixture, 'precision')}), "
             f"density {seeds_cell(records, 'density')} ({seeds_cell(mixture, 'density')}), "

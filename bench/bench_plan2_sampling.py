@@ -65,19 +65,22 @@ def load_members(gen_path: Path, checkpoints: Path, real: dict[str, Any], b: Sam
                  ) -> tuple[list, Any, np.ndarray]:
     """The best EMA models of the checkpoints named in the .gen.npz metadata (one, or an
     ensemble's members in order), rebuilt from their checkpoints, the standardiser of their
-    training embeddings and those embeddings' classes."""
+    training embeddings (the kept part of the split the meta records) and those embeddings'
+    classes."""
     meta = load_npz(gen_path, {"z_gen": (2, "f")})["meta"]
     names = meta["checkpoint"] if isinstance(meta["checkpoint"], list) else [meta["checkpoint"]]
-    n_train = int(meta["train_embeddings"])
-    z_train, y_train = real["z_train"][:n_train], real["y_train"][:n_train].astype(np.int64)
-    expected = fingerprint(z_train, y_train)
+    held_out = np.array(meta["split"]["held_out"], dtype=np.int64)
+    kept = np.setdiff1d(np.arange(int(meta["split"]["of"])), held_out)
+    n_train = len(kept)
+    z_train, y_train = real["z_train"][kept], real["y_train"][kept].astype(np.int64)
+    expected = fingerprint(z_train, y_train, held_out)
     models = []
     for name in names:
         path = checkpoints / Path(name).name
         state = load_checkpoint(path)
         if state["settings"]["embeddings"] != expected:
             raise StageError(f"{path}: trained on other embeddings than "
-                             f"{b.dataset}_{b.encoder}.npz's first {n_train}")
+                             f"the {n_train} of {b.dataset}_{b.encoder}.npz its meta names")
         models.append(vector_gans.from_checkpoint(path, state=state))
     return models, vector_gans.Standardiser(z_train), y_train
 

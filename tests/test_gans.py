@@ -494,6 +494,29 @@ def test_a_checkpoint_of_another_model_is_not_resumed(tmp_path):
         assert path.read_bytes() == before
 
 
+def test_a_warm_start_begins_at_the_weights_that_drew_the_samples(tmp_path):
+    """A finished run whose best epoch (2) is not its last (4): a warm start's generator is the
+    best epoch's EMA generator, the one ``best_model()`` samples with, and its discriminator the
+    last trained one (the EMA copy holds an untrained discriminator), in model and EMA alike."""
+    torch.manual_seed(0)
+    scores = iter([5.0, 1.0, 3.0, 4.0])
+    first = GANTrainer(VectorGAN(), TrainerSettings(ema_decay=0.5))
+    first.fit(lambda epoch: gaussian_batches(4, seed=epoch), 4, tmp_path / "c.pt", {},
+              score=lambda model: next(scores))
+    assert first.best_epoch == 2
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    second = GANTrainer(VectorGAN(), TrainerSettings())
+    second.warm_start(state)
+    best, noise = first.best_model(), torch.randn(16, 2)
+    with torch.no_grad():
+        for model in (second.model, second.ema):
+            torch.testing.assert_close(model.sample(None, noise), best.sample(None, noise))
+            for name, value in model.discriminator.state_dict().items():
+                torch.testing.assert_close(value, first.model.discriminator.state_dict()[name])
+    last = {k: v for k, v in state["ema"].items() if k.startswith("generator.")}
+    assert any(not torch.equal(v, second.model.state_dict()[k]) for k, v in last.items())
+
+
 def test_fit_stops_after_patience_epochs_without_a_better_score_and_stays_stopped(tmp_path):
     """Scores 5, 3, 4, 4, 2...: with patience 2 the run stops after epoch 4 (epochs 3 and 4 did
     not beat epoch 2), keeps epoch 2's weights, and a resumed run with more epochs trains none."""

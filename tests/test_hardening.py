@@ -549,21 +549,21 @@ def stage(script: str, data_dir: Path, *args: str) -> subprocess.CompletedProces
 
 NO_GENERATOR_STEP = [
     ("plan2_gan_training.py", ("--encoder", "ae_basic", "--models", "wgan_gp", "--epochs", "1",
-                               "--epoch-vectors", "0"),
+                               "--epoch-vectors", "0", "--held-out-fraction", "0"),
      ("wgan_gp", "256 at --batch-size 256 give 1 batch(es)", "--n-critic 5",
       "--batch-size 51 or smaller")),
     ("plan2_gan_training.py", ("--encoder", "ae_basic", "--models", "wgan_gp", "--epochs", "1",
-                               "--epoch-vectors", "512"),
+                               "--epoch-vectors", "512", "--held-out-fraction", "0"),
      ("wgan_gp", "256 at --batch-size 256 in 2 passes give 2 batch(es)", "--n-critic 5",
       "--batch-size 85 or smaller")),
     ("plan2_gan_training.py", ("--encoder", "ae_basic", "--encoder-b", "triplet", "--models",
                                "wgan_gp,cyclegan,dualgan", "--batch-size", "64", "--epochs", "1",
-                               "--epoch-vectors", "0"),
+                               "--epoch-vectors", "0", "--held-out-fraction", "0"),
      ("dualgan", "per translation half: 128 at --batch-size 64 give 2", "--batch-size 25")),
     ("plan1_gan_training.py", ("--encoder", "ae_basic", "--limit", "256", "--n-critic", "3",
                                "--epochs", "1"),
      ("training images: 256 at --batch-size 128 give 2 batch(es)", "--batch-size 85")),
-    ("self_consuming_loop.py", ("--train-images", "128", "--validation-images", "300",
+    ("self_consuming_loop.py", ("--train-images", "128", "--held-out-fraction", "0.22",
                                 "--batch-size", "64", "--n-critic", "3", "--n-images", "50",
                                 "--generations", "1"),
      ("--train-images: 128 at --batch-size 64 give 2", "--n-critic 2")),
@@ -596,7 +596,8 @@ def test_the_batch_size_the_refusal_names_trains(trained, tmp_path):
         (trained / "embeddings" / "digits_ae_basic.npz").read_bytes())
     result = stage("plan2_gan_training.py", data_dir, "--encoder", "ae_basic", "--models",
                    "wgan_gp", "--epochs", "1", "--batch-size", "51", "--samples", "100",
-                   "--epoch-vectors", "0", "--plot-points", "50", "--no-plots")
+                   "--epoch-vectors", "0", "--plot-points", "50", "--no-plots",
+                   "--held-out-fraction", "0")
     assert result.returncode == 0, result.stderr
     meta = load_npz(data_dir / "embeddings" / "digits_ae_basic_wgan_gp.gen.npz",
                     {"z_gen": (2, "f")})["meta"]

@@ -17,6 +17,7 @@ from script_runner import run_script
 import plan1_gan_training as plan1
 from dataio.artifacts import PLAN1_SAMPLE_KEYS, load_checkpoint, load_npz, make_meta, save_npz
 from dataio.data_sources import load_dataset
+from dataio.splits import held_out_split
 from evaluation import scoring
 from models import image_gans
 from models.image_gans import ImageGANConfig, build_image_gan, class_condition
@@ -245,7 +246,8 @@ def test_embeddings_that_do_not_match_the_images_are_refused(tmp_path, digits, c
 
 # ---------------------------------------------------------------- the stage, as a user runs it
 STAGE_ARGS = ("--dataset", "digits", "--encoder", "ae_basic", "--threads", "1", "--epochs", "2",
-              "--limit", "256", "--batch-size", "8", "--test-images", "300")
+              "--limit", "256", "--held-out-fraction", "0.55", "--batch-size", "8",
+              "--test-images", "300")
 
 
 def run_stage(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -290,7 +292,12 @@ def test_stage_writes_samples_grids_curves_and_report(straight):
         scoring.check_sources(path, arrays, digits, scoring.ScoringSettings())  # evaluate.py's
         meta = arrays["meta"]
         assert meta["gan"] == name and meta["encoder"] == "ae_basic"
-        assert meta["train_images"] == 256 and meta["test_images"] == 300
+        # 141 of the 256 held out (0.55): their FID chose the epoch, the rest trained
+        assert meta["train_images"] == 115 and meta["test_images"] == 300
+        held = meta["split"]["held_out"]
+        assert meta["split"]["of"] == 256 and len(held) == 141 and max(held) < 256
+        assert held == held_out_split(256, 141)[1].tolist()
+        assert meta["held_out_fid"] is not None
         assert meta["epochs_trained"] == 2 and meta["best_epoch"] in (1, 2)
         visual = data_dir / "visualizations"
         for epoch in (1, 2):
@@ -358,7 +365,8 @@ def test_missing_embedding_file_names_the_command(stage_main, tmp_path):
 
 
 def test_limit_without_a_full_batch_is_refused(stage_main, tmp_path):
-    with pytest.raises(StageError, match="--limit 100 leaves 100 training images, not one full "
+    with pytest.raises(StageError, match="--limit 100 and --held-out-fraction 0.55 leave 100 "
+                                         "training images, not one full "
                                          "batch of --batch-size 128"):
         stage_main("--data-dir", str(tmp_path), "--limit", "100", "--batch-size", "128")
 

@@ -30,6 +30,7 @@ from dataio.artifacts import (
     save_npz,
 )
 from dataio.data_sources import load_dataset
+from dataio.splits import held_out_split
 from evaluation.metrics import frechet_distance
 from models import vector_gans as vg
 from models.vector_gans import Sizes, VectorGANConfig, build_vector_gan
@@ -44,7 +45,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # An epoch is one pass over digits' 1,437 training embeddings (the default, 60,000 vectors,
 # would make it 42; test_an_epoch_is_several_passes_over_a_small_training_set tests that).
 QUICK = ["--dataset", "digits", "--device", "cpu", "--threads", "1", "--batch-size", "128",
-         "--hidden", "32", "--depth", "2", "--samples", "300", "--validation-samples", "200",
+         "--hidden", "32", "--depth", "2", "--samples", "300", "--held-out-fraction", "0.04",
          "--plot-points", "60", "--epoch-vectors", "0"]
 
 
@@ -408,13 +409,28 @@ def test_stage_writes_every_file_in_its_format(end_to_end):
         for png in (f"plan2_digits_ae_basic_{name}_losses.png",
                     f"plan2_digits_ae_basic_{name}_real_vs_generated.png"):
             assert (root / "visualizations" / png).stat().st_size > 10_000
+        # Held out by construction: the recorded held-out indices are the seeded split's, the
+        # model trained on exactly the rest (its checkpoint's fingerprint), and it chose its
+        # epoch on the held-out part alone.
+        split = gen["meta"]["split"]
+        held = np.array(split["held_out"])
+        kept, expected = held_out_split(split["of"], len(held), split["seed"])
+        np.testing.assert_array_equal(held, expected)
+        assert len(held) == 54 and not set(held) & set(kept)
+        assert gen["meta"]["train_embeddings"] == len(kept) == 1347 - 54
+        state = load_checkpoint(Path(gen["meta"]["checkpoint"]))
+        assert state["settings"]["embeddings"] == fingerprint(
+            source["z_train"][kept], source["y_train"][kept].astype(np.int64), held)
+        assert state["history"]["score_name"].startswith("held-out")
     for name in vg.TRANSLATORS:
         out = load_npz(root / "embeddings" / f"digits_ae_basic-to-pca_{name}.npz",
                        {"z_translated": (2, "f"), "y_test": (1, "i")})
         assert out["z_translated"].shape == (450, 12)
         np.testing.assert_array_equal(out["y_test"], source["y_test"])
         assert out["meta"]["target_embeddings"] == "digits_pca.npz"
-        assert out["meta"]["halves"] == [673, 673]
+        split = out["meta"]["split"]  # 54 of the 1347 held out (0.04), halves of the rest
+        assert split["of"] == 1347 and len(split["held_out"]) == 54
+        assert out["meta"]["halves"] == [646, 646]
     assert "| wgan_gp | 2 (" in end_to_end["stdout"]
     assert "| cyclegan | 2 (" in end_to_end["stdout"]
     generated = (root / "results" / "plan2_digits_ae_basic.md").read_text()
@@ -535,7 +551,8 @@ def test_nan_loss_stops_and_keeps_the_best_checkpoint(stage1, tmp_path, monkeypa
     (("--encoder-b", "shuffled"), "y_test differs at"),
     (("--encoder-b", "mnist"), "its meta says dataset 'mnist', not 'digits'"),
     (("--encoder-b", "nometa"), "digits_nometa.npz: its meta names no dataset"),
-    (("--limit", "200"), "--limit 200 leaves 100 training embeddings per translation half"),
+    (("--limit", "200"), "--limit 200 and --held-out-fraction 0.04 leave 96 training "
+                         "embeddings per translation half"),
     (("--ensemble", "20", "--samples", "10"), "--ensemble 20 is more than --samples 10"),
 ])
 def test_bad_inputs_stop_with_one_clear_error(stage1, tmp_path, case, message):
@@ -671,10 +688,9 @@ def test_learning_rate_decay_follows_the_epoch(stage1, tmp_path):
 def test_an_epoch_is_several_passes_over_a_small_training_set(stage1, tmp_path):
     """--epoch-vectors V: an epoch over n training embeddings is V / n passes (rounded, at least
     one), so a smaller set trains as many steps per epoch; the checkpoint records the passes,
-    a run with another count does not resume it, and a checkpoint from before the passes were
-    recorded resumes as one pass."""
+    and a run with another count does not resume it."""
     args = ("--models", "wgan_gp", "--limit", "512", "--batch-size", "64", "--epochs", "2",
-            "--no-lr-decay")
+            "--no-lr-decay", "--held-out-fraction", "0")
     steps = {}
     for vectors, passes in ((0, 1), (1536, 3)):
         root = fresh_copy(stage1, tmp_path / f"v{vectors}")

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 N_IMAGES = 12
 TINY = ["--dataset", "digits", "--device", "cpu", "--threads", "1", "--generations", "1",
-        "--train-images", "640", "--validation-images", "300", "--batch-size", "16",
+        "--train-images", "640", "--held-out-fraction", "0.22", "--batch-size", "16",
         "--epochs-first", "2", "--patience", "1", "--epochs", "3", "--n-images", str(N_IMAGES),
         "--width", "16", "--feature-dim", "32", "--noise-dim", "8", "--kid-subsets", "5",
         "--bootstrap", "3", "--cas-epochs", "2"]
@@ -164,7 +164,7 @@ def test_generation_1_trains_only_on_generation_0s_images(straight, tmp_path):
     np.testing.assert_array_equal(additions[1].y, addition["y"])
     assert load_checkpoint(checkpoints / "gen_1.pt")["epoch"] == 3
     start = load_checkpoint(context.start)
-    assert start["epoch"] <= 2 and start["history"]["score_name"] == "validation FID"
+    assert start["epoch"] <= 2 and start["history"]["score_name"] == "held-out FID"
 
 
 def synthetic(n: int, made_by: int, start: int = 0) -> ImageSet:
@@ -189,10 +189,11 @@ def test_each_regime_trains_generations_1_and_2_on_the_images_it_names(fresh):
         regime = Regime(regime_name, n, fresh)
         additions = [first]
         for generation in (1, 2):
-            labels, rng = loop_regimes.addition_labels(first.y, generation, regime, 0)
+            labels = loop_regimes.addition_labels(first.y, generation, regime, 0)
             made = synthetic(len(labels), generation - 1, 1000 * generation).x
+            fresh_index, _ = loop_regimes.fresh_indices(np.arange(n, 2000), generation, regime, 0)
             additions.append(loop_regimes.addition(made, labels, generation - 1, real_x, real_y,
-                                                   np.arange(2000), rng, regime))
+                                                   fresh_index))
             train = loop_regimes.training_set(additions, regime, seed=0)
             sources = loop_regimes.sources(train)
             if regime_name == "accumulate-subsample":  # a fixed budget drawn from the pool
@@ -209,25 +210,33 @@ def test_each_regime_trains_generations_1_and_2_on_the_images_it_names(fresh):
                     (regime_name, generation)
 
 
-def test_fresh_images_are_real_training_images_outside_the_validation_set():
+def test_fresh_images_are_unseen_real_training_images_none_fresh_twice_while_they_last():
+    """The fresh images of A_k are real training images with their labels from the pool outside
+    generation 0's set and the held-out images; no image is fresh twice until the pool is used
+    up, then the draws start again and say so."""
     data = load_dataset("digits", "data")
-    regime = Regime("replace", 100, 0.3)
+    regime = Regime("replace", 100, 0.3)  # 30 fresh images per generation
     first = loop_regimes.first_addition(data.x_train, data.y_train, regime)
-    pool = np.arange(len(data.x_train) - 300)  # the validation images are the last 300
-    drawn = []
-    for generation in (2, 3):
-        labels, rng = loop_regimes.addition_labels(first.y, generation, regime, 0)
-        made = synthetic(len(labels), 1, 50_000).x
-        images = loop_regimes.addition(made, labels, generation - 1, data.x_train, data.y_train,
-                                       pool, rng, regime)
-        assert len(images) == 100 and int((images.origin == REAL).sum()) == 30
-        real_rows = {data.x_train[i].tobytes(): (i, data.y_train[i]) for i in pool}
-        for image, label in zip(images.x[images.origin == REAL],
-                                images.y[images.origin == REAL], strict=True):
-            assert real_rows[image.tobytes()][1] == label  # a real image with its label
-        assert np.all(np.bincount(labels, minlength=10) <= np.bincount(first.y, minlength=10))
-        drawn.append(images.x[images.origin == REAL])
-    assert not np.array_equal(*drawn)  # another generation draws other fresh images
+    pool = np.arange(100, len(data.x_train) - 300)  # not A_0, not the last 300 (held out)
+    real_rows = {data.x_train[i].tobytes(): (i, data.y_train[i]) for i in pool}
+    seen: set[int] = set()
+    for generation in range(1, len(pool) // 30 + 1):
+        labels = loop_regimes.addition_labels(first.y, generation, regime, 0)
+        fresh, repeats = loop_regimes.fresh_indices(pool, generation, regime, 0)
+        assert not repeats and len(fresh) == 30 and set(fresh) <= set(pool)
+        assert not set(fresh) & seen  # never fresh twice while the pool lasts
+        seen |= set(fresh)
+        if generation <= 2:
+            made = synthetic(len(labels), 1, 50_000).x
+            images = loop_regimes.addition(made, labels, generation - 1, data.x_train,
+                                           data.y_train, fresh)
+            assert len(images) == 100 and int((images.origin == REAL).sum()) == 30
+            for image, label in zip(images.x[images.origin == REAL],
+                                    images.y[images.origin == REAL], strict=True):
+                assert real_rows[image.tobytes()][1] == label  # a pool image with its label
+            assert np.all(np.bincount(labels, minlength=10) <= np.bincount(first.y, minlength=10))
+    fresh, repeats = loop_regimes.fresh_indices(pool, len(pool) // 30 + 1, regime, 0)
+    assert repeats and set(fresh) <= set(pool)  # the pool ran out: said, not hidden
 
 
 def test_truncation_shrinks_the_spread_of_the_samples():
@@ -345,7 +354,14 @@ def test_fresh_data_loop_from_scratch_runs_in_its_own_folder(straight, tmp_path,
     addition = load_npz(data_dir / "checkpoints" / "loop" / run_dir.name / "addition_1.npz",
                         loop.ADDITION_KEYS)
     assert int((addition["origin"] == REAL).sum()) == 320
+    # Fresh: real images outside generation 0's 640 and the held-out last 296 (0.22 of 1347).
+    fresh = np.array(addition["meta"]["fresh_indices"])
+    data = load_dataset("digits", str(data_dir))
+    assert len(fresh) == 320 and fresh.min() >= 640 and fresh.max() < 1347 - 296
+    np.testing.assert_array_equal(addition["x"][addition["origin"] == REAL], data.x_train[fresh])
+    assert addition["meta"]["fresh_repeats"] is False
     records = json.loads((data_dir / "results" / f"{run_dir.name}_metrics.json").read_text())
+    assert records["generations"][1]["fresh_repeats"] is False
     assert records["generations"][1]["trained_on"] == "gen 0 + 320 real"
     assert records["generations"][1]["train_sources"] == {"real": 320, "gen_0": 320}
     assert records["loop_settings"]["warm_start"] is False

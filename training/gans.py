@@ -486,6 +486,25 @@ class GANTrainer:
         """Seconds of every epoch trained so far, resumed runs included."""
         return sum(e["seconds"] for e in self.history["epochs"])
 
+    def warm_start(self, state: Mapping[str, Any]) -> None:
+        """Start from a finished run's checkpoint ``state``: the generator group at the weights
+        its ``best_model()`` samples with (the best epoch's EMA), so that training continues from
+        the model that drew its outputs; the discriminator group at its last trained weights
+        (the EMA holds no trained discriminator). Both the model and its EMA start there; the
+        optimisers and counters start afresh."""
+        best = state["best_ema"] if state.get("best_ema") is not None else state["ema"]
+        d_ids = {id(p) for p in self.d_params}
+        d_modules = {name.rpartition(".")[0] for name, p in self.model.named_parameters()
+                     if id(p) in d_ids}
+
+        def discriminator_key(key: str) -> bool:
+            return any(key.startswith(module + ".") for module in d_modules)
+
+        weights = {key: (state["model"][key] if discriminator_key(key) else best[key])
+                   for key in state["model"]}
+        self.model.load_state_dict(weights)
+        self.ema.load_state_dict(weights)
+
     def best_model(self) -> GenerativeModel:
         """The EMA model with the weights of the best epoch (the last one without a score)."""
         model = copy.deepcopy(self.ema)

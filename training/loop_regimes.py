@@ -1,8 +1,9 @@
 """The data regimes of a self-consuming loop: what generation k trains on.
 
 Every generation k >= 1 adds an *addition* A_k of ``train_images`` images to a pool: the images
-generation k-1 generated (``1 - fresh_fraction`` of them) and fresh real training images drawn
-anew (the rest); A_0 is the first ``train_images`` real training images. Then generation k
+generation k-1 generated (``1 - fresh_fraction`` of them) and fresh real training images (the
+rest): real images outside A_0, none fresh twice while there are unused ones
+(``fresh_indices``); A_0 is the first ``train_images`` real training images. Then generation k
 trains on (the literature's regimes):
 
 - ``replace``: A_k alone, the fully synthetic loop (Shumailov et al. 2024; Alemohammad et al.
@@ -25,6 +26,7 @@ REGIMES = ("replace", "accumulate", "accumulate-subsample")
 # What a regime adds to a loop's run name (<ds>_loop<tag>...).
 REGIME_TAGS = {"replace": "", "accumulate": "_accumulate", "accumulate-subsample": "_accsub"}
 REAL = -1
+FRESH_STREAM = 7  # the seed stream of the fresh images' order (apart from the classes' draws)
 
 
 @dataclass(frozen=True)
@@ -75,20 +77,31 @@ def first_addition(x: np.ndarray, y: np.ndarray, regime: Regime) -> ImageSet:
 
 
 def addition_labels(y_first: np.ndarray, generation: int, regime: Regime,
-                    seed: int) -> tuple[np.ndarray, np.random.Generator]:
+                    seed: int) -> np.ndarray:
     """The classes asked of generation k-1 for A_k: a seeded draw, without replacement, of the
-    classes of A_0 (its class histogram), and the generator that then draws the fresh images."""
+    classes of A_0 (its class histogram)."""
     rng = np.random.default_rng([seed, generation])
     n = regime.train_images
-    return y_first[rng.permutation(n)[:n - regime.fresh]], rng
+    return y_first[rng.permutation(n)[:n - regime.fresh]]
+
+
+def fresh_indices(pool: np.ndarray, generation: int, regime: Regime,
+                  seed: int) -> tuple[np.ndarray, bool]:
+    """The fresh real images of A_k (k >= 1): the k-th block of ``regime.fresh`` indices in a
+    seeded permutation of ``pool`` (real training images outside A_0 and the held-out ones), so
+    that no image is fresh twice while the pool lasts. Past its end the permutation starts
+    again; the flag says whether any index of this block is such a repeat."""
+    order = np.random.default_rng([seed, FRESH_STREAM]).permutation(pool)
+    start = (generation - 1) * regime.fresh
+    block = np.arange(start, start + regime.fresh)
+    repeats = bool(len(block)) and bool(block[-1] >= len(order))
+    return np.sort(order[block % len(order)]), repeats
 
 
 def addition(generated: np.ndarray, labels: np.ndarray, made_by: int, x_real: np.ndarray,
-             y_real: np.ndarray, fresh_pool: np.ndarray, rng: np.random.Generator,
-             regime: Regime) -> ImageSet:
-    """A_k: generation ``made_by``'s images with their classes and ``regime.fresh`` real
-    training images drawn anew (without replacement) from the indices ``fresh_pool``."""
-    fresh = np.sort(rng.choice(fresh_pool, regime.fresh, replace=False))
+             y_real: np.ndarray, fresh: np.ndarray) -> ImageSet:
+    """A_k: generation ``made_by``'s images with their classes and the real training images
+    ``fresh`` (indices, ``fresh_indices``)."""
     return ImageSet(np.concatenate([generated, x_real[fresh]]),
                     np.concatenate([labels, y_real[fresh]]).astype(np.int64),
                     np.concatenate([np.full(len(generated), made_by, np.int64),
