@@ -150,7 +150,10 @@ def train_evaluator(data: ImageDataset, checkpoint: Path, device: torch.device, 
             scheduler.load_state_dict(state["scheduler"])
             # map_location moved every tensor to ``device``; CPU generators take CPU states only
             generator.set_state(state["generator"].cpu())
-            torch.set_rng_state(state["torch_rng"].cpu())  # dropout continues as if never stopped
+            # Dropout continues as if never stopped: on CUDA it draws from the device generators.
+            torch.set_rng_state(state["torch_rng"].cpu())
+            if "cuda_rng" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
             start_epoch = int(state["epoch"])
     inputs = images_to_tensor(data.x_train, f"{data.name} training images")
     targets = torch.from_numpy(data.y_train)
@@ -171,7 +174,9 @@ def train_evaluator(data: ImageDataset, checkpoint: Path, device: torch.device, 
         save_checkpoint(checkpoint, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "settings": settings,
+            "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+            "epoch": epoch + 1, "settings": settings,
             "dataset": data.name, "num_classes": data.num_classes, "test_accuracy": accuracy})
         if on_epoch is not None:
             on_epoch(epoch + 1, total_loss / len(inputs), accuracy)

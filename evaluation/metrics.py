@@ -94,13 +94,28 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray, eps: float 
         warnings.warn(f"Fréchet distance on {len(a)} and {len(b)} samples of {dims} dimensions: "
                       f"a covariance from no more samples than dimensions is singular; compare "
                       f"only values computed with the same sample counts", stacklevel=2)
-    mean_a, cov_a = gaussian_statistics(a)
-    mean_b, cov_b = gaussian_statistics(b)
+    return frechet_distance_of_gaussians(*gaussian_statistics(a), *gaussian_statistics(b), eps)
+
+
+def frechet_distance_of_gaussians(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray,
+                                  cov_b: np.ndarray, eps: float = 1e-6) -> float:
+    """``||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` of two Gaussians' statistics."""
     mean_term = float(np.sum((mean_a - mean_b) ** 2))
     trace_term = float(np.trace(cov_a) + np.trace(cov_b)) - 2.0 * trace_sqrt_product(cov_a, cov_b,
                                                                                      eps)
     # Rounding can leave a tiny negative value for identical sets; the distance itself is >= 0.
     return max(mean_term + trace_term, 0.0)
+
+
+def ledoit_wolf_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and Ledoit-Wolf shrinkage covariance of the rows of ``features`` (Ledoit & Wolf
+    2004, scikit-learn's estimator): the sample covariance shrunk toward a scaled identity by the
+    amount that minimises the expected squared error, well conditioned with fewer samples than
+    dimensions, where the sample covariance is singular."""
+    from sklearn.covariance import LedoitWolf
+
+    array = _as_feature_matrix(features, "features")
+    return array.mean(axis=0), LedoitWolf().fit(array).covariance_
 
 
 def inception_style_score(logits: np.ndarray, splits: int = 10, seed: int = 0
@@ -383,27 +398,38 @@ def vendi_score(features: np.ndarray) -> float:
     return float(np.exp(-np.sum(positive * np.log(positive))))
 
 
+def smallest_class(labels_a: np.ndarray, labels_b: np.ndarray) -> int:
+    """The fewest samples any class of ``labels_b`` has in either set (0 when one is absent)."""
+    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
+    return int(min(min(np.sum(labels_a == c), np.sum(labels_b == c)) for c in np.unique(labels_b)))
+
+
 def intra_class_frechet_distance(features_a: np.ndarray, labels_a: np.ndarray,
-                                 features_b: np.ndarray, labels_b: np.ndarray) -> float:
+                                 features_b: np.ndarray, labels_b: np.ndarray,
+                                 shrinkage: bool = False) -> float:
     """Mean over the classes of b of the Fréchet distance between the class's features in a and
     in b (PyTorch-StudioGAN's intra-class FID, for conditional generators: a the generated
     samples with the classes asked for, b the real ones). Every class of b must have at least
-    two samples in each set."""
+    two samples in each set; a class with no more samples than dimensions has a singular sample
+    covariance, so such sets are refused unless ``shrinkage`` asks for Ledoit-Wolf covariances
+    (``ledoit_wolf_statistics``) for every class, a stated change of estimator."""
     labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
     a = _as_feature_matrix(features_a, "features_a")
     b = _as_feature_matrix(features_b, "features_b")
     if len(labels_a) != len(a) or len(labels_b) != len(b):
         raise ValueError("each feature set needs one label per row")
-    distances = []
-    for label in np.unique(labels_b):
-        in_a, in_b = a[labels_a == label], b[labels_b == label]
-        if len(in_a) < 2 or len(in_b) < 2:
-            raise ValueError(f"class {label}: {len(in_a)} and {len(in_b)} samples; intra-class "
-                             f"FID needs at least 2 of every class in both sets")
-        with warnings.catch_warnings():  # per class, fewer samples than dims is the rule
-            warnings.simplefilter("ignore", UserWarning)
-            distances.append(frechet_distance(in_a, in_b))
-    return float(np.mean(distances))
+    fewest = smallest_class(labels_a, labels_b)
+    if fewest < 2:
+        raise ValueError(f"a class has {fewest} sample(s) in one set; intra-class FID needs at "
+                         f"least 2 of every class in both sets")
+    if fewest <= a.shape[1] and not shrinkage:
+        raise ValueError(f"a class has {fewest} samples, no more than the {a.shape[1]} "
+                         f"dimensions: its covariance is singular; ask for shrinkage "
+                         f"(Ledoit-Wolf) covariances")
+    statistics = ledoit_wolf_statistics if shrinkage else gaussian_statistics
+    return float(np.mean([frechet_distance_of_gaussians(*statistics(a[labels_a == label]),
+                                                        *statistics(b[labels_b == label]))
+                          for label in np.unique(labels_b)]))
 
 
 def classifier_accuracy_score(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,

@@ -199,18 +199,24 @@ def class_metrics(real_features: np.ndarray, real_labels: np.ndarray, features: 
                   labels: np.ndarray, s: ScoringSettings, name: str = "intra_fid"
                   ) -> dict[str, Any]:
     """The intra-class Fréchet distance (``name``) of features with the classes asked for,
-    against the real features of each class, with its interval; None, with the reason under
-    ``undefined``, when a class has fewer than two samples."""
-    values: dict[str, Any] = {}
+    against the real features of each class, with its interval, the fewest samples of a class
+    (``<name>_class_count``) and its covariance estimator (``<name>_covariance``): the sample
+    covariance when every class has more samples than dimensions, else Ledoit-Wolf shrinkage
+    for every class and every resample. None, with the reason under ``undefined``, when a class
+    has fewer than two samples."""
+    fewest = metrics.smallest_class(labels, real_labels)
+    shrinkage = fewest <= np.asarray(features).shape[1]
+    values: dict[str, Any] = {f"{name}_class_count": fewest,
+                              f"{name}_covariance": "ledoit-wolf" if shrinkage else "sample"}
 
     def statistic(index: np.ndarray) -> float:
         return metrics.intra_class_frechet_distance(features[index], labels[index],
-                                                    real_features, real_labels)
+                                                    real_features, real_labels, shrinkage)
 
     try:
         estimate = statistic(np.arange(len(features)))
     except ValueError as err:  # a class with fewer than two samples
-        return {name: None, "undefined": {name: str(err)}}
+        return {**values, name: None, "undefined": {name: str(err)}}
     try:
         with_interval(values, name, estimate, statistic, len(features), s)
     except ValueError as err:  # a resample left a class with fewer than two samples
@@ -478,15 +484,20 @@ def number(value: Any, digits: int = 3) -> str:
 def cell(values: dict[str, Any], key: str, reference: str = "", label: str = "",
          digits: int = 3) -> str:
     """A table cell: ``values[key]``, its 95% interval as +- the half width when it has one
-    (KID: +- its standard deviation over subsets), and ``(label reference)`` beside it."""
+    (KID: +- its standard deviation over subsets), ``(label reference)`` beside it, and for a
+    per-class metric the fewest samples of a class and a shrinkage estimator when one was used
+    (``[>= 12/class, Ledoit-Wolf]``)."""
     if key not in values:
         return "—"
     text = number(values[key], digits)
+    fewest = values.get(f"{key}_class_count")
+    per_class = "" if fewest is None else f" [>= {fewest}/class" + (
+        ", Ledoit-Wolf]" if values.get(f"{key}_covariance") == "ledoit-wolf" else "]")
     interval = values.get(f"{key}_ci95")
     if interval is not None and values[key] is not None:
         text += f" ± {number((interval[1] - interval[0]) / 2, digits)}"
     elif key == "kid" and "kid_std" in values:  # KID's own spread over its subsets
         text += f" ± {number(values['kid_std'], digits)} (sd)"
     if reference in values:
-        return f"{text} ({label} {number(values[reference], digits)})"
-    return text
+        return f"{text} ({label} {number(values[reference], digits)}){per_class}"
+    return text + per_class

@@ -23,7 +23,7 @@ from torch import nn
 from dataio.artifacts import read_architecture
 from models.nets import ConvCritic, ConvGenerator, ProjectionHead, mlp
 from runtime.stage import StageError
-from training.gans import AdversarialLoss, GANModel, apply_spectral_norm
+from training.gans import AdversarialLoss, GANModel, apply_spectral_norm, trained_weights
 
 FAMILY = "image_gans"
 
@@ -258,9 +258,10 @@ def architecture(name: str, condition_dim: int, num_classes: int,
 
 def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     state: Mapping[str, Any] | None = None) -> ConditionalGAN:
-    """The EMA generator (best epoch's weights) of a checkpoint written by the GAN loop for an
-    image GAN, rebuilt from the checkpoint alone, in eval mode. ``state``: the checkpoint, when
-    the caller has loaded it already."""
+    """The model of a checkpoint written by the GAN loop for an image GAN, rebuilt from the
+    checkpoint alone, in eval mode: its EMA generator at the best epoch's weights and its
+    discriminator as trained (``trained_weights``). ``state``: the checkpoint, when the caller
+    has loaded it already."""
     path = Path(path)
     state, record = read_architecture(path, state, FAMILY, GAN_NAMES, "image GANs",
                                       "python plan1_gan_training.py, or self_consuming_loop.py")
@@ -268,7 +269,7 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         config = ImageGANConfig(**record["config"])
         model = build_image_gan(record["name"], int(record["condition_dim"]),
                                 int(record["num_classes"]), config)
-        model.load_state_dict(state.get("best_ema") or state["ema"])
+        model.load_state_dict(trained_weights(model, state))
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise StageError(f"{path}: cannot rebuild its generator "
                          f"({str(err).splitlines()[0]})") from err

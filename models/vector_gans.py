@@ -31,7 +31,7 @@ from CL_loss_function import nt_xent_loss
 from dataio.artifacts import read_architecture
 from models.nets import ProjectionHead, mlp
 from runtime.stage import StageError
-from training.gans import AdversarialLoss, GANModel, GenerativeModel
+from training.gans import AdversarialLoss, GANModel, GenerativeModel, trained_weights
 
 FAMILY = "vector_gans"
 # Adam betas: WGAN-GP's paper (0.5, 0.9) for the Wasserstein models, DCGAN's for the others.
@@ -276,6 +276,25 @@ class VAEGAN(GANModel):
 
 
 # ---------------------------------------------------------------- translators
+def same_class_pairs(labels_a: torch.Tensor, labels_b: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index pairs (i, j) with labels_a[i] == labels_b[j]: each row of a whose class b has is
+    paired with a row of b of its class drawn uniformly (torch's generator); rows of a class b
+    lacks are left out."""
+    pairs_a, pairs_b = [], []
+    for label in torch.unique(labels_a):
+        rows_a = torch.nonzero(labels_a == label).flatten()
+        rows_b = torch.nonzero(labels_b == label).flatten()
+        if len(rows_b):
+            pairs_a.append(rows_a)
+            pairs_b.append(rows_b[torch.randint(len(rows_b), (len(rows_a),),
+                                                device=rows_b.device)])
+    if not pairs_a:
+        empty = labels_a.new_zeros(0, dtype=torch.long)
+        return empty, empty
+    return torch.cat(pairs_a), torch.cat(pairs_b)
+
+
 class TranslationGAN(GANModel):
     """Two generators G_AB, G_BA and two discriminators D_A, D_B over unpaired vectors.
 
@@ -340,11 +359,28 @@ class TranslationGAN(GANModel):
                                                       self.critic("b", fake_b, c_a))
                  + loss_fn.discriminator(self.critic("a", a, c_a),
                                          self.critic("a", fake_a, c_b))}
-        if loss_fn.gradient_penalty:  # interpolates scored with the real vectors' classes
-            parts["gradient_penalty"] = (
-                loss_fn.penalty(lambda v: self.critic("b", v, c_b), b, fake_b)
-                + loss_fn.penalty(lambda v: self.critic("a", v, c_a), a, fake_a))
+        if loss_fn.gradient_penalty:
+            parts["gradient_penalty"] = (self.penalty("b", b, batch.get("label_b"), fake_b,
+                                                      batch.get("label_a"))
+                                         + self.penalty("a", a, batch.get("label_a"), fake_a,
+                                                        batch.get("label_b")))
         return sum(parts.values()), parts
+
+    def penalty(self, domain: str, real: torch.Tensor, real_labels: torch.Tensor | None,
+                fake: torch.Tensor, fake_labels: torch.Tensor | None) -> torch.Tensor:
+        """The weighted gradient penalty of one domain's critic. A class-conditional critic is
+        penalised only between a real and a translated vector of the same class, scored under
+        that class (``same_class_pairs``): a real vector of class c_b mixed with a translation of
+        class c_a belongs to neither class. No common class in the batch: no penalty."""
+        loss_fn = self.adversarial_loss
+        if not self.num_classes:
+            return loss_fn.penalty(lambda v: self.critic(domain, v), real, fake)
+        fake_index, real_index = same_class_pairs(fake_labels, real_labels)
+        if not len(fake_index):
+            return real.new_zeros((), dtype=torch.float32)
+        condition = F.one_hot(fake_labels[fake_index], self.num_classes).float()
+        return loss_fn.penalty(lambda v: self.critic(domain, v, condition), real[real_index],
+                               fake[fake_index])
 
     def generator_loss(self, batch):
         a, b = batch["a"], batch["b"]
@@ -544,16 +580,17 @@ def architecture(name: str, sizes: Sizes, config: VectorGANConfig) -> dict[str, 
 
 def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     state: Mapping[str, Any] | None = None) -> GenerativeModel:
-    """The EMA model (best epoch's weights) of a checkpoint written by plan2_gan_training.py,
-    rebuilt from the checkpoint alone, in eval mode. ``state``: the checkpoint, when the caller
-    has loaded it already."""
+    """The model of a checkpoint written by plan2_gan_training.py, rebuilt from the checkpoint
+    alone, in eval mode: its EMA generator at the best epoch's weights and its discriminator as
+    trained (``trained_weights``). ``state``: the checkpoint, when the caller has loaded it
+    already."""
     path = Path(path)
     state, record = read_architecture(path, state, FAMILY, GAN_NAMES, "vector GANs",
                                       "python plan2_gan_training.py")
     try:
         model = build_vector_gan(record["name"], Sizes(**record["sizes"]),
                                  VectorGANConfig(**record["config"]))
-        model.load_state_dict(state.get("best_ema") or state["ema"])
+        model.load_state_dict(trained_weights(model, state))
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise StageError(f"{path}: cannot rebuild its model "
                          f"({str(err).splitlines()[0]})") from err

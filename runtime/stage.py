@@ -80,16 +80,19 @@ def pick_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
-    """Seed Python, NumPy and torch (all devices); return a torch generator seeded the same way.
+    """Seed Python's ``random``, NumPy's global generator and torch (every device); return a
+    torch generator seeded the same way.
 
     With ``deterministic`` (the default), CUDA runs are made repeatable: cuDNN picks deterministic
     kernels without autotuning, and PyTorch uses deterministic algorithms where it has them
     (warning where it has none), so that a seeded run, and a resumed one, give the same weights.
+    Not covered: Python's hash randomisation (PYTHONHASHSEED is read when the interpreter starts,
+    so setting it here would change nothing; no result of this project depends on the order of
+    a set of strings), and generators created without a seed elsewhere.
     """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
     set_deterministic(deterministic)
     generator = torch.Generator()
     generator.manual_seed(seed)

@@ -73,3 +73,34 @@ def test_a_vector_gan_is_rebuilt_and_one_without_its_record_refused(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.sample(labels, noise),
                                    model.eval().sample(labels, noise))
+
+
+@pytest.mark.parametrize("family", ["vector", "image"])
+def test_a_rebuilt_gan_holds_its_trained_discriminator_not_the_emas(tmp_path, family):
+    """The EMA copy of a GAN averages only the generator: its discriminator keeps its initial
+    weights. ``from_checkpoint`` gives the trained discriminator beside the best epoch's EMA
+    generator, never the untrained one under the name of a trained model."""
+    torch.manual_seed(0)
+    if family == "vector":
+        sizes, config = vector_gans.Sizes(4, 3), vector_gans.VectorGANConfig(hidden=8, depth=1)
+        model = vector_gans.build_vector_gan("wgan_gp", sizes, config)
+        record = vector_gans.architecture("wgan_gp", sizes, config)
+        batch = {"x": torch.randn(16, 4), "label": torch.arange(16) % 3,
+                 "groups": torch.from_numpy(vector_gans.class_groups(np.arange(16) % 3))}
+        rebuild = vector_gans.from_checkpoint
+    else:
+        config = image_gans.ImageGANConfig(width=4, feature_dim=8, noise_dim=4)
+        model = image_gans.build_image_gan("cgan", 6, 3, config)
+        record = image_gans.architecture("cgan", 6, 3, config)
+        batch = {"x": torch.rand(8, 1, 28, 28) * 2 - 1, "condition": torch.randn(8, 6),
+                 "label": torch.arange(8) % 3}
+        rebuild = image_gans.from_checkpoint
+    trainer = GANTrainer(model, TrainerSettings(n_critic=1, lr_discriminator=1e-2), record)
+    trainer.fit(lambda epoch: [batch, batch], 2, tmp_path / "c.pt", {})
+    rebuilt = rebuild(tmp_path / "c.pt")
+    trained, initial = model.discriminator.state_dict(), trainer.ema.discriminator.state_dict()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)
+    for key, value in rebuilt.discriminator.state_dict().items():
+        torch.testing.assert_close(value, trained[key])
+    for key, value in rebuilt.generator.state_dict().items():
+        torch.testing.assert_close(value, trainer.best_model().generator.state_dict()[key])

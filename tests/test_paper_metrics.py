@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 
 from dataio.data_sources import load_dataset
-from evaluation import metrics
+from evaluation import metrics, scoring
 
 
 def naive_kid(a: np.ndarray, b: np.ndarray, subsets: int, m: int, seed: int):
@@ -80,8 +80,34 @@ def test_intra_class_frechet_distance_is_the_mean_of_per_class_distances():
     assert got > metrics.frechet_distance(fake, real)  # the classes are mixed up: intra sees it
     assert metrics.intra_class_frechet_distance(real, labels, real, labels) == pytest.approx(
         0.0, abs=1e-9)
-    with pytest.raises(ValueError, match="class 2: 1 and 40 samples"):
+    with pytest.raises(ValueError, match="a class has 1 sample"):
         metrics.intra_class_frechet_distance(fake[:81], labels[:81], real, labels)
+
+
+def test_intra_class_frechet_distance_with_fewer_samples_than_dimensions_needs_shrinkage():
+    """Ten samples of a class in 16 dimensions: the sample covariance is singular, so the
+    distance is refused unless Ledoit-Wolf covariances are asked for; those are scikit-learn's
+    estimate of each class, and the distance is the Fréchet distance of those Gaussians."""
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1], 10)
+    real = rng.normal(size=(20, 16)) + labels[:, None]
+    fake = rng.normal(size=(20, 16)) * 1.5
+    with pytest.raises(ValueError, match="a class has 10 samples, no more than the 16"):
+        metrics.intra_class_frechet_distance(fake, labels, real, labels)
+    got = metrics.intra_class_frechet_distance(fake, labels, real, labels, shrinkage=True)
+    expected = []
+    for c in (0, 1):
+        f, r = fake[labels == c], real[labels == c]
+        cf, cr = LedoitWolf().fit(f).covariance_, LedoitWolf().fit(r).covariance_
+        root = np.real(scipy.linalg.sqrtm(cf @ cr))
+        expected.append(np.sum((f.mean(0) - r.mean(0)) ** 2) + np.trace(cf + cr - 2 * root))
+    assert got == pytest.approx(np.mean(expected), rel=1e-6)
+    values = scoring.class_metrics(real, labels, fake, labels, scoring.ScoringSettings(
+        bootstrap=0))
+    assert values["intra_fid_class_count"] == 10 and values["intra_fid_covariance"] == "ledoit-wolf"
+    assert values["intra_fid"] == pytest.approx(got)
 
 
 def test_classifier_accuracy_score_learns_real_classes_and_not_shuffled_ones():

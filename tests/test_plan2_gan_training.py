@@ -137,6 +137,30 @@ def test_wasserstein_critics_score_each_vector_on_its_own(name):
     torch.testing.assert_close(together, alone)
 
 
+def test_dualgan_penalises_only_between_a_real_and_a_translated_vector_of_one_class():
+    """The conditional critic's gradient penalty mixes a real vector with a translation of the
+    same class, scored under that class: pairs drawn within classes, a class the other side
+    lacks left out, and no common class means no penalty."""
+    pairs_a, pairs_b = vg.same_class_pairs(torch.tensor([0, 1, 2, 2, 0]), torch.tensor([2, 0, 0]))
+    assert sorted(pairs_a.tolist()) == [0, 2, 3, 4]  # row 1 (class 1): none in b
+    assert torch.equal(torch.tensor([0, 1, 2, 2, 0])[pairs_a], torch.tensor([2, 0, 0])[pairs_b])
+    torch.manual_seed(0)
+    model = build_vector_gan("dualgan", SIZES, dataclasses.replace(SMALL, gradient_penalty=10.0))
+    real, fake = torch.randn(6, 5), torch.randn(6, 5)
+    real_labels, fake_labels = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([1, 1, 0, 0, 0, 1])
+    torch.manual_seed(1)
+    got = model.penalty("b", real, real_labels, fake, fake_labels)
+    torch.manual_seed(1)
+    i, j = vg.same_class_pairs(fake_labels, real_labels)
+    condition = F.one_hot(fake_labels[i], 3).float()
+    expected = model.adversarial_loss.penalty(
+        lambda v: model.critic("b", v, condition), real[j], fake[i])
+    assert len(i) == 6 and torch.equal(real_labels[j], fake_labels[i])
+    torch.testing.assert_close(got, expected)
+    none = model.penalty("b", real[:2], real_labels[:2], fake[:2], torch.tensor([2, 2]))
+    assert float(none) == 0.0
+
+
 def test_wasserstein_models_train_with_the_wgan_gp_schedule():
     """Gulrajani et al. 2017: penalty weight 10, 5 critic steps per generator step, Adam betas
     (0.5, 0.9); the other models one D step per G step with DCGAN's betas. Each model takes

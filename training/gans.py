@@ -285,6 +285,22 @@ def generator_step_shortfall(examples: int, batch_size: int, n_critic: int,
     return batches, examples // math.ceil(n_critic / passes)
 
 
+def trained_weights(model: GenerativeModel, state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights of a trained ``model`` from a checkpoint ``state`` written by ``GANTrainer``:
+    the generator group's at the best epoch's EMA (what ``best_model()`` samples with), the
+    discriminator group's as last trained. The EMA copy averages only the generator group, so
+    its discriminator is the untrained one; it is never handed out as a trained model."""
+    best = state["best_ema"] if state.get("best_ema") is not None else state["ema"]
+    d_ids = {id(p) for p in model.discriminator_parameters()}
+    d_modules = {name.rpartition(".")[0] for name, p in model.named_parameters() if id(p) in d_ids}
+
+    def discriminator_key(key: str) -> bool:
+        return any(key.startswith(module + ".") for module in d_modules)
+
+    return {key: (state["model"][key] if discriminator_key(key) else best[key])
+            for key in state["model"]}
+
+
 class GANTrainer:
     """Trains a ``GenerativeModel`` (a ``GANModel`` against its discriminator): optimisers, EMA,
     step counters, history, checkpoints.
@@ -492,16 +508,7 @@ class GANTrainer:
         the model that drew its outputs; the discriminator group at its last trained weights
         (the EMA holds no trained discriminator). Both the model and its EMA start there; the
         optimisers and counters start afresh."""
-        best = state["best_ema"] if state.get("best_ema") is not None else state["ema"]
-        d_ids = {id(p) for p in self.d_params}
-        d_modules = {name.rpartition(".")[0] for name, p in self.model.named_parameters()
-                     if id(p) in d_ids}
-
-        def discriminator_key(key: str) -> bool:
-            return any(key.startswith(module + ".") for module in d_modules)
-
-        weights = {key: (state["model"][key] if discriminator_key(key) else best[key])
-                   for key in state["model"]}
+        weights = trained_weights(self.model, state)
         self.model.load_state_dict(weights)
         self.ema.load_state_dict(weights)
 
