@@ -60,7 +60,7 @@ LEARNING_RATE = 1e-3  # Adam learning rate (the peak rate with --lr-schedule one
 LR_SCHEDULE = "constant"  # constant, or one-cycle (10% warm-up, cosine to 0) [in LR_SCHEDULES]
 WEIGHT_DECAY = 0.0  # Adam weight decay [>= 0]
 LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
-SEED = 0  # seeds weights, batch order and augmentations [>= 0]
+SEED = 0  # seeds weights, batch order and augmentations [seed]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 VAE_BETA = 1.0  # weight of the KL term in the VAE loss [>= 0]

@@ -36,6 +36,7 @@ from dataio.artifacts import (  # noqa: E402
     GENERATED_EMBEDDING_KEYS,
     PLAN1_SAMPLE_KEYS,
     check_array,
+    check_labels,
     ensure_output_dir,
     hold_output_lock,
     holds_output_locks,
@@ -69,7 +70,7 @@ STAGE_NAMES = ("embeddings", "plan1", "plan2", "plan2_images", "plan2_translatio
 DATA_DIR = "data"  # where the other stages wrote their files; results go to <data-dir>/results
 STAGES = STAGE_NAMES  # stages to evaluate [in STAGE_NAMES]
 FILES = ("*",)  # glob patterns of the file names to evaluate, e.g. fashion-mnist_*
-SEED = 0  # seeds subsamples, k-means, t-SNE and the evaluator's training [>= 0]
+SEED = 0  # seeds subsamples, k-means, t-SNE and the evaluator's training [seed]
 DEVICE = "auto"  # evaluator device: auto (cuda, then mps, then cpu), cuda, mps or cpu
 KNN_K = 5  # neighbours of the k-NN classifier (accuracy, class of generated embeddings) [>= 1]
 PRECISION_K = 3  # neighbours for precision/recall (Kynkäänniemi et al. 2019) [>= 1]
@@ -85,7 +86,7 @@ EVALUATOR_EPOCHS = 4  # epochs of the evaluator CNN, trained once per dataset an
 EVALUATOR_BATCH_SIZE = 128  # images per evaluator training step [>= 2]
 EVALUATOR_LEARNING_RATE = 3e-3  # peak Adam learning rate of the one-cycle schedule [> 0]
 BATCH_SIZE = 1000  # images per evaluator forward pass [>= 1]
-BOOTSTRAP = 10  # resamples of the generated samples behind each 95% interval (0: none) [>= 0]
+BOOTSTRAP = 10  # resamples behind each 95% interval (0: none; else 2 or more) [>= 0, <= 10000]
 KID_SUBSETS = 100  # KID: pairs of random subsets (torch-fidelity's default) [>= 1]
 KID_SUBSET_SIZE = 1000  # KID: samples per subset, capped at the smaller set [>= 2]
 CAS_HIDDEN = 128  # classifier accuracy score: hidden units of its MLP [>= 1]
@@ -334,8 +335,9 @@ def csv_rows(report: Report) -> list[list[Any]]:
 
 
 def plot_links(report: Report, stage: str, dataset: str, model: str) -> str:
-    links = report.plots.get((stage, dataset, model), {})
-    note = report.results.get(stage, {}).get(dataset, {}).get(model, {}).get("plots_note")
+    entry = report.results.get(stage, {}).get(dataset, {}).get(model, {})
+    links = report.plots.get((stage, dataset, model)) or entry.get("plots") or {}
+    note = entry.get("plots_note")
     return ", ".join(f"[{kind}](../visualizations/{name})" for kind, name in links.items()) \
         or note or "—"
 
@@ -362,13 +364,17 @@ def image_columns(consistency: str, score_splits: int, space: str) -> tuple[list
 
 
 def summary_markdown(report: Report, stages: tuple[str, ...],
-                     s: scoring.ScoringSettings) -> str:
-    """summary.md: one table per stage, floors beside metrics, links to plots, skipped files."""
+                     s: scoring.ScoringSettings, kept: list[str] | None = None) -> str:
+    """summary.md: one table per stage, floors beside metrics, links to plots, skipped files;
+    the rows kept from earlier runs (``kept``) are listed, with when they were evaluated."""
     out = io.StringIO()
     out.write(f"# Evaluation summary\n\nWritten by `evaluate.py` at "
               f"{time.strftime('%Y-%m-%d %H:%M:%S')}; seed {s.seed}; stages "
               f"{', '.join(stages)}. Numbers are in `metrics.json` and "
               f"`metrics.csv`.\n\n")
+    if kept:
+        out.write("Rows kept from earlier runs (not evaluated by this one; their settings are "
+                  "those runs'): " + "; ".join(kept) + ".\n\n")
     titles = [v.get("feature_space_title") for models in report.results.get("plan1", {}).values()
               for v in models.values()] + [
         v.get("feature_space_title") for models in report.results.get("plan2_images", {}).values()
@@ -509,15 +515,6 @@ def summary_markdown(report: Report, stages: tuple[str, ...],
 
 
 # ---------------------------------------------------------------- the stage
-def check_labels(path: Path, labels: dict[str, np.ndarray], dataset: str) -> None:
-    """Labels must be class indices of ``dataset``."""
-    classes = len(CLASS_NAMES[dataset])
-    for key, values in labels.items():
-        if len(values) and (values.min() < 0 or values.max() >= classes):
-            raise StageError(f"{path}: {key} spans [{values.min()}, {values.max()}], "
-                             f"not class indices of {dataset} (0..{classes - 1})")
-
-
 def evaluate_baseline(dataset: str, ev: Evaluation) -> None:
     """PCA of the pixels, evaluated like an embedding: the row a learned embedding should beat."""
     data = load_dataset(dataset, ev.run.data_dir)
@@ -700,6 +697,51 @@ def evaluate_all(files: dict[str, list[Path]], ev: Evaluation) -> int:
     return evaluated
 
 
+# Where each stage's files are, relative to --data-dir.
+STAGE_FOLDERS = {"embeddings": "embeddings", "plan1": "samples/plan1", "plan2": "embeddings",
+                 "plan2_images": "samples/plan2", "plan2_translation": "embeddings"}
+
+
+def keep_earlier_results(report: Report, path: Path, data_dir: Path,
+                         files: dict[str, list[Path]]) -> list[str]:
+    """Add to ``report`` the rows of the earlier metrics.json at ``path`` that this run did not
+    evaluate and whose files are still there (a run of some stages or --files updates those and
+    keeps the rest), and the evaluators and skipped files of stages it did not run; returns
+    what was kept, as "stage dataset model (evaluated at time)"."""
+    if not path.is_file():
+        return []
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(earlier, dict) or earlier.get("meta", {}).get("script") != \
+                Path(__file__).name:
+            raise ValueError("not written by evaluate.py")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError) as err:
+        print(f"warning: {path}: not readable as an earlier evaluate.py result ({err}); it is "
+              f"replaced by this run's results alone")
+        return []
+    run_files = {p.name for paths in files.values() for p in paths}
+    kept = []
+    for stage, folder in STAGE_FOLDERS.items():
+        datasets = earlier.get(stage)
+        for dataset, models in (datasets.items() if isinstance(datasets, dict) else ()):
+            for model, entry in (models.items() if isinstance(models, dict) else ()):
+                if not isinstance(entry, dict) or model in report.results.get(stage, {}).get(
+                        dataset, {}) or entry.get("file") in run_files:
+                    continue
+                if entry.get("file") is not None and \
+                        not (data_dir / folder / str(entry["file"])).is_file():
+                    continue  # its file is gone: the row would describe nothing
+                report.add(stage, dataset, model, entry)
+                kept.append(f"{stage} {dataset} {model} (evaluated at "
+                            f"{entry.get('evaluated_at', 'an unknown time')})")
+    for dataset, evaluator in (earlier.get("evaluators") or {}).items():
+        report.evaluators.setdefault(dataset, evaluator)
+    report.skipped += [Skipped(**item) for item in earlier.get("skipped") or []
+                       if isinstance(item, dict) and item.get("stage") not in files
+                       and set(item) == {"stage", "file", "reason"}]
+    return kept
+
+
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
@@ -736,8 +778,16 @@ def main(argv: list[str] | None = None) -> None:
             "checkpoint": str(real.evaluator.checkpoint), "settings": real.evaluator.settings}
 
     meta = make_meta(__file__, values, None, values["seed"])
+    for (stage, dataset, model), links in report.plots.items():
+        report.results[stage][dataset][model]["plots"] = links
+    for datasets in report.results.values():
+        for models in datasets.values():
+            for entry in models.values():
+                entry["evaluated_at"] = meta["time"]
+    kept = keep_earlier_results(report, results_dir / "metrics.json", data_dir, files)
     document = {**report.results, "evaluators": report.evaluators,
-                "skipped": [vars(s) for s in report.skipped], "meta": meta}
+                "skipped": [vars(s) for s in report.skipped], "kept_from_earlier_runs": kept,
+                "meta": meta}
     write_text(results_dir / "metrics.json", json.dumps(document, indent=2, default=str,
                                                         allow_nan=False) + "\n")
     table = io.StringIO()
@@ -745,8 +795,10 @@ def main(argv: list[str] | None = None) -> None:
     writer.writerow(["stage", "dataset", "model", "metric", "value"])
     writer.writerows(csv_rows(report))
     write_text(results_dir / "metrics.csv", table.getvalue())
-    write_text(results_dir / "summary.md", summary_markdown(report, run.stages, score_settings))
+    write_text(results_dir / "summary.md",
+               summary_markdown(report, run.stages, score_settings, kept))
     print(f"wrote {results_dir / 'metrics.json'}, metrics.csv, summary.md"
+          f"{f' (kept {len(kept)} row(s) of earlier runs)' if kept else ''}"
           f"{f'; skipped {len(report.skipped)} file(s)' if report.skipped else ''}")
 
 

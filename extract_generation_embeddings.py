@@ -49,6 +49,7 @@ from clip_tools.clip_embedding import (
     ids_by_file,
     list_images,
     load_clip,
+    weights_fingerprint,
 )
 from clip_tools.clip_images import PixelPipeline, image_batches
 from dataio.artifacts import (
@@ -74,7 +75,7 @@ PREPROCESSING = "fast"  # fast (resize etc. on the device) or the HF processor [
 BATCH_SIZE = 64  # images or captions per forward pass [>= 1]
 WORKERS = 2  # DataLoader worker processes that decode images (0: main process) [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
-SEED = 0  # seeds torch and numpy; the extraction itself draws nothing at random [>= 0]
+SEED = 0  # seeds torch and numpy; the extraction itself draws nothing at random [seed]
 SHARD = ""  # 'i/n' (0 <= i < n): embed only shard i of n into OUTPUT_DIR/shards; '': everything
 MERGE = False  # only join the shard files in OUTPUT_DIR/shards into the usual files
 OUTPUT_DIR = "data/embeddings"  # where the NPZ files are written
@@ -148,6 +149,8 @@ def read_first_captions(path: Path) -> dict[int, str]:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StageError(f"{path}: not a readable JSON file ({err})") from err
+    except RecursionError as err:
+        raise StageError(f"{path}: JSON nested too deeply to be a COCO captions file") from err
     annotations = document.get("annotations") if isinstance(document, dict) else None
     if not isinstance(annotations, list):
         found = ("missing" if not isinstance(document, dict) or "annotations" not in document
@@ -212,7 +215,12 @@ def folder_of(generation: int, pattern: str) -> Path:
     if "{g}" not in pattern:
         raise SettingsError(f"--generation-dir-pattern {pattern!r} has no '{{g}}' "
                             f"where the generation number goes")
-    return Path(pattern.format(g=generation))
+    try:
+        return Path(pattern.format(g=generation))
+    except (KeyError, IndexError, ValueError) as err:
+        raise SettingsError(f"--generation-dir-pattern {pattern!r}: {{g}} is its only "
+                            f"placeholder (write a literal brace as {{{{ or }}}}); "
+                            f"{type(err).__name__}: {err}") from err
 
 
 def shown(names: list[str], limit: int = 5) -> str:
@@ -270,6 +278,11 @@ def read_shards(shard_dir: Path, count: int) -> tuple[dict[str, Any] | None, str
         if differing:
             return None, (f"{path} was made with other settings than {paths[0]} "
                           f"({'; '.join(differing)}); run every shard with the same settings")
+        if meta.get("model_fingerprint") != reference.get("model_fingerprint"):
+            return None, (f"{path} was embedded with other CLIP weights than {paths[0]} "
+                          f"(fingerprints {meta.get('model_fingerprint')} and "
+                          f"{reference.get('model_fingerprint')}: the model changed between the "
+                          f"shard runs); run every shard again with one model")
         if meta.get("inputs_digest") != reference.get("inputs_digest"):
             return None, (f"{path} embeds other captions or image files than {paths[0]} (the "
                           f"folders changed between the shard runs); run every shard again")
@@ -416,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"captions: {len(caption_rows)} embedded in {time.perf_counter() - started:.1f} s",
           flush=True)
     digest = inputs_digest(caption_set, pairs)
-    common = {"model": s.model, "device": str(device), "annotation_file": str(annotation_file),
+    common = {"model": s.model, "model_fingerprint": weights_fingerprint(model),
+              "device": str(device), "annotation_file": str(annotation_file),
               "preprocessing": s.preprocessing, "pixel_pipeline": pipeline.__dict__ if pipeline
               else None, "inputs_digest": digest}
 

@@ -103,7 +103,7 @@ SCALE_BOUND = 3.0  # affine log-scales are soft-clamped to (-c, c): c tanh(s / c
 GMM_COMPONENTS = 20  # components of the full-covariance Gaussian-mixture baseline [>= 1]
 KNN_K = 5  # neighbours of the k-NN accuracy of original and refined embeddings [>= 1]
 SAMPLES = 10000  # samples per flow written to <ds>_<enc>+<flow>.gen.npz [>= 1, <= 1000000]
-SEED = 0  # seeds the split, the weights, the batch order, the mixture and the samples [>= 0]
+SEED = 0  # seeds the split, the weights, the batch order, the mixture and the samples [seed]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
@@ -150,7 +150,10 @@ def stage1_path(encoder: str, train: FlowTraining) -> Path:
 
 
 def check_columns(path: Path, key: str, z: np.ndarray) -> None:
-    """Refuse a column that holds NaN or infinite values or is constant, naming it."""
+    """Refuse no rows at all, or a column that holds NaN or infinite values or is constant,
+    naming it."""
+    if not len(z):
+        raise StageError(f"{path}: holds no {key.removeprefix('z_')} embeddings (0 rows)")
     finite = np.isfinite(z)
     if not finite.all():
         column = int(np.flatnonzero(~finite.all(axis=0))[0])

@@ -79,7 +79,7 @@ MODELS = GAN_NAMES  # GANs to train, comma-separated [in GAN_NAMES]
 EPOCHS = 15  # total epochs per model (more continues a finished run) [>= 1]
 BATCH_SIZE = 128  # images per step [>= 2]
 LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
-SEED = 0  # seeds weights, batch order, noise and the saved samples [>= 0]
+SEED = 0  # seeds weights, batch order, noise and the saved samples [seed]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]

@@ -96,7 +96,7 @@ EPOCHS = 120  # total epochs per model (with --no-lr-decay, more continues a fin
 EPOCH_VECTORS = 60000  # an epoch is round(this / training size) passes, at least 1 (0: one) [>= 0]
 BATCH_SIZE = 256  # embeddings per step [>= 2]
 LIMIT = 0  # train on the first N training embeddings only (0: all) [>= 0]
-SEED = 0  # seeds weights, batch order, noise, the halves and the saved samples [>= 0]
+SEED = 0  # seeds weights, batch order, noise, the halves and the saved samples [seed]
 ENSEMBLE = 1  # generators per model, member k seeded SEED+k; samples split evenly [>= 1, <= 32]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
@@ -196,13 +196,7 @@ def load_source(encoder: str, run: Plan2Settings) -> tuple[Path, dict[str, Any]]
     if not path.is_file():
         raise StageError(f"{path} not found; make it with: {command}")
     with remake_hint(command) if command else contextlib.nullcontext():  # a user's own file
-        data = load_embeddings(path, run.dataset)
-    classes = len(CLASS_NAMES[run.dataset])
-    for key in ("y_train", "y_test"):
-        labels = data[key]
-        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
-            raise StageError(f"{path}: {key} spans [{labels.min()}, {labels.max()}], not class "
-                             f"indices of {run.dataset} (0..{classes - 1})")
+        data = load_embeddings(path, run.dataset)  # labels checked to be class indices
     return path, data
 
 

@@ -61,7 +61,7 @@ EMBEDDING_DIR = "data/embeddings"  # where extract_generation_embeddings.py wrot
 GENERATIONS = (0, 4, 10)  # generations to compare, in order; the first is the reference [>= 0]
 VISUALIZATION_DIR = "data/visualizations"  # where the PNG figures go
 RESULTS_DIR = "data/results"  # where generation_metrics.json goes
-SEED = 0  # seeds t-SNE, PCA and the split-half Fréchet floor [>= 0]
+SEED = 0  # seeds t-SNE, PCA and the split-half Fréchet floor [seed]
 PERPLEXITY = 30.0  # t-SNE perplexity; lowered to (points - 1) / 3 for small sets [> 0]
 TSNE_PCA_DIMS = 0  # 0: t-SNE on cosine distances; k > 0: PCA to k dims, then Euclidean [>= 0]
 TSNE_MAX_ITER = 1000  # t-SNE optimisation steps [>= 250]
@@ -73,6 +73,10 @@ MODEL = ""  # the CLIP that embeds the reference images ('': the one the caption
 DEVICE = "auto"  # where the reference images are embedded: auto, cuda, mps or cpu
 BATCH_SIZE = 64  # reference images per forward pass [>= 1]
 # ---------------------------------------------------------------- end of settings
+
+# The least total variance a reference generation may have: the spread of unit vectors that
+# differ by rounding is many orders of magnitude smaller, of any set of images' far larger.
+MIN_REFERENCE_VARIANCE = 1e-4
 
 
 
@@ -112,6 +116,9 @@ def check_normalised(path: Path, key: str, embeddings: np.ndarray, tolerance: fl
 def load_captions(path: Path, tolerance: float) -> dict[str, Any]:
     """The caption file, checked: keys, lengths, finite values, unit norms, unique ids."""
     data = load_npz(path, CAPTION_KEYS, aligned=(tuple(CAPTION_KEYS),))
+    if len(data["text_embeddings"]) < 2:
+        raise StageError(f"{path}: holds {len(data['text_embeddings'])} caption(s); at least 2 "
+                         f"are needed")
     check_normalised(path, "text_embeddings", data["text_embeddings"], tolerance)
     if len(np.unique(data["image_ids"])) != len(data["image_ids"]):
         raise StageError(f"{path}: key 'image_ids' repeats an id")
@@ -122,10 +129,10 @@ def load_generation(path: Path, captions: dict[str, Any], caption_path: Path,
                     tolerance: float) -> dict[str, Any]:
     """One generation file, checked, and checked against the caption file it was paired with."""
     data = load_npz(path, GENERATION_KEYS, aligned=(tuple(GENERATION_KEYS),))
-    for key in ("image_embeddings", "text_embeddings"):
-        check_normalised(path, key, data[key], tolerance)
     if len(data["image_ids"]) < 2:
         raise StageError(f"{path}: holds {len(data['image_ids'])} image(s); at least 2 are needed")
+    for key in ("image_embeddings", "text_embeddings"):
+        check_normalised(path, key, data[key], tolerance)
     if len(np.unique(data["image_ids"])) != len(data["image_ids"]):
         repeated = np.unique(data["image_ids"], return_counts=True)
         twice = [int(i) for i, n in zip(*repeated, strict=True) if n > 1]
@@ -475,6 +482,13 @@ def reference_embeddings(s: DriftPlotSettings, captions: dict[str, Any], device:
         raise StageError("--reference-dir: the caption file's meta names no model; pass "
                          "--model NAME_OR_DIR")
     model, processor = clip_embedding.load_clip(model_name, device)
+    recorded, loaded = captions["meta"].get("model_fingerprint"), \
+        clip_embedding.weights_fingerprint(model)
+    if recorded != loaded:
+        raise StageError(f"--reference-dir: the captions were embedded with CLIP weights "
+                         f"{recorded} (their meta), {model_name} holds {loaded}: the model was "
+                         f"retrained or replaced since; embed the generations again with it, or "
+                         f"pass the model that embedded them")
     embeddings, ids, failed = clip_embedding.embed_image_folder(model, processor, folder,
                                                                 device, s.batch_size)
     for name, error in failed:
@@ -516,6 +530,9 @@ def main(argv: list[str] | None = None) -> None:
     if not matplotlib.colors.is_color_like(s.caption_colour):
         raise SettingsError(f"--caption-colour {s.caption_colour!r}: not a matplotlib colour (a "
                             f"name such as tab:blue or red, or #rrggbb)")
+    if s.reference_dir and not Path(s.reference_dir).is_dir():
+        raise StageError(f"--reference-dir {s.reference_dir}: no such folder (the real images "
+                         f"the generations are compared with)")
     seed_everything(s.seed)
     embedding_dir = Path(s.embedding_dir)
     caption_path = embedding_dir / "coco_caption_embeddings.npz"
@@ -529,11 +546,13 @@ def main(argv: list[str] | None = None) -> None:
                    for g, path in paths.items()}
     dims = captions["text_embeddings"].shape[1]
     reference = generations[s.generations[0]]["image_embeddings"]
-    if np.all(reference == reference[0]):
-        raise StageError(f"{paths[s.generations[0]]}: all {len(reference)} image embeddings of "
-                         f"generation {s.generations[0]}, the reference, are identical (a "
-                         f"collapsed generation): every ratio to it is undefined; put another "
-                         f"generation first in --generations")
+    spread = total_variance(reference)
+    if spread < MIN_REFERENCE_VARIANCE:
+        raise StageError(f"{paths[s.generations[0]]}: the {len(reference)} image embeddings of "
+                         f"generation {s.generations[0]}, the reference, have a total variance "
+                         f"of {spread:.3g} (unit vectors: real images have about 0.1 to 0.5): a "
+                         f"collapsed generation, against which every ratio is meaningless; put "
+                         f"another generation first in --generations")
     visualization_dir, results_dir = Path(s.visualization_dir), Path(s.results_dir)
     ensure_output_dir(visualization_dir)
     ensure_output_dir(results_dir)

@@ -44,7 +44,6 @@ finished generations are kept (a larger --generations continues).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -58,6 +57,7 @@ from PIL import Image
 
 from clip_tools.captions import CAPTION_TEMPLATES, class_phrase
 from dataio.artifacts import (
+    check_replaceable,
     check_settings_match,
     ensure_output_dir,
     fingerprint,
@@ -69,6 +69,8 @@ from dataio.artifacts import (
     replace_directory,
     restoring,
     save_npz,
+    short_cause,
+    staging_dir,
     write_text,
 )
 from dataio.data_sources import ImageDataset, load_dataset
@@ -116,7 +118,7 @@ EPOCHS_FIRST = 40  # most epochs of generation 0 (it stops earlier once converge
 PATIENCE = 3  # generation 0 stops after this many epochs without a better held-out FID [>= 1]
 EPOCHS = 0  # epochs of every later generation (0: as many as generation 0 needed) [>= 0]
 BATCH_SIZE = 64  # images per step [>= 2]
-SEEDS = (0,)  # seeds of the loops, one loop each: weights, batches, noise, captions, draws [>= 0]
+SEEDS = (0,)  # seeds of the loops, one loop each: weights, batches, noise, captions, draws [seed]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
@@ -132,7 +134,7 @@ LR_DISCRIMINATOR = 1e-3  # Adam learning rate of the discriminator [> 0]
 BETA1 = 0.5  # Adam beta1 (DCGAN: 0.5) [>= 0, < 1]
 BETA2 = 0.999  # Adam beta2 [>= 0, < 1]
 EMA_DECAY = 0.99  # decay of the generator's weight average that draws the images [>= 0, < 1]
-BOOTSTRAP = 10  # resamples of the generated images behind each 95% interval (0: none) [>= 0]
+BOOTSTRAP = 10  # resamples behind each 95% interval (0: none; else 2 or more) [>= 0, <= 10000]
 KID_SUBSETS = 100  # KID: pairs of random subsets [>= 1]
 CAS_EPOCHS = 10  # classifier accuracy score: training passes of its MLP [>= 1]
 LOG_EVERY = 50  # steps between reads of the summed losses [>= 1]
@@ -389,9 +391,7 @@ def load_generation_model(checkpoint: Path | None, generation: int,
 # ---------------------------------------------------------------- outputs
 def write_image_folder(folder: Path, images: np.ndarray) -> None:
     """One PNG per prompt, written into a staging folder that replaces ``folder`` when done."""
-    staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_dir(folder)
     try:
         for image_id, pixels in enumerate(images):
             Image.fromarray(pixels, mode="L").save(staging / image_name(image_id))
@@ -444,8 +444,10 @@ def read_results(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
         saved, records = document["loop_settings"], document["generations"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise StageError(f"{path}: not a results file of this loop ({err}); delete it to start "
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
+            RecursionError) as err:
+        raise StageError(f"{path}: not a results file of this loop ({short_cause(err)}); delete "
+                         f"it to start "
                          f"again") from err
     differing = {k: (v, saved.get(k)) for k, v in settings.items() if saved.get(k) != v}
     if differing:
@@ -655,9 +657,10 @@ def main(argv: list[str] | None = None) -> None:
     base = pick(LoopRun, values, seed=values["seeds"][0])
     regime = Regime(values["regime"], values["train_images"], values["fresh_fraction"])
     optimiser = optimiser_settings(values)
+    s = scoring.ScoringSettings(seed=base.seed, bootstrap=values["bootstrap"],
+                                kid_subsets=values["kid_subsets"],
+                                cas_epochs=values["cas_epochs"])
     root = Path(base.data_dir)
-    folders = {folder: ensure_output_dir(root / folder) for folder in
-               ("results", "visualizations", "checkpoints/loop/start")}
     limit_cpu_threads(values["threads"])
     device = pick_device(values["device"])
     data = load_dataset(base.dataset, base.data_dir)
@@ -693,9 +696,16 @@ def main(argv: list[str] | None = None) -> None:
     if np.bincount(data.y_test[:base.n_images]).max() < 2:
         raise StageError(f"--n-images {base.n_images} gives no class two prompts: within-class "
                          f"diversity cannot be measured")
-    s = scoring.ScoringSettings(seed=base.seed, bootstrap=values["bootstrap"],
-                                kid_subsets=values["kid_subsets"],
-                                cas_epochs=values["cas_epochs"])
+    # Every image folder the loops will write, checked before anything trains: one a stage did
+    # not write is never replaced, and found after a generation's training it would stop the
+    # loop hours in.
+    for seed in values["seeds"]:
+        name = run_name(pick(LoopRun, values, seed=seed), regime)
+        for generation in range(base.generations + 1):
+            check_replaceable(root / name / f"gen_{generation}", only_prompt_images)
+    check_replaceable(root / f"{data.name}_loop_reference", only_prompt_images)
+    folders = {folder: ensure_output_dir(root / folder) for folder in
+               ("results", "visualizations", "checkpoints/loop/start")}
     real = scoring.real_images_for(
         data, device, scoring.EvaluatorSettings(data_dir=base.data_dir), s)
     # The real-vs-real floors, drawn once with seed 0: the same floor for every loop and seed,

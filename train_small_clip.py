@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from dataio.artifacts import (
     save_checkpoint,
     save_figure,
     short_cause,
+    staging_dir,
     write_text,
 )
 from dataio.data_sources import load_dataset
@@ -76,7 +76,7 @@ BATCH_SIZE = 64  # image-caption pairs per step (small batches learn faster per 
 LEARNING_RATE = 3e-3  # peak AdamW learning rate of the one-cycle schedule [> 0]
 WEIGHT_DECAY = 0.05  # AdamW weight decay of the weight matrices [>= 0]
 LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
-SEED = 0  # seeds weights, batch order and template choice [>= 0]
+SEED = 0  # seeds weights, batch order and template choice [seed]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
@@ -295,7 +295,10 @@ def main(argv: list[str] | None = None) -> None:
     folders = {name: ensure_output_dir(root / name) for name in
                ("checkpoints/clip", "results", "visualizations")}
     output_dir = Path(s.output_dir) if s.output_dir else root / "checkpoints" / f"clip_{s.dataset}"
-    output_dir = output_dir.resolve()  # '.' has no name to stage beside
+    # The folder is named as given (a link there is refused, never followed and replaced); its
+    # parent is resolved, since '.' has no name to stage beside.
+    output_dir = output_dir.resolve() if not output_dir.name else \
+        output_dir.parent.resolve() / output_dir.name
     check_replaceable(output_dir)  # before any training
     ensure_output_dir(output_dir.parent)
     limit_cpu_threads(values["threads"])
@@ -401,8 +404,7 @@ def main(argv: list[str] | None = None) -> None:
                      zero_shot_per_class=per_class)
 
     # save_pretrained into a staging folder, moved into place once complete.
-    staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_dir(output_dir)
     try:
         model.save_pretrained(staging)
         from transformers import CLIPProcessor

@@ -60,7 +60,7 @@ WORKERS = 2  # DataLoader worker processes (as the stage's --workers) [>= 0]
 IMAGE_SIZE = 512  # side of the JPEG files (Stable Diffusion's output size) [>= 32]
 CAPTION_TOKENS = 16  # tokens of a synthetic caption (a COCO caption is about 11 words) [>= 1]
 THREADS = 0  # torch CPU threads for the model runs (0: torch's default) [>= 0]
-SEED = 0  # seeds the weights, the crops and the token ids [>= 0]
+SEED = 0  # seeds the weights, the crops and the token ids [seed]
 # ---------------------------------------------------------------- end of settings
 
 

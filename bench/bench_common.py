@@ -4,6 +4,7 @@ user runs it, the load of the machine, and the targets that several benchmarks c
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -14,7 +15,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from runtime.settings import SettingsError  # noqa: E402
 from runtime.stage import StageError  # noqa: E402
+
+
+def flag_words(flag: str, text: str) -> list[str]:
+    """The command-line words of a setting holding more flags for a stage (split as a shell
+    would); a text a shell could not split (an unclosed quote) is refused in one line naming
+    the setting. A benchmark calls it on each such setting first, before anything trains."""
+    try:
+        return shlex.split(text)
+    except ValueError as err:
+        raise SettingsError(f"{flag} {text!r}: {err} (quote it as a shell would)") from err
 
 
 def run_script(script: str, *args: str) -> float:

@@ -10,7 +10,6 @@ CPU cores.
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from sklearn.decomposition import PCA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_common import ROOT, mean_sd, over_seeds, run_script, seed_folder  # noqa: E402
+from bench_common import ROOT, flag_words, mean_sd, over_seeds, run_script, seed_folder  # noqa: E402
 from dataio.artifacts import load_embeddings  # noqa: E402
 from dataio.data_sources import load_dataset  # noqa: E402
 from evaluation.metrics import kmeans_agreement, knn_accuracy  # noqa: E402
@@ -36,7 +35,7 @@ EPOCHS = 10  # epochs per encoder [>= 1]
 EMBEDDING_DIM = 32  # embedding size (and the PCA baseline's components) [>= 1]
 DATA_DIR = "data/bench"  # where the checkpoints and embeddings go, in seed<k>/ for seed k
 DEVICE = "auto"  # passed to encoder_models.py
-SEEDS = (0, 1, 2)  # seeds of every measured configuration [>= 0]
+SEEDS = (0, 1, 2)  # seeds of every measured configuration [seed]
 BASELINES = True  # also measure raw pixels and PCA
 ENCODER_ARGS = ""  # more encoder_models.py flags: --encoder-args="--lr-schedule one-cycle"
 # ---------------------------------------------------------------- end of settings
@@ -67,6 +66,7 @@ def scores(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     b = pick(EncoderBench, values)
+    flag_words("--encoder-args", b.encoder_args)  # checked before anything trains
     data = load_dataset(b.dataset, "data")
     rows = []  # (label, k-NN per seed, ARI per seed, wall seconds per seed, note)
     if b.baselines:
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
             wall = run_script("encoder_models.py", "--dataset", b.dataset, "--models", name,
                               "--epochs", str(b.epochs), "--embedding-dim",
                               str(b.embedding_dim), "--data-dir", folder, "--device",
-                              b.device, "--seed", str(seed), *shlex.split(b.encoder_args))
+                              b.device, "--seed", str(seed),
+                              *flag_words("--encoder-args", b.encoder_args))
             emb = load_embeddings(ROOT / folder / "embeddings" / f"{b.dataset}_{name}.npz")
             knn, ari = scores(emb["z_train"], emb["y_train"], emb["z_test"], emb["y_test"], seed)
             knns.append(knn)

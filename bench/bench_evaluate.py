@@ -37,7 +37,7 @@ DATASET = "fashion-mnist"  # whose evaluator and test images [in dataio.data_sou
 DATA_DIR = "data"  # where the evaluator is cached (<data-dir>/checkpoints/evaluator)
 COUNT = 10_000  # generated images to evaluate (at most the test split's size) [>= 10]
 DEVICE = "cpu"  # the target is for CPU; auto picks cuda, then mps, then cpu
-SEED = 0  # seeds the floors' training subset [>= 0]
+SEED = 0  # seeds the floors' training subset [seed]
 TARGET_SECONDS = 60.0  # bound on the timed work on 2 CPU cores [> 0]
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 # ---------------------------------------------------------------- end of settings

@@ -16,7 +16,6 @@ or more per seed on 2 CPU cores.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flows  # noqa: E402
-from bench_common import ROOT, mean_sd, over_seeds, run_script, seed_folder  # noqa: E402
+from bench_common import ROOT, flag_words, mean_sd, over_seeds, run_script, seed_folder  # noqa: E402
 from dataio.artifacts import load_embeddings, load_npz, write_text  # noqa: E402
 from evaluation.metrics import frechet_distance, precision_recall_density_coverage  # noqa: E402
 from models.encoders import ENCODER_NAMES  # noqa: E402
@@ -49,7 +48,7 @@ EPOCHS = 30  # most epochs per flow, passed to flows.py [>= 1]
 ENCODER_EPOCHS = 2  # epochs of encoder_models.py for a missing stage-1 file [>= 1]
 THREADS = 2  # CPU threads of flows.py (0: library default) [>= 0]
 TIMING_THREADS = (1, 2)  # thread counts to time a training epoch with (target: 2 cores) [>= 1]
-SEEDS = (0, 1, 2)  # seeds of every measured configuration [>= 0]
+SEEDS = (0, 1, 2)  # seeds of every measured configuration [seed]
 FLOW_ARGS = ""  # more flows.py flags: --flow-args="--learning-rate 2e-3"
 FIT = True  # run flows.py and score its files (false: only time the training epochs)
 TIMING_EPOCHS = 1  # timed training epochs over 60,000 vectors per flow (0: no timing) [>= 0]
@@ -130,7 +129,7 @@ def fit_and_score(seed: int, b: FlowBench) -> dict[str, dict[str, Any]]:
     wall = run_script("flows.py", "--dataset", b.dataset, "--data-dir", folder,
                       "--encoders", ",".join(b.encoders), "--flows", ",".join(b.flows),
                       "--epochs", str(b.epochs), "--threads", str(b.threads), "--seed",
-                      str(seed), *shlex.split(b.flow_args))
+                      str(seed), *flag_words("--flow-args", b.flow_args))
     print(f"flows.py, seed {seed}: {wall:.0f} s", flush=True)
     run: dict[str, dict[str, Any]] = {"results": {}, "samples": {}, "sizes": {}}
     for encoder in b.encoders:
@@ -228,6 +227,7 @@ def report(runs: list[dict[str, dict[str, Any]]], b: FlowBench) -> tuple[list[st
 
 def main(argv: list[str] | None = None) -> None:
     b = pick(FlowBench, configure(globals(), argv))
+    flag_words("--flow-args", b.flow_args)  # checked before anything trains
     limit_cpu_threads(1)
     runs = []
     if b.fit:

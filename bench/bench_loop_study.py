@@ -21,7 +21,6 @@ seed starts as soon as it is there, so both cores stay busy (results and timing:
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import self_consuming_loop as loop  # noqa: E402
-from bench_common import ROOT, load_text  # noqa: E402
+from bench_common import ROOT, flag_words, load_text  # noqa: E402
 from dataio.artifacts import ensure_output_dir, save_figure  # noqa: E402
 from dataio.data_sources import load_dataset  # noqa: E402
 from evaluation import scoring  # noqa: E402
@@ -47,7 +46,7 @@ from training.loop_regimes import Regime  # noqa: E402
 # ---------------------------------------------------------------- settings
 DATASET = "fashion-mnist"  # dataset of the loops [in dataio.data_sources.DATASETS]
 DATA_DIR = "data/bench_loop_study"  # every loop's folders, results and figures
-SEEDS = (0, 1, 2)  # one loop per seed and configuration [>= 0]
+SEEDS = (0, 1, 2)  # one loop per seed and configuration [seed]
 GENERATIONS = 20  # generations after the first [>= 1]
 FRESH = 0.2  # the fresh-data configurations' share of fresh real images [> 0, <= 1]
 TRAIN_IMAGES = 2000  # images of generation 0's set and of every addition [>= 64]
@@ -103,7 +102,7 @@ def run_loop(flags: list[str], seed: int, generations: int, b: StudyBench, log: 
                "--generations", str(generations), "--train-images", str(b.train_images),
                "--n-images", str(b.n_images), "--width", str(b.width), "--epochs",
                str(b.epochs), "--epochs-first", str(b.epochs_first), "--patience",
-               str(b.patience), "--threads", "1", *flags, *shlex.split(b.stage_args)]
+               str(b.patience), "--threads", "1", *flags, *flag_words("--stage-args", b.stage_args)]
     started = time.time()
     with log.open("a") as output:
         code = subprocess.run(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT).returncode
@@ -136,6 +135,7 @@ def at(runs: list[list[dict[str, Any]]], generation: int, key: str) -> tuple[flo
 
 def main(argv: list[str] | None = None) -> None:
     b = pick(StudyBench, configure(globals(), argv))
+    flag_words("--stage-args", b.stage_args)  # checked before anything trains
     logs = ensure_output_dir(Path(b.data_dir) / "logs")
     configs = configurations(b)
     started = time.time()

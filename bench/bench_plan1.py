@@ -19,7 +19,6 @@ Writes a grid of real test images, reconstructions and the first seed's regenera
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import plan1_gan_training as plan1  # noqa: E402
 from bench_common import (  # noqa: E402
     dataset_files,
+    flag_words,
     load_text,
     mean_sd,
     over_seeds,
@@ -91,7 +91,7 @@ SPEED_THREADS = 1  # CPU threads for the timed epochs (0: library default) [>= 0
 QUALITY = True  # train the GANs and measure their regenerations
 THREADS = 1  # CPU threads of the training runs and the metrics [>= 0]
 DEVICE = "auto"  # device of the training runs and of the timing
-SEEDS = (0, 1, 2)  # seeds of every measured configuration [>= 0]
+SEEDS = (0, 1, 2)  # seeds of every measured configuration [seed]
 PLAN1_ARGS = ""  # more plan1_gan_training.py flags: --plan1-args="--loss least-squares"
 # ---------------------------------------------------------------- end of settings
 
@@ -181,6 +181,7 @@ def seeds_met(flags: list[bool]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     b = pick(Plan1Bench, configure(globals(), argv))
+    flag_words("--plan1-args", b.plan1_args)  # checked before anything trains
     config = pick(ImageGANConfig, configure(vars(plan1), []))  # the stage's defaults
     limit_cpu_threads(b.threads)
     device = pick_device(b.device)
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         command = ["--dataset", b.dataset, "--encoder", b.encoder, "--models",
                    ",".join(b.models), "--epochs", str(b.epochs), "--data-dir", str(folder),
                    "--device", b.device, "--seed", str(seed), "--threads", str(b.threads),
-                   *shlex.split(b.plan1_args)]
+                   *flag_words("--plan1-args", b.plan1_args)]
         print("plan1_gan_training.py " + " ".join(command), flush=True)
         seconds = run_script("plan1_gan_training.py", *command)
         print(f"seed {seed}: training and sampling {seconds:.0f} s in this call "

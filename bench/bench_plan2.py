@@ -19,7 +19,6 @@ Encoders missing from --data-dir are trained first, once for all seeds (encoder_
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import flows  # noqa: E402
 from bench_common import (  # noqa: E402
     dataset_files,
+    flag_words,
     mean_sd,
     meets_target,
     over_seeds,
@@ -62,7 +62,7 @@ STAGE_ARGS = ""  # more plan2_gan_training.py flags, e.g. --stage-args="--batch-
 FLOWS = ("realnvp",)  # flows whose samples are tabled [in models.flow_models.FLOW_NAMES, or empty]
 FLOW_ARGS = ""  # more flows.py flags
 SAMPLES = 10000  # samples of every generator, fitted baseline and flow [>= 10]
-SEEDS = (0, 1, 2)  # seeds of every measured configuration [>= 0]
+SEEDS = (0, 1, 2)  # seeds of every measured configuration [seed]
 DEVICE = "auto"  # passed to the stages
 THREADS = 1  # CPU threads of the metrics here and of each stage (0: library default) [>= 0]
 # ---------------------------------------------------------------- end of settings
@@ -138,7 +138,7 @@ def generator_rows(encoder: str, seed: int, b: Plan2Bench) -> list[dict[str, Any
     for flow in b.flows:
         seconds = run("flows.py", b, folder, seed, "--encoders", encoder, "--flows", flow,
                       "--samples", str(b.samples), "--threads", str(b.threads),
-                      *shlex.split(b.flow_args))
+                      *flag_words("--flow-args", b.flow_args))
         generated = load_npz(folder / "embeddings" / f"{b.dataset}_{encoder}+{flow}.gen.npz",
                              {"z_gen": (2, "f")})
         rows.append(row(f"{flow} (flows.py)", scoring.plan2_metrics(source, generated, real,
@@ -146,7 +146,7 @@ def generator_rows(encoder: str, seed: int, b: Plan2Bench) -> list[dict[str, Any
                         seconds))
     run("plan2_gan_training.py", b, folder, seed, "--encoder", encoder, "--models",
         ",".join(b.models), *epochs_args(b), "--samples", str(b.samples), "--threads",
-        str(b.threads), *shlex.split(b.stage_args))
+        str(b.threads), *flag_words("--stage-args", b.stage_args))
     for name in b.models:
         generated = load_npz(folder / "embeddings" / f"{b.dataset}_{encoder}_{name}.gen.npz",
                              {"z_gen": (2, "f")})
@@ -261,7 +261,7 @@ def translation_rows(pair: str, seed: int, b: Plan2Bench) -> list[dict[str, Any]
     folder = seed_folder(ROOT / b.data_dir, seed)
     run("plan2_gan_training.py", b, folder, seed, "--encoder", source_name, "--encoder-b",
         target_name, "--models", "cyclegan,dualgan", *epochs_args(b), "--threads",
-        str(b.threads), *shlex.split(b.stage_args))
+        str(b.threads), *flag_words("--stage-args", b.stage_args))
     rows = []
     for name in ("cyclegan", "dualgan"):
         path = folder / "embeddings" / f"{b.dataset}_{source_name}-to-{target_name}_{name}.npz"
@@ -296,6 +296,8 @@ def translation_table(runs: list[list[dict[str, Any]]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     b = pick(Plan2Bench, configure(globals(), argv),
              mixture_components=configure(vars(flows), [])["gmm_components"])
+    flag_words("--flow-args", b.flow_args)  # checked before anything trains
+    flag_words("--stage-args", b.stage_args)
     for pair in b.pairs:  # checked before anything trains
         source_name, colon, target_name = pair.partition(":")
         if not (colon and source_name and target_name) or ":" in target_name:

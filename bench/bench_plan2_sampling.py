@@ -35,9 +35,9 @@ DATASET = "fashion-mnist"  # dataset of the embeddings [in dataio.data_sources.D
 DATA_DIR = "data"  # holds embeddings/ and checkpoints/plan2/ of a finished plan2 run
 ENCODER = "ae_advanced"  # the embedding the generator learnt
 MODEL = "wgan_gp"  # the generator [in models.vector_gans.GENERATORS]
-SAMPLING_SEEDS = (0, 1, 2, 3, 4)  # seeds of the classes asked for and of the noise [>= 0]
+SAMPLING_SEEDS = (0, 1, 2, 3, 4)  # seeds of the classes asked for and of the noise [seed]
 SAMPLES = 10000  # samples per sampling seed [>= 10]
-SEED = 0  # seed of the metrics' floor subset and of the mixture (the stage's --seed) [>= 0]
+SEED = 0  # seed of the metrics' floor subset and of the mixture (the stage's --seed) [seed]
 MIXTURE = True  # fit the 20-component mixture too and check the target at each seed
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 # ---------------------------------------------------------------- end of settings

@@ -22,7 +22,6 @@ the stage's defaults.
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flows  # noqa: E402
-from bench_common import ROOT, load_text, meets_target, run_script, within_target  # noqa: E402
+from bench_common import ROOT, flag_words, load_text, meets_target, run_script, within_target  # noqa: E402
 from dataio.artifacts import (  # noqa: E402
     ensure_output_dir,
     load_embeddings,
@@ -54,10 +53,11 @@ from runtime.stage import StageError, limit_cpu_threads, run_stage  # noqa: E402
 # ---------------------------------------------------------------- settings
 DATASET = "fashion-mnist"  # dataset of the embeddings [in dataio.data_sources.DATASETS]
 DATA_DIR = "data/bench_plan2_target"  # stage-1 embeddings (made if missing) and every run
-ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced", "vae")  # embeddings to generate
+ENCODERS = ("ae_basic", "ae_intermediate", "ae_advanced",
+            "vae")  # stage-1 embeddings to generate [in models.encoders.ENCODER_NAMES]
 MODELS = ("wgan_gp", "contrastive_gan", "flow_matching")  # generators [in GENERATORS]
 CANDIDATES = ("defaults",)  # recipes (flag sets) each model chooses among on validation
-SEEDS = (0, 1, 2)  # seeds of every measured configuration [>= 0]
+SEEDS = (0, 1, 2)  # seeds of every measured configuration [seed]
 TRAIN_SIZES = (10000, 0)  # training embeddings of every model and the mixture (0: all kept)
 VALIDATION = 10000  # training embeddings held out to choose on [>= 100]
 ENCODER_EPOCHS = 2  # epochs of encoder_models.py for an encoder that is missing [>= 1]
@@ -155,8 +155,9 @@ def stage_run(split: Split, model: str, recipe_index: int, recipe: str, seed: in
                "--data-dir", str(folder), "--encoder", split.name, "--models", model,
                "--seed", str(seed), "--samples", str(b.samples), "--device", b.device,
                "--threads", "1", "--no-plots",
-               *(["--epochs", str(b.epochs)] if b.epochs else []), *shlex.split(b.stage_args),
-               *shlex.split("" if recipe == "defaults" else recipe)]
+               *(["--epochs", str(b.epochs)] if b.epochs else []),
+               *flag_words("--stage-args", b.stage_args),
+               *flag_words("--candidates", "" if recipe == "defaults" else recipe)]
     started = time.time()
     with (folder / "run.log").open("a") as log:
         code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -254,6 +255,9 @@ def report(split: Split, runs: dict[tuple[str, int, int], dict[str, Any]],
 def main(argv: list[str] | None = None) -> None:
     b = pick(TargetBench, configure(globals(), argv),
              mixture_components=configure(vars(flows), [])["gmm_components"])
+    flag_words("--stage-args", b.stage_args)  # checked before anything trains
+    for recipe in b.candidates:
+        flag_words("--candidates", "" if recipe == "defaults" else recipe)
     unknown = [m for m in b.models if m not in GENERATORS]
     if unknown:
         raise StageError(f"--models {','.join(unknown)}: not generators of embeddings "

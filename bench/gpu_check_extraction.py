@@ -48,7 +48,7 @@ BATCH_SIZE = 256  # images per forward pass [>= 1]
 WORKER_COUNTS = (4, 8, 12)  # DataLoader workers tried for the fast path [>= 0]
 PROCESSOR_WORKERS = 12  # DataLoader workers for the processor path [>= 0]
 N_AGREEMENT = 64  # images compared between the fast and the processor path [>= 1]
-SEED = 0  # seeds the weights and the pictures [>= 0]
+SEED = 0  # seeds the weights and the pictures [seed]
 # ---------------------------------------------------------------- end of settings
 
 

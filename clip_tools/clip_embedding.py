@@ -6,6 +6,7 @@ plot_generation_clusters.py a reference set of real images."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -39,24 +40,30 @@ def natural_key(path: Path) -> list[Any]:
 
 def list_images(folder: Path, pattern: str) -> tuple[list[Path], int]:
     """Image files directly in ``folder`` (hidden files skipped) and the count of other files;
-    ``pattern`` is the --generation-dir-pattern the folder came from (for the error)."""
+    ``pattern`` is the --generation-dir-pattern the folder came from (for the error). A link that
+    leads nowhere (broken, or to itself) is listed like a file, so that reading it fails and
+    names it instead of dropping it unseen."""
     if not folder.is_dir():
         raise StageError(f"{folder}: generation folder not found (--generation-dir-pattern "
                          f"{pattern!r})")
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in folder.iterdir() if not p.name.startswith(".")
+             and (p.is_file() or (p.is_symlink() and not p.exists()))]
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     return sorted(images, key=natural_key), len(files) - len(images)
 
 
-def ids_by_file(folder: Path, files: list[Path]) -> dict[Path, int]:
-    """The COCO image id of every file; a folder with unnamed or duplicate ids is refused."""
+def ids_by_file(folder: Path, files: list[Path],
+                otherwise: str = ", or pass --pairing position for a folder without ids"
+                ) -> dict[Path, int]:
+    """The COCO image id of every file; a folder with unnamed or duplicate ids is refused (the
+    one line ends with ``otherwise``: what else the caller's user can do)."""
     ids = {path: image_id_from_name(path) for path in files}
     without = [p.name for p, image_id in ids.items() if image_id is None]
     if without:
         mixed = "some files carry ids and others do not; " if len(without) < len(files) else ""
         raise StageError(f"{folder}: {mixed}{len(without)} file(s) have no COCO image id in their "
                          f"name (e.g. {without[0]}); name them like COCO_train2014_000000000009.jpg"
-                         f", or pass --pairing position for a folder without ids")
+                         f"{otherwise}")
     seen: dict[int, str] = {}
     for path, image_id in ids.items():
         if image_id in seen:
@@ -64,6 +71,17 @@ def ids_by_file(folder: Path, files: list[Path]) -> dict[Path, int]:
                              f"{image_id}; one image per id is expected")
         seen[image_id] = path.name
     return {path: int(image_id) for path, image_id in ids.items()}
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's weights (every state-dict entry's name, dtype, shape and bytes,
+    in order): two files embedded with different weights, whatever their names, say so."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_clip(name_or_dir: str, device: torch.device) -> tuple[Any, Any]:
@@ -75,12 +93,18 @@ def load_clip(name_or_dir: str, device: torch.device) -> tuple[Any, Any]:
     directory = Path(name_or_dir).expanduser()
     if looks_like_path and not directory.is_dir():
         raise StageError(f"--model {name_or_dir}: no such directory")
+    if looks_like_path and not (directory / "config.json").is_file():
+        raise StageError(f"{directory / 'config.json'}: not found: a model directory written by "
+                         f"save_pretrained holds one")
     for name in ("config.json", "preprocessor_config.json", "tokenizer_config.json"):
         if looks_like_path and (directory / name).is_file():  # a local file: say which is broken
             try:
-                json.loads((directory / name).read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                document = json.loads((directory / name).read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
                 raise StageError(f"{directory / name}: not valid JSON ({err})") from err
+            if not isinstance(document, dict):
+                raise StageError(f"{directory / name}: a JSON {type(document).__name__}, not the "
+                                 f"object save_pretrained writes")
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # e.g. "torchvision not installed": not needed
     transformers_logging.disable_progress_bar()
@@ -172,11 +196,13 @@ def embed_image_folder(model: Any, processor: Any, folder: Path, device: torch.d
                        ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """L2-normalised embeddings (fast preprocessing) of the images of ``folder`` named by their
     image id, those ids, and the (file, error) pairs of the unreadable files."""
+    if not folder.is_dir():
+        raise StageError(f"{folder}: no such folder")
     files, _ = list_images(folder, str(folder))
     if not files:
         raise StageError(f"{folder}: no image files (they end in "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-    file_ids = ids_by_file(folder, files)
+    file_ids = ids_by_file(folder, files, " (the id of the caption the image shows)")
     pipeline = PixelPipeline.from_processor(processor.image_processor)
     blocks = [list(range(start, min(start + batch_size, len(files))))
               for start in range(0, len(files), batch_size)]

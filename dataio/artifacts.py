@@ -7,6 +7,7 @@ are renamed into place, so a reader never sees a half-written file.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import glob
@@ -27,6 +28,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from dataio.data_sources import CLASS_NAMES
 from runtime.stage import StageError, describe_os_error
 
 # The keys of each kind of file in DESIGN.md: (number of dimensions, allowed dtype kinds).
@@ -62,18 +64,39 @@ def _current_umask() -> int:
     return mask
 
 
+def _process_ended(pid: str) -> bool:
+    """Whether the process ``pid`` (digits from a file name) no longer runs."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, but another user's process
+        return False
+    return False
+
+
 def _remove_stale_temp_files(path: Path) -> None:
     """Delete temp files of ``path`` left by writers that no longer run (killed mid-write)."""
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if _process_ended(tmp.name[len(path.name) + 2:].split(".", 1)[0]):
             tmp.unlink(missing_ok=True)
-        except OSError:  # alive, but another user's process
-            continue
+
+
+def staging_dir(target: Path) -> Path:
+    """An empty folder beside ``target`` (``.<name>.partial-<pid>``) to write a folder in before
+    ``replace_directory`` moves it into place; staging folders of processes that no longer run
+    (killed mid-write) are removed first."""
+    prefix = f".{target.name}.partial-"
+    for stale in target.parent.glob(f"{glob.escape(prefix)}*"):
+        if stale.is_dir() and not stale.is_symlink() \
+                and _process_ended(stale.name[len(prefix):]):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = target.with_name(f"{prefix}{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
 
 
 def ensure_output_dir(path: str | Path) -> Path:
@@ -321,12 +344,21 @@ def hold_output_lock(path: Path, what: str) -> None:
     """Take the lock file ``path`` (flock) for this process, or stop: a second run writing the
     same outputs at once (two loops of one name, one stage twice on one --data-dir) would
     interleave them. Held until the decorated main returns (``holds_output_locks``) or the
-    process ends, however it ends."""
-    path = Path(path).resolve()
+    process ends, however it ends. The lock file itself is never followed through a link (the
+    folder it is in may be one): a link there is refused, and nothing it points to is touched."""
+    path = Path(path)
+    path = path.parent.resolve() / path.name
     if path in _HELD_LOCKS:
         return
     ensure_output_dir(path.parent)  # one line if the folder is a file or cannot be written
-    handle = path.open("a+", encoding="utf-8")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~_current_umask())
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise StageError(f"{path}: the lock file is a link; a stage never writes through "
+                             f"it: remove the link") from err
+        raise
+    handle = os.fdopen(fd, "a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -354,7 +386,11 @@ def check_replaceable(target: Path, unmarked: Callable[[Path], bool] | None = No
     target = Path(target)
     if not target.exists() and not target.is_symlink():
         return
-    if target.is_dir() and not target.is_symlink() and (
+    if target.is_symlink():
+        raise StageError(f"{target}: a link; a stage never replaces or deletes what it reaches "
+                         f"through a link it did not make: choose another path, or remove the "
+                         f"link yourself")
+    if target.is_dir() and (
             (target / OUTPUT_MARKER).is_file() or (unmarked is not None and unmarked(target))):
         return
     kind = "folder" if target.is_dir() else "file"
@@ -473,8 +509,8 @@ def read_meta(path: str | Path, raw: np.ndarray | None) -> dict[str, Any]:
         return {}
     try:
         meta = json.loads(str(raw))
-    except json.JSONDecodeError as err:
-        raise StageError(f"{path}: key 'meta' is not valid JSON ({err})") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise StageError(f"{path}: key 'meta' is not valid JSON ({short_cause(err)})") from err
     if not isinstance(meta, dict):
         raise StageError(f"{path}: key 'meta' is a JSON {type(meta).__name__}, expected an "
                          f"object")
@@ -482,8 +518,9 @@ def read_meta(path: str | Path, raw: np.ndarray | None) -> dict[str, Any]:
 
 
 def load_embeddings(path: str | Path, dataset: str | None = None) -> dict[str, Any]:
-    """Load and check a ``<ds>_<enc>.npz`` file: train/test embeddings with labels; of
-    ``dataset`` when given (a file whose meta names another dataset is refused)."""
+    """Load and check a ``<ds>_<enc>.npz`` file: train/test embeddings with labels, neither split
+    empty; of ``dataset`` when given (a file whose meta names another dataset is refused, and
+    every label must be a class index of it)."""
     data = load_npz(path, EMBEDDING_KEYS, aligned=(("z_train", "y_train"), ("z_test", "y_test")))
     recorded = data["meta"].get("dataset")
     if dataset is not None and recorded is not None and recorded != dataset:
@@ -491,4 +528,18 @@ def load_embeddings(path: str | Path, dataset: str | None = None) -> dict[str, A
     if data["z_train"].shape[1] != data["z_test"].shape[1]:
         raise StageError(f"{path}: z_train has {data['z_train'].shape[1]} dims, "
                          f"z_test {data['z_test'].shape[1]}")
+    for split in ("train", "test"):
+        if not len(data[f"z_{split}"]):
+            raise StageError(f"{path}: holds no {split} embeddings (0 rows)")
+    if dataset is not None:
+        check_labels(path, {"y_train": data["y_train"], "y_test": data["y_test"]}, dataset)
     return data
+
+
+def check_labels(path: Path, labels: Mapping[str, np.ndarray], dataset: str) -> None:
+    """Labels must be class indices of ``dataset`` (0 to its class count - 1)."""
+    classes = len(CLASS_NAMES[dataset])
+    for key, values in labels.items():
+        if len(values) and (values.min() < 0 or values.max() >= classes):
+            raise StageError(f"{path}: {key} spans [{values.min()}, {values.max()}], "
+                             f"not class indices of {dataset} (0..{classes - 1})")

@@ -20,6 +20,8 @@ import numpy as np
 
 from runtime.stage import StageError
 
+# The most data bytes an IDX file may announce: well above MNIST's 47 MB of training images.
+MAX_IDX_BYTES = 2**30
 IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 
@@ -71,29 +73,41 @@ class ImageDataset:
 
 
 def read_idx(path: str | Path, expected_dims: int) -> np.ndarray:
-    """Parse an IDX file (optionally gzipped) of unsigned bytes, checking magic and sizes."""
+    """Parse an IDX file (optionally gzipped) of unsigned bytes, checking magic and sizes.
+
+    The file is read as a stream: the header first, then exactly the bytes it announces (at
+    most MAX_IDX_BYTES), then one more to check there is none; a file that decompresses to far
+    more than its header says (a gzip bomb) is refused without inflating it in memory."""
     path = Path(path)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as handle:
+            magic = handle.read(4)
+            if len(magic) < 4:
+                raise StageError(f"{path}: {len(magic)} bytes, too short for an IDX header")
+            zero, dtype_code, ndim = int.from_bytes(magic[:2], "big"), magic[2], magic[3]
+            if zero != 0 or dtype_code != 0x08:
+                raise StageError(f"{path}: bad IDX magic number {magic.hex()} "
+                                 f"(expected 0000 08 0{expected_dims}: unsigned bytes)")
+            if ndim != expected_dims:
+                raise StageError(f"{path}: IDX file has {ndim} dimension(s), expected "
+                                 f"{expected_dims}")
+            sizes = handle.read(4 * ndim)
+            if len(sizes) < 4 * ndim:
+                raise StageError(f"{path}: truncated IDX header")
+            shape = tuple(int.from_bytes(sizes[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            expected = int(np.prod(shape, dtype=np.int64))
+            if expected > MAX_IDX_BYTES:
+                raise StageError(f"{path}: header says shape {shape} ({expected} bytes of data), "
+                                 f"more than the {MAX_IDX_BYTES} an image data set may hold")
+            data = handle.read(expected)
+            extra = handle.read(1)
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise StageError(f"{path}: cannot be read or decompressed ({err})") from err
-    if len(raw) < 4:
-        raise StageError(f"{path}: {len(raw)} bytes, too short for an IDX header")
-    zero, dtype_code, ndim = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
-    if zero != 0 or dtype_code != 0x08:
-        raise StageError(f"{path}: bad IDX magic number {raw[:4].hex()} "
-                         f"(expected 0000 08 0{expected_dims}: unsigned bytes)")
-    if ndim != expected_dims:
-        raise StageError(f"{path}: IDX file has {ndim} dimension(s), expected {expected_dims}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise StageError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape))
-    if len(raw) - header != expected:
+    if len(data) != expected or extra:
+        held = f"{len(data)}" if len(data) != expected else "more"
         raise StageError(f"{path}: header says shape {shape} ({expected} bytes of data), "
-                         f"file holds {len(raw) - header}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+                         f"file holds {held}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:

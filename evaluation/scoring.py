@@ -34,6 +34,7 @@ from evaluation.evaluator_cnn import (
     train_evaluator,
 )
 from evaluation.feature_spaces import FeatureSpace, FeatureSpaceSettings, feature_space
+from runtime.settings import SettingsError
 from runtime.stage import StageError
 
 
@@ -56,6 +57,12 @@ class ScoringSettings:
     cas_hidden: int = 128  # classifier accuracy score: hidden units of the MLP
     cas_epochs: int = 10  # classifier accuracy score: training passes of the MLP
     features: FeatureSpaceSettings = FeatureSpaceSettings()  # the space of image metrics
+
+    def __post_init__(self) -> None:
+        # A percentile interval needs at least two resamples; one would fail only once the
+        # first metrics are computed, after training.
+        if self.bootstrap == 1:
+            raise SettingsError("--bootstrap 1: an interval needs at least 2 resamples (0: none)")
 
 
 @dataclass(frozen=True)
@@ -272,9 +279,14 @@ def check_sources(path: Path, arrays: dict[str, Any], data: ImageDataset,
 
 
 def check_image_count(path: Path, count: int, s: ScoringSettings) -> None:
-    """Enough images for the score's splits and the density's neighbours."""
-    if count < max(s.score_splits, s.density_k + 1):
-        raise StageError(f"{path}: {count} images, too few for the metrics")
+    """Enough images for the score's splits and the density's neighbours; the one line names the
+    setting that asks for more."""
+    if count < s.score_splits:
+        raise StageError(f"{path}: {count} images cannot be cut into --score-splits "
+                         f"{s.score_splits} splits; use at most {count}")
+    if count < s.density_k + 1:
+        raise StageError(f"{path}: {count} images are too few for --density-k {s.density_k} "
+                         f"neighbours; use at most {count - 1}")
 
 
 def image_metrics(path: Path, x_gen: np.ndarray, real: RealImages, device: Any,

@@ -32,15 +32,14 @@ def autoencoder_decoder(checkpoint: Path, encoder: str, z_test: np.ndarray, x_te
         return None, f"{encoder!r} is not an encoder of encoder_models.py"
     if not checkpoint.is_file():
         return None, f"{checkpoint} not found"
-    state = load_checkpoint(checkpoint, required=("model", "settings"),
-                            advice=f"remake it with: {remake}")
-    if state["settings"].get("embedding_dim") != z_test.shape[1]:
-        return None, (f"{checkpoint} has embedding size {state['settings'].get('embedding_dim')}"
-                      f", the embeddings {z_test.shape[1]}")
-    try:
+    state = load_checkpoint(checkpoint, required=("model",), advice=f"remake it with: {remake}")
+    try:  # first what the file holds: an encoder at all, then its size
         model = encoders.from_checkpoint(checkpoint, state=state)
     except StageError as err:
         return None, str(err).removeprefix(f"{checkpoint}: ")
+    size = state["architecture"]["config"].get("embedding_dim")
+    if size != z_test.shape[1]:
+        return None, f"{checkpoint} has embedding size {size}, the embeddings {z_test.shape[1]}"
     if model.kind != "autoencoder":
         return None, f"{encoder} has no decoder"
     check = encoders.embed_all(model, torch.from_numpy(x_test[:64]))

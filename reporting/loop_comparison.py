@@ -131,7 +131,8 @@ def loop_results(results_dir: Path, dataset: str) -> tuple[dict[str, list[dict[s
             if not isinstance(records, list) or not all(
                     isinstance(r, dict) and "generation" in r for r in records):
                 raise TypeError("generations is not a list of records")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
+                RecursionError) as err:
             notes.append(f"{path} is not readable as loop results ({err}); left out")
             continue
         runs[name] = records

@@ -17,6 +17,7 @@ constants are never rewritten.
 A comment may end with a rule in square brackets, checked for the default and for any override
 before the stage reads anything:
 - comparisons ``>= 1``, ``> 0``, ``<= 1``, ``< 5``, combined with commas: ``[> 0, <= 1]``;
+- ``[seed]``: a seed, 0 to 2**32 - 1;
 - choices ``[constant | one-cycle]``, or ``[in GAN_NAMES]`` for the items of a module-level
   sequence ``GAN_NAMES`` of the script, or ``[in dataio.data_sources.DATASETS]`` for one of a
   module.
@@ -51,6 +52,7 @@ RULE_AT_END = re.compile(r"\s*\[([^\[\]]*)\]\s*$")
 COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 COMPARISON = re.compile(r"^(>=|<=|>|<)\s*(\S+)$")
+MAX_SEED = 2**32 - 1  # NumPy's global and legacy generators take no larger seed
 
 
 class SettingsError(Exception):
@@ -103,6 +105,8 @@ def parse_rule(text: str, name: str, namespace: dict[str, Any]) -> Rule:
                 raise SettingsError(f"{name}: cannot read the rule [{text}]") from err
         elif item == "or empty":
             rule.may_be_empty = True
+        elif item == "seed":  # what every random-number generator the stages use accepts
+            rule.bounds += [(">=", 0.0), ("<=", float(MAX_SEED))]
         elif item.startswith("in "):
             table = _lookup(item[3:].strip(), namespace)
             if not isinstance(table, Sequence) or isinstance(table, str) or not table:
@@ -139,7 +143,12 @@ def _list_parser(example: list | tuple) -> Any:
     item_type = type(example[0]) if example else str
 
     def parse(text: str) -> tuple:
-        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not text.strip():
+            return ()
+        parts = [p.strip() for p in text.split(",")]
+        if "" in parts:
+            raise argparse.ArgumentTypeError(f"an empty item in {text!r} (two commas, or one at "
+                                             f"an end)")
         try:
             return tuple(item_type(p) for p in parts)
         except ValueError as err:

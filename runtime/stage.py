@@ -91,7 +91,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     a set of strings), and generators created without a seed elsewhere.
     """
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # a seed the stages derive (seed * k + i) may exceed its range
     torch.manual_seed(seed)
     set_deterministic(deterministic)
     generator = torch.Generator()

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import io
 import subprocess
+import sys
 from pathlib import Path
 
 from runtime.stage import run_stage
@@ -21,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
     """``script`` (a root script's file name, or a bench script as ``bench/NAME.py``) run with
     ``args``: its exit code and what it printed, as ``subprocess.run(..., text=True)`` gives."""
+    folder = str((ROOT / script).parent)
+    if folder not in sys.path:  # bench scripts import their folder's bench_common
+        sys.path.insert(0, folder)
     module = importlib.import_module(Path(script).stem)
     resumable = "run_stage(main, resumable=False)" not in Path(module.__file__).read_text()
     out, err = io.StringIO(), io.StringIO()

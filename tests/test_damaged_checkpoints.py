@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from script_runner import run_script
 from sklearn.decomposition import PCA
 
 from dataio.artifacts import load_checkpoint, make_meta, restoring, save_checkpoint, save_npz
@@ -165,3 +166,19 @@ def test_bench_plan2_stops_in_one_line_when_its_stage_fails(tmp_path):
     assert errors[-1] == ("error: plan2_gan_training.py stopped with exit code 2 (its message is "
                           "above)")
     assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize(("bench", "flags", "words"), [
+    ("bench/bench_loop_study.py", ["--stage-args", "--width '8"],
+     "--stage-args \"--width '8\": No closing quotation"),
+    ("bench/bench_plan2_target.py", ["--candidates", "--lr 1e-3,--n-critic \"5"],
+     "--candidates '--n-critic \"5': No closing quotation"),
+    ("bench/bench_plan2_target.py", ["--encoders", "bogus"], "--encoders bogus: must be one of"),
+])
+def test_a_bench_refuses_flags_it_cannot_pass_on_before_anything_trains(tmp_path, bench, flags,
+                                                                       words):
+    """Flags a bench hands to its stages (or a name no stage makes) are read first: one line,
+    exit 2, no folder made, instead of a traceback after an encoder or evaluator has trained."""
+    result = run_script(bench, "--data-dir", str(tmp_path / "bench"), *flags)
+    assert result.returncode == 2 and words in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "bench").exists()

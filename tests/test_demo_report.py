@@ -40,6 +40,9 @@ def build(root: Path, loop_fid: float) -> None:
     save_npz(emb / "digits_pca12_copy.gen.npz", {"z_gen": z_test, "y_gen": data.y_test}, meta)
     noise = (rng.standard_normal(z_test.shape) * 10).astype(np.float32)
     save_npz(emb / "digits_pca12_noise.gen.npz", {"z_gen": noise, "y_gen": data.y_test}, meta)
+    collapsed = np.repeat(z_test[:1], len(z_test), axis=0)  # every sample one real test row
+    save_npz(emb / "digits_pca12_collapsed.gen.npz", {"z_gen": collapsed, "y_gen": data.y_test},
+             meta)
     everything = np.arange(len(data.x_test))
     noise_images = rng.integers(0, 256, data.x_test.shape, dtype=np.uint8)
     plan1 = root / "samples" / "plan1"
@@ -86,6 +89,10 @@ def test_copies_work_and_noise_does_not(report) -> None:
     assert "precision 1.000" in rows[("Plan 2", "pca12_copy")]
     assert rows[("Plan 2", "pca12_copy")].endswith("| works |")
     assert "does not meet its bar" in rows[("Plan 2", "pca12_noise")]
+    # Collapsed onto one real row: precision 1.000 beats the mixture, recall 0.000 does not
+    # meet the bar, so it is not called working.
+    assert "precision 1.000, recall 0.00" in rows[("Plan 2", "pca12_collapsed")]
+    assert "does not meet its bar" in rows[("Plan 2", "pca12_collapsed")]
     assert rows[("Plan 2 decoded", "pca12_copy")].endswith("| works |")
 
 
@@ -124,3 +131,29 @@ def test_missing_metrics_stops_with_the_command_to_run(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "run evaluate.py --data-dir" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("name", "content", "words"), [
+    ("metrics.json", '{"plan1": {"digits": {"m": {"fid": 3.0', "metrics.json: not readable as "
+                                                                 "evaluate.py's JSON"),
+    ("metrics.json", '{"plan1": {"digits": {"m": {"fid": NaN, "class_consistency": 0.9}}}}',
+     "metrics.json: 'fid' is nan, not a finite number"),
+    ("metrics.json", '{"plan1": {"digits": {"m": {"fid": "3"}}}}',
+     "metrics.json: 'fid' is '3', not a finite number"),
+    ("metrics.json", '{"plan1": {"digits": ["m"]}}', "its 'plan1' entry is not evaluate.py's"),
+    ("digits_loop_metrics.json", '{"generations": [{"generation": 0}]}',
+     "digits_loop_metrics.json: no 'fid' where the report reads it"),
+    ("digits_loop_metrics.json", "[" * 100_000, "digits_loop_metrics.json: not readable"),
+    ("clip_digits_zero_shot.json", '{"zero_shot_accuracy": null}',
+     "'zero_shot_accuracy' is None, not a finite number"),
+])
+def test_a_broken_or_mistyped_results_file_is_one_line(tmp_path: Path, name, content,
+                                                       words) -> None:
+    """Truncated, mistyped, NaN or too deeply nested results of the stages: one line naming the
+    file and what is wrong, exit 1; never a traceback and never 'FID nan' with exit 0."""
+    build(tmp_path, loop_fid=12.0)
+    (tmp_path / "results" / "metrics.json").write_text("{}")
+    (tmp_path / "results" / name).write_text(content)
+    result = run("demo_report.py", "--dataset", "digits", "--data-dir", str(tmp_path))
+    assert result.returncode == 1, result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, result.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -297,6 +298,39 @@ def test_stage_and_file_settings_choose_what_is_evaluated(tmp_path: Path) -> Non
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("error: --stages plan3: must be one of embeddings, plan1, "
                                   "plan2, plan2_images, plan2_translation")
+
+
+def test_a_run_of_some_stages_or_files_keeps_the_other_rows(evaluated, tmp_path: Path) -> None:
+    """The docs' own subset run (--stages embeddings --files ...) after a full one: it updates
+    what it ran and keeps every other row whose file is still there (and drops one whose file is
+    gone), in metrics.json, metrics.csv and summary.md, which lists what it kept."""
+    root = tmp_path / "data"
+    shutil.copytree(evaluated["root"], root)
+    (root / "samples" / "plan1" / "digits_pca12_noise.npz").unlink()
+    result = run_evaluate(root, "--stages", "embeddings", "--files", "digits_pca12.npz")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((root / "results" / "metrics.json").read_text())
+    before = evaluated["metrics"]
+    assert set(document["plan1"]["digits"]) == {"pca12_copy"}  # noise's file is gone
+    assert document["plan1"]["digits"]["pca12_copy"] == before["plan1"]["digits"]["pca12_copy"]
+    assert document["plan2"] == before["plan2"]
+    assert document["plan2_translation"] == before["plan2_translation"]
+    updated = document["embeddings"]["digits"]["pca12"]
+    assert updated["evaluated_at"] == document["meta"]["time"]
+    assert updated["knn_accuracy"] == before["embeddings"]["digits"]["pca12"]["knn_accuracy"]
+    assert any(k.startswith("plan1 digits pca12_copy") for k in document["kept_from_earlier_runs"])
+    assert "Rows kept from earlier runs" in (root / "results" / "summary.md").read_text()
+    assert "pca12_copy" in (root / "results" / "metrics.csv").read_text()
+
+
+def test_too_many_score_splits_name_the_setting(evaluated, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(evaluated["root"], root)
+    result = run_evaluate(root, "--stages", "plan1", "--files", "*copy*", "--score-splits",
+                          "1000")
+    assert result.returncode == 1
+    assert "450 images cannot be cut into --score-splits 1000 splits; use at most 450" in \
+        result.stdout + result.stderr
 
 
 def test_file_names_give_dataset_and_model(tmp_path: Path) -> None:

@@ -551,6 +551,18 @@ def test_bad_embedding_files_are_refused_naming_file_and_column(tmp_path):
         run_main(tmp_path, "--encoders", "other")
     with pytest.raises(StageError, match=r"--knn-k 100000: .*digits_pca\.npz holds only"):
         run_main(tmp_path, "--encoders", "pca", "--knn-k", "100000")
+    for name, label in (("minus", -1), ("eleven", 11), ("million", 10**6)):
+        labels = arrays["y_train"].copy()
+        labels[4] = label
+        save_npz(tmp_path / "embeddings" / f"digits_{name}.npz", {**arrays, "y_train": labels},
+                 {})
+        with pytest.raises(StageError, match=rf"digits_{name}\.npz: y_train spans \[.*\], not "
+                                             r"class indices of digits \(0\.\.9\)"):
+            run_main(tmp_path, "--encoders", name)
+    save_npz(tmp_path / "embeddings" / "digits_empty.npz",
+             {**arrays, "z_train": arrays["z_train"][:0], "y_train": arrays["y_train"][:0]}, {})
+    with pytest.raises(StageError, match=r"digits_empty\.npz: holds no train embeddings"):
+        run_main(tmp_path, "--encoders", "empty")
     assert not list((tmp_path / "embeddings").glob("*+*"))  # refused before any training
 
 

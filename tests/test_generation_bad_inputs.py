@@ -5,6 +5,8 @@ as real processes for Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -21,7 +23,8 @@ import test_generation_drift as drift
 from dataio.artifacts import save_npz
 
 ROOT = Path(__file__).resolve().parents[1]
-tiny_clip, coco = drift.tiny_clip, drift.coco  # the drift tests' fixtures, built again here
+# The drift tests' fixtures, built again here.
+tiny_clip, coco, extracted = drift.tiny_clip, drift.coco, drift.extracted
 PREVIOUS = {"coco_caption_embeddings.npz": b"previous captions",
             "gen_0_embeddings.npz": b"previous gen 0"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -178,8 +181,15 @@ def plot_case(tmp_path: Path) -> tuple[list[str], dict[Path, bytes]]:
 
 
 @pytest.mark.parametrize("file, change, expected", [
-    ("gen_0", collapse, "gen_0_embeddings.npz: all 12 image embeddings of generation 0, the "
-                        "reference, are identical"),
+    ("gen_0", collapse, "gen_0_embeddings.npz: the 12 image embeddings of generation 0, the "
+                        "reference, have a total variance of 0"),
+    ("gen_0", lambda data: data.update(image_embeddings=drift.l2_normalise(
+        np.repeat(data["image_embeddings"][:1], 12, 0)
+        + 1e-5 * np.random.default_rng(0).normal(size=(12, 16))).astype(np.float32)),
+     "gen_0_embeddings.npz: the 12 image embeddings of generation 0, the reference, have a "
+     "total variance of"),
+    ("gen_1", lambda data: data.update({k: v[:0] for k, v in data.items()}),
+     "gen_1_embeddings.npz: holds 0 image(s); at least 2 are needed"),
     ("gen_1", repeat_an_id, "gen_1_embeddings.npz: key 'image_ids' repeats id(s) [100]"),
     ("gen_2", "meta-list", "gen_2_embeddings.npz: key 'meta' is a JSON list"),
 ])
@@ -266,3 +276,134 @@ def test_ctrl_c_in_plot_stage(tmp_path: Path) -> None:
     assert code == 130 and "interrupted" in err and "checkpoint" not in err, err
     assert "Traceback" not in err
     assert (tmp_path / "results" / "generation_metrics.json").read_text() == "previous results"
+
+
+# ---- issue 35: what a reviewer tried ----
+
+def other_clip(tiny_clip: Path, folder: Path, seed: int) -> Path:
+    """The tiny CLIP's files with other random weights (written over ``folder``'s if it holds a
+    model): the same names, another model, as a CLIP retrained in place."""
+    import torch
+    from transformers import CLIPModel
+
+    if not folder.exists():
+        shutil.copytree(tiny_clip, folder)
+    torch.manual_seed(seed)
+    CLIPModel(CLIPModel.from_pretrained(tiny_clip).config).save_pretrained(folder)
+    return folder
+
+
+def test_a_reference_embedded_with_other_weights_than_the_captions_is_refused(
+        tiny_clip: Path, coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The CLIP retrained in place (or another --model): its reference embeddings would be
+    compared with generations of the old one; the weights' fingerprint in the files says so."""
+    out = tmp_path / "embeddings"
+    drift.run_script(drift.EXTRACT, *drift.extract_flags(tiny_clip, coco, out, "--generations",
+                                                         "0,1"))
+    capsys.readouterr()
+    retrained = other_clip(tiny_clip, tmp_path / "retrained", seed=1)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "generation_metrics.json").write_text("previous results")
+    flags = [*drift.plot_flags(out, tmp_path, "0,1"), "--reference-dir", str(coco / "gen_0"),
+             "--model", str(retrained), "--device", "cpu"]
+    assert_refused(drift.PLOT, flags, "the captions were embedded with CLIP weights", capsys,
+                   {results / "generation_metrics.json": b"previous results"})
+
+
+def test_shards_embedded_with_other_weights_are_not_merged(tiny_clip: Path, coco: Path,
+                                                           tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """The model folder retrained in place between the two shard runs: same settings, other
+    weights; the merge refuses them, naming the fingerprints."""
+    out, model = tmp_path / "embeddings", tmp_path / "clip"
+    shutil.copytree(tiny_clip, model)
+    for shard in ("0/2", "1/2"):
+        drift.run_script(drift.EXTRACT, *drift.extract_flags(
+            model, coco, out, "--generations", "0", "--shard", shard))
+        other_clip(tiny_clip, model, seed=1)  # retrained in place after the first shard
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        drift.run_script(drift.EXTRACT, *drift.extract_flags(
+            model, coco, out, "--generations", "0", "--shard", "0/2", "--merge"))
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and "was embedded with other CLIP weights" in err, err
+    assert not (out / "coco_caption_embeddings.npz").exists()
+
+
+def test_captions_nested_too_deeply_are_one_line(tiny_clip: Path, coco: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    deep = tmp_path / "captions.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    untouched = previous_outputs(tmp_path / "out")
+    flags = drift.extract_flags(tiny_clip, coco, tmp_path / "out", "--annotation-file",
+                                str(deep))
+    assert_refused(drift.EXTRACT, flags, "JSON nested too deeply", capsys, untouched)
+
+
+def test_an_unknown_placeholder_in_the_folder_pattern_is_a_setting_error(
+        tiny_clip: Path, coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    untouched = previous_outputs(tmp_path / "out")
+    flags = drift.extract_flags(tiny_clip, coco, tmp_path / "out", "--generation-dir-pattern",
+                                str(coco / "gen_{g}_{x}"))
+    assert_refused(drift.EXTRACT, flags, "{g} is its only placeholder", capsys, untouched,
+                   code=2)
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (None, "config.json: not found: a model directory written by save_pretrained holds one"),
+    ("[1, 2]", "config.json: a JSON list, not the object save_pretrained writes"),
+])
+def test_a_missing_or_non_object_config_is_named(tiny_clip: Path, coco: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture, content,
+                                                 words) -> None:
+    model = tmp_path / "clip"
+    shutil.copytree(tiny_clip, model)
+    if content is None:
+        (model / "config.json").unlink()
+    else:
+        (model / "config.json").write_text(content)
+    untouched = previous_outputs(tmp_path / "out")
+    flags = drift.extract_flags(tiny_clip, coco, tmp_path / "out", "--model", str(model))
+    line = assert_refused(drift.EXTRACT, flags, words, capsys, untouched)
+    assert "model.safetensors" not in line
+
+
+def test_reference_folder_problems_point_the_right_way(
+        extracted: tuple[Path, str], tiny_clip: Path, coco: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    """A missing --reference-dir is named as such (not as a generation folder with the pattern
+    hint), and an unnamed file in it is not told to use a --pairing the plot stage lacks."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "generation_metrics.json").write_text("previous results")
+    untouched = {results / "generation_metrics.json": b"previous results"}
+    base = [*drift.plot_flags(extracted[0], tmp_path, "0,2"), "--device", "cpu"]
+    line = assert_refused(drift.PLOT, [*base, "--reference-dir", str(tmp_path / "nowhere")],
+                          f"--reference-dir {tmp_path / 'nowhere'}: no such folder", capsys,
+                          untouched)
+    assert "--generation-dir-pattern" not in line
+    reference = tmp_path / "reference"
+    shutil.copytree(coco / "gen_0", reference)
+    drift.write_image(reference / "holiday.png", 5)
+    line = assert_refused(drift.PLOT, [*base, "--reference-dir", str(reference)],
+                          "holiday.png", capsys, untouched)
+    assert "--pairing" not in line and "the id of the caption the image shows" in line
+
+
+def test_an_image_that_links_to_itself_is_named_not_dropped(
+        tiny_clip: Path, coco: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "gen_0"
+    shutil.copytree(coco / "gen_0", folder)
+    loop_link = folder / drift.COCO_NAME.format(49, "png")
+    loop_link.unlink(missing_ok=True)
+    (folder / drift.COCO_NAME.format(49, "jpg")).unlink(missing_ok=True)
+    loop_link.symlink_to(loop_link.name)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        drift.run_script(drift.EXTRACT, *drift.extract_flags(
+            tiny_clip, coco, tmp_path / "out", "--generations", "0", "--generation-dir-pattern",
+            str(tmp_path / "gen_{g}"), "--workers", "0"))
+    assert f"unreadable image skipped: {loop_link}" in printed.getvalue()
+    meta = json.loads(str(np.load(tmp_path / "out" / "gen_0_embeddings.npz")["meta"]))
+    assert meta["n_unreadable"] == 1 and meta["unreadable_files"][0]["file"] == loop_link.name

@@ -107,7 +107,12 @@ def test_a_settings_block_a_reader_could_misread_is_refused(tmp_path, capsys, so
     (["--free", "inf"], "error: --free inf: must be a finite number"),
     (["--mode", "medium"], "error: --mode medium: must be one of fast, slow"),
     (["--models", "a,z"], "error: --models z: must be one of a, b, c"),
-    (["--models", ","], "error: --models: the list is empty"),
+    (["--models", ","], "error: argument --models: an empty item in ',' (two commas, or one at "
+                        "an end) (see --help)"),
+    (["--models", "a,,b"], "error: argument --models: an empty item in 'a,,b' (two commas, or "
+                           "one at an end) (see --help)"),
+    (["--models", "a,"], "error: argument --models: an empty item in 'a,' (two commas, or one at "
+                         "an end) (see --help)"),
     (["--models", "a,a"], "error: --models: a listed more than once"),
     (["--dataset", "cifar"], "error: --dataset cifar: must be one of mnist, digits, "
                              "fashion-mnist"),
@@ -340,7 +345,7 @@ ENCODER_BAD_VALUES = [
     (("--learning-rate", "nan"), "--learning-rate nan: must be a finite number"),
     (("--temperature", "0"), "--temperature 0.0: must be > 0"),
     (("--seed", "-1"), "--seed -1"),
-    (("--models", ","), "--models: the list is empty"),
+    (("--models", ","), "--models: an empty item in ','"),
     (("--dataset", "cifar"), "--dataset cifar"),
     (("--lr-schedules", "constant,bogus"), "unrecognized arguments: --lr-schedules"),
     (("--limit", "1"), "--limit 1 leaves 1 training image(s)"),
@@ -462,7 +467,7 @@ EVALUATE_BAD = [
     (("--plot-points", "0"), "--plot-points 0"),
     (("--baseline-components", "5000"), "--baseline-components 5000: must be <= 784"),
     (("--seed", "-1"), "--seed -1"),
-    (("--stages", ","), "--stages: the list is empty"),
+    (("--stages", ","), "--stages: an empty item in ','"),
 ]
 
 
@@ -607,6 +612,24 @@ def test_the_batch_size_the_refusal_names_trains(trained, tmp_path):
 # ---------------------------------------------------------------- every script
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.py"), *ROOT.glob("bench/*.py")]
                  if "configure(globals()" in p.read_text())
+
+
+SEEDED = [script for script in SCRIPTS
+          if any(name in ("SEED", "SEEDS") for name, _ in declared_settings(
+              (ROOT / script).read_text()))]
+
+
+@pytest.mark.parametrize("script", SEEDED)
+def test_every_seed_setting_takes_what_the_generators_take(script, capsys):
+    """A seed past 2**32 - 1 (NumPy's bound) is refused in one line, exit 2, before anything
+    is read; the largest one is accepted."""
+    namespace = runpy_namespace(script)
+    flag = "--seeds" if "SEEDS" in namespace and "SEED" not in namespace else "--seed"
+    with pytest.raises(SystemExit) as exited:
+        configure(namespace, [flag, "4294967296"])
+    assert exited.value.code == 2
+    assert f"{flag} 4294967296: must be <= 4294967295" in capsys.readouterr().err
+    assert configure(namespace, [flag, "4294967295"])[flag[2:]] in (4294967295, (4294967295,))
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

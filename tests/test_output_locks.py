@@ -122,3 +122,76 @@ def test_a_refused_run_leaves_the_data_folder_as_it_was(tmp_path, capsys, script
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+# ---------------------------------------------------------------- links and stale staging folders
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_left_alone(tmp_path):
+    """A lock file planted as a link to a user's file: the stage stops in one line, and the
+    file the link points to keeps its content (it was opened, truncated and written before)."""
+    pca_embeddings(tmp_path)
+    notes = tmp_path.parent / f"{tmp_path.name}-notes.txt"
+    notes.write_text("my notes\n")
+    (tmp_path / ".lock-flows-digits_pca").symlink_to(notes)
+    with pytest.raises(StageError, match="the lock file is a link; a stage never writes"):
+        flows.main(["--dataset", "digits", "--data-dir", str(tmp_path), "--encoders", "pca",
+                    "--device", "cpu"])
+    assert notes.read_text() == "my notes\n"
+
+
+def test_a_data_folder_that_is_a_link_keeps_working(tmp_path):
+    """The user's own link to a data folder is followed: the lock is taken in the real folder."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "data").symlink_to(real)
+
+    @artifacts.holds_output_locks
+    def main() -> None:
+        artifacts.hold_output_lock(tmp_path / "data" / ".lock-stage", "stage.py")
+        assert (real / ".lock-stage").is_file() and not (real / ".lock-stage").is_symlink()
+
+    main()
+
+
+def test_a_folder_reached_through_a_link_is_never_replaced(tmp_path):
+    """A stage's output folder that is a link (to a folder a stage once wrote, even) is refused
+    before any work: replacing it would delete what the link points to."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / artifacts.OUTPUT_MARKER).write_text("")
+    (target / "mine.txt").write_text("keep")
+    (tmp_path / "clip_digits").symlink_to(target)
+    with pytest.raises(StageError, match="a link; a stage never replaces or deletes"):
+        artifacts.check_replaceable(tmp_path / "clip_digits")
+    assert (target / "mine.txt").read_text() == "keep"
+
+
+def test_the_small_clip_never_replaces_a_linked_model_folder(tmp_path, capsys):
+    """train_small_clip.py with checkpoints/clip_<ds> a link to a user's folder: refused before
+    training, and the folder and its files are left as they were."""
+    import train_small_clip
+
+    user = tmp_path / "my_model"
+    user.mkdir()
+    (user / "weights.bin").write_bytes(b"mine")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "clip_digits").symlink_to(user)
+    with pytest.raises(StageError, match="clip_digits: a link"):
+        train_small_clip.main(["--dataset", "digits", "--data-dir", str(tmp_path),
+                               "--device", "cpu", "--limit", "64"])
+    assert sorted(p.name for p in user.iterdir()) == ["weights.bin"]
+    assert (user / "weights.bin").read_bytes() == b"mine"
+
+
+def test_staging_folders_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    """A killed run leaves .<name>.partial-<pid>; the next staging beside it removes it, but
+    never the staging folder of a process that still runs."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".gen_0.partial-{dead}"
+    live = tmp_path / f".gen_0.partial-{os.getppid()}"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "test_00000.png").write_bytes(b"half written")
+    staging = artifacts.staging_dir(tmp_path / "gen_0")
+    assert staging.name == f".gen_0.partial-{os.getpid()}" and not list(staging.iterdir())
+    assert not stale.exists() and live.is_dir()

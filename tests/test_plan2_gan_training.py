@@ -27,6 +27,7 @@ from dataio.artifacts import (
     load_embeddings,
     load_npz,
     make_meta,
+    save_checkpoint,
     save_npz,
 )
 from dataio.data_sources import load_dataset
@@ -927,3 +928,19 @@ def test_tables_hold_every_model_on_disk_each_from_its_own_run(stage1, tmp_path,
     assert any(line.startswith("| flow_matching | 2 (") for line in table)
     translation = (root / "results" / "plan2_digits_ae_basic-to-pca.md").read_text()
     assert translation.count("| cyclegan | 1 (") == 1
+
+
+def test_a_checkpoint_of_another_kind_where_the_encoder_should_be_is_named(tmp_path):
+    """The evaluator CNN's checkpoint saved as the VAE's: the note says what the file lacks (the
+    record of an encoder), not an 'embedding size None'."""
+    from evaluation.evaluator_cnn import EvaluatorCNN
+    from models.decoding import autoencoder_decoder
+
+    path = tmp_path / "digits_vae.pt"
+    save_checkpoint(path, {"model": EvaluatorCNN(10).state_dict(), "settings": {"epochs": 4},
+                           "epoch": 4, "dataset": "digits"})
+    data = load_dataset("digits")
+    decode, why = autoencoder_decoder(path, "vae", np.zeros((450, 32), np.float32),
+                                      data.x_test, 100, "python encoder_models.py --models vae")
+    assert decode is None and "None" not in why
+    assert why.startswith("holds no record of its model") and "encoder_models.py" in why

@@ -8,6 +8,7 @@ import os
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from dataio.data_sources import load_dataset
@@ -38,10 +39,8 @@ def test_the_evaluators_resume_restores_the_cuda_generators(tmp_path, monkeypatc
     def interrupt(epoch: int, loss: float, accuracy: float) -> None:
         raise KeyboardInterrupt  # Ctrl-C once epoch 1's checkpoint is written
 
-    try:
+    with pytest.raises(KeyboardInterrupt):
         train_evaluator(data, checkpoint, torch.device("cpu"), 2, 256, 3e-3, 0, interrupt)
-    except KeyboardInterrupt:
-        pass
     state = torch.load(checkpoint, weights_only=True)
     assert state["epoch"] == 1 and torch.equal(state["cuda_rng"][0], saved_states[0])
     assert not restored

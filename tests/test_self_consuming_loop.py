@@ -401,3 +401,56 @@ def test_a_generation_folder_holds_only_its_pngs_and_a_foreign_folder_is_not_rep
     with pytest.raises(loop.StageError, match="did not write"):
         loop.write_image_folder(folder, images)
     assert (folder / "notes.txt").read_text() == "mine" and len(list(folder.iterdir())) == 3
+
+
+# ---------------------------------------------------------------- refused before any work
+@pytest.mark.parametrize(("flags", "code", "words"), [
+    (("--fresh-fraction", "0.0005"), 2, "--fresh-fraction 0.0005 of --train-images 640 rounds "
+                                        "to 0 fresh images per generation"),
+    (("--bootstrap", "1"), 2, "--bootstrap 1: an interval needs at least 2 resamples"),
+    (("--bootstrap", "1000000000"), 2, "--bootstrap 1000000000: must be <= 10000"),
+    (("--seeds", "4294967296"), 2, "--seeds 4294967296: must be <= 4294967295"),
+    (("--fresh-fraction", "0.9"), 1, "576 fresh images per generation, more than the 411 "
+                                     "training images outside generation 0's set"),
+])
+def test_settings_the_loop_cannot_run_are_refused_before_it_writes(tmp_path, capsys, flags,
+                                                                    code, words):
+    """Each stops with one line and nothing written: no folder, no captions, no checkpoint."""
+    got, _, err = run_in_process(tmp_path, *flags, capsys=capsys)
+    assert got == code and words in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_users_folder_where_a_later_generation_goes_is_refused_before_training(
+        straight, tmp_path, capsys):
+    """<run>/gen_2 holding a user's files: refused before generation 0 trains, not after
+    generation 2 (the folders of every generation are checked first)."""
+    data_dir = with_evaluator(straight[0], tmp_path / "data")
+    (data_dir / RUN / "gen_2").mkdir(parents=True)
+    (data_dir / RUN / "gen_2" / "my_image.png").write_bytes(b"mine")
+    code, out, err = run_in_process(data_dir, "--generations", "2", capsys=capsys)
+    assert code == 1 and "gen_2: an existing folder this project's stages did not write" in err
+    assert "epoch" not in out and not (data_dir / "checkpoints" / "loop").exists()
+    assert (data_dir / RUN / "gen_2" / "my_image.png").read_bytes() == b"mine"
+
+
+def test_the_docstrings_example_runs_with_the_default_held_out_share(straight, tmp_path,
+                                                                     capsys):
+    """The example of the stage's docstring on digits (1,347 training images), with the default
+    --held-out-fraction, trains its generations (smaller networks and fewer epochs here)."""
+    data_dir = with_evaluator(straight[0], tmp_path / "data")
+    example = ["--dataset", "digits", "--generations", "1", "--n-images", "50",
+               "--train-images", "500"]
+    small = ["--epochs-first", "1", "--epochs", "1", "--width", "8", "--feature-dim", "16",
+             "--noise-dim", "8", "--kid-subsets", "5", "--bootstrap", "0", "--cas-epochs", "1",
+             "--device", "cpu", "--data-dir", str(data_dir)]
+    code = 0
+    try:
+        run_stage(lambda: loop.main([*example, *small]))
+    except SystemExit as stopped:
+        code = int(stopped.code)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "gen 1: trained on gen 0" in captured.out
+    start = next((data_dir / "checkpoints" / "loop" / "start").iterdir())
+    assert load_checkpoint(start)["settings"]["held_out_fraction"] == 0.05  # 67 of 1,347

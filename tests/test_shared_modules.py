@@ -169,6 +169,33 @@ def test_read_idx_parses_and_validates(tmp_path):
         read_idx(tmp_path / "broken.gz", 3)
 
 
+def test_a_gzip_bomb_in_place_of_an_idx_file_is_refused_without_inflating_it(tmp_path):
+    """A header announcing 5 images followed by 200 MB of zeros (200 kB compressed): refused
+    after reading the announced bytes and one more, never the whole stream; a header announcing
+    more than an image set may hold is refused from the header alone."""
+    import tracemalloc
+
+    header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (5, 28, 28))
+    compressor = gzip.GzipFile(tmp_path / "bomb.gz", "wb")
+    compressor.write(header)
+    block = bytes(2**20)
+    for _ in range(200):
+        compressor.write(block)
+    compressor.close()
+    assert (tmp_path / "bomb.gz").stat().st_size < 2**20
+    tracemalloc.start()
+    with pytest.raises(StageError, match=r"bomb.gz: header says shape \(5, 28, 28\) \(3920 bytes "
+                                         r"of data\), file holds more"):
+        read_idx(tmp_path / "bomb.gz", 3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2**20  # far below the 200 MB the stream inflates to
+    huge = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (60000, 2000, 2000))
+    (tmp_path / "huge").write_bytes(huge)
+    with pytest.raises(StageError, match="more than the 1073741824 an image data set may hold"):
+        read_idx(tmp_path / "huge", 3)
+
+
 def fake_idx_folder(folder: Path, n_train: int, n_train_labels: int) -> None:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
