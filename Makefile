@@ -143,3 +143,4 @@ bench: install fashion-data
 	$(PY) bench/bench_clip_extraction.py
 	$(PY) bench/bench_drift_experiment.py
 	$(PY) bench/bench_loop_study.py
+	$(PY) bench/bench_sd_sampling.py

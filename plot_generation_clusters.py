@@ -39,6 +39,7 @@ from dataio.artifacts import (
     load_npz,
     make_meta,
     save_figure,
+    weights_fingerprint,
     write_text,
 )
 from evaluation.generation_metrics import (
@@ -483,7 +484,7 @@ def reference_embeddings(s: DriftPlotSettings, captions: dict[str, Any], device:
                          "--model NAME_OR_DIR")
     model, processor = clip_embedding.load_clip(model_name, device)
     recorded, loaded = captions["meta"].get("model_fingerprint"), \
-        clip_embedding.weights_fingerprint(model)
+        weights_fingerprint(model)
     if recorded != loaded:
         raise StageError(f"--reference-dir: the captions were embedded with CLIP weights "
                          f"{recorded} (their meta), {model_name} holds {loaded}: the model was "

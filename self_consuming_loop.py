@@ -47,7 +47,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ import torch
 from PIL import Image
 
 from clip_tools.captions import CAPTION_TEMPLATES, class_phrase
+from clip_tools.clip_embedding import ids_by_file, list_images
 from dataio.artifacts import (
     check_replaceable,
     check_settings_match,
@@ -71,8 +72,10 @@ from dataio.artifacts import (
     save_npz,
     short_cause,
     staging_dir,
+    weights_fingerprint,
     write_text,
 )
+from dataio.coco import parse_shard, read_first_captions
 from dataio.data_sources import ImageDataset, load_dataset
 from dataio.splits import held_out_count
 from evaluation import metrics, scoring
@@ -83,6 +86,31 @@ from reporting.figures import image_grid_figure, save_and_close
 from reporting.loop_comparison import config_of, metrics_figure
 from runtime.settings import SettingsError, configure, pick
 from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
+from stable_diffusion.finetune import (
+    FinetuneSettings,
+    encode_captions,
+    encode_images,
+    finetune,
+    load_weights,
+    save_weights,
+)
+from stable_diffusion.images import (
+    drawn_shards,
+    generation_drawn,
+    load_real_images,
+    only_coco_images,
+    read_generation,
+    remove_shards,
+    write_generation,
+    write_shard,
+)
+from stable_diffusion.pipelines import (
+    check_image_size,
+    default_image_size,
+    draw,
+    load_pipeline,
+    use_sampler,
+)
 from training import loop_regimes
 from training.gans import (
     LOSS_KINDS,
@@ -104,6 +132,7 @@ METRIC_KEYS = ("fid", "fid_floor", "kid", "kid_std", "kid_floor", "precision", "
 ADDITION_KEYS = {"x": (3, "u"), "y": (1, "iu"), "origin": (1, "i")}
 
 # ---------------------------------------------------------------- settings
+GENERATOR = "gan"  # gan: a class-conditional GAN; diffusion: Stable Diffusion [gan | diffusion]
 DATASET = "fashion-mnist"  # dataset of the real images [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # where images, checkpoints, results and figures are written
 GENERATIONS = 10  # generations after the first: gen_0 ... gen_<N> are trained and written [>= 1]
@@ -139,7 +168,28 @@ KID_SUBSETS = 100  # KID: pairs of random subsets [>= 1]
 CAS_EPOCHS = 10  # classifier accuracy score: training passes of its MLP [>= 1]
 LOG_EVERY = 50  # steps between reads of the summed losses [>= 1]
 SAMPLE_BATCH_SIZE = 1000  # images per generator pass when sampling [>= 1]
+# The diffusion generator's own settings (GENERATIONS, REGIME, FRESH_FRACTION, SEEDS, DEVICE and
+# DATA_DIR are the loop's).
+PIPELINE = ""  # diffusion: a StableDiffusionPipeline folder, or a name in the local HF cache
+ANNOTATION_FILE = "data/coco/annotations/captions_train2014.json"  # diffusion: COCO captions
+NUM_CAPTIONS = 100  # diffusion: prompts, the first N image ids in ascending order [>= 1]
+IMAGE_DIR = ""  # diffusion: real COCO images named by id (needed to accumulate, fresh data)
+FINETUNE = "lora"  # diffusion: LoRA on the UNet's attention, or the whole UNet [lora | full]
+GUIDANCE_SCALE = 7.0  # diffusion: classifier-free guidance weight [>= 1]
+STEPS = 50  # diffusion: sampler steps per image [>= 1, <= 1000]
+SAMPLER = "ddim"  # diffusion: sampler [in stable_diffusion.pipelines.SAMPLERS]
+IMAGE_SIZE = 0  # diffusion: pixels per side (0: the pipeline's own) [>= 0, <= 2048]
+SD_LEARNING_RATE = 1e-4  # diffusion: AdamW rate of fine-tuning (the seed's full UNet: 1e-5) [> 0]
+SD_EPOCHS = 5  # diffusion: fine-tuning passes over each generation's training images [>= 1]
+SD_BATCH_SIZE = 1  # diffusion: images per fine-tuning step and process [>= 1]
+LORA_RANK = 4  # diffusion: rank of each LoRA adapter [>= 1, <= 1024]
+DRAW_BATCH_SIZE = 8  # diffusion: prompts per pipeline call [>= 1]
+SHARD = ""  # diffusion: i/n: draw shard i of the first generation not drawn yet, then stop
+STOP_AFTER_FINETUNE = False  # diffusion: stop once the next generation is fine-tuned (to shard it)
 # ---------------------------------------------------------------- end of settings
+
+# The file that completes a generation's saved weights (written last).
+WEIGHTS_DONE = "weights.complete"
 
 
 @dataclass(frozen=True)
@@ -651,9 +701,243 @@ def make_loop(values: dict[str, Any], seed: int, data: ImageDataset,
                    start=start_checkpoint(loop_dir, probe.start_settings()))
 
 
+# ---------------------------------------------------------------- the diffusion generator
+@dataclass(frozen=True)
+class DiffusionRun:
+    """A loop of Stable Diffusion pipelines, each fine-tuned on what the loop fed it."""
+
+    data_dir: str
+    generations: int
+    pipeline: str
+    annotation_file: str
+    num_captions: int
+    image_dir: str
+    guidance_scale: float
+    steps: int
+    sampler: str
+    image_size: int
+    draw_batch_size: int
+    shard: str
+    stop_after_finetune: bool
+
+
+@dataclass
+class Prompts:
+    """The captions: the prompts' ids and every first caption by id; the real images by id
+    where the loop needs them (A_0 and the fresh pool)."""
+
+    ids: np.ndarray
+    caption_of: dict[int, str]
+    real_files: dict[int, Path]
+    fresh_pool: np.ndarray
+
+
+def diffusion_run_name(run: DiffusionRun, regime: Regime, finetuning: FinetuneSettings,
+                       seed: int) -> str:
+    """The seed's folder name, sd_to_sd_cfg_<w>_steps_<n>, then the regime as the GAN loop names
+    it, _fresh<percent>, _full (whole-UNet fine-tuning), _dpm (DPM-Solver), _seed<k>."""
+    name = f"sd_to_sd_cfg_{run.guidance_scale:g}_steps_{run.steps}{REGIME_TAGS[regime.name]}"
+    if regime.fresh_fraction > 0:
+        name += f"_fresh{100 * regime.fresh_fraction:g}"
+    name += "_full" if finetuning.method == "full" else ""
+    name += "_dpm" if run.sampler == "dpm-solver" else ""
+    return name + (f"_seed{seed}" if seed else "")
+
+
+def diffusion_prompts(run: DiffusionRun, regime: Regime) -> Prompts:
+    """The prompts (as the extraction stage chooses its captions) and, when the regime or fresh
+    data needs real images, the file of each id in --image-dir: every prompt's, and the ids
+    after them as the fresh pool; refused in one line when they are missing."""
+    caption_of = read_first_captions(Path(run.annotation_file))
+    ordered = sorted(caption_of)
+    if len(ordered) < run.num_captions:
+        raise StageError(f"{run.annotation_file}: holds {len(ordered)} image ids' captions, fewer "
+                         f"than --num-captions {run.num_captions}")
+    ids = np.array(ordered[:run.num_captions], dtype=np.int64)
+    if regime.name == "replace" and not regime.fresh:
+        return Prompts(ids, caption_of, {}, np.zeros(0, np.int64))
+    why = f"--regime {regime.name}" + (f" --fresh-fraction {regime.fresh_fraction}"
+                                       if regime.fresh else "")
+    if not run.image_dir:
+        raise SettingsError(f"{why} trains on real images: give their folder with --image-dir")
+    folder = Path(run.image_dir)
+    if not folder.is_dir():
+        raise StageError(f"--image-dir {folder}: no such folder")
+    files, _ = list_images(folder, str(folder))
+    by_id = {image_id: path for path, image_id in ids_by_file(
+        folder, files, " (COCO_train2014_<12-digit id>.jpg)").items()}
+    missing = [int(i) for i in ids if int(i) not in by_id]
+    if missing:
+        raise StageError(f"--image-dir {folder}: no image of {len(missing)} prompt id(s) (e.g. "
+                         f"{missing[:3]}), which {why} trains on")
+    pool = np.array([i for i in ordered[run.num_captions:] if i in by_id], dtype=np.int64)
+    if regime.fresh > len(pool):
+        raise StageError(f"--image-dir {folder}: {len(pool)} images of captions after the "
+                         f"prompts, fewer than the {regime.fresh} fresh ones each generation "
+                         f"takes")
+    return Prompts(ids, caption_of, by_id, pool)
+
+
+def diffusion_training_set(generation: int, folders: list[Path], prompts: Prompts,
+                           regime: Regime, seed: int, size: int) -> ImageSet:
+    """What generation k >= 1 fine-tunes on: A_0 the prompts' real images (when the regime uses
+    them), A_j generation j-1's images of a seeded draw of the prompts and fresh real images of
+    captions after the prompts (none fresh twice while unused ones remain), combined by the
+    regime (``training/loop_regimes.py``); y holds each image's caption id."""
+    def real(ids: np.ndarray) -> np.ndarray:
+        return load_real_images([prompts.real_files[int(i)] for i in ids], size)
+
+    needed = range(1, generation + 1) if regime.name != "replace" else [generation]
+    additions = [ImageSet(real(prompts.ids), prompts.ids,
+                          np.full(len(prompts.ids), loop_regimes.REAL, np.int64))
+                 if regime.name != "replace" else ImageSet(*(np.zeros(0),) * 3)]
+    for k in needed:
+        made = read_generation(folders[k - 1], prompts.ids)
+        chosen = loop_regimes.addition_labels(prompts.ids, k, regime, seed)
+        rows = np.searchsorted(prompts.ids, chosen)
+        fresh, _ = loop_regimes.fresh_indices(np.arange(len(prompts.fresh_pool)), k, regime, seed)
+        fresh_ids = prompts.fresh_pool[fresh]
+        additions.append(ImageSet(
+            np.concatenate([made[rows], real(fresh_ids)]) if len(fresh_ids) else made[rows],
+            np.concatenate([chosen, fresh_ids]).astype(np.int64),
+            np.concatenate([np.full(len(chosen), k - 1, np.int64),
+                            np.full(len(fresh_ids), loop_regimes.REAL, np.int64)])))
+    return loop_regimes.training_set(additions, regime, seed)
+
+
+def run_diffusion_loop(run: DiffusionRun, regime: Regime, finetuning: FinetuneSettings,
+                       prompts: Prompts, seed: int, values: dict[str, Any],
+                       accelerator: Any) -> None:
+    """One loop (one seed): generation 0 drawn by the pipeline as given, generation k >= 1 by
+    the pipeline fine-tuned (from generation k-1's weights) on what the regime feeds it."""
+    root = Path(run.data_dir)
+    name = diffusion_run_name(run, regime, finetuning, seed)
+    folders = [root / "coco" / f"{name}_gen_{g}" for g in range(run.generations + 1)]
+    for folder in folders:  # before any work: a folder this loop did not write stays
+        check_replaceable(folder, only_coco_images)
+    main = accelerator.is_main_process
+    if main:
+        hold_output_lock(root / f".lock-self_consuming_loop-{name}",
+                         f"self_consuming_loop.py, loop {name}")
+    shard = parse_shard(run.shard)
+    pipe = load_pipeline(run.pipeline, accelerator.device)
+    use_sampler(pipe, run.sampler)
+    size = run.image_size or default_image_size(pipe)
+    check_image_size(pipe, size)
+    checkpoints = root / "checkpoints" / "sd_loop" / name
+    results_path = root / "results" / f"{name}_metrics.json"
+    settings = {"pipeline": run.pipeline, "num_captions": run.num_captions,
+                "guidance_scale": run.guidance_scale, "steps": run.steps,
+                "sampler": run.sampler, "image_size": size, "regime": regime.name,
+                "fresh_fraction": regime.fresh_fraction, "seed": seed,
+                **{f"finetune_{k}": v for k, v in asdict(finetuning).items() if k != "seed"}}
+    records = read_results(results_path, settings) if main else []
+    print(f"loop {name}: {run.num_captions} prompts, generations 0-{run.generations}, "
+          f"{run.sampler} {run.steps} steps, guidance {run.guidance_scale:g}, {size} px, "
+          f"{finetuning.method} fine-tuning; device {accelerator.device}", flush=True)
+    for generation, folder in enumerate(folders):
+        record: dict[str, Any] = next((r for r in records if r["generation"] == generation),
+                                      {"generation": generation})
+        if generation:
+            weights = checkpoints / f"gen_{generation}" / "weights"
+            if not (weights / WEIGHTS_DONE).is_file():
+                started = time.time()
+                train = diffusion_training_set(generation, folders, prompts, regime, seed, size)
+                latents = encode_images(pipe, train.x)
+                states = encode_captions(pipe, [prompts.caption_of[int(i)] for i in train.y])
+                finetune(pipe, latents, states, replace(finetuning,
+                                                        seed=seed * 100_003 + generation),
+                         checkpoints / f"gen_{generation}" / "finetune.pt", accelerator,
+                         {"generation": generation, **settings,
+                          "train_set": fingerprint(train.x, train.y, train.origin)},
+                         lambda epoch, loss, g=generation: print(
+                             f"gen {g}: fine-tuning epoch {epoch}/{finetuning.epochs}, loss "
+                             f"{loss:.4f}", flush=True))
+                if main:
+                    staging = staging_dir(weights)
+                    save_weights(pipe, finetuning.method, staging)
+                    write_text(staging / WEIGHTS_DONE, "complete\n")
+                    replace_directory(staging, weights)
+                record.update(trained_on=source_of(loop_regimes.sources(train)),
+                              train_sources=loop_regimes.sources(train),
+                              train_images=len(train), finetune_seconds=time.time() - started)
+                accelerator.wait_for_everyone()
+            else:
+                load_weights(pipe, finetuning, weights)
+        if generation_drawn(folder, prompts.ids):
+            continue
+        if run.stop_after_finetune:
+            print(f"gen {generation}: its model is ready in {checkpoints}; stopped before "
+                  f"drawing it (--stop-after-finetune): draw it with --shard i/n")
+            return
+        draw_record = {"shard": list(shard or (0, 1)), "generation": generation,
+                       "unet": weights_fingerprint(pipe.unet), **settings}
+        started = time.time()
+        if shard is not None:
+            ids = prompts.ids[shard[0]::shard[1]]
+            images = draw(pipe, [prompts.caption_of[int(i)] for i in ids], ids, seed, size,
+                          run.steps, run.guidance_scale, run.draw_batch_size)
+            where = write_shard(folder, images, ids, draw_record)
+            print(f"gen {generation}: shard {shard[0]}/{shard[1]}, {len(ids)} images in "
+                  f"{time.time() - started:.0f} s: {where}; a run without --shard merges the "
+                  f"shards and goes on")
+            return
+        if main:
+            drawn = drawn_shards(folder, draw_record)
+            missing = np.array([i for i in prompts.ids if int(i) not in drawn], dtype=np.int64)
+            new = draw(pipe, [prompts.caption_of[int(i)] for i in missing], missing, seed, size,
+                       run.steps, run.guidance_scale, run.draw_batch_size)
+            drawn.update(zip(missing.tolist(), new, strict=True))
+            write_generation(folder, np.stack([drawn[int(i)] for i in prompts.ids]), prompts.ids)
+            remove_shards(folder)
+            record.update(draw_seconds=time.time() - started, from_shards=len(prompts.ids)
+                          - len(missing))
+            records = [r for r in records if r["generation"] != generation] + [record]
+            write_text(results_path, json.dumps({
+                "loop_settings": settings, "generations": sorted(
+                    records, key=lambda r: r["generation"]),
+                "meta": make_meta(__file__, values, "coco", seed, run=name)}, indent=2) + "\n")
+            print(f"gen {generation}: {len(missing)} images drawn in "
+                  f"{time.time() - started:.0f} s ({len(prompts.ids) - len(missing)} from "
+                  f"shards): {folder}", flush=True)
+        accelerator.wait_for_everyone()
+    print(f"loop {name} complete; embed it with: python extract_generation_embeddings.py "
+          f"--annotation-file {run.annotation_file} --num-captions {run.num_captions} "
+          f"--generation-dir-pattern '{root / 'coco' / name}_gen_{{g}}' --generations "
+          f"{','.join(map(str, range(run.generations + 1)))} --model <a CLIP>")
+
+
+def diffusion_main(values: dict[str, Any]) -> None:
+    """--generator diffusion: every check before any model is loaded, then one loop per seed."""
+    from accelerate import Accelerator
+
+    run = pick(DiffusionRun, values)
+    regime = Regime(values["regime"], run.num_captions, values["fresh_fraction"])
+    finetuning = FinetuneSettings(values["finetune"], values["sd_learning_rate"],
+                                  values["sd_epochs"], values["sd_batch_size"],
+                                  values["lora_rank"])
+    if not run.pipeline:
+        raise SettingsError("--generator diffusion draws with a Stable Diffusion pipeline: give "
+                            "its folder or cached name with --pipeline")
+    if regime.fresh_fraction > 0 and regime.fresh == 0:
+        raise SettingsError(f"--fresh-fraction {regime.fresh_fraction} of --num-captions "
+                            f"{run.num_captions} rounds to 0 fresh images per generation")
+    shard = parse_shard(run.shard)
+    accelerator = Accelerator(cpu=values["device"] == "cpu")
+    if shard is not None and accelerator.num_processes > 1:
+        raise SettingsError("--shard is one process's part: run it without accelerate launch")
+    limit_cpu_threads(values["threads"])
+    prompts = diffusion_prompts(run, regime)
+    for seed in values["seeds"]:
+        seed_everything(seed, values["deterministic"])
+        run_diffusion_loop(run, regime, finetuning, prompts, seed, values, accelerator)
+
+
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
+    if values["generator"] == "diffusion":
+        return diffusion_main(values)
     base = pick(LoopRun, values, seed=values["seeds"][0])
     regime = Regime(values["regime"], values["train_images"], values["fresh_fraction"])
     optimiser = optimiser_settings(values)

@@ -6,7 +6,6 @@ plot_generation_clusters.py a reference set of real images."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -71,17 +70,6 @@ def ids_by_file(folder: Path, files: list[Path],
                              f"{image_id}; one image per id is expected")
         seen[image_id] = path.name
     return {path: int(image_id) for path, image_id in ids.items()}
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of a model's weights (every state-dict entry's name, dtype, shape and bytes,
-    in order): two files embedded with different weights, whatever their names, say so."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def load_clip(name_or_dir: str, device: torch.device) -> tuple[Any, Any]:

@@ -311,6 +311,17 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's weights (every state-dict entry's name, dtype, shape and bytes,
+    in order): two files embedded with different weights, whatever their names, say so."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def give_umask_permissions(folder: Path) -> None:
     """Give the files in ``folder`` the permissions new files get under the umask (safetensors
     writes 0600)."""

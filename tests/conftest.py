@@ -11,6 +11,7 @@ import torch
 torch.set_num_threads(1)
 
 LONGEST_FIRST = ("test_plan2_gan_training.py", "test_self_consuming_loop.py",
+                 "test_diffusion_loop.py",
                  "test_plan1_gan_training.py", "test_demo_report.py", "test_evaluate.py",
                  "test_damaged_checkpoints.py", "test_flows.py", "test_hardening.py",
                  "test_encoder_models.py", "test_small_clip.py")

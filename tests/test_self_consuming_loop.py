@@ -22,9 +22,9 @@ import self_consuming_loop as loop
 from clip_tools.captions import CAPTION_TEMPLATES
 from clip_tools.clip_embedding import image_id_from_name
 from dataio.artifacts import load_checkpoint, load_npz
+from dataio.coco import read_first_captions
 from dataio.data_sources import load_dataset
 from evaluation import scoring
-from extract_generation_embeddings import read_first_captions
 from models.image_gans import ImageGANConfig
 from runtime.settings import configure
 from runtime.stage import run_stage
