@@ -843,7 +843,7 @@ def run_diffusion_loop(run: DiffusionRun, regime: Regime, finetuning: FinetuneSe
             if not (weights / WEIGHTS_DONE).is_file():
                 started = time.time()
                 train = diffusion_training_set(generation, folders, prompts, regime, seed, size)
-                latents = encode_images(pipe, train.x)
+                latents = encode_images(pipe.vae, train.x)
                 states = encode_captions(pipe, [prompts.caption_of[int(i)] for i in train.y])
                 finetune(pipe, latents, states, replace(finetuning,
                                                         seed=seed * 100_003 + generation),

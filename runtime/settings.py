@@ -21,8 +21,9 @@ before the stage reads anything:
 - choices ``[constant | one-cycle]``, or ``[in GAN_NAMES]`` for the items of a module-level
   sequence ``GAN_NAMES`` of the script, or ``[in dataio.data_sources.DATASETS]`` for one of a
   module.
-For a tuple setting the rule applies to every item; a tuple must not repeat an item, and must be
-non-empty unless its rule says ``or empty`` (``[in FLOW_NAMES, or empty]``; ``--flows ""``).
+For a tuple setting the rule applies to every item; a tuple must not repeat an item unless its
+rule says ``repeats`` (sizes per level: ``[>= 8, repeats]``), and must be non-empty unless it
+says ``or empty`` (``[in FLOW_NAMES, or empty]``; ``--flows ""``).
 Floats must be finite. A broken value stops the script with one line and exit code 2. A boolean
 setting is a switch: ``--merge`` turns it on, ``--no-merge`` off (``--merge true|false`` also).
 """
@@ -67,6 +68,7 @@ class Rule:
     bounds: list[tuple[str, float]] = field(default_factory=list)
     choices: tuple[str, ...] | None = None
     may_be_empty: bool = False
+    may_repeat: bool = False
 
     def check(self, flag: str, value: Any) -> None:
         """Raise SettingsError unless ``value`` (one item) satisfies the rule."""
@@ -105,6 +107,8 @@ def parse_rule(text: str, name: str, namespace: dict[str, Any]) -> Rule:
                 raise SettingsError(f"{name}: cannot read the rule [{text}]") from err
         elif item == "or empty":
             rule.may_be_empty = True
+        elif item == "repeats":  # a list of sizes (channels per level), not of names
+            rule.may_repeat = True
         elif item == "seed":  # what every random-number generator the stages use accepts
             rule.bounds += [(">=", 0.0), ("<=", float(MAX_SEED))]
         elif item.startswith("in "):
@@ -207,7 +211,7 @@ def check_value(flag: str, value: Any, rule: Rule) -> None:
         if not value and not rule.may_be_empty:
             raise SettingsError(f"{flag}: the list is empty")
         repeated = sorted({str(v) for v in value if list(value).count(v) > 1})
-        if repeated:
+        if repeated and not rule.may_repeat:
             raise SettingsError(f"{flag}: {', '.join(repeated)} listed more than once")
         for item in value:
             rule.check(flag, item)

@@ -38,6 +38,7 @@ class FinetuneSettings:
     batch_size: int = 1  # images per step and process
     lora_rank: int = 4  # rank of each LoRA adapter (alpha equal to it: scale 1)
     seed: int = 0  # the order, the noise and the timesteps
+    caption_dropout: float = 0.0  # share of samples trained on the empty caption (guidance)
 
 
 def trainable_parameters(unet: Any, settings: FinetuneSettings) -> list[torch.nn.Parameter]:
@@ -87,13 +88,13 @@ def load_trainable_state(unet: Any, method: str, state: dict[str, torch.Tensor])
 
 
 @torch.no_grad()
-def encode_images(pipe: Any, images: np.ndarray, batch_size: int = 16) -> torch.Tensor:
+def encode_images(vae: Any, images: np.ndarray, batch_size: int = 16) -> torch.Tensor:
     """VAE latents (N, C, h, w) of uint8 RGB images (N, H, W, 3), scaled by the VAE's scaling
     factor: the mean of each latent distribution (no sampling noise, so they are computed
     once per training set)."""
-    vae, parts = pipe.vae, []
+    device, parts = next(vae.parameters()).device, []
     for start in range(0, len(images), batch_size):
-        pixels = torch.from_numpy(images[start:start + batch_size]).to(pipe.device)
+        pixels = torch.from_numpy(images[start:start + batch_size]).to(device)
         pixels = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         parts.append(vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor)
     return torch.cat(parts).cpu()
@@ -113,13 +114,14 @@ def encode_captions(pipe: Any, captions: list[str], batch_size: int = 64) -> tor
 
 
 class NoisedLatents(Dataset):
-    """Sample i of an epoch: its latents, its caption's states, and its noise and timestep drawn
-    by a generator seeded with (seed, epoch, i)."""
+    """Sample i of an epoch: its latents, its caption's states (the empty caption's instead, with
+    probability ``dropout``: what classifier-free guidance needs, Ho & Salimans 2022), and its
+    noise and timestep, all drawn by a generator seeded with (seed, epoch, i)."""
 
     def __init__(self, latents: torch.Tensor, states: torch.Tensor, timesteps: int, seed: int,
-                 epoch: int) -> None:
+                 epoch: int, dropout: float = 0.0, empty: torch.Tensor | None = None) -> None:
         self.latents, self.states, self.timesteps = latents, states, timesteps
-        self.seed, self.epoch = seed, epoch
+        self.seed, self.epoch, self.dropout, self.empty = seed, epoch, dropout, empty
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -129,7 +131,9 @@ class NoisedLatents(Dataset):
         generator = torch.Generator().manual_seed(key)
         noise = torch.randn(self.latents[index].shape, generator=generator)
         timestep = torch.randint(0, self.timesteps, (), generator=generator)
-        return self.latents[index], self.states[index], noise, timestep
+        dropped = self.dropout and float(torch.rand((), generator=generator)) < self.dropout
+        return self.latents[index], self.empty if dropped else self.states[index], noise, \
+            timestep
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -141,12 +145,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 def finetune(pipe: Any, latents: torch.Tensor, states: torch.Tensor,
              settings: FinetuneSettings, checkpoint: Path, accelerator: Any,
              resume: dict[str, Any],
-             on_epoch: Callable[[int, float], None] | None = None) -> None:
+             on_epoch: Callable[[int, float], None] | None = None,
+             empty: torch.Tensor | None = None) -> None:
     """Train ``pipe.unet`` on (latents, caption states) for ``settings.epochs`` epochs, with a
     checkpoint after each (written by the main process), resuming from ``checkpoint`` when it
     exists and was made with these ``resume`` settings. Every process calls it; ``accelerator``
     (an ``accelerate.Accelerator``) spreads the batches and averages the gradients.
-    ``on_epoch(epoch, mean loss)`` is called after each epoch on the main process."""
+    ``on_epoch(epoch, mean loss)`` is called after each epoch on the main process, after its
+    checkpoint. With ``settings.caption_dropout`` > 0, ``empty`` holds the empty caption's
+    states (L, D)."""
     from diffusers import DDPMScheduler
 
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -168,7 +175,7 @@ def finetune(pipe: Any, latents: torch.Tensor, states: torch.Tensor,
     model, optimizer = accelerator.prepare(unet, optimizer)
     for epoch in range(start, settings.epochs):
         dataset = NoisedLatents(latents, states, noise_scheduler.config.num_train_timesteps,
-                                settings.seed, epoch)
+                                settings.seed, epoch, settings.caption_dropout, empty)
         loader = accelerator.prepare(DataLoader(
             Subset(dataset, epoch_order(len(dataset), settings.seed, epoch)),
             batch_size=settings.batch_size, shuffle=False, drop_last=True))

@@ -1,0 +1,108 @@
+"""train_small_sd.py on digits as a user runs it: the pipeline it writes loads with
+StableDiffusionPipeline.from_pretrained and samples; a run interrupted in the UNet phase resumes to
+the uninterrupted run's weights; settings the networks cannot take stop in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from script_runner import run_script
+
+import train_small_clip  # noqa: F401  (imported so the runner finds it as a module)
+
+QUICK = ["--dataset", "digits", "--limit", "384", "--vae-epochs", "1", "--unet-epochs", "2",
+         "--held-out-fraction", "0.4", "--validation-samples", "150", "--validation-steps", "4",
+         "--batch-size", "32", "--device", "cpu", "--vae-channels", "16,32",
+         "--unet-channels", "16,32,32"]
+
+
+@pytest.fixture(scope="module")
+def with_clip(tmp_path_factory: pytest.TempPathFactory):
+    """A data folder holding a small CLIP of digits and the digits evaluator."""
+    folder = tmp_path_factory.mktemp("sd")
+    result = run_script("train_small_clip.py", "--dataset", "digits", "--limit", "256",
+                        "--epochs", "1", "--device", "cpu", "--data-dir", str(folder))
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(with_clip, tmp_path_factory: pytest.TempPathFactory):
+    """One straight run on a copy of the folder: (folder, stdout)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("sd_straight")
+    shutil.copytree(with_clip, folder, dirs_exist_ok=True)
+    result = run_script("train_small_sd.py", *QUICK, "--data-dir", str(folder))
+    assert result.returncode == 0, result.stderr
+    return folder, result.stdout
+
+
+def test_the_pipeline_loads_like_any_stable_diffusion_and_samples(trained):
+    from diffusers import StableDiffusionPipeline
+
+    folder, stdout = trained
+    assert "VAE: test reconstruction MSE" in stdout and "scaling factor" in stdout
+    assert "UNet epoch 2/2" in stdout and "held-out FID" in stdout
+    pipe = StableDiffusionPipeline.from_pretrained(folder / "checkpoints" / "sd_digits")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured on these latents
+    out = pipe(prompt=["a photo of the digit 3", "a photo of the digit 7"], height=32, width=32,
+               num_inference_steps=3, guidance_scale=7.0, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (2, 32, 32, 3) and np.isfinite(out.images).all()
+    assert (folder / "visualizations" / "sd_digits_epoch002.png").stat().st_size > 1000
+
+
+def test_a_run_interrupted_in_the_unet_phase_resumes_to_the_same_weights(trained, with_clip,
+                                                                         tmp_path,
+                                                                         monkeypatch):
+    """Ctrl-C after the UNet's first epoch (its checkpoint written): the run again trains the
+    second epoch only and saves the straight run's weights."""
+    import shutil
+
+    import train_small_sd
+
+    shutil.copytree(with_clip, tmp_path, dirs_exist_ok=True)
+    real_finetune = train_small_sd.finetune
+
+    def interrupted(pipe, latents, states, settings, checkpoint, accelerator, resume, on_epoch,
+                    empty):
+        def stop(epoch: int, loss: float) -> None:
+            on_epoch(epoch, loss)
+            raise KeyboardInterrupt
+
+        return real_finetune(pipe, latents, states, settings, checkpoint, accelerator, resume,
+                             stop, empty)
+
+    monkeypatch.setattr(train_small_sd, "finetune", interrupted)
+    assert run_script("train_small_sd.py", *QUICK, "--data-dir", str(tmp_path)).returncode == 130
+    assert not (tmp_path / "checkpoints" / "sd_digits").exists()
+    monkeypatch.setattr(train_small_sd, "finetune", real_finetune)
+    resumed = run_script("train_small_sd.py", *QUICK, "--data-dir", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "UNet epoch 1/2" not in resumed.stdout and "UNet epoch 2/2" in resumed.stdout
+    from safetensors.torch import load_file
+
+    for part in ("unet", "vae"):
+        mine = load_file(tmp_path / "checkpoints" / "sd_digits" / part
+                         / "diffusion_pytorch_model.safetensors")
+        theirs = load_file(trained[0] / "checkpoints" / "sd_digits" / part
+                           / "diffusion_pytorch_model.safetensors")
+        for key, value in theirs.items():
+            torch.testing.assert_close(mine[key], value)
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--image-size", "36"], "--image-size 36: the VAE and UNet halve it 3 times and the "
+                             "pipeline needs a multiple of 8: use a multiple of 8"),
+    (["--image-size", "24"], "--image-size 24: smaller than the 28x28 images"),
+    (["--caption-dropout", "0"], "--guidance-scale 7 needs an unconditional model"),
+    (["--vae-channels", "16,20"], "channels [20] are not multiples"),
+])
+def test_settings_the_networks_cannot_take_stop_in_one_line(with_clip, tmp_path, flags, words):
+    result = run_script("train_small_sd.py", *QUICK, "--data-dir", str(tmp_path / "none"),
+                        *flags)
+    assert result.returncode == 2 and words in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
