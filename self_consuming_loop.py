@@ -95,6 +95,7 @@ from stable_diffusion.finetune import (
     save_weights,
 )
 from stable_diffusion.images import (
+    coco_name,
     drawn_shards,
     generation_drawn,
     load_real_images,
@@ -104,6 +105,7 @@ from stable_diffusion.images import (
     write_generation,
     write_shard,
 )
+from stable_diffusion.miniature import from_pipeline_images, to_pipeline_images
 from stable_diffusion.pipelines import (
     check_image_size,
     default_image_size,
@@ -171,8 +173,9 @@ SAMPLE_BATCH_SIZE = 1000  # images per generator pass when sampling [>= 1]
 # The diffusion generator's own settings (GENERATIONS, REGIME, FRESH_FRACTION, SEEDS, DEVICE and
 # DATA_DIR are the loop's).
 PIPELINE = ""  # diffusion: a StableDiffusionPipeline folder, or a name in the local HF cache
+PROMPTS = "coco"  # diffusion: COCO captions, or the dataset's test images' classes [coco | dataset]
 ANNOTATION_FILE = "data/coco/annotations/captions_train2014.json"  # diffusion: COCO captions
-NUM_CAPTIONS = 100  # diffusion: prompts, the first N image ids in ascending order [>= 1]
+NUM_CAPTIONS = 100  # diffusion: prompts, the first N ids (COCO: ascending; dataset: test) [>= 1]
 IMAGE_DIR = ""  # diffusion: real COCO images named by id (needed to accumulate, fresh data)
 FINETUNE = "lora"  # diffusion: LoRA on the UNet's attention, or the whole UNet [lora | full]
 GUIDANCE_SCALE = 7.0  # diffusion: classifier-free guidance weight [>= 1]
@@ -707,8 +710,10 @@ class DiffusionRun:
     """A loop of Stable Diffusion pipelines, each fine-tuned on what the loop fed it."""
 
     data_dir: str
+    dataset: str
     generations: int
     pipeline: str
+    prompts: str
     annotation_file: str
     num_captions: int
     image_dir: str
@@ -723,31 +728,45 @@ class DiffusionRun:
 
 @dataclass
 class Prompts:
-    """The captions: the prompts' ids and every first caption by id; the real images by id
-    where the loop needs them (A_0 and the fresh pool)."""
+    """What a diffusion loop draws and trains on: the prompts' ids, every caption by id (the
+    prompts' and the real images'), the ids of A_0's real images and of the fresh pool, and how
+    the real images of ids are read at a size. For dataset prompts also the data, the prompts'
+    classes and how a drawn image becomes one of the data's shape (metrics, PNGs)."""
 
     ids: np.ndarray
     caption_of: dict[int, str]
-    real_files: dict[int, Path]
+    first_real: np.ndarray
     fresh_pool: np.ndarray
+    real_images: Any  # Callable[[np.ndarray, int], np.ndarray]: RGB images of ids
+    data: ImageDataset | None = None
+    labels: np.ndarray | None = None
+
+
+# Training images of the dataset prompts are ids from here on (the test prompts' ids are their
+# test indices), so that one caption table holds both.
+TRAIN_ID_OFFSET = 10_000_000
 
 
 def diffusion_run_name(run: DiffusionRun, regime: Regime, finetuning: FinetuneSettings,
                        seed: int) -> str:
-    """The seed's folder name, sd_to_sd_cfg_<w>_steps_<n>, then the regime as the GAN loop names
-    it, _fresh<percent>, _full (whole-UNet fine-tuning), _dpm (DPM-Solver), _seed<k>."""
-    name = f"sd_to_sd_cfg_{run.guidance_scale:g}_steps_{run.steps}{REGIME_TAGS[regime.name]}"
-    if regime.fresh_fraction > 0:
-        name += f"_fresh{100 * regime.fresh_fraction:g}"
-    name += "_full" if finetuning.method == "full" else ""
-    name += "_dpm" if run.sampler == "dpm-solver" else ""
+    """COCO prompts: the seed's folder name, sd_to_sd_cfg_<w>_steps_<n>, then the regime as the
+    GAN loop names it, _fresh<percent>, _full (whole-UNet fine-tuning), _dpm (DPM-Solver),
+    _seed<k>. Dataset prompts: <ds>_loop, the regime, _fresh<percent>, _sd, _full, _dpm, _seed<k>
+    (a GAN loop's name with _sd: the loops compare side by side)."""
+    tags = REGIME_TAGS[regime.name] + (f"_fresh{100 * regime.fresh_fraction:g}"
+                                       if regime.fresh_fraction > 0 else "")
+    method = ("_full" if finetuning.method == "full" else "") + (
+        "_dpm" if run.sampler == "dpm-solver" else "")
+    name = (f"sd_to_sd_cfg_{run.guidance_scale:g}_steps_{run.steps}{tags}{method}"
+            if run.prompts == "coco" else f"{run.dataset}_loop{tags}_sd{method}")
     return name + (f"_seed{seed}" if seed else "")
 
 
-def diffusion_prompts(run: DiffusionRun, regime: Regime) -> Prompts:
-    """The prompts (as the extraction stage chooses its captions) and, when the regime or fresh
-    data needs real images, the file of each id in --image-dir: every prompt's, and the ids
-    after them as the fresh pool; refused in one line when they are missing."""
+def coco_prompts(run: DiffusionRun, regime: Regime) -> Prompts:
+    """The prompts of a COCO captions file (as the extraction stage chooses its captions) and,
+    when the regime or fresh data needs real images, the file of each id in --image-dir: every
+    prompt's (A_0), and the ids after them as the fresh pool; refused in one line when they are
+    missing."""
     caption_of = read_first_captions(Path(run.annotation_file))
     ordered = sorted(caption_of)
     if len(ordered) < run.num_captions:
@@ -755,7 +774,7 @@ def diffusion_prompts(run: DiffusionRun, regime: Regime) -> Prompts:
                          f"than --num-captions {run.num_captions}")
     ids = np.array(ordered[:run.num_captions], dtype=np.int64)
     if regime.name == "replace" and not regime.fresh:
-        return Prompts(ids, caption_of, {}, np.zeros(0, np.int64))
+        return Prompts(ids, caption_of, ids, np.zeros(0, np.int64), None)
     why = f"--regime {regime.name}" + (f" --fresh-fraction {regime.fresh_fraction}"
                                        if regime.fresh else "")
     if not run.image_dir:
@@ -775,24 +794,49 @@ def diffusion_prompts(run: DiffusionRun, regime: Regime) -> Prompts:
         raise StageError(f"--image-dir {folder}: {len(pool)} images of captions after the "
                          f"prompts, fewer than the {regime.fresh} fresh ones each generation "
                          f"takes")
-    return Prompts(ids, caption_of, by_id, pool)
+    return Prompts(ids, caption_of, ids, pool,
+                   lambda wanted, size: load_real_images([by_id[int(i)] for i in wanted], size))
 
 
-def diffusion_training_set(generation: int, folders: list[Path], prompts: Prompts,
-                           regime: Regime, seed: int, size: int) -> ImageSet:
-    """What generation k >= 1 fine-tunes on: A_0 the prompts' real images (when the regime uses
-    them), A_j generation j-1's images of a seeded draw of the prompts and fresh real images of
-    captions after the prompts (none fresh twice while unused ones remain), combined by the
-    regime (``training/loop_regimes.py``); y holds each image's caption id."""
+def dataset_prompts(run: DiffusionRun, regime: Regime, data: ImageDataset,
+                    seed: int) -> Prompts:
+    """The first --num-captions test images as prompts (captions of their classes, as the GAN
+    loop's), the first as many training images as A_0 and the later ones (not the held-out
+    last share) as the fresh pool, each training image captioned by a template of its class."""
+    count = run.num_captions
+    if len(data.x_test) < count or len(data.x_train) < count + regime.fresh:
+        raise StageError(f"--num-captions {count}: {data.name} has {len(data.x_test)} test and "
+                         f"{len(data.x_train)} training images")
+    train_ids = TRAIN_ID_OFFSET + np.arange(len(data.x_train), dtype=np.int64)
+    choice = np.random.default_rng([seed, 11]).integers(len(CAPTION_TEMPLATES),
+                                                         size=len(train_ids))
+    caption_of = {int(i): c for i, c in enumerate(prompt_captions(data, count, seed))}
+    caption_of.update({int(i): CAPTION_TEMPLATES[t].format(class_phrase(
+        data.name, data.class_names[label])) for i, t, label in zip(
+        train_ids, choice, data.y_train, strict=True)})
+
+    def real_images(wanted: np.ndarray, size: int) -> np.ndarray:
+        return to_pipeline_images(data.x_train[wanted - TRAIN_ID_OFFSET], size)
+
+    return Prompts(np.arange(count, dtype=np.int64), caption_of, train_ids[:count],
+                   train_ids[count:], real_images, data, data.y_test[:count].astype(np.int64))
+
+
+def diffusion_training_set(generation: int, drawn: Any, prompts: Prompts, regime: Regime,
+                           seed: int, size: int) -> ImageSet:
+    """What generation k >= 1 fine-tunes on: A_0 real images (when the regime uses them), A_j
+    generation j-1's images (``drawn(j - 1)``, RGB at the pipeline's size) of a seeded draw of
+    the prompts and fresh real images (none fresh twice while unused ones remain), combined by
+    the regime (``training/loop_regimes.py``); y holds each image's caption id."""
     def real(ids: np.ndarray) -> np.ndarray:
-        return load_real_images([prompts.real_files[int(i)] for i in ids], size)
+        return prompts.real_images(ids, size)
 
     needed = range(1, generation + 1) if regime.name != "replace" else [generation]
-    additions = [ImageSet(real(prompts.ids), prompts.ids,
-                          np.full(len(prompts.ids), loop_regimes.REAL, np.int64))
+    additions = [ImageSet(real(prompts.first_real), prompts.first_real,
+                          np.full(len(prompts.first_real), loop_regimes.REAL, np.int64))
                  if regime.name != "replace" else ImageSet(*(np.zeros(0),) * 3)]
     for k in needed:
-        made = read_generation(folders[k - 1], prompts.ids)
+        made = drawn(k - 1)
         chosen = loop_regimes.addition_labels(prompts.ids, k, regime, seed)
         rows = np.searchsorted(prompts.ids, chosen)
         fresh, _ = loop_regimes.fresh_indices(np.arange(len(prompts.fresh_pool)), k, regime, seed)
@@ -805,16 +849,36 @@ def diffusion_training_set(generation: int, folders: list[Path], prompts: Prompt
     return loop_regimes.training_set(additions, regime, seed)
 
 
+def score_images(samples_path: Path, images: np.ndarray, labels: np.ndarray,
+                 real: scoring.RealImages, device: torch.device, s: scoring.ScoringSettings,
+                 real_spread: float) -> dict[str, Any]:
+    """The GAN loop's metrics of one generation's images (one per prompt, the first test images'
+    classes): the image metrics beside their floors and the within-class variance."""
+    arrays = {"x_gen": images, "idx_src": np.arange(len(images), dtype=np.int64),
+              "y_src": labels}
+    values = scoring.plan1_metrics(samples_path, arrays, real, device, s)
+    features, _ = scoring.image_outputs(real, images, device, s)
+    values["within_class_variance"] = scoring.within_class_variance(features, labels)
+    values["within_class_variance_real"] = real_spread
+    values["within_class_spread"] = values["within_class_variance"] / real_spread
+    return values
+
+
 def run_diffusion_loop(run: DiffusionRun, regime: Regime, finetuning: FinetuneSettings,
                        prompts: Prompts, seed: int, values: dict[str, Any],
-                       accelerator: Any) -> None:
+                       accelerator: Any, real: scoring.RealImages | None) -> None:
     """One loop (one seed): generation 0 drawn by the pipeline as given, generation k >= 1 by
-    the pipeline fine-tuned (from generation k-1's weights) on what the regime feeds it."""
+    the pipeline fine-tuned (from generation k-1's weights) on what the regime feeds it; with
+    dataset prompts each generation is scored as the GAN loop scores its own."""
     root = Path(run.data_dir)
     name = diffusion_run_name(run, regime, finetuning, seed)
-    folders = [root / "coco" / f"{name}_gen_{g}" for g in range(run.generations + 1)]
+    coco = run.prompts == "coco"
+    folders = [root / "coco" / f"{name}_gen_{g}" if coco else root / name / f"gen_{g}"
+               for g in range(run.generations + 1)]
+    name_of, unmarked = (coco_name, only_coco_images) if coco else (image_name,
+                                                                     only_prompt_images)
     for folder in folders:  # before any work: a folder this loop did not write stays
-        check_replaceable(folder, only_coco_images)
+        check_replaceable(folder, unmarked)
     main = accelerator.is_main_process
     if main:
         hold_output_lock(root / f".lock-self_consuming_loop-{name}",
@@ -824,25 +888,40 @@ def run_diffusion_loop(run: DiffusionRun, regime: Regime, finetuning: FinetuneSe
     use_sampler(pipe, run.sampler)
     size = run.image_size or default_image_size(pipe)
     check_image_size(pipe, size)
+    if prompts.data is not None and size < max(prompts.data.x_train.shape[1:]):
+        raise StageError(f"--pipeline {run.pipeline}: draws {size}-pixel images, smaller than "
+                         f"the {prompts.data.name} images")
     checkpoints = root / "checkpoints" / "sd_loop" / name
-    results_path = root / "results" / f"{name}_metrics.json"
-    settings = {"pipeline": run.pipeline, "num_captions": run.num_captions,
-                "guidance_scale": run.guidance_scale, "steps": run.steps,
-                "sampler": run.sampler, "image_size": size, "regime": regime.name,
-                "fresh_fraction": regime.fresh_fraction, "seed": seed,
+    results_path = ensure_output_dir(root / "results") / f"{name}_metrics.json"
+    settings = {"pipeline": run.pipeline, "prompts": run.prompts,
+                "num_captions": run.num_captions, "guidance_scale": run.guidance_scale,
+                "steps": run.steps, "sampler": run.sampler, "image_size": size,
+                "regime": regime.name, "fresh_fraction": regime.fresh_fraction, "seed": seed,
                 **{f"finetune_{k}": v for k, v in asdict(finetuning).items() if k != "seed"}}
     records = read_results(results_path, settings) if main else []
+    if not coco and main:
+        captions = [prompts.caption_of[int(i)] for i in prompts.ids]
+        write_text(ensure_output_dir(root / name) / "captions.json",
+                   json.dumps(coco_captions(prompts.data, captions), indent=1) + "\n")
+        real_spread = scoring.within_class_variance(real.test_features[:len(prompts.ids)],
+                                                    prompts.labels)
+
+    def drawn(generation: int) -> np.ndarray:
+        """A generation's images as the pipeline takes them (RGB at its size)."""
+        saved = read_generation(folders[generation], prompts.ids, name_of)
+        return saved if coco else to_pipeline_images(saved, size)
+
     print(f"loop {name}: {run.num_captions} prompts, generations 0-{run.generations}, "
           f"{run.sampler} {run.steps} steps, guidance {run.guidance_scale:g}, {size} px, "
           f"{finetuning.method} fine-tuning; device {accelerator.device}", flush=True)
     for generation, folder in enumerate(folders):
         record: dict[str, Any] = next((r for r in records if r["generation"] == generation),
-                                      {"generation": generation})
+                                      {"generation": generation, "trained_on": "as given"})
         if generation:
             weights = checkpoints / f"gen_{generation}" / "weights"
             if not (weights / WEIGHTS_DONE).is_file():
                 started = time.time()
-                train = diffusion_training_set(generation, folders, prompts, regime, seed, size)
+                train = diffusion_training_set(generation, drawn, prompts, regime, seed, size)
                 latents = encode_images(pipe.vae, train.x)
                 states = encode_captions(pipe, [prompts.caption_of[int(i)] for i in train.y])
                 finetune(pipe, latents, states, replace(finetuning,
@@ -864,7 +943,7 @@ def run_diffusion_loop(run: DiffusionRun, regime: Regime, finetuning: FinetuneSe
                 accelerator.wait_for_everyone()
             else:
                 load_weights(pipe, finetuning, weights)
-        if generation_drawn(folder, prompts.ids):
+        if generation_drawn(folder, prompts.ids, name_of):
             continue
         if run.stop_after_finetune:
             print(f"gen {generation}: its model is ready in {checkpoints}; stopped before "
@@ -883,28 +962,56 @@ def run_diffusion_loop(run: DiffusionRun, regime: Regime, finetuning: FinetuneSe
                   f"shards and goes on")
             return
         if main:
-            drawn = drawn_shards(folder, draw_record)
-            missing = np.array([i for i in prompts.ids if int(i) not in drawn], dtype=np.int64)
+            shards = drawn_shards(folder, draw_record)
+            missing = np.array([i for i in prompts.ids if int(i) not in shards], dtype=np.int64)
             new = draw(pipe, [prompts.caption_of[int(i)] for i in missing], missing, seed, size,
                        run.steps, run.guidance_scale, run.draw_batch_size)
-            drawn.update(zip(missing.tolist(), new, strict=True))
-            write_generation(folder, np.stack([drawn[int(i)] for i in prompts.ids]), prompts.ids)
+            shards.update(zip(missing.tolist(), new, strict=True))
+            images = np.stack([shards[int(i)] for i in prompts.ids])
+            if not coco:
+                images = from_pipeline_images(images, prompts.data.x_test.shape[1:])
+            record.update(draw_seconds=time.time() - started,
+                          from_shards=len(prompts.ids) - len(missing))
+            shown = ""
+            if not coco:
+                metric_values = score_images(root / name / f"gen_{generation}.npz", images,
+                                             prompts.labels, real, accelerator.device,
+                                             replace(real_settings(values), seed=seed),
+                                             real_spread)
+                record.update({k: metric_values[k] for k in METRIC_KEYS},
+                              n_generated=metric_values["n_generated"],
+                              n_test=metric_values["n_test"],
+                              floor_n_train=metric_values["floor_n_train"],
+                              train_seconds=record.get("finetune_seconds", 0.0))
+                shown = (f"; FID {metric_values['fid']:.2f} (floor "
+                         f"{metric_values['fid_floor']:.2f}), class consistency "
+                         f"{metric_values['class_consistency']:.3f}, recall "
+                         f"{metric_values['recall']:.3f}")
+            write_generation(folder, images, prompts.ids, name_of, unmarked)
             remove_shards(folder)
-            record.update(draw_seconds=time.time() - started, from_shards=len(prompts.ids)
-                          - len(missing))
             records = [r for r in records if r["generation"] != generation] + [record]
             write_text(results_path, json.dumps({
                 "loop_settings": settings, "generations": sorted(
                     records, key=lambda r: r["generation"]),
-                "meta": make_meta(__file__, values, "coco", seed, run=name)}, indent=2) + "\n")
+                "meta": make_meta(__file__, values, run.dataset if not coco else "coco", seed,
+                                  run=name)}, indent=2, default=float) + "\n")
             print(f"gen {generation}: {len(missing)} images drawn in "
                   f"{time.time() - started:.0f} s ({len(prompts.ids) - len(missing)} from "
-                  f"shards): {folder}", flush=True)
+                  f"shards){shown}: {folder}", flush=True)
         accelerator.wait_for_everyone()
+    pattern = folders[0].parent / (folders[0].name.replace("gen_0", "gen_{g}"))
+    annotation = run.annotation_file if coco else root / name / "captions.json"
     print(f"loop {name} complete; embed it with: python extract_generation_embeddings.py "
-          f"--annotation-file {run.annotation_file} --num-captions {run.num_captions} "
-          f"--generation-dir-pattern '{root / 'coco' / name}_gen_{{g}}' --generations "
+          f"--annotation-file {annotation} --num-captions {run.num_captions} "
+          f"--generation-dir-pattern '{pattern}' --generations "
           f"{','.join(map(str, range(run.generations + 1)))} --model <a CLIP>")
+
+
+def real_settings(values: dict[str, Any]) -> scoring.ScoringSettings:
+    """The metrics' settings of this run (the same for both generators)."""
+    return scoring.ScoringSettings(seed=values["seeds"][0], bootstrap=values["bootstrap"],
+                                   kid_subsets=values["kid_subsets"],
+                                   cas_epochs=values["cas_epochs"])
 
 
 def diffusion_main(values: dict[str, Any]) -> None:
@@ -922,15 +1029,25 @@ def diffusion_main(values: dict[str, Any]) -> None:
     if regime.fresh_fraction > 0 and regime.fresh == 0:
         raise SettingsError(f"--fresh-fraction {regime.fresh_fraction} of --num-captions "
                             f"{run.num_captions} rounds to 0 fresh images per generation")
+    s = real_settings(values)
     shard = parse_shard(run.shard)
     accelerator = Accelerator(cpu=values["device"] == "cpu")
     if shard is not None and accelerator.num_processes > 1:
         raise SettingsError("--shard is one process's part: run it without accelerate launch")
     limit_cpu_threads(values["threads"])
-    prompts = diffusion_prompts(run, regime)
+    coco = coco_prompts(run, regime) if run.prompts == "coco" else None
+    data = load_dataset(run.dataset, run.data_dir) if coco is None else None
+    real = None
+    if data is not None:  # the GAN loop's reference: the evaluator, the test images, floors
+        real = scoring.real_images_for(data, accelerator.device, scoring.EvaluatorSettings(
+            data_dir=run.data_dir), s)
+        # The real-vs-real floors, drawn once with seed 0: one floor for every loop and seed.
+        scoring.real_image_floors(real, run.num_captions, accelerator.device,
+                                  replace(s, seed=0))
     for seed in values["seeds"]:
+        prompts = coco if coco is not None else dataset_prompts(run, regime, data, seed)
         seed_everything(seed, values["deterministic"])
-        run_diffusion_loop(run, regime, finetuning, prompts, seed, values, accelerator)
+        run_diffusion_loop(run, regime, finetuning, prompts, seed, values, accelerator, real)
 
 
 @holds_output_locks

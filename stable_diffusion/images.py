@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +31,37 @@ def only_coco_images(folder: Path) -> bool:
     return all(re.fullmatch(rf"{COCO_PREFIX}\d{{12}}\.png", p.name) for p in folder.iterdir())
 
 
-def generation_drawn(folder: Path, caption_ids: np.ndarray) -> bool:
+def generation_drawn(folder: Path, caption_ids: np.ndarray,
+                     name_of: Callable[[int], str] = coco_name) -> bool:
     """Whether ``folder`` holds exactly one image per caption id."""
     return folder.is_dir() and {p.name for p in folder.iterdir()} == {
-        coco_name(i) for i in caption_ids}
+        name_of(i) for i in caption_ids}
 
 
-def write_generation(folder: Path, images: np.ndarray, caption_ids: np.ndarray) -> None:
+def save_png(pixels: np.ndarray, path: Path) -> None:
+    """A grey (H, W) or RGB (H, W, 3) uint8 image as PNG."""
+    Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB").save(path)
+
+
+def write_generation(folder: Path, images: np.ndarray, caption_ids: np.ndarray,
+                     name_of: Callable[[int], str] = coco_name,
+                     unmarked: Callable[[Path], bool] = only_coco_images) -> None:
     """One PNG per caption id, written into a staging folder that replaces ``folder`` when
-    complete (never a folder this loop did not write)."""
+    complete (never a folder this loop did not write: ``unmarked`` tells its own)."""
     staging = staging_dir(folder)
     try:
         for image_id, pixels in zip(caption_ids, images, strict=True):
-            Image.fromarray(pixels, mode="RGB").save(staging / coco_name(image_id))
-        replace_directory(staging, folder, only_coco_images, mark=False)
+            save_png(pixels, staging / name_of(image_id))
+        replace_directory(staging, folder, unmarked, mark=False)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def read_generation(folder: Path, caption_ids: np.ndarray) -> np.ndarray:
-    """The images of a complete generation folder, in caption-id order (N, H, W, 3)."""
-    return np.stack([np.asarray(Image.open(folder / coco_name(i)).convert("RGB"))
-                     for i in caption_ids])
+def read_generation(folder: Path, caption_ids: np.ndarray,
+                    name_of: Callable[[int], str] = coco_name) -> np.ndarray:
+    """The images of a complete generation folder, in caption-id order, as saved (grey
+    (N, H, W) or RGB (N, H, W, 3))."""
+    return np.stack([np.asarray(Image.open(folder / name_of(i))) for i in caption_ids])
 
 
 def shard_folder(folder: Path, index: int, count: int) -> Path:
@@ -61,14 +71,14 @@ def shard_folder(folder: Path, index: int, count: int) -> Path:
 
 def write_shard(folder: Path, images: np.ndarray, caption_ids: np.ndarray,
                 record: dict[str, Any]) -> Path:
-    """A shard of a generation: its PNGs and ``record`` (what drew them), moved into place whole;
-    returns the shard's folder."""
+    """A shard of a generation: its images as drawn (RGB PNGs named by id) and ``record`` (what
+    drew them), moved into place whole; returns the shard's folder."""
     index, count = record["shard"]
     target = shard_folder(folder, index, count)
     staging = staging_dir(target)
     try:
         for image_id, pixels in zip(caption_ids, images, strict=True):
-            Image.fromarray(pixels, mode="RGB").save(staging / coco_name(image_id))
+            save_png(pixels, staging / coco_name(image_id))
         write_text(staging / SHARD_RECORD, json.dumps(record, indent=1) + "\n")
         replace_directory(staging, target)
     finally:
