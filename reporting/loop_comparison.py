@@ -30,7 +30,8 @@ def config_of(run: str) -> str:
 
 
 def run_label(config: str) -> str:
-    """A legend label: regime, fresh share, truncation, scratch."""
+    """A legend label: regime, fresh share, truncation, scratch; for a diffusion loop (_sd)
+    the generator and its fine-tuning (_full: the whole UNet, else LoRA) and sampler."""
     rest = config.partition("_loop")[2]
     regime = next((name for name, tag in REGIME_TAGS.items() if tag and rest.startswith(tag)),
                   "replace")
@@ -44,6 +45,10 @@ def run_label(config: str) -> str:
             label += f", psi {part[5:]}"
         elif part == "scratch":
             label += ", from scratch"
+    parts = rest.strip("_").split("_")
+    if "sd" in parts:
+        label = (f"Stable Diffusion ({'whole UNet' if 'full' in parts else 'LoRA'}"
+                 f"{', DPM-Solver' if 'dpm' in parts else ''}): {label}")
     return label
 
 

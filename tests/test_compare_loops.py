@@ -40,6 +40,9 @@ def test_names_group_seeds_and_read_as_labels():
     assert config_of("digits_loop_trunc0.5") == "digits_loop_trunc0.5"
     assert run_label("digits_loop_accsub_fresh20") == "accumulate-subsample, 20% fresh"
     assert run_label("digits_loop_scratch") == "replace, from scratch"
+    assert run_label("digits_loop_accumulate_fresh20_sd_full") == \
+        "Stable Diffusion (whole UNet): accumulate, 20% fresh"
+    assert run_label("digits_loop_sd") == "Stable Diffusion (LoRA): replace"
 
 
 def test_the_bands_are_the_mean_and_sd_over_the_seeds_at_generations_all_reached(results):

@@ -106,3 +106,32 @@ def test_settings_the_networks_cannot_take_stop_in_one_line(with_clip, tmp_path,
                         *flags)
     assert result.returncode == 2 and words in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
+
+
+def test_the_loop_runs_two_generations_on_it_with_the_gan_loops_metrics(trained, tmp_path):
+    """self_consuming_loop.py --generator diffusion --prompts dataset on the pipeline: the first
+    test images' class captions as prompts, generations 0 and 1 written as the GAN loop's
+    (test_<id>.png, captions.json) and scored with its metrics beside their floors."""
+    import json
+    import shutil
+
+    folder = tmp_path / "data"
+    shutil.copytree(trained[0], folder)
+    result = run_script("self_consuming_loop.py", "--generator", "diffusion", "--prompts",
+                        "dataset", "--dataset", "digits", "--pipeline",
+                        str(folder / "checkpoints" / "sd_digits"), "--num-captions", "40",
+                        "--generations", "1", "--steps", "3", "--sd-epochs", "1",
+                        "--sd-batch-size", "8", "--kid-subsets", "3", "--bootstrap", "0",
+                        "--cas-epochs", "1", "--device", "cpu", "--data-dir", str(folder))
+    assert result.returncode == 0, result.stderr
+    records = json.loads((folder / "results" / "digits_loop_sd_metrics.json").read_text())
+    assert [r["generation"] for r in records["generations"]] == [0, 1]
+    for record in records["generations"]:
+        for key in ("fid", "fid_floor", "class_consistency", "recall", "within_class_spread"):
+            assert np.isfinite(record[key]), key
+    assert records["generations"][1]["train_sources"] == {"gen_0": 40}
+    for g in (0, 1):
+        names = sorted(p.name for p in (folder / "digits_loop_sd" / f"gen_{g}").iterdir())
+        assert names[:2] == ["test_00000.png", "test_00001.png"] and len(names) == 40
+    captions = json.loads((folder / "digits_loop_sd" / "captions.json").read_text())
+    assert len(captions["annotations"]) == 40
