@@ -75,6 +75,7 @@ from models.vector_gans import (
 )
 from reporting.figures import loss_curves_figure, real_vs_generated_figure, save_and_close
 from reporting.plan2_tables import generator_table, plain_row, rows_on_disk, translation_table
+from runtime.provenance import code_version
 from runtime.settings import SettingsError, configure, pick
 from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
 from training.gans import (
@@ -640,7 +641,7 @@ def main(argv: list[str] | None = None) -> None:
     header = ("Written by `plan2_gan_training.py` from the `meta` of its files in the embeddings "
               "folder: one row per model trained so far, each from its own run, whose settings "
               "that file's meta holds. The last run's settings: "
-              f"`{json.dumps(values, default=str)}`.\n")
+              f"`{json.dumps(values, default=str)}`; code: `{json.dumps(code_version())}`.\n")
     written = []
     if generators:
         train_generators(generators, real_a, path_a, split, folders, values, device,

@@ -84,6 +84,7 @@ from models import image_gans
 from models.image_gans import ConditionalGAN, ImageGANConfig, class_condition, to_signed
 from reporting.figures import image_grid_figure, save_and_close
 from reporting.loop_comparison import config_of, metrics_figure
+from runtime.provenance import code_version
 from runtime.settings import SettingsError, configure, pick
 from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
 from stable_diffusion.finetune import (
@@ -641,7 +642,8 @@ def run_loop(loop: Loop, values: dict[str, Any], real: scoring.RealImages,
         metric_values["within_class_variance_real"] = real_spread
         metric_values["within_class_spread"] = metric_values["within_class_variance"] / \
             real_spread
-        record = {"generation": generation, "trained_on": source_of(sources),
+        record = {"generation": generation, "code": code_version(),
+                  "trained_on": source_of(sources),
                   "train_sources": sources, "train_images": len(train),
                   "fresh_real_images": loop.regime.fresh if generation else 0,
                   "fresh_repeats": generation * loop.regime.fresh > len(fresh_pool(data, loop)),
@@ -989,6 +991,7 @@ def run_diffusion_loop(run: DiffusionRun, regime: Regime, finetuning: FinetuneSe
                          f"{metric_values['recall']:.3f}")
             write_generation(folder, images, prompts.ids, name_of, unmarked)
             remove_shards(folder)
+            record["code"] = code_version()
             records = [r for r in records if r["generation"] != generation] + [record]
             write_text(results_path, json.dumps({
                 "loop_settings": settings, "generations": sorted(

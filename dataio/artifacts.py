@@ -1,8 +1,8 @@
 """Files that stages pass to each other: atomic NPZ and checkpoint writes, ``meta``, checked loads.
 
-Every NPZ holds a ``meta`` key: a JSON string recording the script, settings, dataset, seed, time
-and library versions that made it (see DESIGN.md). Writes go to a temp file in the same folder and
-are renamed into place, so a reader never sees a half-written file.
+Every NPZ holds a ``meta`` key: a JSON string recording the script, settings, dataset, seed, time,
+library versions and git commit that made it (see DESIGN.md). Writes go to a temp file in the
+same folder and are renamed into place, so a reader never sees a half-written file.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from dataio.data_sources import CLASS_NAMES
+from runtime.provenance import code_version
 from runtime.stage import StageError, describe_os_error
 
 # The keys of each kind of file in DESIGN.md: (number of dimensions, allowed dtype kinds).
@@ -45,7 +46,8 @@ KIND_NAMES = {"f": "floats", "i": "integers", "u": "integers", "c": "complex num
 
 def make_meta(script: str, settings: Mapping[str, Any], dataset: str | None, seed: int | None,
               **extra: Any) -> dict[str, Any]:
-    """The provenance record stored as ``meta`` in every artifact."""
+    """The provenance record stored as ``meta`` in every artifact: the script, its settings, the
+    code's git commit and dirty flag (``runtime.provenance``), library versions and time."""
     versions = {"python": platform.python_version(), "numpy": np.__version__,
                 "torch": torch.__version__}
     for name in ("sklearn", "transformers"):
@@ -54,7 +56,7 @@ def make_meta(script: str, settings: Mapping[str, Any], dataset: str | None, see
             versions[name] = getattr(module, "__version__", "unknown")
     return {"script": Path(script).name, "settings": dict(settings), "dataset": dataset,
             "seed": seed, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "versions": versions, **extra}
+            "versions": versions, "code": code_version(), **extra}
 
 
 def _current_umask() -> int:
@@ -197,9 +199,10 @@ def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[s
 
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
     """``torch.save`` atomically: an interrupted or failed save never replaces a good file, and a
-    checkpoint holding a NaN or infinite tensor is refused."""
+    checkpoint holding a NaN or infinite tensor is refused. The code's commit is recorded under
+    ``code`` unless the payload has its own."""
     path = Path(path)
-    payload = dict(payload)
+    payload = {"code": code_version(), **payload}
     check_finite_arrays(path, dict(_tensors(payload, "")))
     buffer = io.BytesIO()  # serialise first, so a full disk is an OSError, not a torch error
     torch.save(payload, buffer)
