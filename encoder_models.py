@@ -32,6 +32,7 @@ from dataio.artifacts import (
     save_checkpoint,
     save_figure,
     save_npz,
+    tagged,
 )
 from dataio.data_sources import load_dataset
 from models.encoders import (
@@ -45,6 +46,7 @@ from models.encoders import (
 )
 from runtime.settings import configure, pick
 from runtime.stage import StageError, pick_device, require_finite, run_stage, seed_everything
+from runtime.tracking import open_run_log
 
 # The schedules there are (a table the rule of --lr-schedule names, not a setting).
 LR_SCHEDULES = ("constant", "one-cycle")
@@ -61,6 +63,9 @@ LR_SCHEDULE = "constant"  # constant, or one-cycle (10% warm-up, cosine to 0) [i
 WEIGHT_DECAY = 0.0  # Adam weight decay [>= 0]
 LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order and augmentations [seed]
+TAG = ""  # a variant's name: outputs <ds>_<enc>@TAG beside the untagged run's ("": none) [tag]
+TENSORBOARD = True  # log each epoch's loss and reconstructions to <data-dir>/runs/encoders/<run>/
+WANDB = ""  # also mirror the log to this Weights & Biases project (needs wandb; "": off)
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 VAE_BETA = 1.0  # weight of the KL term in the VAE loss [>= 0]
@@ -89,6 +94,7 @@ class EncoderTraining:
     seed: int
     deterministic: bool
     embed_batch_size: int
+    tag: str
 
 
 # ---------------------------------------------------------------- training
@@ -219,8 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     # Every input checked (a refused run writes nothing): one lock per model, so that runs of
     # other models go side by side.
     for name in train.models:
-        hold_output_lock(root / f".lock-encoder_models-{train.dataset}_{name}",
-                         f"encoder_models.py, {train.dataset} {name}")
+        stem = tagged(f"{train.dataset}_{name}", train.tag)
+        hold_output_lock(root / f".lock-encoder_models-{stem}", f"encoder_models.py, {stem}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "checkpoints/encoders")}
     print(f"{data.name}: {len(data.x_train)} train, {len(data.x_test)} test images "
@@ -234,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         model = build_encoder(name, config).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate,
                                      weight_decay=train.weight_decay)
-        ckpt = folders["checkpoints/encoders"] / f"{train.dataset}_{name}.pt"
+        stem = tagged(f"{train.dataset}_{name}", train.tag)
+        ckpt = folders["checkpoints/encoders"] / f"{stem}.pt"
         done, losses = restore(ckpt, model, optimizer, device, resume) if ckpt.exists() \
             else (0, [])
         if done:
@@ -242,9 +249,11 @@ def main(argv: list[str] | None = None) -> None:
                   + (f", continuing at epoch {done + 1}/{train.epochs}" if done < train.epochs
                      else f"; {train.epochs} epoch(s) asked for, so no training"))
         started = time.time()
+        log = open_run_log(values, "encoders", stem)
         for epoch in range(done + 1, train.epochs + 1):
             losses.append(train_one_epoch(model, optimizer, x_train, y_train, epoch, name,
                                           train))
+            log.scalars({"loss": losses[-1], "seconds": time.time() - started}, epoch, "epochs/")
             save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "epoch": epoch, "losses": losses, "settings": resume,
                                    "encoder": name, "architecture": architecture(name, config)})
@@ -263,15 +272,18 @@ def main(argv: list[str] | None = None) -> None:
                          num_train=len(z_train), num_test=len(z_test),
                          class_names=data.class_names,
                          parameters=sum(p.numel() for p in model.parameters()))
-        out = save_npz(folders["embeddings"] / f"{train.dataset}_{name}.npz",
+        out = save_npz(folders["embeddings"] / f"{stem}.npz",
                        {"z_train": z_train, "y_train": data.y_train, "z_test": z_test,
                         "y_test": data.y_test}, meta)
         print(f"{name}: wrote {out} ({z_train.shape[1]}-d)")
         if model.kind == "autoencoder":
-            png = folders["visualizations"] / f"{train.dataset}_{name}_reconstructions.png"
+            png = folders["visualizations"] / f"{stem}_reconstructions.png"
             save_reconstructions(model, x_test, png, f"{name} on {train.dataset} test images "
                                  f"({config.embedding_dim}-d code, {len(losses)} epochs)")
+            if len(losses) > done:  # a rerun that trained nothing logs nothing again
+                log.image_file("reconstructions", png, len(losses))
             print(f"{name}: wrote {png}")
+        log.close()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from evaluation import (
 from evaluation.evaluator_cnn import check_images  # noqa: E402
 from evaluation.feature_spaces import FeatureSpaceSettings  # noqa: E402
 from evaluation.scoring import cell, number  # noqa: E402
+from reporting.tagged_runs import VARIANT_COLUMN, variant_notes  # noqa: E402
 from runtime.settings import configure, pick  # noqa: E402
 from runtime.stage import (  # noqa: E402
     StageError,
@@ -70,6 +71,7 @@ STAGE_NAMES = ("embeddings", "plan1", "plan2", "plan2_images", "plan2_translatio
 DATA_DIR = "data"  # where the other stages wrote their files; results go to <data-dir>/results
 STAGES = STAGE_NAMES  # stages to evaluate [in STAGE_NAMES]
 FILES = ("*",)  # glob patterns of the file names to evaluate, e.g. fashion-mnist_*
+COMPARE = ()  # tags set beside the untagged runs in results/comparison.md [tag, or empty]
 SEED = 0  # seeds subsamples, k-means, t-SNE and the evaluator's training [seed]
 DEVICE = "auto"  # evaluator device: auto (cuda, then mps, then cpu), cuda, mps or cpu
 KNN_K = 5  # neighbours of the k-NN classifier (accuracy, class of generated embeddings) [>= 1]
@@ -116,6 +118,7 @@ class EvaluateSettings:
     data_dir: str
     stages: tuple[str, ...]
     files: tuple[str, ...]
+    compare: tuple[str, ...]
     baseline_components: int
     plots: bool
     plot_points: int
@@ -138,9 +141,26 @@ class Report:
     evaluators: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
     plots: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
+    settings: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, stage: str, dataset: str, model: str, values: dict[str, Any]) -> None:
+    def add(self, stage: str, dataset: str, model: str, values: dict[str, Any],
+            meta: dict[str, Any] | None = None) -> None:
+        """A row; ``meta``: the file's, whose settings (a ``tag`` among them) make a tagged
+        run's note of the settings unlike the untagged run's."""
         self.results.setdefault(stage, {}).setdefault(dataset, {})[model] = values
+        if meta is not None and isinstance(meta.get("settings"), dict):
+            self.settings[(stage, dataset, model)] = meta["settings"]
+
+    def note_variants(self) -> None:
+        """Each tagged row's ``settings_unlike_untagged``: its settings against those of the
+        row of the same name without ``@<tag>`` (same stage and dataset)."""
+        for stage, datasets in self.results.items():
+            for dataset, models in datasets.items():
+                runs = {model: self.settings[(stage, dataset, model)] for model in models
+                        if (stage, dataset, model) in self.settings}
+                for model, note in variant_notes(runs).items():
+                    if note:
+                        models[model]["settings_unlike_untagged"] = note
 
 
 @dataclass
@@ -481,10 +501,13 @@ def summary_markdown(report: Report, stages: tuple[str, ...],
         if not rows:
             out.write("No file of this stage was evaluated.\n\n")
             continue
-        out.write("| dataset | model | " + " | ".join(header) + " |\n")
-        out.write("| --- " * (len(header) + 2) + "|\n")
+        tagged = any("settings_unlike_untagged" in values for _, _, values in rows)
+        extra = [VARIANT_COLUMN] if tagged else []
+        out.write("| dataset | model | " + " | ".join(header + extra) + " |\n")
+        out.write("| --- " * (len(header) + len(extra) + 2) + "|\n")
         for dataset, model, values in rows:
-            row = [dataset, model, *cells(values), plot_links(report, stage, dataset, model)]
+            row = [dataset, model, *cells(values), plot_links(report, stage, dataset, model),
+                   *([values.get("settings_unlike_untagged", "")] if tagged else [])]
             out.write("| " + " | ".join(row) + " |\n")
         out.write("\n")
     if report.evaluators:
@@ -514,6 +537,46 @@ def summary_markdown(report: Report, stages: tuple[str, ...],
     return out.getvalue()
 
 
+# The metrics a comparison of tagged runs shows per stage (every one is in metrics.json).
+HEADLINES = {
+    "embeddings": ("knn_accuracy", "linear_probe_accuracy", "kmeans_ari"),
+    "plan1": ("fid", "fid_floor", "recall", "class_consistency"),
+    "plan2": ("frechet_distance", "frechet_distance_floor", "precision", "recall"),
+    "plan2_images": ("fid", "fid_floor", "recall", "class_consistency"),
+    "plan2_translation": ("cosine", "knn_accuracy"),
+}
+
+
+def comparison_markdown(report: Report, tags: tuple[str, ...]) -> str:
+    """comparison.md: per stage, the rows of the runs tagged ``tags`` and of the untagged runs
+    of the same names, their headline metrics side by side with each tagged run's settings
+    unlike the untagged run's."""
+    out = io.StringIO()
+    out.write(f"# Tagged runs side by side: {', '.join(tags)}\n\nWritten by `evaluate.py "
+              f"--compare {','.join(tags)}`; every number is in `metrics.json` (with its "
+              f"interval and sample counts).\n\n")
+    for stage, headline in HEADLINES.items():
+        rows = []
+        for dataset, models in report.results.get(stage, {}).items():
+            chosen = {model for model in models for tag in tags if f"@{tag}" in model}
+            bases = {model.replace(f"@{tag}", "", 1) for model in chosen for tag in tags}
+            rows += [(dataset, model, models[model]) for model in sorted(models)
+                     if model in chosen or model in bases]
+        if not rows:
+            continue
+        out.write(f"## {STAGE_TITLES[stage]}\n\n| dataset | model | "
+                  + " | ".join(headline) + f" | {VARIANT_COLUMN} |\n"
+                  + "| --- " * (len(headline) + 3) + "|\n")
+        for dataset, model, values in rows:
+            cells = [number(values.get(key)) if key in values else "—" for key in headline]
+            out.write(f"| {dataset} | {model} | " + " | ".join(cells)
+                      + f" | {values.get('settings_unlike_untagged', '(untagged)')} |\n")
+        out.write("\n")
+    if out.getvalue().count("## ") == 0:
+        out.write("No evaluated file carries these tags.\n")
+    return out.getvalue()
+
+
 # ---------------------------------------------------------------- the stage
 def evaluate_baseline(dataset: str, ev: Evaluation) -> None:
     """PCA of the pixels, evaluated like an embedding: the row a learned embedding should beat."""
@@ -535,7 +598,7 @@ def evaluate_embedding_file(path: Path, ev: Evaluation) -> None:
     constant = np.ptp(arrays["z_test"], axis=0).max(initial=0.0) == 0
     if ev.run.plots and constant:  # scikit-learn's t-SNE crashes (SIGSEGV) on identical points
         values["plots_note"] = "no plots: every test embedding is the same vector"
-    ev.report.add("embeddings", dataset, model, {"file": path.name, **values})
+    ev.report.add("embeddings", dataset, model, {"file": path.name, **values}, arrays["meta"])
     if ev.run.plots and not constant:
         figures = embedding_plots(arrays["z_test"], arrays["y_test"], CLASS_NAMES[dataset],
                                   f"{dataset} {model}", ev.run.plot_points, ev.scoring.seed)
@@ -555,7 +618,7 @@ def evaluate_plan1_file(path: Path, ev: Evaluation) -> None:
     real = ev.images_of(dataset)
     scoring.check_sources(path, arrays, real.data, ev.scoring)
     values = scoring.plan1_metrics(path, arrays, real, ev.device, ev.scoring)
-    ev.report.add("plan1", dataset, model, {"file": path.name, **values})
+    ev.report.add("plan1", dataset, model, {"file": path.name, **values}, arrays["meta"])
     if ev.run.plots:
         figure = sample_grid(arrays["x_gen"], arrays["y_src"], CLASS_NAMES[dataset],
                              f"{dataset} {model}: generated images by source class")
@@ -572,7 +635,7 @@ def evaluate_plan2_file(path: Path, ev: Evaluation) -> None:
     real = ev.embeddings_of(source)
     values = scoring.plan2_metrics(path, arrays, real, ev.scoring)
     ev.report.add("plan2", dataset, model, {"file": path.name, "source_embeddings": source.name,
-                                            **values})
+                                            **values}, arrays["meta"])
     if ev.run.plots:
         figure = generated_overlay(arrays["z_gen"].astype(np.float64),
                                    real["z_test"].astype(np.float64),
@@ -609,7 +672,8 @@ def evaluate_plan2_image_file(path: Path, ev: Evaluation) -> None:
         # The evaluator on the real test images with their labels: the ceiling.
         values["class_consistency_real"] = metrics.class_consistency(
             real.test_logits.argmax(axis=1), real.data.y_test)
-    ev.report.add("plan2_images", dataset, model, {"file": path.name, **values})
+    ev.report.add("plan2_images", dataset, model, {"file": path.name, **values},
+                  arrays["meta"])
     if ev.run.plots:
         asked = "y_gen" in arrays
         figure = sample_grid(x_gen, arrays["y_gen"] if asked else predicted,
@@ -642,7 +706,8 @@ def evaluate_translation_file(path: Path, ev: Evaluation) -> None:
                                          ev.scoring)
     ev.report.add("plan2_translation", dataset, model,
                   {"file": path.name, "source_embeddings": named["source_embeddings"].name,
-                   "target_embeddings": named["target_embeddings"].name, **values})
+                   "target_embeddings": named["target_embeddings"].name, **values},
+                  arrays["meta"])
     if ev.run.plots:
         figure = generated_overlay(arrays["z_translated"].astype(np.float64),
                                    target["z_test"].astype(np.float64),
@@ -784,6 +849,7 @@ def main(argv: list[str] | None = None) -> None:
         for models in datasets.values():
             for entry in models.values():
                 entry["evaluated_at"] = meta["time"]
+    report.note_variants()
     kept = keep_earlier_results(report, results_dir / "metrics.json", data_dir, files)
     document = {**report.results, "evaluators": report.evaluators,
                 "skipped": [vars(s) for s in report.skipped], "kept_from_earlier_runs": kept,
@@ -797,7 +863,10 @@ def main(argv: list[str] | None = None) -> None:
     write_text(results_dir / "metrics.csv", table.getvalue())
     write_text(results_dir / "summary.md",
                summary_markdown(report, run.stages, score_settings, kept))
+    if run.compare:
+        write_text(results_dir / "comparison.md", comparison_markdown(report, run.compare))
     print(f"wrote {results_dir / 'metrics.json'}, metrics.csv, summary.md"
+          f"{', comparison.md' if run.compare else ''}"
           f"{f' (kept {len(kept)} row(s) of earlier runs)' if kept else ''}"
           f"{f'; skipped {len(report.skipped)} file(s)' if report.skipped else ''}")
 

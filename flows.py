@@ -45,6 +45,7 @@ from dataio.artifacts import (
     save_checkpoint,
     save_figure,
     save_npz,
+    tagged,
     write_text,
 )
 from evaluation.metrics import knn_accuracy
@@ -64,7 +65,8 @@ from models.flow_models import (
     mixture_nll,
     to_base,
 )
-from runtime.settings import configure, pick
+from reporting.tagged_runs import VARIANT_COLUMN, variant_notes
+from runtime.settings import check_input_tag, configure, pick
 from runtime.stage import (
     StageError,
     limit_cpu_threads,
@@ -73,6 +75,7 @@ from runtime.stage import (
     run_stage,
     seed_everything,
 )
+from runtime.tracking import RunLog, open_run_log
 
 # Tables (not settings): the learning-rate schedules there are, and the encoders stage 1
 # trains by default (any other name of a stage-1 file works too).
@@ -104,6 +107,10 @@ GMM_COMPONENTS = 20  # components of the full-covariance Gaussian-mixture baseli
 KNN_K = 5  # neighbours of the k-NN accuracy of original and refined embeddings [>= 1]
 SAMPLES = 10000  # samples per flow written to <ds>_<enc>+<flow>.gen.npz [>= 1, <= 1000000]
 SEED = 0  # seeds the split, the weights, the batch order, the mixture and the samples [seed]
+TAG = ""  # a variant's name: outputs <ds>_<enc>+<flow>@TAG beside the untagged ("": none) [tag]
+INPUT_TAG = ""  # refine the embeddings <ds>_<enc>@INPUT_TAG.npz ("": the untagged ones) [tag]
+TENSORBOARD = True  # log each epoch's train and validation NLL to <data-dir>/runs/flows/<run>/
+WANDB = ""  # also mirror the log to this Weights & Biases project (needs wandb; "": off)
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
@@ -142,11 +149,14 @@ class FlowTraining:
     samples: int
     seed: int
     deterministic: bool
+    tag: str
+    input_tag: str
 
 
 # ---------------------------------------------------------------- inputs
 def stage1_path(encoder: str, train: FlowTraining) -> Path:
-    return Path(train.data_dir) / "embeddings" / f"{train.dataset}_{encoder}.npz"
+    return (Path(train.data_dir) / "embeddings"
+            / f"{tagged(f'{train.dataset}_{encoder}', train.input_tag)}.npz")
 
 
 def check_columns(path: Path, key: str, z: np.ndarray) -> None:
@@ -175,7 +185,8 @@ def load_stage1(encoder: str, train: FlowTraining) -> dict[str, Any]:
     path = stage1_path(encoder, train)
     limit = train.limit
     command = (f"python encoder_models.py --dataset {train.dataset} --models {encoder} "
-               f"--data-dir {train.data_dir}")
+               f"--data-dir {train.data_dir}"
+               + (f" --tag {train.input_tag}" if train.input_tag else ""))
     if not path.is_file():
         raise StageError(f"{path} not found; make it with: {command} (or leave {encoder} out "
                          f"of --encoders)")
@@ -260,9 +271,9 @@ def train_epoch(flow: Flow, optimizer: torch.optim.Optimizer, x: torch.Tensor, e
 
 def fit_flow(name: str, encoder: str, embeddings_hash: str, x_fit: torch.Tensor,
              x_val: torch.Tensor, preprocessing: Preprocessing, ckpt: Path,
-             train: FlowTraining, config: FlowConfig) -> dict[str, Any]:
-    """Train (or resume) one flow with early stopping; returns the checkpoint dict whose
-    ``best_state`` holds the weights of the best validation epoch."""
+             train: FlowTraining, config: FlowConfig, log: RunLog) -> dict[str, Any]:
+    """Train (or resume) one flow with early stopping, each epoch's NLLs in ``log``; returns
+    the checkpoint dict whose ``best_state`` holds the weights of the best validation epoch."""
     label = f"{encoder}+{name}"
     settings = resume_settings(encoder, name, embeddings_hash, train, config)
     seed_everything(train.seed, train.deterministic)
@@ -316,6 +327,8 @@ def fit_flow(name: str, encoder: str, embeddings_hash: str, x_fit: torch.Tensor,
                      encoder=encoder, dims=flow.dim,
                      architecture=architecture(name, flow.dim, config))
         save_checkpoint(ckpt, state)
+        log.scalars({"train_nll": train_nll, "validation_nll": val_nll, "seconds": seconds},
+                    epoch, "epochs/")
         print(f"{label}: epoch {epoch}/{epochs} train NLL {train_nll:.4f}, validation NLL "
               f"{val_nll:.4f} nats/dim ({seconds:.1f} s)"
               + (f"; no better than epoch {state['best_epoch']} for {train.patience} epochs, "
@@ -353,16 +366,19 @@ def learning_curves(histories: dict[str, dict[str, Any]], baselines: dict[str, f
     return figure
 
 
-RESULT_COLUMNS = ("embedding+flow", "dims", "test NLL", "Gaussian", "mixture (components)",
-                  "gain over Gaussian", "gain over mixture", "k-NN original (k)", "k-NN refined",
+RESULT_COLUMNS = ("embedding+flow", VARIANT_COLUMN, "dims", "test NLL",
+                  "Gaussian", "mixture (components)", "gain over Gaussian", "gain over mixture",
+                  "k-NN original (k)", "k-NN refined",
                   "best epoch / run", "s per epoch")
 
 
-def result_row(meta: dict[str, Any]) -> list[str]:
+def result_row(name: str, meta: dict[str, Any], note: str) -> list[str]:
+    """The table row of the refined embedding ``<ds>_<name>.npz`` whose meta is ``meta``;
+    ``note``: how a tagged run's settings differ from the untagged one's."""
     r = dict(meta["results"])
     for key, setting in (("mixture_components", "gmm_components"), ("knn_k", "knn_k")):
         r.setdefault(key, meta.get("settings", {}).get(setting))  # the run's own settings
-    return [f"{meta['encoder']}+{meta['flow']}", str(r["dims"]) + (" (sphere chart)"
+    return [name, note, str(r["dims"]) + (" (sphere chart)"
             if r["sphere_radius"] else ""), f"{r['test_nll']:.3f}", f"{r['gaussian_nll']:.3f}",
             f"{r['mixture_nll']:.3f} ({r['mixture_components']})",
             f"{r['gaussian_nll'] - r['test_nll']:+.3f}", f"{r['mixture_nll'] - r['test_nll']:+.3f}",
@@ -371,7 +387,7 @@ def result_row(meta: dict[str, Any]) -> list[str]:
             f"{r['seconds_per_epoch']:.1f}"]
 
 
-def results_markdown(metas: list[dict[str, Any]], dataset: str) -> str:
+def results_markdown(metas: dict[str, dict[str, Any]], dataset: str) -> str:
     """The table of every refined embedding of the dataset found on disk; each row states what
     it was made with (rows may come from runs of other settings; each file's meta holds all)."""
     lines = [f"# Flows on {dataset} embeddings", "",
@@ -382,9 +398,13 @@ def results_markdown(metas: list[dict[str, Any]], dataset: str) -> str:
              "Gaussian (full covariance) and the full-covariance mixture (its components in "
              "brackets) were fitted to the same train split in the row's run. Gain = baseline "
              "NLL - flow NLL. k-NN (its k in brackets): fitted on train, test accuracy, original "
-             "embedding beside the refined one (base-space coordinates).", "",
+             "embedding beside the refined one (base-space coordinates). A tagged run "
+             "(`--tag`, `<enc>+<flow>@<tag>`) is its own row, with the settings in which it "
+             "differs from the untagged run of the same embedding and flow.", "",
              "| " + " | ".join(RESULT_COLUMNS) + " |", "| --- " * len(RESULT_COLUMNS) + "|"]
-    lines += ["| " + " | ".join(result_row(m)) + " |" for m in metas]
+    notes = variant_notes({name: meta.get("settings", {}) for name, meta in metas.items()})
+    lines += ["| " + " | ".join(result_row(name, meta, notes[name])) + " |"
+              for name, meta in metas.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -392,6 +412,7 @@ def results_markdown(metas: list[dict[str, Any]], dataset: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     train = pick(FlowTraining, values)
+    check_input_tag(train.tag, train.input_tag)
     config = pick(FlowConfig, values)
     root = Path(train.data_dir)
     limit_cpu_threads(values["threads"])
@@ -409,8 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     # Every input checked (a refused run writes nothing): one lock per embedding, so that flows
     # of other embeddings go side by side.
     for encoder in train.encoders:
-        hold_output_lock(root / f".lock-flows-{train.dataset}_{encoder}",
-                         f"flows.py, {train.dataset} {encoder}")
+        stem = tagged(f"{train.dataset}_{encoder}", train.tag)
+        hold_output_lock(root / f".lock-flows-{stem}", f"flows.py, {stem}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("embeddings", "visualizations", "results", "checkpoints/flows")}
     print(f"{train.dataset}: {len(train.encoders)} embedding(s), flows {', '.join(train.flows)}; "
@@ -438,11 +459,13 @@ def main(argv: list[str] | None = None) -> None:
         x_test = torch.from_numpy(m_test.astype(np.float32)).to(device)
         histories = {}
         for name in train.flows:
-            ckpt = folders["checkpoints/flows"] / f"{train.dataset}_{encoder}+{name}.pt"
-            state = fit_flow(name, encoder, data["fingerprint"],
-                             x_train[torch.from_numpy(fit_idx).to(device)],
-                             x_train[torch.from_numpy(val_idx).to(device)], pre, ckpt, train,
-                             config)
+            stem = tagged(f"{train.dataset}_{encoder}+{name}", train.tag)
+            ckpt = folders["checkpoints/flows"] / f"{stem}.pt"
+            with open_run_log(values, "flows", stem) as log:
+                state = fit_flow(name, encoder, data["fingerprint"],
+                                 x_train[torch.from_numpy(fit_idx).to(device)],
+                                 x_train[torch.from_numpy(val_idx).to(device)], pre, ckpt, train,
+                                 config, log)
             histories[name] = state
             flow = build_flow(name, pre.dims, config, train.seed).to(device)
             flow.load_state_dict(state["best_state"])
@@ -472,7 +495,6 @@ def main(argv: list[str] | None = None) -> None:
                              flow=name, source_embeddings=data["path"].name, checkpoint=str(ckpt),
                              embeddings_sha256=data["fingerprint"], results=results,
                              class_names=data["meta"].get("class_names"))
-            stem = f"{train.dataset}_{encoder}+{name}"
             refined = save_npz(folders["embeddings"] / f"{stem}.npz",
                                {"z_train": refined_train, "y_train": data["y_train"],
                                 "z_test": refined_test, "y_test": data["y_test"]}, meta)
@@ -487,9 +509,9 @@ def main(argv: list[str] | None = None) -> None:
                                              baselines["mixture"]},
                                  f"{train.dataset} {encoder}: flows fitted by maximum likelihood")
         png = save_figure(figure, folders["visualizations"]
-                          / f"flows_{train.dataset}_{encoder}_nll.png")
+                          / f"flows_{tagged(f'{train.dataset}_{encoder}', train.tag)}_nll.png")
         print(f"{encoder}: wrote {png}")
-    metas = []
+    metas = {}
     for path in sorted(folders["embeddings"].glob(f"{train.dataset}_*+*.npz")):
         if not path.name.endswith(".gen.npz"):
             try:
@@ -498,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"warning: left out of the table: {err}")
                 continue
             if meta.get("script") == Path(__file__).name and "results" in meta:
-                metas.append(meta)
+                metas[path.name.removesuffix(".npz").partition("_")[2]] = meta
     table = results_markdown(metas, train.dataset)
     out = write_text(folders["results"] / f"flows_{train.dataset}.md", table)
     print("\n" + table.split("\n\n", 2)[2] + f"\nwrote {out}")

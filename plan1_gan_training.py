@@ -40,6 +40,7 @@ from dataio.artifacts import (
     remake_hint,
     save_figure,
     save_npz,
+    tagged,
 )
 from dataio.data_sources import ImageDataset, load_dataset
 from dataio.splits import held_out_count, held_out_split, split_record
@@ -58,8 +59,9 @@ from models.image_gans import (
     to_signed,
 )
 from reporting.figures import image_grid_figure, loss_curves_figure
-from runtime.settings import SettingsError, configure, pick
+from runtime.settings import SettingsError, check_input_tag, configure, pick
 from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
+from runtime.tracking import open_run_log
 from training.gans import (
     LOSS_KINDS,
     GANTrainer,
@@ -80,6 +82,10 @@ EPOCHS = 15  # total epochs per model (more continues a finished run) [>= 1]
 BATCH_SIZE = 128  # images per step [>= 2]
 LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order, noise and the saved samples [seed]
+TAG = ""  # a variant's name: outputs <ds>_<enc>_<gan>@TAG beside the untagged ("": none) [tag]
+INPUT_TAG = ""  # condition on the embeddings <ds>_<enc>@INPUT_TAG.npz ("": untagged) [tag]
+TENSORBOARD = True  # log losses, held-out FID and grids to <data-dir>/runs/plan1/<run>/
+WANDB = ""  # also mirror the log to this Weights & Biases project (needs wandb; "": off)
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
@@ -121,6 +127,8 @@ class Plan1Settings:
     limit: int
     seed: int
     deterministic: bool
+    tag: str
+    input_tag: str
     held_out_fraction: float
     test_images: int
     grid_noise_rows: int
@@ -129,9 +137,11 @@ class Plan1Settings:
 
 
 # ---------------------------------------------------------------- data
-def encoder_command(dataset: str, encoder: str, limit: int, data_dir: str) -> str:
+def encoder_command(dataset: str, encoder: str, limit: int, data_dir: str, tag: str = "") -> str:
     """The stage-1 command that writes the embedding file this stage needs."""
     command = f"python encoder_models.py --dataset {dataset} --models {encoder}"
+    if tag:
+        command += f" --tag {tag}"
     if limit:
         command += f" --limit {limit}"
     if data_dir != "data":
@@ -143,7 +153,7 @@ def paired_embeddings(path: Path, data: ImageDataset, n_train: int, run: Plan1Se
                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The embeddings of the first ``n_train`` training images and of every test image, checked
     to be the embeddings of exactly these images: meta dataset and limit, split sizes, labels."""
-    remake = encoder_command(data.name, run.encoder, run.limit, run.data_dir)
+    remake = encoder_command(data.name, run.encoder, run.limit, run.data_dir, run.input_tag)
     if not path.is_file():
         raise StageError(f"{path} not found; make it with: {remake}")
     with remake_hint(remake):
@@ -266,6 +276,7 @@ def report_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     run = pick(Plan1Settings, values)
+    check_input_tag(run.tag, run.input_tag)
     config = pick(ImageGANConfig, values)
     loop = TrainerSettings(n_critic=values["n_critic"], lr_generator=values["lr_generator"],
                         lr_discriminator=values["lr_discriminator"],
@@ -303,12 +314,14 @@ def main(argv: list[str] | None = None) -> None:
     if n_test <= EVALUATOR_FEATURE_DIM:
         raise StageError(f"--test-images {run.test_images}: the FID on {EVALUATOR_FEATURE_DIM}-d "
                          f"features needs more than {EVALUATOR_FEATURE_DIM} images")
-    embedding_path = root / "embeddings" / f"{run.dataset}_{run.encoder}.npz"
+    embedding_path = (root / "embeddings"
+                      / f"{tagged(f'{run.dataset}_{run.encoder}', run.input_tag)}.npz")
     z_train_np, z_test_np, embedding_meta = paired_embeddings(embedding_path, data, n_train, run)
     embedding_hash = fingerprint(z_train_np, z_test_np)
     # Every input checked (a refused run writes nothing): the lock on this run's outputs.
-    hold_output_lock(root / f".lock-plan1_gan_training-{run.dataset}_{run.encoder}",
-                     f"plan1_gan_training.py, {run.dataset} {run.encoder}")
+    outputs = tagged(f"{run.dataset}_{run.encoder}", run.tag)
+    hold_output_lock(root / f".lock-plan1_gan_training-{outputs}",
+                     f"plan1_gan_training.py, {outputs}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("samples/plan1", "visualizations", "checkpoints/plan1")}
     print(f"{data.name}: {len(kept)} train ({len(held_out)} more held out), {len(data.x_test)} "
@@ -342,22 +355,24 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for name in run.models:
-        tag = f"{run.dataset}_{run.encoder}_{name}"
+        stem = tagged(f"{run.dataset}_{run.encoder}_{name}", run.tag)
         seed_everything(run.seed, run.deterministic)
         model = build_image_gan(name, z_train.shape[1], data.num_classes, config).to(device)
         model.set_condition_statistics(z_train)
         trainer = GANTrainer(model, loop, architecture(name, z_train.shape[1], data.num_classes,
                                                        config))
-        checkpoint = folders["checkpoints/plan1"] / f"{tag}.pt"
+        checkpoint = folders["checkpoints/plan1"] / f"{stem}.pt"
         started = time.time()
+        trainer.log = log = open_run_log(values, "plan1", stem)
 
-        def on_epoch(epoch: int, record: dict[str, Any], name: str = name, tag: str = tag,
+        def on_epoch(epoch: int, record: dict[str, Any], name: str = name, stem: str = stem,
                      trainer: GANTrainer = trainer, started: float = started) -> None:
-            png = folders["visualizations"] / f"plan1_{tag}_epoch{epoch:03d}.png"
+            png = folders["visualizations"] / f"plan1_{stem}_epoch{epoch:03d}.png"
             save_epoch_grid(trainer.ema, data.x_test, z_test, chosen, png,
                             f"{name} on {run.dataset} {run.encoder} embeddings, epoch {epoch}: "
                             f"test images (top) regenerated from their embeddings (EMA "
                             f"generator)", run)
+            trainer.log.image_file("samples", png, epoch)
             fid = "" if record["score"] is None else f", held-out FID {record['score']:.2f}"
             print(f"{name}: epoch {epoch}/{run.epochs} D {record['d/loss']:.3f} G "
                   f"{record['g/loss']:.3f}{fid} ({time.time() - started:.0f} s); {png}",
@@ -377,12 +392,13 @@ def main(argv: list[str] | None = None) -> None:
         if report.diverged:
             print(f"warning: {name}: training diverged ({report.diverged}); stopped, and the "
                   f"best checkpoint (epoch {report.best_epoch}) is used", file=sys.stderr)
+        log.close()
         train_seconds = trainer.training_seconds()
         best = trainer.best_model()
         x_gen = regenerate(best, z_test[:n_test], run.seed, run.sample_batch_size)
         arrays = {"x_gen": x_gen, "idx_src": np.arange(n_test, dtype=np.int64),
                   "y_src": data.y_test[:n_test].astype(np.int64)}
-        out = folders["samples/plan1"] / f"{tag}.npz"
+        out = folders["samples/plan1"] / f"{stem}.npz"
         scoring.check_sources(out, arrays, data, score_settings)
         metric_values = scoring.plan1_metrics(out, arrays, real, device, score_settings)
         pixel_mae = float(np.abs(x_gen.astype(np.float64) - data.x_test[:n_test]).mean() / 255)
@@ -398,12 +414,13 @@ def main(argv: list[str] | None = None) -> None:
         save_npz(out, arrays, meta)
         curves = loss_curves_figure(trainer.history, f"{name} on {run.dataset} {run.encoder} "
                                     f"embeddings: losses per {run.log_every} steps")
-        png = save_figure(curves, folders["visualizations"] / f"plan1_{tag}_losses.png")
+        png = save_figure(curves, folders["visualizations"] / f"plan1_{stem}_losses.png")
         import matplotlib.pyplot as plt
 
         plt.close(curves)
         print(f"{name}: wrote {out} and {png}")
-        rows.append({"model": name, "epochs": trainer.epoch, "best_epoch": report.best_epoch,
+        rows.append({"model": tagged(name, run.tag), "epochs": trainer.epoch,
+                     "best_epoch": report.best_epoch,
                      "pixel_mae": pixel_mae, "train_seconds": train_seconds, **metric_values})
     print(f"\n{run.dataset}, conditions {run.encoder}, {n_test} test images regenerated; FID, "
           f"KID, precision/recall, Vendi and intra-class FID on the evaluator CNN's features "

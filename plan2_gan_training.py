@@ -45,6 +45,7 @@ from dataio.artifacts import (
     make_meta,
     remake_hint,
     save_npz,
+    tagged,
     write_text,
 )
 from dataio.data_sources import CLASS_NAMES, load_dataset
@@ -76,8 +77,9 @@ from models.vector_gans import (
 from reporting.figures import loss_curves_figure, real_vs_generated_figure, save_and_close
 from reporting.plan2_tables import generator_table, plain_row, rows_on_disk, translation_table
 from runtime.provenance import code_version
-from runtime.settings import SettingsError, configure, pick
+from runtime.settings import SettingsError, check_input_tag, configure, pick
 from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
+from runtime.tracking import open_run_log
 from training.gans import (
     GANTrainer,
     GenerativeModel,
@@ -98,6 +100,10 @@ EPOCH_VECTORS = 60000  # an epoch is round(this / training size) passes, at leas
 BATCH_SIZE = 256  # embeddings per step [>= 2]
 LIMIT = 0  # train on the first N training embeddings only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order, noise, the halves and the saved samples [seed]
+TAG = ""  # a variant's name: outputs <ds>_<enc>_<gan>@TAG beside the untagged ("": none) [tag]
+INPUT_TAG = ""  # learn the embeddings <ds>_<enc>@INPUT_TAG.npz (and its decoders) [tag]
+TENSORBOARD = True  # log losses and held-out distances to <data-dir>/runs/plan2/<run>/
+WANDB = ""  # also mirror the log to this Weights & Biases project (needs wandb; "": off)
 ENSEMBLE = 1  # generators per model, member k seeded SEED+k; samples split evenly [>= 1, <= 32]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
@@ -147,6 +153,8 @@ class Plan2Settings:
     batch_size: int
     limit: int
     seed: int
+    tag: str
+    input_tag: str
     ensemble: int
     deterministic: bool
     n_critic: int
@@ -182,12 +190,14 @@ def making_command(encoder: str, run: Plan2Settings) -> str | None:
         command = f"python flows.py --dataset {run.dataset} --encoders {base} --flows {flow}"
     else:
         command = f"python encoder_models.py --dataset {run.dataset} --models {encoder}"
-    return command + (f" --data-dir {run.data_dir}" if run.data_dir != "data" else "")
+    return (command + (f" --tag {run.input_tag}" if run.input_tag else "")
+            + (f" --data-dir {run.data_dir}" if run.data_dir != "data" else ""))
 
 
 def load_source(encoder: str, run: Plan2Settings) -> tuple[Path, dict[str, Any]]:
     """An embedding file of --dataset, checked: labels are class indices, its meta agrees."""
-    path = Path(run.data_dir) / "embeddings" / f"{run.dataset}_{encoder}.npz"
+    path = (Path(run.data_dir) / "embeddings"
+            / f"{tagged(f'{run.dataset}_{encoder}', run.input_tag)}.npz")
     command = making_command(encoder, run)
     if not path.is_file() and command is None:
         raise StageError(f"{path} not found, and no stage makes it: {encoder!r} is not an "
@@ -270,7 +280,8 @@ def image_decoders(real: dict[str, Any], device: torch.device,
     data_dir = f" --data-dir {run.data_dir}" if run.data_dir != "data" else ""
     decoders: dict[str, Any] = {}
     decode, why = autoencoder_decoder(
-        root / "encoders" / f"{run.dataset}_{run.encoder}.pt", run.encoder, real["z_test"],
+        root / "encoders" / f"{tagged(f'{run.dataset}_{run.encoder}', run.input_tag)}.pt",
+        run.encoder, real["z_test"],
         load_dataset(run.dataset, run.data_dir).x_test, run.sample_batch_size,
         making_command(run.encoder, run) or "encoder_models.py")
     if decode is None:
@@ -278,11 +289,15 @@ def image_decoders(real: dict[str, Any], device: torch.device,
     else:
         decoders["decoder"] = decode
     prefix = f"{run.dataset}_{run.encoder}_"
+    source = f"{tagged(prefix[:-1], run.input_tag)}.npz"
     plan1, notes = plan1_decoders(
-        sorted((root / "plan1").glob(f"{prefix}*.pt")), prefix, f"{prefix[:-1]}.npz",
+        sorted((root / "plan1").glob(f"{prefix}*.pt")), prefix, source,
         real["z_train"], real["z_test"], device, run.seed,
         lambda gan: f"python plan1_gan_training.py --dataset {run.dataset} --encoder "
-                    f"{run.encoder} --models {gan}{data_dir}")
+                    f"{run.encoder} --models {gan}{data_dir}"
+                    + (f" --input-tag {run.input_tag} --tag {run.input_tag}"
+                       if run.input_tag else ""),
+        tag=run.input_tag)
     for note in notes:
         print(f"note: Plan 1 generator not used: {note}")
     decoders.update({f"plan1-{gan}": f for gan, f in plan1.items()})
@@ -311,9 +326,11 @@ def resume_settings(name: str, embedding_hash: str, n_train: int, seed: int,
 
 def train(name: str, model: GenerativeModel, sizes: Sizes, make_batches: Any, steps: int,
           score: Any, embedding_hash: str, n_train: int, checkpoint: Path, seed: int,
-          run: Plan2Settings, config: VectorGANConfig) -> tuple[GANTrainer, Any, float]:
-    """Train (or resume) one model; returns its trainer, the fit report and the seconds of every
-    epoch trained (resumed runs included; ``GANTrainer.training_seconds``)."""
+          run: Plan2Settings, config: VectorGANConfig, values: dict[str, Any]
+          ) -> tuple[GANTrainer, Any, float]:
+    """Train (or resume) one model, logged under runs/plan2/<checkpoint's name>; returns its
+    trainer, the fit report and the seconds of every epoch trained (resumed runs included;
+    ``GANTrainer.training_seconds``)."""
     loop = trainer_settings(name, run, seed)
     trainer = GANTrainer(model, loop, architecture(name, sizes, config))
     started = time.time()
@@ -335,11 +352,12 @@ def train(name: str, model: GenerativeModel, sizes: Sizes, make_batches: Any, st
         print(f"{name}: epoch {epoch}/{run.epochs} {losses}{shown} "
               f"({time.time() - started:.0f} s)", flush=True)
 
-    report = trainer.fit(scheduled_batches, run.epochs, checkpoint,
-                         resume_settings(name, embedding_hash, n_train, seed, run, config),
-                         steps_per_epoch=steps,
-                         score=score, score_name="held-out Fréchet distance (standardised)",
-                         on_epoch=on_epoch, desc=name)
+    with open_run_log(values, "plan2", checkpoint.stem) as trainer.log:
+        report = trainer.fit(scheduled_batches, run.epochs, checkpoint,
+                             resume_settings(name, embedding_hash, n_train, seed, run, config),
+                             steps_per_epoch=steps,
+                             score=score, score_name="held-out Fréchet distance (standardised)",
+                             on_epoch=on_epoch, desc=name)
     if report.resumed_from:
         print(f"{name}: resumed from {checkpoint} after epoch {report.resumed_from}"
               + ("" if report.trained_epochs else " (nothing left to train)"))
@@ -408,16 +426,18 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path,
                                real["y_train"][held_out].astype(np.int64), seed,
                                run.sample_batch_size) if len(held_out) > 1 else None
         checkpoint = (folders["checkpoints/plan2"]
-                      / f"{run.dataset}_{run.encoder}_{name}{member_suffix(member)}.pt")
+                      / f"{tagged(f'{run.dataset}_{run.encoder}_{name}', run.tag)}"
+                        f"{member_suffix(member)}.pt")
         if run.ensemble > 1:
             print(f"{name}: ensemble member {member + 1}/{run.ensemble} (seed {seed})")
         return (*train(name, model, sizes, make_batches, passes * (n_train // run.batch_size),
                        score,
-                       embedding_hash, n_train, checkpoint, seed, run, config), checkpoint)
+                       embedding_hash, n_train, checkpoint, seed, run, config, values),
+                checkpoint)
 
     rows = []
     for name in names:
-        tag = f"{run.dataset}_{run.encoder}_{name}"
+        stem = tagged(f"{run.dataset}_{run.encoder}_{name}", run.tag)
         members = [train_member(name, member) for member in range(run.ensemble)]
         trainers = [m[0] for m in members]
         reports = [m[1] for m in members]
@@ -437,7 +457,7 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path,
         if one:
             per_member = {key: value[0] for key, value in per_member.items()}
         classes = {"y_gen": y_gen} if conditional else {}
-        out = folders["embeddings"] / f"{tag}.gen.npz"
+        out = folders["embeddings"] / f"{stem}.gen.npz"
         metric_values = scoring.plan2_metrics(out, {"z_gen": z_gen, **classes}, real,
                                               score_settings)
         train_seconds = sum(seconds)
@@ -458,12 +478,12 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path,
         for decoder, decode in decoders.items():
             suffix = "" if decoder == "decoder" else f"_{decoder}"
             made_by = f"{run.encoder} autoencoder decoder" if decoder == "decoder" else decoder
-            written.append(save_npz(folders["samples/plan2"] / f"{tag}{suffix}.npz",
+            written.append(save_npz(folders["samples/plan2"] / f"{stem}{suffix}.npz",
                                     {"x_gen": decode(z_gen), **classes},
                                     {**meta, "decoded_by": made_by}))
         if run.plots:
             written += save_pictures(
-                trainers[0], folders["visualizations"] / f"plan2_{tag}",
+                trainers[0], folders["visualizations"] / f"plan2_{stem}",
                 f"{name} on {run.dataset} {run.encoder} embeddings", real["z_test"], z_gen,
                 f"{name} on {run.dataset} {run.encoder}: real test vs generated embeddings",
                 ("real test", "generated"), run)
@@ -473,7 +493,7 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path,
                                        f"{run.encoder} embeddings, ensemble member "
                                        f"{member + 1} (seed {run.seed + member}): losses per "
                                        f"{run.log_every} steps"),
-                    folders["visualizations"] / f"plan2_{tag}{member_suffix(member)}_losses.png"))
+                    folders["visualizations"] / f"plan2_{stem}{member_suffix(member)}_losses.png"))
         print(f"{name}: wrote {', '.join(str(p) for p in written)}")
         rows.append(row)
     return rows
@@ -526,19 +546,19 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
 
     rows = []
     for name in names:
-        tag = f"{run.dataset}_{run.encoder}-to-{run.encoder_b}_{name}"
+        stem = tagged(f"{run.dataset}_{run.encoder}-to-{run.encoder_b}_{name}", run.tag)
         seed_everything(run.seed, run.deterministic)
         model = build_vector_gan(name, sizes, config).to(device)
-        checkpoint = folders["checkpoints/plan2"] / f"{tag}.pt"
+        checkpoint = folders["checkpoints/plan2"] / f"{stem}.pt"
         trainer, report, seconds = train(name, model, sizes, make_batches,
                                          passes * (len(halves[0]) // run.batch_size),
                                          score if len(held_out) > 1 else None, embedding_hash,
                                          n_train,
-                                         checkpoint, run.seed, run, config)
+                                         checkpoint, run.seed, run, config, values)
         best: TranslationGAN = trainer.best_model()
         translated = translate(best, test_a, "a_to_b", batch)
         z_translated = scaler_b.inverse(translated)
-        out = folders["embeddings"] / f"{tag}.npz"
+        out = folders["embeddings"] / f"{stem}.npz"
         metric_values = scoring.translation_metrics(out, z_translated, real_a, real_b,
                                                     score_settings)
         metric_values["cycle_error_a"] = float(np.mean((translate(best, translated, "b_to_a",
@@ -563,7 +583,7 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
                                   "y_test": real_a["y_test"].astype(np.int64)}, meta)]
         if run.plots:
             written += save_pictures(
-                trainer, folders["visualizations"] / f"plan2_{tag}",
+                trainer, folders["visualizations"] / f"plan2_{stem}",
                 f"{name} {run.encoder} -> {run.encoder_b} on {run.dataset}", real_b["z_test"],
                 z_translated, f"{name} on {run.dataset}: true {run.encoder_b} test embeddings "
                 f"vs {run.encoder} test embeddings translated",
@@ -577,6 +597,7 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     run = pick(Plan2Settings, values)
+    check_input_tag(run.tag, run.input_tag)
     config = pick(VectorGANConfig, values)
     score_settings = scoring.ScoringSettings(seed=run.seed)
     generators = [m for m in run.models if m in GENERATORS]
@@ -625,10 +646,11 @@ def main(argv: list[str] | None = None) -> None:
     # Every input checked (a refused run writes nothing): one lock per output set, so that a
     # run of generators and one of translators go side by side.
     if generators:
-        hold_output_lock(root / f".lock-plan2_gan_training-{run.dataset}_{run.encoder}",
-                         f"plan2_gan_training.py, {run.dataset} {run.encoder}")
+        outputs = tagged(f"{run.dataset}_{run.encoder}", run.tag)
+        hold_output_lock(root / f".lock-plan2_gan_training-{outputs}",
+                         f"plan2_gan_training.py, {outputs}")
     if translators:
-        pair = f"{run.dataset}_{run.encoder}-to-{run.encoder_b}"
+        pair = tagged(f"{run.dataset}_{run.encoder}-to-{run.encoder_b}", run.tag)
         hold_output_lock(root / f".lock-plan2_gan_training-{pair}",
                          f"plan2_gan_training.py, {pair}")
     folders = {name: ensure_output_dir(root / name) for name in

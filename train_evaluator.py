@@ -19,12 +19,15 @@ from dataio.data_sources import load_dataset
 from evaluation.scoring import EvaluatorSettings, load_evaluator
 from runtime.settings import configure, pick
 from runtime.stage import limit_cpu_threads, pick_device, run_stage
+from runtime.tracking import open_run_log
 
 # ---------------------------------------------------------------- settings
 DATASET = "fashion-mnist"  # dataset whose evaluator is trained [in dataio.data_sources.DATASETS]
 DATA_DIR = "data"  # the evaluator goes to <data-dir>/checkpoints/evaluator/<ds>.pt
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
+TENSORBOARD = True  # log each epoch's loss and test accuracy to <data-dir>/runs/evaluator/<ds>/
+WANDB = ""  # also mirror the log to this Weights & Biases project (needs wandb; "": off)
 # ---------------------------------------------------------------- end of settings
 
 
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     limit_cpu_threads(values["threads"])
     device = pick_device(values["device"])
     data = load_dataset(run.dataset, run.data_dir)
-    evaluator = load_evaluator(data, device, EvaluatorSettings(data_dir=run.data_dir))
+    with open_run_log(values, "evaluator", run.dataset) as log:
+        evaluator = load_evaluator(data, device, EvaluatorSettings(data_dir=run.data_dir), log)
     target = evaluator.target_accuracy
     verdict = ("no target for this dataset" if target is None else
                f"target {target}: {'met' if evaluator.test_accuracy >= target else 'NOT met'}")

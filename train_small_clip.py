@@ -47,6 +47,7 @@ from dataio.artifacts import (
     save_figure,
     short_cause,
     staging_dir,
+    tagged,
     write_text,
 )
 from dataio.data_sources import load_dataset
@@ -59,6 +60,7 @@ from runtime.stage import (
     run_stage,
     seed_everything,
 )
+from runtime.tracking import open_run_log
 
 # Tables the stage and its settings' rules use (not settings).
 # Patch sizes that tile a 28x28 image.
@@ -77,6 +79,9 @@ LEARNING_RATE = 3e-3  # peak AdamW learning rate of the one-cycle schedule [> 0]
 WEIGHT_DECAY = 0.05  # AdamW weight decay of the weight matrices [>= 0]
 LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order and template choice [seed]
+TAG = ""  # a variant's name: outputs clip_<ds>@TAG beside the untagged run's ("": none) [tag]
+TENSORBOARD = True  # log losses and zero-shot accuracy to <data-dir>/runs/clip/<run>/
+WANDB = ""  # also mirror the log to this Weights & Biases project (needs wandb; "": off)
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
@@ -105,6 +110,7 @@ class ClipSettings:
     limit: int
     seed: int
     deterministic: bool
+    tag: str
     hidden_size: int
     vision_layers: int
     text_layers: int
@@ -291,10 +297,11 @@ def main(argv: list[str] | None = None) -> None:
     if s.hidden_size % s.heads:
         raise SettingsError(f"--heads {s.heads} does not divide --hidden-size {s.hidden_size}")
     root = Path(s.data_dir)
-    hold_output_lock(root / ".lock-train_small_clip", "train_small_clip.py")
+    stem = tagged(s.dataset, s.tag)
+    hold_output_lock(root / f".lock-train_small_clip-{stem}", f"train_small_clip.py, {stem}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("checkpoints/clip", "results", "visualizations")}
-    output_dir = Path(s.output_dir) if s.output_dir else root / "checkpoints" / f"clip_{s.dataset}"
+    output_dir = Path(s.output_dir) if s.output_dir else root / "checkpoints" / f"clip_{stem}"
     # The folder is named as given (a link there is refused, never followed and replaced); its
     # parent is resolved, since '.' has no name to stage beside.
     output_dir = output_dir.resolve() if not output_dir.name else \
@@ -327,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     steps_per_epoch = n_train // s.batch_size
     optimizer, schedule = make_optimizer(model, s.epochs * steps_per_epoch, s)
     resume = resume_settings(n_train, tokenizer_fingerprint(tokenizer), s)
-    checkpoint = folders["checkpoints/clip"] / f"{s.dataset}.pt"
+    checkpoint = folders["checkpoints/clip"] / f"{stem}.pt"
     done, losses = 0, []
     if checkpoint.exists():
         state = load_checkpoint(checkpoint, map_location=device,
@@ -350,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     x_test = torch.from_numpy(data.x_test).to(device)
     templates = len(CAPTION_TEMPLATES)
     started = time.time()
+    log = open_run_log(values, "clip", stem)
     for epoch in range(done + 1, s.epochs + 1):
         model.train()
         generator = torch.Generator().manual_seed(s.seed * 1_000_003 + epoch)
@@ -367,8 +375,11 @@ def main(argv: list[str] | None = None) -> None:
             optimizer.step()
             schedule.step()
             total += loss.detach()
-            if (step + 1) % 50 == 0:
-                bar.set_postfix(loss=f"{float(total) / (step + 1):.4f}")
+            if (step + 1) % 50 == 0:  # the one host sync of 50 steps
+                running = float(total) / (step + 1)
+                bar.set_postfix(loss=f"{running:.4f}")
+                log.scalars({"epoch_mean_loss": running}, (epoch - 1) * steps_per_epoch + step + 1,
+                            "steps/")
         mean_loss = float(total) / steps_per_epoch
         if not np.isfinite(mean_loss):
             raise StageError(f"CLIP: loss became {mean_loss} in epoch {epoch}; stopped, and the "
@@ -383,6 +394,9 @@ def main(argv: list[str] | None = None) -> None:
                                      "losses": losses, "settings": resume})
         accuracy = zero_shot(model, x_test, data.y_test, tokens, data.num_classes, mean,
                              std, s.eval_batch_size)["accuracy"]
+        # The test accuracy is watched, never used to choose: the run keeps its last epoch.
+        log.scalars({"loss": mean_loss, "zero_shot_test_accuracy": accuracy,
+                     "logit_scale": model.logit_scale.exp().item()}, epoch, "epochs/")
         print(f"CLIP: epoch {epoch}/{s.epochs} loss {mean_loss:.4f}, zero-shot test accuracy "
               f"{accuracy:.4f}, logit scale {model.logit_scale.exp().item():.1f} "
               f"({time.time() - started:.0f} s)", flush=True)
@@ -419,12 +433,15 @@ def main(argv: list[str] | None = None) -> None:
                          f"what was there before is kept") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    results = write_text(folders["results"] / f"clip_{s.dataset}_zero_shot.json",
+    results = write_text(folders["results"] / f"clip_{stem}_zero_shot.json",
                          json.dumps(meta, indent=2) + "\n")
     figure = confusion_figure(data.y_test, predicted, data.class_names,
                               f"small CLIP on {s.dataset}: zero-shot test accuracy "
                               f"{result['accuracy']:.4f} (templates averaged)")
-    png = save_figure(figure, folders["visualizations"] / f"clip_{s.dataset}_zero_shot.png")
+    png = save_figure(figure, folders["visualizations"] / f"clip_{stem}_zero_shot.png")
+    if len(losses) > done:  # a rerun that trained nothing logs nothing again
+        log.image_file("zero_shot_confusion", png, len(losses))
+    log.close()
     import matplotlib.pyplot as plt
 
     plt.close(figure)

@@ -46,13 +46,14 @@ from dataio.artifacts import (
     restoring,
     save_checkpoint,
     staging_dir,
+    tagged,
     write_text,
 )
 from dataio.data_sources import ImageDataset, load_dataset
 from dataio.splits import held_out_count, held_out_split, split_record
 from evaluation import metrics, scoring
 from reporting.figures import image_grid_figure, save_and_close
-from runtime.settings import SettingsError, configure, pick
+from runtime.settings import SettingsError, check_input_tag, configure, pick
 from runtime.stage import (
     StageError,
     limit_cpu_threads,
@@ -61,6 +62,7 @@ from runtime.stage import (
     run_stage,
     seed_everything,
 )
+from runtime.tracking import RunLog, open_run_log
 from stable_diffusion.finetune import FinetuneSettings, encode_captions, encode_images, finetune
 from stable_diffusion.miniature import (
     MiniatureConfig,
@@ -95,6 +97,10 @@ VALIDATION_STEPS = 20  # DDIM steps of the validation samples [>= 1]
 HELD_OUT_FRACTION = 0.05  # share of training images held out for the FID [>= 0, < 1]
 LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
 SEED = 0  # seeds weights, orders, noise, caption templates and the held-out split [seed]
+TAG = ""  # a variant's name: outputs sd_<ds>@TAG beside the untagged run's ("": none) [tag]
+INPUT_TAG = ""  # with CLIP "": condition on the text tower of clip_<ds>@INPUT_TAG [tag]
+TENSORBOARD = True  # log losses, held-out FID and grids to <data-dir>/runs/sd/<run>/
+WANDB = ""  # also mirror the log to this Weights & Biases project (needs wandb; "": off)
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 # ---------------------------------------------------------------- end of settings
@@ -122,6 +128,8 @@ class SdTraining:
     held_out_fraction: float
     limit: int
     seed: int
+    tag: str
+    input_tag: str
 
 
 def pixels_of(images: np.ndarray) -> torch.Tensor:
@@ -130,8 +138,10 @@ def pixels_of(images: np.ndarray) -> torch.Tensor:
 
 
 def train_vae(vae: Any, images: np.ndarray, run: SdTraining, device: torch.device,
-              checkpoint: Path, settings: dict[str, Any]) -> list[dict[str, float]]:
-    """The autoencoder's epochs (resumed from ``checkpoint``); each epoch's mean losses."""
+              checkpoint: Path, settings: dict[str, Any], log: RunLog
+              ) -> list[dict[str, float]]:
+    """The autoencoder's epochs (resumed from ``checkpoint``); each epoch's mean losses (also
+    in ``log``)."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=run.vae_learning_rate)
     history: list[dict[str, float]] = []
     if checkpoint.is_file():
@@ -163,6 +173,8 @@ def train_vae(vae: Any, images: np.ndarray, run: SdTraining, device: torch.devic
                         "kl": float(sums[1] / steps)})
         save_checkpoint(checkpoint, {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
                                      "history": history, "settings": settings})
+        log.scalars({k: v for k, v in history[-1].items() if k != "epoch"}, epoch + 1,
+                    "vae_epochs/")
         print(f"VAE epoch {epoch + 1}/{run.vae_epochs}: reconstruction MSE "
               f"{history[-1]['reconstruction_mse']:.5f}, KL {history[-1]['kl']:.3f}", flush=True)
     return history
@@ -179,6 +191,10 @@ def captions_of(labels: np.ndarray, data: ImageDataset, seed: int) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     values = configure(globals(), argv)
     run = pick(SdTraining, values)
+    check_input_tag(run.tag, run.input_tag)
+    if run.clip and run.input_tag:
+        raise SettingsError(f"--clip {run.clip} and --input-tag {run.input_tag} both name the "
+                            f"CLIP: give one")
     config = MiniatureConfig(image_size=values["image_size"],
                              vae_channels=tuple(values["vae_channels"]),
                              unet_channels=tuple(values["unet_channels"]))
@@ -194,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         raise SettingsError(str(err)) from err
     root = Path(run.data_dir)
-    clip_dir = Path(run.clip) if run.clip else root / "checkpoints" / f"clip_{run.dataset}"
+    clip_dir = Path(run.clip) if run.clip else (
+        root / "checkpoints" / f"clip_{tagged(run.dataset, run.input_tag)}")
     text_encoder, tokenizer = text_tower(clip_dir)
     n_train = min(run.limit, len(data.x_train)) if run.limit else len(data.x_train)
     kept, held_out = held_out_split(n_train, held_out_count(n_train, run.held_out_fraction),
@@ -203,10 +220,10 @@ def main(argv: list[str] | None = None) -> None:
         raise StageError(f"--limit {run.limit} and --held-out-fraction {run.held_out_fraction} "
                          f"leave {len(kept)} training images, not one batch of --batch-size "
                          f"{run.batch_size}")
-    output = root / "checkpoints" / f"sd_{run.dataset}"
+    stem = tagged(run.dataset, run.tag)
+    output = root / "checkpoints" / f"sd_{stem}"
     check_replaceable(output)
-    hold_output_lock(root / f".lock-train_small_sd-{run.dataset}",
-                     f"train_small_sd.py, {run.dataset}")
+    hold_output_lock(root / f".lock-train_small_sd-{stem}", f"train_small_sd.py, {stem}")
     folders = {name: ensure_output_dir(root / name) for name in
                ("checkpoints/sd", "results", "visualizations")}
     images = to_pipeline_images(data.x_train[:n_train], config.image_size)
@@ -221,8 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     vae_settings = {"dataset": run.dataset, "data": data_hash, "config": asdict(config),
                     "vae_learning_rate": run.vae_learning_rate, "vae_kl_weight": run.vae_kl_weight,
                     "batch_size": run.batch_size, "seed": run.seed}
+    log = open_run_log(values, "sd", stem)
     history = train_vae(vae, images[kept], run, device,
-                        folders["checkpoints/sd"] / f"{run.dataset}_vae.pt", vae_settings)
+                        folders["checkpoints/sd"] / f"{stem}_vae.pt", vae_settings, log)
     vae.eval()
     unscaled = encode_images(vae, images[kept])
     scale = 1.0 / float(unscaled.std())
@@ -260,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
                                          scoring_settings) if count > 1 else (None, None)
     grid_labels = np.repeat(np.arange(data.num_classes), GRID_COLUMNS)
     grid_captions = [class_captions(data.name, data.class_names)[c][0] for c in grid_labels]
-    best_path = folders["checkpoints/sd"] / f"{run.dataset}_best.pt"
+    best_path = folders["checkpoints/sd"] / f"{stem}_best.pt"
     unet_settings = {"vae": fingerprint(*(v.detach().cpu().numpy() for v in
                                           vae.state_dict().values())),
                      "validation_samples": count, "validation_steps": run.validation_steps,
@@ -291,12 +309,14 @@ def main(argv: list[str] | None = None) -> None:
         grid = from_pipeline_images(draw(pipe, grid_captions, np.arange(len(grid_captions)),
                                          run.seed, config.image_size, run.validation_steps,
                                          run.guidance_scale, 100), data.x_train.shape[1:])
-        png = folders["visualizations"] / f"sd_{run.dataset}_epoch{epoch:03d}.png"
+        png = folders["visualizations"] / f"sd_{stem}_epoch{epoch:03d}.png"
         save_and_close(image_grid_figure(
             [grid[grid_labels == c] for c in range(data.num_classes)],
             [data.class_names[c] for c in range(data.num_classes)],
             f"miniature SD on {run.dataset}, epoch {epoch}: a row per class caption (guidance "
             f"{run.guidance_scale:g}, {run.validation_steps} DDIM steps)"), png)
+        log.scalars({"loss": loss, "held_out_fid": record["fid"]}, epoch, "unet_epochs/")
+        log.image_file("samples", png, epoch)
         shown = "" if record["fid"] is None else f", held-out FID {record['fid']:.2f}"
         print(f"UNet epoch {epoch}/{run.unet_epochs}: loss {loss:.4f}{shown}; {png}", flush=True)
         pipe.unet.train()
@@ -306,8 +326,9 @@ def main(argv: list[str] | None = None) -> None:
              FinetuneSettings(method="full", learning_rate=run.learning_rate,
                               epochs=run.unet_epochs, batch_size=run.batch_size, seed=run.seed,
                               caption_dropout=run.caption_dropout),
-             folders["checkpoints/sd"] / f"{run.dataset}_unet.pt",
+             folders["checkpoints/sd"] / f"{stem}_unet.pt",
              Accelerator(cpu=device.type == "cpu"), unet_settings, validate, empty)
+    log.close()
     with restoring(best_path):
         pipe.unet.load_state_dict(best["weights"])
     staging = staging_dir(output)
@@ -320,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
                      unet_seconds=time.time() - started)
     write_text(staging / "training_meta.json", json.dumps(meta, indent=2, default=str) + "\n")
     replace_directory(staging, output)
-    results = write_text(folders["results"] / f"sd_{run.dataset}_training.json",
+    results = write_text(folders["results"] / f"sd_{stem}_training.json",
                          json.dumps(meta, indent=2, default=str) + "\n")
     print(f"wrote {output} (epoch {best['epoch']} of {run.unet_epochs}, held-out FID "
           f"{best['fid']}) and {results}; draw with it: python self_consuming_loop.py "

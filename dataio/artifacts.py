@@ -44,6 +44,14 @@ KIND_NAMES = {"f": "floats", "i": "integers", "u": "integers", "c": "complex num
               "b": "booleans", "U": "strings", "S": "bytes", "O": "objects"}
 
 
+def tagged(stem: str, tag: str) -> str:
+    """A file or folder name stem with the run's tag: ``<stem>@<tag>``, or ``stem`` untagged.
+
+    One rule for every stage, so that variants of a run (``--tag``) sit beside the untagged one
+    and beside each other, and every table shows the tag as part of the model's name."""
+    return f"{stem}@{tag}" if tag else stem
+
+
 def make_meta(script: str, settings: Mapping[str, Any], dataset: str | None, seed: int | None,
               **extra: Any) -> dict[str, Any]:
     """The provenance record stored as ``meta`` in every artifact: the script, its settings, the

@@ -36,6 +36,7 @@ from evaluation.evaluator_cnn import (
 from evaluation.feature_spaces import FeatureSpace, FeatureSpaceSettings, feature_space
 from runtime.settings import SettingsError
 from runtime.stage import StageError
+from runtime.tracking import RunLog
 
 
 @dataclass(frozen=True)
@@ -125,18 +126,23 @@ class RealImages:
     floors: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-def load_evaluator(data: ImageDataset, device: Any, settings: EvaluatorSettings) -> Evaluator:
-    """The cached evaluator of a dataset, trained (or resumed) first if needed."""
+def load_evaluator(data: ImageDataset, device: Any, settings: EvaluatorSettings,
+                   log: RunLog | None = None) -> Evaluator:
+    """The cached evaluator of a dataset, trained (or resumed) first if needed; each epoch it
+    trains also goes to ``log``."""
     checkpoint = checkpoint_path(settings.data_dir, data.name)
     print(f"{data.name} evaluator CNN ({settings.epochs} epochs, {len(data.x_train)} images): "
           f"{checkpoint}")
     start = time.time()
-    return train_evaluator(
-        data, checkpoint, device, settings.epochs, settings.batch_size, settings.learning_rate,
-        settings.seed,
-        on_epoch=lambda epoch, loss, accuracy: print(
-            f"  epoch {epoch}/{settings.epochs}: loss {loss:.4f}, test accuracy {accuracy:.4f}, "
-            f"{time.time() - start:.0f} s", flush=True))
+
+    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+        print(f"  epoch {epoch}/{settings.epochs}: loss {loss:.4f}, test accuracy "
+              f"{accuracy:.4f}, {time.time() - start:.0f} s", flush=True)
+        if log is not None:
+            log.scalars({"loss": loss, "test_accuracy": accuracy}, epoch, "epochs/")
+
+    return train_evaluator(data, checkpoint, device, settings.epochs, settings.batch_size,
+                           settings.learning_rate, settings.seed, on_epoch=on_epoch)
 
 
 def real_images_for(data: ImageDataset, device: Any, evaluator: EvaluatorSettings,

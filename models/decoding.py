@@ -56,16 +56,18 @@ def autoencoder_decoder(checkpoint: Path, encoder: str, z_test: np.ndarray, x_te
 
 def plan1_decoders(checkpoints: list[Path], prefix: str, source: str, z_train: np.ndarray,
                    z_test: np.ndarray, device: torch.device, seed: int,
-                   remake: Callable[[str], str]) -> tuple[dict[str, Decode], list[str]]:
+                   remake: Callable[[str], str], tag: str = ""
+                   ) -> tuple[dict[str, Decode], list[str]]:
     """decode(z) -> uint8 images through each Plan 1 generator among ``checkpoints`` (files
-    named ``<prefix><gan>.pt``) trained on exactly these embeddings (the fingerprint of the
+    named ``<prefix><gan>.pt``, or ``<prefix><gan>@<tag>.pt`` for a ``tag``; other tags are
+    not theirs) trained on exactly these embeddings (the fingerprint of the
     training embeddings it used and of ``z_test``), keyed by GAN name, and notes on those that
     cannot be used. ``source`` names the embedding file (for the notes); ``remake(gan)`` is the
     command that writes a GAN's checkpoint."""
     decoders, notes = {}, []
     for path in checkpoints:
-        gan = path.stem.removeprefix(prefix)
-        if gan not in image_gans.GAN_NAMES:
+        gan, _, file_tag = path.stem.removeprefix(prefix).partition("@")
+        if gan not in image_gans.GAN_NAMES or file_tag != tag:
             continue
         try:
             state = load_checkpoint(path, advice=f"remake it with: {remake(gan)}")

@@ -18,6 +18,9 @@ A comment may end with a rule in square brackets, checked for the default and fo
 before the stage reads anything:
 - comparisons ``>= 1``, ``> 0``, ``<= 1``, ``< 5``, combined with commas: ``[> 0, <= 1]``;
 - ``[seed]``: a seed, 0 to 2**32 - 1;
+- ``[tag]``: a run's tag, appended to its output names as ``@TAG``: letters, digits, ``.``,
+  ``_`` and ``-``, at most 64, not starting with ``.`` or ``-`` (no path separator); the
+  default ``""`` means untagged, and an empty ``--tag ""`` given on the command line is refused;
 - choices ``[constant | one-cycle]``, or ``[in GAN_NAMES]`` for the items of a module-level
   sequence ``GAN_NAMES`` of the script, or ``[in dataio.data_sources.DATASETS]`` for one of a
   module.
@@ -54,6 +57,7 @@ COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 COMPARISON = re.compile(r"^(>=|<=|>|<)\s*(\S+)$")
 MAX_SEED = 2**32 - 1  # NumPy's global and legacy generators take no larger seed
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")  # a file-name part on every system
 
 
 class SettingsError(Exception):
@@ -69,9 +73,14 @@ class Rule:
     choices: tuple[str, ...] | None = None
     may_be_empty: bool = False
     may_repeat: bool = False
+    is_tag: bool = False
 
     def check(self, flag: str, value: Any) -> None:
         """Raise SettingsError unless ``value`` (one item) satisfies the rule."""
+        if self.is_tag and value != "" and not TAG.fullmatch(str(value)):
+            raise SettingsError(f"{flag} {value!r}: a tag is 1 to 64 letters, digits, '.', '_' "
+                                f"or '-', not starting with '.' or '-' (it becomes part of file "
+                                f"names)")
         if isinstance(value, float) and not math.isfinite(value):
             raise SettingsError(f"{flag} {value}: must be a finite number")
         for symbol, bound in self.bounds:
@@ -86,6 +95,8 @@ class Rule:
             parts.append("one of " + ", ".join(self.choices))
         if self.may_be_empty:
             parts.append("or empty")
+        if self.is_tag:
+            parts.append("letters, digits, . _ -")
         return "; ".join(parts)
 
 
@@ -109,6 +120,8 @@ def parse_rule(text: str, name: str, namespace: dict[str, Any]) -> Rule:
             rule.may_be_empty = True
         elif item == "repeats":  # a list of sizes (channels per level), not of names
             rule.may_repeat = True
+        elif item == "tag":  # a part of file names: see TAG
+            rule.is_tag = True
         elif item == "seed":  # what every random-number generator the stages use accepts
             rule.bounds += [(">=", 0.0), ("<=", float(MAX_SEED))]
         elif item.startswith("in "):
@@ -284,12 +297,25 @@ def configure(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[
                                     default, list | tuple) else "A,B")
             rules[name] = (flag, rule)
         args = parser.parse_args(argv)
+        given = sys.argv[1:] if argv is None else argv
         for name, (flag, rule) in rules.items():
             check_value(flag, getattr(args, name), rule)
+            if rule.is_tag and getattr(args, name) == "" and (
+                    flag in given or f"{flag}=" in given):
+                raise SettingsError(f"{flag}: an empty tag; leave {flag} out for the untagged "
+                                    f"run")
     except SettingsError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     return {name.lower(): getattr(args, name) for name in rules}
+
+
+def check_input_tag(tag: str, input_tag: str) -> None:
+    """A run reading tagged inputs (``--input-tag``) must tag its own outputs: untagged, they
+    would take the place of the untagged chain's outputs."""
+    if input_tag and not tag:
+        raise SettingsError(f"--input-tag {input_tag} reads tagged inputs: name this run's "
+                            f"outputs with a --tag too (e.g. --tag {input_tag})")
 
 
 def pick(cls: type[T], values: Mapping[str, Any], **extra: Any) -> T:

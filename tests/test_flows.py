@@ -44,6 +44,7 @@ from models.flow_models import (
 )
 from runtime.settings import configure, pick
 from runtime.stage import StageError
+from runtime.tracking import RunLog
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = flow_models.FLOW_NAMES
@@ -278,7 +279,7 @@ def fit(name: str, train: np.ndarray, tmp_path: Path, epochs: int) -> tuple[Flow
     x = torch.from_numpy(pre.to_model(train).astype(np.float32))
     fit_idx, val_idx = flows.split_train(len(x), run)
     state = flows.fit_flow(name, "synthetic", "-", x[fit_idx], x[val_idx], pre,
-                           tmp_path / f"{name}.pt", run, config)
+                           tmp_path / f"{name}.pt", run, config, RunLog(None, {}))
     flow = build_flow(name, pre.dims, config, run.seed)
     flow.load_state_dict(state["best_state"])
     return flow, pre

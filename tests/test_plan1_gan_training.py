@@ -378,3 +378,21 @@ def test_too_few_test_images_for_a_fid_are_refused(stage_main, tmp_path):
         stage_main("--data-dir", str(tmp_path), "--test-images", "100")
     result = run_stage(tmp_path, "--test-images", "100", check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_run_is_logged_for_tensorboard_with_losses_scores_and_grids(straight):
+    """TensorBoard's own reader finds each interval's losses by step, each epoch's record and
+    held-out FID by epoch, the epoch grids as images and the settings as text."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data_dir, _ = straight
+    events = EventAccumulator(str(data_dir / "runs" / "plan1" / "digits_ae_basic_cgan"),
+                              size_guidance={"scalars": 0, "images": 0}).Reload()
+    tags = events.Tags()
+    assert {"steps/d/loss", "steps/g/loss", "epochs/d/loss", "epochs/score",
+            "epochs/seconds"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("epochs/score")] == [1, 2]
+    steps = [e.step for e in events.Scalars("steps/g/loss")]
+    assert steps == sorted(steps) and len(steps) >= 2
+    assert [e.step for e in events.Images("samples")] == [1, 2]
+    assert "settings/text_summary" in tags["tensors"]

@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 from dataio.artifacts import check_settings_match, load_checkpoint, restoring, save_checkpoint
 from runtime.stage import StageError
+from runtime.tracking import RunLog
 
 LOSS_KINDS = ("non-saturating", "hinge", "least-squares", "wasserstein")
 CHECKPOINT_FORMAT = "gans.GANTrainer/1"
@@ -338,6 +339,9 @@ class GANTrainer:
         self.best_ema: dict[str, torch.Tensor] | None = None
         self.diverged: str | None = None
         self.stopped_early = False
+        # Where the stage's TensorBoard log is (runtime.tracking.RunLog): each log interval's
+        # means by discriminator step, each epoch's record by epoch; None: not logged.
+        self.log: RunLog | None = None
 
     # ------------------------------------------------------------ one epoch
     def _autocast(self) -> Any:
@@ -426,14 +430,19 @@ class GANTrainer:
                 means = read(interval, interval_counts)
                 self.history["intervals"].append({"epoch": self.epoch + 1,
                                                   "d_steps": self.d_steps, **means})
+                if self.log is not None:
+                    self.log.scalars(means, self.d_steps, "steps/")
                 interval.clear()
                 interval_counts.clear()
                 bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.endswith("/loss")})
         if steps == 0:
             raise ValueError("the batch source yielded no batch")
-        if interval:
+        if interval:  # the epoch's last, shorter interval
+            means = read(interval, interval_counts)
             self.history["intervals"].append({"epoch": self.epoch + 1, "d_steps": self.d_steps,
-                                              **read(interval, interval_counts)})
+                                              **means})
+            if self.log is not None:
+                self.log.scalars(means, self.d_steps, "steps/")
         means = read(sums, counts)
         finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
         if not bool(finite):
@@ -586,6 +595,9 @@ class GANTrainer:
                 self.stopped_early = True
             self.save(checkpoint, settings)
             trained += 1
+            if self.log is not None:
+                self.log.scalars({k: v for k, v in record.items() if k != "epoch"}, epoch,
+                                 "epochs/")
             if on_epoch is not None:
                 on_epoch(epoch, record)
         return FitReport(trained, resumed_from, self.diverged, self.best_epoch, self.best_score,
