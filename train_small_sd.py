@@ -82,12 +82,12 @@ DATASET = "fashion-mnist"  # dataset to train on [in dataio.data_sources.DATASET
 DATA_DIR = "data"  # where the CLIP is read and every output is written
 CLIP = ""  # the small CLIP whose text tower conditions the UNet ("": checkpoints/clip_<ds>)
 IMAGE_SIZE = 32  # pixels per side of the pipeline's images (the data padded with black) [>= 8]
-VAE_CHANNELS = (32, 64)  # channels per VAE level: len - 1 halvings to the latents [>= 8, repeats]
+VAE_CHANNELS = (16, 32, 32)  # channels per VAE level: len - 1 halvings to latents [>= 8, repeats]
 UNET_CHANNELS = (32, 64, 64)  # channels per UNet level [>= 8, repeats]
-VAE_EPOCHS = 2  # passes of the autoencoder over the training images [>= 1]
+VAE_EPOCHS = 1  # passes of the autoencoder over the training images [>= 1]
 VAE_LEARNING_RATE = 1e-3  # AdamW rate of the autoencoder [> 0]
 VAE_KL_WEIGHT = 1e-6  # weight of the KL term per latent element (kept small, as SD's) [>= 0]
-UNET_EPOCHS = 10  # passes of the UNet over the training images [>= 1]
+UNET_EPOCHS = 8  # passes of the UNet over the training images [>= 1]
 LEARNING_RATE = 5e-4  # AdamW rate of the UNet [> 0]
 BATCH_SIZE = 64  # images per step [>= 2]
 CAPTION_DROPOUT = 0.1  # share of samples trained on the empty caption (for guidance) [>= 0, < 1]

@@ -42,8 +42,8 @@ from stable_diffusion.pipelines import (  # noqa: E402
 DATASET = "fashion-mnist"  # dataset of the miniature [in dataio.data_sources.DATASETS]
 DATA_DIR = "data/bench_small_sd"  # the CLIP, the pipeline and the evaluator
 PROMPTS = 1000  # test images whose class captions are drawn, one image each [>= 10]
-SD_ARGS = ""  # more train_small_sd.py flags
-CLIP_ARGS = "--limit 20000"  # train_small_clip.py flags when the CLIP is missing
+SD_ARGS = "--threads 2"  # more train_small_sd.py flags (both cores: it runs alone)
+CLIP_ARGS = "--limit 20000 --threads 2"  # train_small_clip.py flags when the CLIP is missing
 SEED = 0  # seeds the noise of every image and the floor [seed]
 THREADS = 1  # CPU threads of torch (0: library default) [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu

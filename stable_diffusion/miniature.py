@@ -24,7 +24,7 @@ class MiniatureConfig:
     """The sizes of the miniature's networks."""
 
     image_size: int = 32  # pixels per side of the pipeline's images
-    vae_channels: tuple[int, ...] = (32, 64)  # channels per VAE level (one halving between)
+    vae_channels: tuple[int, ...] = (16, 32, 32)  # channels per VAE level (one halving between)
     latent_channels: int = 4  # channels of the latents (Stable Diffusion's 4)
     unet_channels: tuple[int, ...] = (32, 64, 64)  # channels per UNet level
     attention_head_dim: int = 8  # width of each attention head of the UNet
