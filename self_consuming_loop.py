@@ -72,6 +72,7 @@ from dataio.artifacts import (
     save_npz,
     short_cause,
     staging_dir,
+    tagged,
     weights_fingerprint,
     write_text,
 )
@@ -87,6 +88,7 @@ from reporting.loop_comparison import config_of, metrics_figure
 from runtime.provenance import code_version
 from runtime.settings import SettingsError, configure, pick
 from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
+from runtime.tracking import RunLog, open_run_log
 from stable_diffusion.finetune import (
     FinetuneSettings,
     encode_captions,
@@ -151,6 +153,9 @@ PATIENCE = 3  # generation 0 stops after this many epochs without a better held-
 EPOCHS = 0  # epochs of every later generation (0: as many as generation 0 needed) [>= 0]
 BATCH_SIZE = 64  # images per step [>= 2]
 SEEDS = (0,)  # seeds of the loops, one loop each: weights, batches, noise, captions, draws [seed]
+TAG = ""  # a variant's name: the loop <name>@TAG[_seed<k>] beside the untagged one [tag]
+TENSORBOARD = True  # log each generation's training and metrics to <data-dir>/runs/loop/<run>/
+WANDB = ""  # also mirror the log to this Weights & Biases project (needs wandb; "": off)
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 DETERMINISTIC = True  # deterministic CUDA kernels, for repeatable runs and resumes
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
@@ -215,11 +220,13 @@ class LoopRun:
     seed: int
     deterministic: bool
     sample_batch_size: int
+    tag: str
 
 
 # ---------------------------------------------------------------- names and captions
 def run_name(run: LoopRun, regime: Regime) -> str:
-    """<ds>_loop, the regime, _fresh<percent>, _trunc<psi>, _scratch, _seed<k> (k != 0)."""
+    """<ds>_loop, the regime, _fresh<percent>, _trunc<psi>, _scratch, @<tag>, _seed<k>
+    (k != 0): the seeds of one configuration share the name before _seed."""
     name = f"{run.dataset}_loop{REGIME_TAGS[regime.name]}"
     if regime.fresh_fraction > 0:
         name += f"_fresh{100 * regime.fresh_fraction:g}"
@@ -227,7 +234,7 @@ def run_name(run: LoopRun, regime: Regime) -> str:
         name += f"_trunc{run.truncation:g}"
     if not run.warm_start:
         name += "_scratch"
-    return name + (f"_seed{run.seed}" if run.seed else "")
+    return tagged(name, run.tag) + (f"_seed{run.seed}" if run.seed else "")
 
 
 def image_name(image_id: int) -> str:
@@ -521,9 +528,11 @@ def write_results(path: Path, records: list[dict[str, Any]], values: dict[str, A
 
 # ---------------------------------------------------------------- one generation
 def train_generation(generation: int, loop: Loop, train: ImageSet, checkpoint: Path,
-                     warm_from: Path | None, score: Any) -> tuple[GANTrainer, Any]:
-    """Train (or resume) one generation on ``train``; an epoch is --train-images images drawn
-    from it (all of them when it has no more), so that every generation gets the same budget."""
+                     warm_from: Path | None, score: Any, log: RunLog
+                     ) -> tuple[GANTrainer, Any]:
+    """Train (or resume) one generation on ``train``, logged in ``log``; an epoch is
+    --train-images images drawn from it (all of them when it has no more), so that every
+    generation gets the same budget."""
     run, data = loop.run, loop.data
     generation_seed = run.seed * 100_003 + generation
     seed_everything(generation_seed, run.deterministic)
@@ -537,6 +546,7 @@ def train_generation(generation: int, loop: Loop, train: ImageSet, checkpoint: P
             trainer.warm_start(state)  # from the weights that drew its training images
     else:
         model.set_condition_statistics(conditions(train.y, data.num_classes, loop.device))
+    trainer.log = log
     x = torch.from_numpy(train.x).to(loop.device)
     c = conditions(train.y, data.num_classes, loop.device)
     per_epoch = loop.regime.train_images
@@ -611,6 +621,7 @@ def run_loop(loop: Loop, values: dict[str, Any], real: scoring.RealImages,
                                                 prompt_labels)
     previous: ConditionalGAN | None = None
     previous_path: Path | None = None
+    generations_log = open_run_log(values, "loop", f"{name}/generations")
     for generation in range(run.generations + 1):
         folder = run_dir / f"gen_{generation}"
         samples_path = run_dir / f"gen_{generation}.npz"
@@ -626,8 +637,9 @@ def run_loop(loop: Loop, values: dict[str, Any], real: scoring.RealImages,
         score = held_out_fid(loop, real, s) if generation == 0 and \
             loop.held_out_images() > 1 else None
         warm_from = previous_path if run.warm_start and generation > 0 else None
-        trainer, report = train_generation(generation, loop, train, checkpoint, warm_from,
-                                           score)
+        with open_run_log(values, "loop", f"{name}/gen_{generation}") as log:
+            trainer, report = train_generation(generation, loop, train, checkpoint, warm_from,
+                                               score, log)
         train_seconds = time.time() - started
         previous, previous_path = trainer.best_model(), checkpoint
 
@@ -666,11 +678,14 @@ def run_loop(loop: Loop, values: dict[str, Any], real: scoring.RealImages,
         records = [r for r in records if int(r["generation"]) != generation] + [record]
         records.sort(key=lambda r: int(r["generation"]))
         write_results(results_path, records, values, name, caption_file, loop)
+        generations_log.scalars({k: v for k, v in record.items() if k in METRIC_KEYS or k in (
+            "within_class_spread", "train_seconds", "epochs")}, generation, "generations/")
         print(f"gen {generation}: trained on {record['trained_on']} ({train_seconds:.0f} s); "
               f"FID {metric_values['fid']:.2f} (floor {metric_values['fid_floor']:.2f}), "
               f"class consistency {metric_values['class_consistency']:.3f}, recall "
               f"{metric_values['recall']:.3f}; wrote {folder}/ ({run.n_images} images)",
               flush=True)
+    generations_log.close()
     # Every finished generation on record, also those of an earlier, longer run: the figure,
     # the printed table and the metrics file show the same generations.
     records = [r for r in records if (run_dir / f"gen_{int(r['generation'])}.npz").is_file()]
@@ -726,6 +741,7 @@ class DiffusionRun:
     draw_batch_size: int
     shard: str
     stop_after_finetune: bool
+    tag: str
 
 
 @dataclass
@@ -753,15 +769,15 @@ def diffusion_run_name(run: DiffusionRun, regime: Regime, finetuning: FinetuneSe
                        seed: int) -> str:
     """COCO prompts: the seed's folder name, sd_to_sd_cfg_<w>_steps_<n>, then the regime as the
     GAN loop names it, _fresh<percent>, _full (whole-UNet fine-tuning), _dpm (DPM-Solver),
-    _seed<k>. Dataset prompts: <ds>_loop, the regime, _fresh<percent>, _sd, _full, _dpm, _seed<k>
-    (a GAN loop's name with _sd: the loops compare side by side)."""
+    @<tag>, _seed<k>. Dataset prompts: <ds>_loop, the regime, _fresh<percent>, _sd, _full, _dpm,
+    @<tag>, _seed<k> (a GAN loop's name with _sd: the loops compare side by side)."""
     tags = REGIME_TAGS[regime.name] + (f"_fresh{100 * regime.fresh_fraction:g}"
                                        if regime.fresh_fraction > 0 else "")
     method = ("_full" if finetuning.method == "full" else "") + (
         "_dpm" if run.sampler == "dpm-solver" else "")
     name = (f"sd_to_sd_cfg_{run.guidance_scale:g}_steps_{run.steps}{tags}{method}"
             if run.prompts == "coco" else f"{run.dataset}_loop{tags}_sd{method}")
-    return name + (f"_seed{seed}" if seed else "")
+    return tagged(name, run.tag) + (f"_seed{seed}" if seed else "")
 
 
 def coco_prompts(run: DiffusionRun, regime: Regime) -> Prompts:
@@ -908,6 +924,14 @@ def run_diffusion_loop(run: DiffusionRun, regime: Regime, finetuning: FinetuneSe
         real_spread = scoring.within_class_variance(real.test_features[:len(prompts.ids)],
                                                     prompts.labels)
 
+    generations_log = open_run_log(values, "loop", f"{name}/generations") if main else \
+        RunLog(None, values)
+
+    def finetuned(generation: int, epoch: int, loss: float) -> None:
+        print(f"gen {generation}: fine-tuning epoch {epoch}/{finetuning.epochs}, loss "
+              f"{loss:.4f}", flush=True)
+        generations_log.scalars({f"gen_{generation}/loss": loss}, epoch, "finetune_epochs/")
+
     def drawn(generation: int) -> np.ndarray:
         """A generation's images as the pipeline takes them (RGB at its size)."""
         saved = read_generation(folders[generation], prompts.ids, name_of)
@@ -931,9 +955,7 @@ def run_diffusion_loop(run: DiffusionRun, regime: Regime, finetuning: FinetuneSe
                          checkpoints / f"gen_{generation}" / "finetune.pt", accelerator,
                          {"generation": generation, **settings,
                           "train_set": fingerprint(train.x, train.y, train.origin)},
-                         lambda epoch, loss, g=generation: print(
-                             f"gen {g}: fine-tuning epoch {epoch}/{finetuning.epochs}, loss "
-                             f"{loss:.4f}", flush=True))
+                         lambda epoch, loss, g=generation: finetuned(g, epoch, loss))
                 if main:
                     staging = staging_dir(weights)
                     save_weights(pipe, finetuning.method, staging)
@@ -992,6 +1014,8 @@ def run_diffusion_loop(run: DiffusionRun, regime: Regime, finetuning: FinetuneSe
             write_generation(folder, images, prompts.ids, name_of, unmarked)
             remove_shards(folder)
             record["code"] = code_version()
+            generations_log.scalars({k: v for k, v in record.items() if k in METRIC_KEYS or k in (
+                "finetune_seconds", "draw_seconds")}, generation, "generations/")
             records = [r for r in records if r["generation"] != generation] + [record]
             write_text(results_path, json.dumps({
                 "loop_settings": settings, "generations": sorted(
@@ -1002,6 +1026,7 @@ def run_diffusion_loop(run: DiffusionRun, regime: Regime, finetuning: FinetuneSe
                   f"{time.time() - started:.0f} s ({len(prompts.ids) - len(missing)} from "
                   f"shards){shown}: {folder}", flush=True)
         accelerator.wait_for_everyone()
+    generations_log.close()
     pattern = folders[0].parent / (folders[0].name.replace("gen_0", "gen_{g}"))
     annotation = run.annotation_file if coco else root / name / "captions.json"
     print(f"loop {name} complete; embed it with: python extract_generation_embeddings.py "

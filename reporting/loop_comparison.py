@@ -31,7 +31,9 @@ def config_of(run: str) -> str:
 
 def run_label(config: str) -> str:
     """A legend label: regime, fresh share, truncation, scratch; for a diffusion loop (_sd)
-    the generator and its fine-tuning (_full: the whole UNet, else LoRA) and sampler."""
+    the generator and its fine-tuning (_full: the whole UNet, else LoRA) and sampler; a tagged
+    loop's tag after it (``@<tag>``)."""
+    config, _, tag = config.partition("@")
     rest = config.partition("_loop")[2]
     regime = next((name for name, tag in REGIME_TAGS.items() if tag and rest.startswith(tag)),
                   "replace")
@@ -49,7 +51,7 @@ def run_label(config: str) -> str:
     if "sd" in parts:
         label = (f"Stable Diffusion ({'whole UNet' if 'full' in parts else 'LoRA'}"
                  f"{', DPM-Solver' if 'dpm' in parts else ''}): {label}")
-    return label
+    return f"{label} @{tag}" if tag else label
 
 
 def banded(runs: dict[str, list[dict[str, Any]]], key: str

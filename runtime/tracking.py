@@ -66,6 +66,7 @@ class RunLog:
         if numbers and self._open() is not None:
             for name, value in numbers.items():
                 self.writer.add_scalar(f"{prefix}{name}", value, step)
+            self.writer.flush()  # on disk at once: a killed run keeps what it logged
 
     def image_file(self, tag: str, path: Path, step: int) -> None:
         """A PNG the stage wrote (its grid of the epoch) as the image ``tag`` at ``step``."""
@@ -76,6 +77,7 @@ class RunLog:
         with Image.open(path) as picture:
             pixels = np.asarray(picture.convert("RGB"))
         self.writer.add_image(tag, pixels, step, dataformats="HWC")
+        self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:

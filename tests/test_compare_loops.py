@@ -43,6 +43,10 @@ def test_names_group_seeds_and_read_as_labels():
     assert run_label("digits_loop_accumulate_fresh20_sd_full") == \
         "Stable Diffusion (whole UNet): accumulate, 20% fresh"
     assert run_label("digits_loop_sd") == "Stable Diffusion (LoRA): replace"
+    assert config_of("digits_loop_accumulate@wide_seed2") == "digits_loop_accumulate@wide"
+    assert run_label("digits_loop_accumulate@wide") == "accumulate @wide"
+    assert run_label("digits_loop_fresh20_sd@lr-3") == \
+        "Stable Diffusion (LoRA): replace, 20% fresh @lr-3"
 
 
 def test_the_bands_are_the_mean_and_sd_over_the_seeds_at_generations_all_reached(results):

@@ -454,3 +454,28 @@ def test_the_docstrings_example_runs_with_the_default_held_out_share(straight, t
     assert "gen 1: trained on gen 0" in captured.out
     start = next((data_dir / "checkpoints" / "loop" / "start").iterdir())
     assert load_checkpoint(start)["settings"]["held_out_fraction"] == 0.05  # 67 of 1,347
+
+
+def test_a_tagged_loop_is_named_after_its_tag_before_the_seed():
+    values = configure(vars(loop), ["--tag", "wide", "--regime", "accumulate"])
+    regime = loop.Regime("accumulate", values["train_images"], 0.0)
+    assert loop.run_name(loop.pick(loop.LoopRun, values, seed=2), regime) == \
+        "fashion-mnist_loop_accumulate@wide_seed2"
+    assert loop.run_name(loop.pick(loop.LoopRun, values, seed=0), regime) == \
+        "fashion-mnist_loop_accumulate@wide"
+
+
+def test_the_loop_logs_each_generations_training_and_metrics_for_tensorboard(straight):
+    """TensorBoard's reader finds generation 0's epochs (held-out FID) and the loop's metrics
+    by generation, equal to the results file's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data_dir, _ = straight
+    runs = data_dir / "runs" / "loop" / RUN
+    first = EventAccumulator(str(runs / "gen_0"), size_guidance={"scalars": 0}).Reload()
+    assert "epochs/score" in first.Tags()["scalars"] and "steps/g/loss" in first.Tags()["scalars"]
+    metrics = EventAccumulator(str(runs / "generations"), size_guidance={"scalars": 0}).Reload()
+    fids = {e.step: e.value for e in metrics.Scalars("generations/fid")}
+    records = json.loads((data_dir / "results" / f"{RUN}_metrics.json").read_text())
+    assert fids == pytest.approx({r["generation"]: r["fid"] for r in records["generations"]},
+                                 rel=1e-6)
