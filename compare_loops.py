@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataio.artifacts import ensure_output_dir, write_text
+from dataio.data_sources import resolve_dataset
 from reporting.figures import save_and_close
 from reporting.loop_comparison import comparison_table, loop_results, metrics_figure
 from runtime.settings import configure, pick
 from runtime.stage import StageError, run_stage
 
 # ---------------------------------------------------------------- settings
-DATASET = "fashion-mnist"  # dataset whose loops are compared [in dataio.data_sources.DATASETS]
+DATASET = "fashion-mnist"  # loops' dataset [in dataio.data_sources.DATASETS, or folder:PATH]
 DATA_DIR = "data"  # where self_consuming_loop.py wrote results/ (figure and table go there too)
 MARKS = (0, 5, 10, 20)  # generations shown in the table (those a loop reached) [>= 0]
 # ---------------------------------------------------------------- end of settings
@@ -36,7 +37,7 @@ class Comparison:
 
 
 def main(argv: list[str] | None = None) -> None:
-    c = pick(Comparison, configure(globals(), argv))
+    c = pick(Comparison, resolve_dataset(configure(globals(), argv)))
     results = Path(c.data_dir) / "results"
     runs, notes = loop_results(results, c.dataset)
     for note in notes:

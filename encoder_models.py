@@ -34,7 +34,7 @@ from dataio.artifacts import (
     save_npz,
     tagged,
 )
-from dataio.data_sources import load_dataset
+from dataio.data_sources import load_dataset, resolve_dataset
 from models.encoders import (
     ENCODER_NAMES,
     FLIP_KEEPS_CLASS,
@@ -52,8 +52,9 @@ from runtime.tracking import open_run_log
 LR_SCHEDULES = ("constant", "one-cycle")
 
 # ---------------------------------------------------------------- settings
-DATASET = "fashion-mnist"  # dataset to embed [in dataio.data_sources.DATASETS]
+DATASET = "fashion-mnist"  # dataset to embed [in dataio.data_sources.DATASETS, or folder:PATH]
 DATA_DIR = "data"  # where every output is written (datasets are also looked up there)
+IMAGE_SIZE = 0  # folder:PATH: resize its images to NxN (0: their own size, when shared) [>= 0]
 MODELS = ENCODER_NAMES  # encoders to train, comma-separated [in ENCODER_NAMES]
 EMBEDDING_DIM = 32  # size of every embedding [>= 1, <= 4096]
 EPOCHS = 10  # total epochs per model (more continues a finished constant-rate run) [>= 1]
@@ -213,9 +214,9 @@ def save_reconstructions(model: nn.Module, x_test: torch.Tensor, path: Path, tit
 
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
-    values = configure(globals(), argv)
+    values = resolve_dataset(configure(globals(), argv))
     train = pick(EncoderTraining, values)
-    config = pick(EncoderConfig, values, flips=FLIP_KEEPS_CLASS[train.dataset])
+    config = pick(EncoderConfig, values, flips=FLIP_KEEPS_CLASS.get(train.dataset, False))
     root = Path(train.data_dir)
     device = pick_device(values["device"])
     data = load_dataset(train.dataset, train.data_dir, train.limit)
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
                          epochs_trained=len(losses), final_loss=losses[-1] if losses
                          else None, checkpoint=str(ckpt), data_source=data.source,
                          num_train=len(z_train), num_test=len(z_test),
-                         class_names=data.class_names,
+                         class_names=data.class_names, image_shape=list(data.shape),
                          parameters=sum(p.numel() for p in model.parameters()))
         out = save_npz(folders["embeddings"] / f"{stem}.npz",
                        {"z_train": z_train, "y_train": data.y_train, "z_test": z_test,

@@ -14,6 +14,7 @@ A file that cannot be evaluated is reported in one line and listed in the summar
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import io
@@ -41,12 +42,18 @@ from dataio.artifacts import (  # noqa: E402
     hold_output_lock,
     holds_output_locks,
     load_embeddings,
+    load_meta,
     load_npz,
     make_meta,
     save_figure,
     write_text,
 )
-from dataio.data_sources import CLASS_NAMES, DATASETS, load_dataset  # noqa: E402
+from dataio.data_sources import (  # noqa: E402
+    DATASETS,
+    class_names_of,
+    dataset_from_meta,
+    load_dataset,
+)
 from evaluation import (
     metrics,  # noqa: E402
     scoring,  # noqa: E402
@@ -222,10 +229,10 @@ def dataset_and_model(path: Path, meta: dict[str, Any]) -> tuple[str, str]:
     """``<ds>_<model>[.gen].npz`` -> (ds, model); the dataset in ``meta`` must agree."""
     stem = path.name.removesuffix(".npz").removesuffix(".gen")
     dataset, _, model = stem.partition("_")
-    if dataset not in DATASETS or not model:
+    recorded = dataset_from_meta(meta)  # a folder data set is registered from it
+    if (dataset not in DATASETS and recorded != dataset) or not model:
         raise StageError(f"{path}: name is not <dataset>_<model>.npz with a dataset among "
-                         f"{', '.join(DATASETS)}")
-    recorded = meta.get("dataset")
+                         f"{', '.join(DATASETS)} or a folder its meta names")
     if recorded is not None and recorded != dataset:
         raise StageError(f"{path}: file name says dataset {dataset!r}, its meta says {recorded!r}")
     return dataset, model
@@ -600,7 +607,7 @@ def evaluate_embedding_file(path: Path, ev: Evaluation) -> None:
         values["plots_note"] = "no plots: every test embedding is the same vector"
     ev.report.add("embeddings", dataset, model, {"file": path.name, **values}, arrays["meta"])
     if ev.run.plots and not constant:
-        figures = embedding_plots(arrays["z_test"], arrays["y_test"], CLASS_NAMES[dataset],
+        figures = embedding_plots(arrays["z_test"], arrays["y_test"], class_names_of(dataset),
                                   f"{dataset} {model}", ev.run.plot_points, ev.scoring.seed)
         for kind, figure in figures.items():
             ev.save_plot(figure, ("embeddings", dataset, model), kind,
@@ -620,7 +627,7 @@ def evaluate_plan1_file(path: Path, ev: Evaluation) -> None:
     values = scoring.plan1_metrics(path, arrays, real, ev.device, ev.scoring)
     ev.report.add("plan1", dataset, model, {"file": path.name, **values}, arrays["meta"])
     if ev.run.plots:
-        figure = sample_grid(arrays["x_gen"], arrays["y_src"], CLASS_NAMES[dataset],
+        figure = sample_grid(arrays["x_gen"], arrays["y_src"], class_names_of(dataset),
                              f"{dataset} {model}: generated images by source class")
         ev.save_plot(figure, ("plan1", dataset, model), "samples",
                      f"plan1_{dataset}_{model}_samples.png")
@@ -677,7 +684,7 @@ def evaluate_plan2_image_file(path: Path, ev: Evaluation) -> None:
     if ev.run.plots:
         asked = "y_gen" in arrays
         figure = sample_grid(x_gen, arrays["y_gen"] if asked else predicted,
-                             CLASS_NAMES[dataset], f"{dataset} {model}: generated images by "
+                             class_names_of(dataset), f"{dataset} {model}: generated images by "
                              f"{'class asked for' if asked else 'evaluator class'}")
         ev.save_plot(figure, ("plan2_images", dataset, model), "samples",
                      f"plan2_{dataset}_{model}_samples.png")
@@ -726,8 +733,12 @@ def evaluate_all(files: dict[str, list[Path]], ev: Evaluation) -> int:
     """The pixel baselines and every file, each broken file reported and skipped; the number of
     files evaluated."""
     report = ev.report
+    named = set(DATASETS)
+    for path in files.get("embeddings", []):  # a folder data set's baseline needs its meta
+        with contextlib.suppress(StageError):  # a broken file is reported in its turn
+            named.add(dataset_from_meta(load_meta(path)))
     baseline_datasets = sorted({p.name.partition("_")[0] for p in files.get("embeddings", [])}
-                               & set(DATASETS)) if ev.run.baseline_components else []
+                               & named) if ev.run.baseline_components else []
 
     def skip(stage: str, path: Path, err: Exception) -> None:
         reason = str(err).removeprefix(f"{path}: ")

@@ -42,7 +42,7 @@ from dataio.artifacts import (
     save_npz,
     tagged,
 )
-from dataio.data_sources import ImageDataset, load_dataset
+from dataio.data_sources import ImageDataset, load_dataset, resolve_dataset
 from dataio.splits import held_out_count, held_out_split, split_record
 from evaluation import metrics, scoring
 from evaluation.evaluator_cnn import FEATURE_DIM as EVALUATOR_FEATURE_DIM
@@ -74,8 +74,9 @@ from training.gans import (
 LOSS_NAMES = LOSS_KINDS
 
 # ---------------------------------------------------------------- settings
-DATASET = "fashion-mnist"  # dataset whose images are regenerated [in dataio.data_sources.DATASETS]
+DATASET = "fashion-mnist"  # images to regenerate [in dataio.data_sources.DATASETS, or folder:PATH]
 DATA_DIR = "data"  # where embeddings are read and every output is written
+IMAGE_SIZE = 0  # folder:PATH: resize its images to NxN (0: their own size, when shared) [>= 0]
 ENCODER = "vae"  # stage-1 embedding to condition on: embeddings/<ds>_<enc>.npz
 MODELS = GAN_NAMES  # GANs to train, comma-separated [in GAN_NAMES]
 EPOCHS = 15  # total epochs per model (more continues a finished run) [>= 1]
@@ -159,6 +160,10 @@ def paired_embeddings(path: Path, data: ImageDataset, n_train: int, run: Plan1Se
     with remake_hint(remake):
         emb = load_embeddings(path)
     meta = emb["meta"]
+    shape = meta.get("image_shape")
+    if shape is not None and list(shape) != list(data.shape):
+        raise StageError(f"{path}: embeds images of shape {tuple(shape)}, these are "
+                         f"{data.shape} (another --image-size?); remake it with: {remake}")
     if meta.get("dataset") != data.name:
         raise StageError(f"{path}: embeds dataset {meta.get('dataset')!r} (its meta), not "
                          f"{data.name!r}")
@@ -274,7 +279,7 @@ def report_table(rows: list[dict[str, Any]]) -> str:
 
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
-    values = configure(globals(), argv)
+    values = resolve_dataset(configure(globals(), argv))
     run = pick(Plan1Settings, values)
     check_input_tag(run.tag, run.input_tag)
     config = pick(ImageGANConfig, values)

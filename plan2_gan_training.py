@@ -48,7 +48,7 @@ from dataio.artifacts import (
     tagged,
     write_text,
 )
-from dataio.data_sources import CLASS_NAMES, load_dataset
+from dataio.data_sources import class_names_of, load_dataset, resolve_dataset
 from dataio.splits import held_out_count, held_out_split, split_record
 from evaluation import scoring
 from evaluation.metrics import frechet_distance
@@ -90,7 +90,7 @@ from training.gans import (
 )
 
 # ---------------------------------------------------------------- settings
-DATASET = "fashion-mnist"  # dataset the embeddings are of [in dataio.data_sources.DATASETS]
+DATASET = "fashion-mnist"  # embeddings' dataset [in dataio.data_sources.DATASETS, or folder:PATH]
 DATA_DIR = "data"  # where embeddings are read and every output is written
 ENCODER = "ae_advanced"  # embedding to learn (an autoencoder's decodes to images); domain A
 ENCODER_B = "vae"  # domain B of CycleGAN and DualGAN: another encoder of the same images
@@ -395,7 +395,7 @@ def train_generators(names: list[str], real: dict[str, Any], source: Path,
     """Train the generators of embeddings on the kept part of ``split`` (kept, held-out indices
     of the training embeddings), choose each one's epoch on the held-out part; write their
     samples, images and pictures."""
-    num_classes = len(CLASS_NAMES[run.dataset])
+    num_classes = len(class_names_of(run.dataset))
     kept, held_out = split
     z_train_raw, y_train = real["z_train"][kept], real["y_train"][kept].astype(np.int64)
     n_train = len(kept)
@@ -507,7 +507,7 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
     """Train the translators A -> B on disjoint halves of the kept part of ``split`` (kept,
     held-out indices of the training embeddings), choose each one's epoch on the held-out part;
     write the translated test embeddings."""
-    num_classes = len(CLASS_NAMES[run.dataset])
+    num_classes = len(class_names_of(run.dataset))
     kept, held_out = split
     n_train = len(kept)
     halves = split_halves(n_train, run.seed)
@@ -595,7 +595,7 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
 
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
-    values = configure(globals(), argv)
+    values = resolve_dataset(configure(globals(), argv))
     run = pick(Plan2Settings, values)
     check_input_tag(run.tag, run.input_tag)
     config = pick(VectorGANConfig, values)

@@ -77,7 +77,7 @@ from dataio.artifacts import (
     write_text,
 )
 from dataio.coco import parse_shard, read_first_captions
-from dataio.data_sources import ImageDataset, load_dataset
+from dataio.data_sources import ImageDataset, load_dataset, resolve_dataset
 from dataio.splits import held_out_count
 from evaluation import metrics, scoring
 from evaluation.scoring import cell
@@ -138,7 +138,7 @@ ADDITION_KEYS = {"x": (3, "u"), "y": (1, "iu"), "origin": (1, "i")}
 
 # ---------------------------------------------------------------- settings
 GENERATOR = "gan"  # gan: a class-conditional GAN; diffusion: Stable Diffusion [gan | diffusion]
-DATASET = "fashion-mnist"  # dataset of the real images [in dataio.data_sources.DATASETS]
+DATASET = "fashion-mnist"  # real images [in dataio.data_sources.DATASETS, or folder:PATH]
 DATA_DIR = "data"  # where images, checkpoints, results and figures are written
 GENERATIONS = 10  # generations after the first: gen_0 ... gen_<N> are trained and written [>= 1]
 REGIME = "replace"  # what generation k trains on [in training.loop_regimes.REGIMES]
@@ -1080,7 +1080,7 @@ def diffusion_main(values: dict[str, Any]) -> None:
 
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
-    values = configure(globals(), argv)
+    values = resolve_dataset(configure(globals(), argv))
     if values["generator"] == "diffusion":
         return diffusion_main(values)
     base = pick(LoopRun, values, seed=values["seeds"][0])

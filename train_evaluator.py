@@ -15,15 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataio.data_sources import load_dataset
+from dataio.data_sources import load_dataset, resolve_dataset
 from evaluation.scoring import EvaluatorSettings, load_evaluator
 from runtime.settings import configure, pick
 from runtime.stage import limit_cpu_threads, pick_device, run_stage
 from runtime.tracking import open_run_log
 
 # ---------------------------------------------------------------- settings
-DATASET = "fashion-mnist"  # dataset whose evaluator is trained [in dataio.data_sources.DATASETS]
+DATASET = "fashion-mnist"  # evaluator's dataset [in dataio.data_sources.DATASETS, or folder:PATH]
 DATA_DIR = "data"  # the evaluator goes to <data-dir>/checkpoints/evaluator/<ds>.pt
+IMAGE_SIZE = 0  # folder:PATH: resize its images to NxN (0: their own size, when shared) [>= 0]
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
 THREADS = 1  # CPU threads of torch, BLAS and OpenMP (0: library default) [>= 0]
 TENSORBOARD = True  # log each epoch's loss and test accuracy to <data-dir>/runs/evaluator/<ds>/
@@ -40,7 +41,7 @@ class EvaluatorRun:
 
 
 def main(argv: list[str] | None = None) -> None:
-    values = configure(globals(), argv)
+    values = resolve_dataset(configure(globals(), argv))
     run = pick(EvaluatorRun, values)
     limit_cpu_threads(values["threads"])
     device = pick_device(values["device"])

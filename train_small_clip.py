@@ -50,7 +50,7 @@ from dataio.artifacts import (
     tagged,
     write_text,
 )
-from dataio.data_sources import load_dataset
+from dataio.data_sources import load_dataset, resolve_dataset
 from runtime.settings import SettingsError, configure, pick
 from runtime.stage import (
     StageError,
@@ -70,7 +70,7 @@ IMAGE_SIZE = 28
 MAX_TEXT_LENGTH = 77
 
 # ---------------------------------------------------------------- settings
-DATASET = "fashion-mnist"  # dataset to train on [in dataio.data_sources.DATASETS]
+DATASET = "fashion-mnist"  # dataset to train on [in dataio.data_sources.DATASETS, or folder:PATH]
 DATA_DIR = "data"  # where the model, checkpoints and results are written
 OUTPUT_DIR = ""  # where save_pretrained writes the model ('': DATA_DIR/checkpoints/clip_<ds>)
 EPOCHS = 2  # passes over the training images (one-cycle schedule over all of them) [>= 1]
@@ -292,7 +292,7 @@ def confusion_figure(labels: np.ndarray, predicted: np.ndarray, class_names: lis
 
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
-    values = configure(globals(), argv)
+    values = resolve_dataset(configure(globals(), argv))
     s = pick(ClipSettings, values)
     if s.hidden_size % s.heads:
         raise SettingsError(f"--heads {s.heads} does not divide --hidden-size {s.hidden_size}")

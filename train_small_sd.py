@@ -49,7 +49,7 @@ from dataio.artifacts import (
     tagged,
     write_text,
 )
-from dataio.data_sources import ImageDataset, load_dataset
+from dataio.data_sources import ImageDataset, load_dataset, resolve_dataset
 from dataio.splits import held_out_count, held_out_split, split_record
 from evaluation import metrics, scoring
 from reporting.figures import image_grid_figure, save_and_close
@@ -78,7 +78,7 @@ from stable_diffusion.miniature import (
 from stable_diffusion.pipelines import draw
 
 # ---------------------------------------------------------------- settings
-DATASET = "fashion-mnist"  # dataset to train on [in dataio.data_sources.DATASETS]
+DATASET = "fashion-mnist"  # dataset to train on [in dataio.data_sources.DATASETS, or folder:PATH]
 DATA_DIR = "data"  # where the CLIP is read and every output is written
 CLIP = ""  # the small CLIP whose text tower conditions the UNet ("": checkpoints/clip_<ds>)
 IMAGE_SIZE = 32  # pixels per side of the pipeline's images (the data padded with black) [>= 8]
@@ -189,7 +189,7 @@ def captions_of(labels: np.ndarray, data: ImageDataset, seed: int) -> list[str]:
 
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
-    values = configure(globals(), argv)
+    values = resolve_dataset(configure(globals(), argv))
     run = pick(SdTraining, values)
     check_input_tag(run.tag, run.input_tag)
     if run.clip and run.input_tag:

@@ -28,7 +28,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from dataio.data_sources import CLASS_NAMES
+from dataio.data_sources import class_names_of
 from runtime.provenance import code_version
 from runtime.stage import StageError, describe_os_error
 
@@ -560,7 +560,7 @@ def load_embeddings(path: str | Path, dataset: str | None = None) -> dict[str, A
 
 def check_labels(path: Path, labels: Mapping[str, np.ndarray], dataset: str) -> None:
     """Labels must be class indices of ``dataset`` (0 to its class count - 1)."""
-    classes = len(CLASS_NAMES[dataset])
+    classes = len(class_names_of(dataset))
     for key, values in labels.items():
         if len(values) and (values.min() < 0 or values.max() >= classes):
             raise StageError(f"{path}: {key} spans [{values.min()}, {values.max()}], "

@@ -1,10 +1,12 @@
-"""Image data sources: MNIST and Fashion-MNIST (IDX files) and scikit-learn's digits.
+"""Image data sources: MNIST and Fashion-MNIST (IDX files), scikit-learn's digits, CIFAR-10 and
+a folder of the user's own images (``folder:PATH``, ``dataio.image_folders``).
 
-Images come back as uint8 arrays of shape (N, 28, 28) with int64 labels, in the official
-train/test split. IDX files are looked up in ``<data_dir>/datasets/<name>/``, then in this
-repository's own ``data/datasets/<name>/`` (so that a run writing elsewhere still finds them), then
-(Fashion-MNIST) in Debian's ``/usr/share/datasets/fashion-mnist``, then downloaded from the
-official mirrors into ``<data_dir>/datasets/<name>/`` and checked against their published MD5 sums.
+Images come back as uint8 arrays, (N, H, W) for grey and (N, H, W, 3) for colour, with int64
+labels, in the official train/test split (a folder's own or seeded one). IDX files are looked
+up in ``<data_dir>/datasets/<name>/``, then in this repository's own ``data/datasets/<name>/``
+(so that a run writing elsewhere still finds them), then (Fashion-MNIST) in Debian's
+``/usr/share/datasets/fashion-mnist``, then downloaded from the official mirrors into
+``<data_dir>/datasets/<name>/`` and checked against their published MD5 sums.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from dataio.image_folders import (
+    CIFAR10_CLASSES,
+    FOLDER_PREFIX,
+    folder_classes,
+    folder_name,
+    load_cifar10,
+    load_image_folder,
+)
 from runtime.stage import StageError
 
 # The most data bytes an IDX file may announce: well above MNIST's 47 MB of training images.
@@ -44,20 +54,27 @@ MIRRORS = {
                       "data/fashion/"],
 }
 SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
-REPOSITORY_DATASETS = Path(__file__).resolve().parent / "data" / "datasets"
+REPOSITORY_DATASETS = Path(__file__).resolve().parent.parent / "data" / "datasets"
 CLASS_NAMES = {
     "mnist": [str(d) for d in range(10)],
     "digits": [str(d) for d in range(10)],
     "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                       "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": list(CIFAR10_CLASSES),
 }
 DATASETS = tuple(CLASS_NAMES)
 DIGITS_TEST_FRACTION = 0.25  # digits has no official split: a fixed stratified one (seed 0)
 
 
+# Folder data sets named by this process (name -> (spec, image size)): a stage names its
+# outputs after the folder and loads it by that name; later stages register it from a file's meta.
+_FOLDERS: dict[str, tuple[str, int]] = {}
+
+
 @dataclass
 class ImageDataset:
-    """Images (N, 28, 28) uint8 and labels (N,) int64 for the train and test splits."""
+    """Images, uint8 (N, H, W) grey or (N, H, W, 3) colour, and labels (N,) int64 for the train
+    and test splits; ``spec`` is what --dataset named (a folder's ``folder:PATH``)."""
 
     name: str
     x_train: np.ndarray
@@ -66,10 +83,18 @@ class ImageDataset:
     y_test: np.ndarray
     class_names: list[str]
     source: str
+    spec: str = ""
+    split: str = "given"
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of every image: what each image network is built for."""
+        height, width = self.x_train.shape[1:3]
+        return (self.x_train.shape[3] if self.x_train.ndim == 4 else 1), height, width
 
 
 def read_idx(path: str | Path, expected_dims: int) -> np.ndarray:
@@ -202,15 +227,85 @@ def _load_digits() -> ImageDataset:
                         labels[test_idx], CLASS_NAMES["digits"], "sklearn.datasets.load_digits")
 
 
+def dataset_name(spec: str, image_size: int = 0) -> str:
+    """The name outputs carry for the data set ``spec`` (--dataset): a built-in's own, or a
+    folder's (``folder:PATH`` -> its folder's name, registered so that ``load_dataset`` loads it
+    by that name, resized to ``image_size`` when > 0)."""
+    if not spec.startswith(FOLDER_PREFIX):
+        if spec not in DATASETS:
+            raise StageError(f"unknown dataset {spec!r}; choose one of {', '.join(DATASETS)}, "
+                             f"or {FOLDER_PREFIX}PATH")
+        return spec
+    name = folder_name(spec)
+    if name in DATASETS:
+        raise StageError(f"--dataset {spec}: the folder is named like the built-in data set "
+                         f"{name!r}; rename the folder")
+    known = _FOLDERS.get(name)
+    path = str(Path(spec.removeprefix(FOLDER_PREFIX)).expanduser().resolve())
+    if known and (known[0] != path or known[1] != image_size):
+        raise StageError(f"--dataset {spec}: the name {name!r} already stands for {known[0]} "
+                         f"(image size {known[1]}) in this run")
+    _FOLDERS[name] = (path, image_size)
+    return name
+
+
+def resolve_dataset(values: dict) -> dict:
+    """A stage's settings with ``dataset`` the data set's name (what outputs carry) and, for a
+    folder, ``dataset_spec`` the ``folder:PATH`` given (recorded in every ``meta``, so that
+    later stages find the folder from a file alone); ``image_size`` resizes a folder's images."""
+    spec = values["dataset"]
+    size = values.get("image_size", 0) if spec.startswith(FOLDER_PREFIX) else 0
+    name = dataset_name(spec, size if isinstance(size, int) else 0)
+    return {**values, "dataset": name, **({"dataset_spec": spec} if spec != name else {})}
+
+
+def dataset_from_meta(meta: dict) -> str | None:
+    """The data set a file's ``meta`` was made from, registered when it is a folder (so that
+    later stages load it by name without the path again); None when the meta does not say."""
+    settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+    spec = settings.get("dataset_spec", settings.get("dataset"))
+    if not isinstance(spec, str):
+        return meta.get("dataset") if isinstance(meta.get("dataset"), str) else None
+    size = settings.get("image_size", 0)
+    return dataset_name(spec, size if isinstance(size, int) and spec.startswith(
+        FOLDER_PREFIX) else 0)
+
+
+def class_names_of(name: str) -> list[str]:
+    """The class names of a built-in data set, or of a folder registered by ``dataset_name``."""
+    if name in CLASS_NAMES:
+        return list(CLASS_NAMES[name])
+    if name in _FOLDERS:
+        return folder_classes(_FOLDERS[name][0])
+    raise StageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or "
+                     f"{FOLDER_PREFIX}PATH (a folder named in this run or in a file's meta)")
+
+
 def load_dataset(name: str, data_dir: str | Path = "data", limit: int = 0,
                  download: bool = True) -> ImageDataset:
-    """Load a dataset by name; ``limit`` > 0 keeps the first ``limit`` training examples."""
-    if name not in DATASETS:
-        raise StageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    """Load a dataset by name (a built-in, or a folder named by ``dataset_name``); ``limit`` > 0
+    keeps the first ``limit`` training examples."""
+    if name.startswith(FOLDER_PREFIX):
+        name = dataset_name(name)
+    if name not in DATASETS and name not in _FOLDERS:
+        raise StageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or "
+                         f"{FOLDER_PREFIX}PATH")
     if limit < 0:
         raise StageError(f"--limit must be >= 0, got {limit}")
-    data = _load_digits() if name == "digits" else _load_idx_dataset(name, Path(data_dir),
-                                                                      download)
+    if name in _FOLDERS or name == "cifar10":
+        if name == "cifar10":
+            loaded, spec = load_cifar10(Path(data_dir), download), "cifar10"
+        else:
+            path, size = _FOLDERS[name]
+            loaded, spec = load_image_folder(path, size), FOLDER_PREFIX + path
+        for note in loaded.notes:
+            print(f"note: {note}")
+        data = ImageDataset(name, loaded.x_train, loaded.y_train, loaded.x_test, loaded.y_test,
+                            loaded.class_names, loaded.source, spec, loaded.split)
+    else:
+        data = _load_digits() if name == "digits" else _load_idx_dataset(name, Path(data_dir),
+                                                                          download)
+        data.spec = name
     if limit:
         data.x_train, data.y_train = data.x_train[:limit], data.y_train[:limit]
     return data

@@ -27,7 +27,7 @@ from runtime.stage import StageError
 
 FAMILY = "encoders"
 # Horizontal flips keep the class of clothes, not of digits.
-FLIP_KEEPS_CLASS = {"fashion-mnist": True, "mnist": False, "digits": False}
+FLIP_KEEPS_CLASS = {"fashion-mnist": True, "mnist": False, "digits": False, "cifar10": True}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ before the stage reads anything:
   default ``""`` means untagged, and an empty ``--tag ""`` given on the command line is refused;
 - choices ``[constant | one-cycle]``, or ``[in GAN_NAMES]`` for the items of a module-level
   sequence ``GAN_NAMES`` of the script, or ``[in dataio.data_sources.DATASETS]`` for one of a
-  module.
+  module; ``or folder:PATH`` after them also accepts any value ``folder:<something>``.
 For a tuple setting the rule applies to every item; a tuple must not repeat an item unless its
 rule says ``repeats`` (sizes per level: ``[>= 8, repeats]``), and must be non-empty unless it
 says ``or empty`` (``[in FLOW_NAMES, or empty]``; ``--flows ""``).
@@ -74,6 +74,7 @@ class Rule:
     may_be_empty: bool = False
     may_repeat: bool = False
     is_tag: bool = False
+    prefixes: tuple[str, ...] = ()  # ``or folder:PATH``: values starting so pass the choices
 
     def check(self, flag: str, value: Any) -> None:
         """Raise SettingsError unless ``value`` (one item) satisfies the rule."""
@@ -86,13 +87,18 @@ class Rule:
         for symbol, bound in self.bounds:
             if not COMPARISONS[symbol](value, bound):
                 raise SettingsError(f"{flag} {value}: must be {symbol} {_plain(bound)}")
-        if self.choices is not None and str(value) not in self.choices:
-            raise SettingsError(f"{flag} {value!s}: must be one of {', '.join(self.choices)}")
+        prefixed = any(str(value).startswith(p) and len(str(value)) > len(p)
+                       for p in self.prefixes)
+        if self.choices is not None and str(value) not in self.choices and not prefixed:
+            extra = "".join(f", or {p}PATH" for p in self.prefixes)
+            raise SettingsError(f"{flag} {value!s}: must be one of {', '.join(self.choices)}"
+                                f"{extra}")
 
     def describe(self) -> str:
         parts = [f"{s} {_plain(b)}" for s, b in self.bounds]
         if self.choices is not None:
-            parts.append("one of " + ", ".join(self.choices))
+            parts.append("one of " + ", ".join(self.choices)
+                         + "".join(f", or {p}PATH" for p in self.prefixes))
         if self.may_be_empty:
             parts.append("or empty")
         if self.is_tag:
@@ -118,6 +124,8 @@ def parse_rule(text: str, name: str, namespace: dict[str, Any]) -> Rule:
                 raise SettingsError(f"{name}: cannot read the rule [{text}]") from err
         elif item == "or empty":
             rule.may_be_empty = True
+        elif re.fullmatch(r"or [a-z]+:PATH", item):  # a value naming a path after a prefix
+            rule.prefixes += (item[3:-4],)
         elif item == "repeats":  # a list of sizes (channels per level), not of names
             rule.may_repeat = True
         elif item == "tag":  # a part of file names: see TAG
