@@ -47,6 +47,7 @@ from models.encoders import (
 from runtime.settings import configure, pick
 from runtime.stage import StageError, pick_device, require_finite, run_stage, seed_everything
 from runtime.tracking import open_run_log
+from training.data_feed import TrainingTensors
 
 # The schedules there are (a table the rule of --lr-schedule names, not a setting).
 LR_SCHEDULES = ("constant", "one-cycle")
@@ -65,6 +66,8 @@ WEIGHT_DECAY = 0.0  # Adam weight decay [>= 0]
 LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order and augmentations [seed]
 TAG = ""  # a variant's name: outputs <ds>_<enc>@TAG beside the untagged run's ("": none) [tag]
+MAX_DEVICE_IMAGES = 100_000  # a larger training set stays on the CPU, read by a DataLoader [>= 1]
+LOADER_WORKERS = 2  # DataLoader workers of a training set read batch by batch [>= 0]
 TENSORBOARD = True  # log each epoch's loss and reconstructions to <data-dir>/runs/encoders/<run>/
 WANDB = ""  # also mirror the log to this Weights & Biases project (needs wandb; "": off)
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
@@ -96,6 +99,8 @@ class EncoderTraining:
     deterministic: bool
     embed_batch_size: int
     tag: str
+    max_device_images: int
+    loader_workers: int
 
 
 # ---------------------------------------------------------------- training
@@ -122,28 +127,29 @@ def learning_rate_at(step: int, total_steps: int, train: EncoderTraining) -> flo
     return peak * (1 + math.cos(math.pi * min(progress, 1.0))) / 2
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                    y: torch.Tensor, epoch: int, label: str, train: EncoderTraining) -> float:
-    """One pass over (x, y) in a seeded order; returns the mean loss; raises if it is not finite."""
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, feed: TrainingTensors,
+                    epoch: int, label: str, train: EncoderTraining) -> float:
+    """One pass over the feed's images ``x`` and labels ``y`` in a seeded order; returns the
+    mean loss; raises if it is not finite."""
     generator = torch.Generator().manual_seed(train.seed * 100_003 + epoch)
     torch.manual_seed(train.seed * 100_003 + epoch)  # augmentation and VAE noise, per epoch
     model.train()
     total, count = 0.0, 0
-    order = batches(len(x), train.batch_size, generator)
-    bar = tqdm(order, desc=f"{label} epoch {epoch}/{train.epochs}", leave=False, disable=None)
-    for i, idx in enumerate(bar):
+    order = batches(len(feed), train.batch_size, generator)
+    bar = tqdm(feed.batches(order), total=len(order), desc=f"{label} epoch {epoch}/{train.epochs}",
+               leave=False, disable=None)
+    for i, batch in enumerate(bar):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at((epoch - 1) * len(order) + i,
                                            train.epochs * len(order), train)
-        idx = idx.to(x.device)
-        loss = model.training_loss(to_unit(x[idx]), y[idx])
+        loss = model.training_loss(to_unit(batch["x"]), batch["y"])
         if not torch.isfinite(loss):
             raise StageError(f"{label}: loss became {loss.item()} at epoch {epoch}; stopped, and "
                              "the last good checkpoint is kept (try a lower --learning-rate)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, count = total + loss.item() * len(idx), count + len(idx)
+        total, count = total + loss.item() * len(batch["y"]), count + len(batch["y"])
         bar.set_postfix(loss=f"{total / count:.4f}")
     if count == 0:
         raise StageError(f"{label}: no batch of at least 2 images to train on")
@@ -154,7 +160,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch
     for name, value in model.state_dict().items():
         require_finite(value, f"{label}: {name} {diverged}")
     with torch.no_grad():
-        require_finite(embed_all(model, x[order[0].to(x.device)], train.embed_batch_size),
+        first = next(feed.batches(order[:1]))["x"]
+        require_finite(embed_all(model, first, train.embed_batch_size),
                        f"{label}: embeddings {diverged}")
     return total / count
 
@@ -198,12 +205,14 @@ def save_reconstructions(model: nn.Module, x_test: torch.Tensor, path: Path, tit
 
     model.eval()
     with torch.no_grad():
-        originals = to_unit(x_test[:10])
+        originals = to_unit(x_test[:10].to(next(model.parameters()).device))
         recon = model.reconstruct(originals).cpu()
     fig, axes = plt.subplots(2, 10, figsize=(10, 2.4))
     for col in range(10):
         for row, img in enumerate((originals.cpu(), recon)):
-            axes[row, col].imshow(img[col, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            picture = img[col].permute(1, 2, 0).squeeze(-1).numpy()  # (H, W) or (H, W, 3)
+            axes[row, col].imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0,
+                                  vmax=1)
             axes[row, col].set_axis_off()
     axes[0, 0].set_title("input", fontsize=8, loc="left")
     axes[1, 0].set_title("reconstruction", fontsize=8, loc="left")
@@ -232,13 +241,16 @@ def main(argv: list[str] | None = None) -> None:
                ("embeddings", "visualizations", "checkpoints/encoders")}
     print(f"{data.name}: {len(data.x_train)} train, {len(data.x_test)} test images "
           f"from {data.source}; device {device}")
-    x_train = torch.from_numpy(data.x_train).to(device)
-    y_train = torch.from_numpy(data.y_train).to(device)
-    x_test = torch.from_numpy(data.x_test).to(device)
+    # The images stay uint8 on the CPU; training reads them through the feed (on the device at
+    # once, or batch by batch for a set larger than --max-device-images).
+    x_train = torch.from_numpy(data.x_train)
+    x_test = torch.from_numpy(data.x_test)
+    feed = TrainingTensors({"x": x_train, "y": torch.from_numpy(data.y_train)}, device,
+                           train.max_device_images, train.loader_workers)
     resume = resume_settings(train, config)
     for name in train.models:
         seed_everything(train.seed, train.deterministic)
-        model = build_encoder(name, config).to(device)
+        model = build_encoder(name, config, data.shape).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate,
                                      weight_decay=train.weight_decay)
         stem = tagged(f"{train.dataset}_{name}", train.tag)
@@ -252,12 +264,12 @@ def main(argv: list[str] | None = None) -> None:
         started = time.time()
         log = open_run_log(values, "encoders", stem)
         for epoch in range(done + 1, train.epochs + 1):
-            losses.append(train_one_epoch(model, optimizer, x_train, y_train, epoch, name,
-                                          train))
+            losses.append(train_one_epoch(model, optimizer, feed, epoch, name, train))
             log.scalars({"loss": losses[-1], "seconds": time.time() - started}, epoch, "epochs/")
             save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "epoch": epoch, "losses": losses, "settings": resume,
-                                   "encoder": name, "architecture": architecture(name, config)})
+                                   "encoder": name,
+                                   "architecture": architecture(name, config, data.shape)})
             print(f"{name}: epoch {epoch}/{train.epochs} loss {losses[-1]:.4f} "
                   f"({time.time() - started:.0f} s)")
         z_train = embed_all(model, x_train, train.embed_batch_size)

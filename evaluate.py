@@ -114,7 +114,7 @@ STAGE_TITLES = {"embeddings": "Embeddings (train/test)", "plan1": "Plan 1: image
                 "plan2_images": "Plan 2: generated embeddings decoded into images",
                 "plan2_translation": "Plan 2: test embeddings translated between encoders"}
 # Plan 2 images: the images, and the classes asked for when the generator is conditional.
-PLAN2_IMAGE_KEYS = {"x_gen": (3, "iu")}
+PLAN2_IMAGE_KEYS = {"x_gen": ((3, 4), "iu")}
 TRANSLATION_KEYS = {"z_translated": (2, "f"), "y_test": (1, "iu")}
 
 
@@ -319,8 +319,10 @@ def sample_grid(x_gen: np.ndarray, y_src: np.ndarray, class_names: list[str],
             axis = axes[row, column]
             axis.axis("off")
             if column < len(chosen):
-                axis.imshow(x_gen[chosen[column]], cmap="gray", vmin=0, vmax=255)
-        axes[row, 0].text(-4, 14, name, ha="right", va="center", fontsize=8)
+                image = x_gen[chosen[column]]
+                axis.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+        axes[row, 0].text(-0.15, 0.5, name, ha="right", va="center", fontsize=8,
+                          transform=axes[row, 0].transAxes)
     figure.subplots_adjust(wspace=0.05, hspace=0.05, top=1 - 0.45 / figure.get_figheight())
     figure.suptitle(title, fontsize=10, y=1 - 0.1 / figure.get_figheight())
     return figure

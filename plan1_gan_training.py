@@ -62,12 +62,13 @@ from reporting.figures import image_grid_figure, loss_curves_figure
 from runtime.settings import SettingsError, check_input_tag, configure, pick
 from runtime.stage import StageError, limit_cpu_threads, pick_device, run_stage, seed_everything
 from runtime.tracking import open_run_log
+from training.data_feed import TrainingTensors
 from training.gans import (
     LOSS_KINDS,
     GANTrainer,
     TrainerSettings,
+    batch_order,
     generator_step_shortfall,
-    tensor_batches,
 )
 
 # Tables the settings' rules name (not settings).
@@ -85,6 +86,8 @@ LIMIT = 0  # train on the first N training images only (0: all) [>= 0]
 SEED = 0  # seeds weights, batch order, noise and the saved samples [seed]
 TAG = ""  # a variant's name: outputs <ds>_<enc>_<gan>@TAG beside the untagged ("": none) [tag]
 INPUT_TAG = ""  # condition on the embeddings <ds>_<enc>@INPUT_TAG.npz ("": untagged) [tag]
+MAX_DEVICE_IMAGES = 100_000  # a larger training set stays on the CPU, read by a DataLoader [>= 1]
+LOADER_WORKERS = 2  # DataLoader workers of a training set read batch by batch [>= 0]
 TENSORBOARD = True  # log losses, held-out FID and grids to <data-dir>/runs/plan1/<run>/
 WANDB = ""  # also mirror the log to this Weights & Biases project (needs wandb; "": off)
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
@@ -130,6 +133,8 @@ class Plan1Settings:
     deterministic: bool
     tag: str
     input_tag: str
+    max_device_images: int
+    loader_workers: int
     held_out_fraction: float
     test_images: int
     grid_noise_rows: int
@@ -336,9 +341,13 @@ def main(argv: list[str] | None = None) -> None:
     real = scoring.real_images_for(
         data, device, scoring.EvaluatorSettings(data_dir=run.data_dir),
         score_settings)
-    x_train = torch.from_numpy(data.x_train[kept]).to(device)
-    y_train = torch.from_numpy(data.y_train[kept]).to(device)
-    z_train = torch.from_numpy(z_train_np[kept]).to(device)
+    # Training reads the images through the feed: on the device at once, or batch by batch
+    # for a set larger than --max-device-images.
+    feed = TrainingTensors({"x": torch.from_numpy(data.x_train[kept]),
+                            "condition": torch.from_numpy(z_train_np[kept]),
+                            "label": torch.from_numpy(data.y_train[kept])}, device,
+                           run.max_device_images, run.loader_workers)
+    z_train = torch.from_numpy(z_train_np[kept]).to(device)  # vectors: small on any device
     z_test = torch.from_numpy(z_test_np).to(device)
     score = None
     if len(held_out):
@@ -352,20 +361,19 @@ def main(argv: list[str] | None = None) -> None:
               f"{EVALUATOR_FEATURE_DIM}-d features: nothing is held out, and the last epoch is "
               f"kept instead of the best")
     chosen = grid_sources(data.y_test)
-    tensors = {"x": x_train, "condition": z_train, "label": y_train}
-
     def make_batches(epoch: int):
-        for batch in tensor_batches(tensors, run.batch_size, run.seed, epoch):
+        for batch in feed.batches(batch_order(len(feed), run.batch_size, run.seed, epoch)):
             yield {**batch, "x": to_signed(batch["x"])}
 
     rows = []
     for name in run.models:
         stem = tagged(f"{run.dataset}_{run.encoder}_{name}", run.tag)
         seed_everything(run.seed, run.deterministic)
-        model = build_image_gan(name, z_train.shape[1], data.num_classes, config).to(device)
+        model = build_image_gan(name, z_train.shape[1], data.num_classes, config,
+                                data.shape).to(device)
         model.set_condition_statistics(z_train)
         trainer = GANTrainer(model, loop, architecture(name, z_train.shape[1], data.num_classes,
-                                                       config))
+                                                       config, data.shape))
         checkpoint = folders["checkpoints/plan1"] / f"{stem}.pt"
         started = time.time()
         trainer.log = log = open_run_log(values, "plan1", stem)

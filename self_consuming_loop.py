@@ -117,12 +117,13 @@ from stable_diffusion.pipelines import (
     use_sampler,
 )
 from training import loop_regimes
+from training.data_feed import TrainingTensors
 from training.gans import (
     LOSS_KINDS,
     GANTrainer,
     TrainerSettings,
+    batch_order,
     generator_step_shortfall,
-    tensor_batches,
 )
 from training.loop_regimes import REGIME_TAGS, ImageSet, Regime
 
@@ -134,7 +135,7 @@ METRIC_KEYS = ("fid", "fid_floor", "kid", "kid_std", "kid_floor", "precision", "
                "class_consistency_real", "intra_fid", "intra_fid_floor", "cas", "cas_real",
                "score", "score_real", "within_class_variance", "within_class_variance_real",
                "within_class_spread", "feature_space")
-ADDITION_KEYS = {"x": (3, "u"), "y": (1, "iu"), "origin": (1, "i")}
+ADDITION_KEYS = {"x": ((3, 4), "u"), "y": (1, "iu"), "origin": (1, "i")}
 
 # ---------------------------------------------------------------- settings
 GENERATOR = "gan"  # gan: a class-conditional GAN; diffusion: Stable Diffusion [gan | diffusion]
@@ -154,6 +155,8 @@ EPOCHS = 0  # epochs of every later generation (0: as many as generation 0 neede
 BATCH_SIZE = 64  # images per step [>= 2]
 SEEDS = (0,)  # seeds of the loops, one loop each: weights, batches, noise, captions, draws [seed]
 TAG = ""  # a variant's name: the loop <name>@TAG[_seed<k>] beside the untagged one [tag]
+MAX_DEVICE_IMAGES = 100_000  # a larger training set stays on the CPU, read by a DataLoader [>= 1]
+LOADER_WORKERS = 2  # DataLoader workers of a training set read batch by batch [>= 0]
 TENSORBOARD = True  # log each generation's training and metrics to <data-dir>/runs/loop/<run>/
 WANDB = ""  # also mirror the log to this Weights & Biases project (needs wandb; "": off)
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cuda, mps or cpu
@@ -221,6 +224,8 @@ class LoopRun:
     deterministic: bool
     sample_batch_size: int
     tag: str
+    max_device_images: int
+    loader_workers: int
 
 
 # ---------------------------------------------------------------- names and captions
@@ -257,16 +262,17 @@ def coco_captions(data: ImageDataset, captions: list[str]) -> dict[str, Any]:
                                     f"index in the test split",
                      "version": "1.0"},
             "licenses": [],
-            "images": [{"id": i, "file_name": image_name(i), "width": 28, "height": 28}
-                       for i in range(len(captions))],
+            "images": [{"id": i, "file_name": image_name(i), "width": data.shape[2],
+                        "height": data.shape[1]} for i in range(len(captions))],
             "annotations": [{"id": i, "image_id": i, "caption": caption}
                             for i, caption in enumerate(captions)]}
 
 
 # ---------------------------------------------------------------- models and data
-def build_model(num_classes: int, config: ImageGANConfig) -> ConditionalGAN:
-    """Plan 1's cGAN with a one-hot class as its condition."""
-    return image_gans.build_image_gan("cgan", num_classes, num_classes, config)
+def build_model(num_classes: int, config: ImageGANConfig,
+                image_shape: tuple[int, int, int] = (1, 28, 28)) -> ConditionalGAN:
+    """Plan 1's cGAN with a one-hot class as its condition, for images of ``image_shape``."""
+    return image_gans.build_image_gan("cgan", num_classes, num_classes, config, image_shape)
 
 
 def conditions(labels: np.ndarray, num_classes: int, device: torch.device) -> torch.Tensor:
@@ -455,7 +461,7 @@ def write_image_folder(folder: Path, images: np.ndarray) -> None:
     staging = staging_dir(folder)
     try:
         for image_id, pixels in enumerate(images):
-            Image.fromarray(pixels, mode="L").save(staging / image_name(image_id))
+            Image.fromarray(pixels).save(staging / image_name(image_id))  # L grey or RGB
         # Unmarked: a generation folder holds nothing but its PNGs, which is what says a stage
         # wrote it (other tools read these folders as image sets).
         replace_directory(staging, folder, only_prompt_images, mark=False)
@@ -536,10 +542,10 @@ def train_generation(generation: int, loop: Loop, train: ImageSet, checkpoint: P
     run, data = loop.run, loop.data
     generation_seed = run.seed * 100_003 + generation
     seed_everything(generation_seed, run.deterministic)
-    model = build_model(data.num_classes, loop.config).to(loop.device)
+    model = build_model(data.num_classes, loop.config, data.shape).to(loop.device)
     trainer = GANTrainer(model, replace(loop.optimiser, seed=generation_seed),
                          image_gans.architecture("cgan", data.num_classes, data.num_classes,
-                                                 loop.config))
+                                                 loop.config, data.shape))
     if warm_from is not None and not checkpoint.exists():
         state = generation_state(warm_from, generation - 1, loop)
         with restoring(warm_from, "delete the run's results file to run the loop again"):
@@ -547,8 +553,11 @@ def train_generation(generation: int, loop: Loop, train: ImageSet, checkpoint: P
     else:
         model.set_condition_statistics(conditions(train.y, data.num_classes, loop.device))
     trainer.log = log
-    x = torch.from_numpy(train.x).to(loop.device)
-    c = conditions(train.y, data.num_classes, loop.device)
+    # An accumulating loop's set grows every generation: past --max-device-images it is read
+    # batch by batch from the CPU (the same batches either way).
+    one_hot = conditions(train.y, data.num_classes, torch.device("cpu"))
+    feed = TrainingTensors({"x": torch.from_numpy(train.x), "condition": one_hot}, loop.device,
+                           run.max_device_images, run.loader_workers)
     per_epoch = loop.regime.train_images
 
     def make_batches(epoch: int):
@@ -557,9 +566,9 @@ def train_generation(generation: int, loop: Loop, train: ImageSet, checkpoint: P
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
                 generation_seed * 7_919 + epoch))
             index = order[:per_epoch].sort().values
-        index = index.to(loop.device)
-        for batch in tensor_batches({"x": x[index], "condition": c[index]}, run.batch_size,
-                                    generation_seed, epoch):
+        order = [index[positions] for positions in
+                 batch_order(len(index), run.batch_size, generation_seed, epoch)]
+        for batch in feed.batches(order):
             yield {**batch, "x": to_signed(batch["x"])}
 
     if generation == 0:
@@ -690,7 +699,7 @@ def run_loop(loop: Loop, values: dict[str, Any], real: scoring.RealImages,
     # the printed table and the metrics file show the same generations.
     records = [r for r in records if (run_dir / f"gen_{int(r['generation'])}.npz").is_file()]
     shown = [int(r["generation"]) for r in records]
-    all_images = [load_npz(run_dir / f"gen_{g}.npz", {"x_gen": (3, "u")})["x_gen"]
+    all_images = [load_npz(run_dir / f"gen_{g}.npz", {"x_gen": ((3, 4), "u")})["x_gen"]
                   for g in shown]
     grid_ids = [int(np.flatnonzero(prompt_labels == c)[0]) for c in np.unique(prompt_labels)]
     rows = [data.x_test[grid_ids]] + [images[grid_ids] for images in all_images]

@@ -37,7 +37,8 @@ from runtime.stage import StageError, describe_os_error
 EMBEDDING_KEYS = {"z_train": (2, "f"), "y_train": (1, "iu"), "z_test": (2, "f"),
                   "y_test": (1, "iu")}
 GENERATED_EMBEDDING_KEYS = {"z_gen": (2, "f")}
-PLAN1_SAMPLE_KEYS = {"x_gen": (3, "iu"), "idx_src": (1, "iu"), "y_src": (1, "iu")}
+# Images: (N, H, W) grey or (N, H, W, 3) colour.
+PLAN1_SAMPLE_KEYS = {"x_gen": ((3, 4), "iu"), "idx_src": (1, "iu"), "y_src": (1, "iu")}
 # Larger magnitudes overflow squared distances in float64: refused on load.
 MAX_ABS_VALUE = 1e30
 KIND_NAMES = {"f": "floats", "i": "integers", "u": "integers", "c": "complex numbers",
@@ -505,12 +506,14 @@ def load_npz(path: str | Path, keys: Mapping[str, int | None | tuple[int | None,
     return contents
 
 
-def check_array(path: str | Path, key: str, array: np.ndarray, ndim: int | None = None,
-                kinds: str | None = None) -> None:
-    """Raise StageError unless ``array`` has ``ndim`` dimensions, a dtype of ``kinds``, and only
-    finite numbers of sane magnitude."""
-    if ndim is not None and array.ndim != ndim:
-        raise StageError(f"{path}: key {key!r} has shape {array.shape}, expected {ndim} dims")
+def check_array(path: str | Path, key: str, array: np.ndarray,
+                ndim: int | tuple[int, ...] | None = None, kinds: str | None = None) -> None:
+    """Raise StageError unless ``array`` has ``ndim`` dimensions (one of them, for a tuple), a
+    dtype of ``kinds``, and only finite numbers of sane magnitude."""
+    allowed = ndim if isinstance(ndim, tuple) else (ndim,)
+    if ndim is not None and array.ndim not in allowed:
+        raise StageError(f"{path}: key {key!r} has shape {array.shape}, expected "
+                         f"{' or '.join(map(str, allowed))} dims")
     if kinds is not None and array.dtype.kind not in kinds:
         wanted = " or ".join(sorted({KIND_NAMES[k] for k in kinds}))
         got = KIND_NAMES.get(array.dtype.kind, str(array.dtype))

@@ -2,9 +2,10 @@
 torch-fidelity, the space of published FIDs), DINOv2 and CLIP (through transformers; dgm-eval,
 Stein et al. 2023, recommends DINOv2 ViT-L/14 for final numbers).
 
-A space turns uint8 grey images (N, 28, 28) into features (N, D) as float64. Numbers computed in
-different spaces are different metrics: every table names the space its columns were computed
-in, and a space is chosen once per run (``--feature-space``).
+A space turns uint8 images, (N, H, W) grey or (N, H, W, 3) colour, into features (N, D) as
+float64 (the pretrained networks take colour as it is and grey repeated to three channels).
+Numbers computed in different spaces are different metrics: every table names the space its
+columns were computed in, and a space is chosen once per run (``--feature-space``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class FeatureSpace(abc.ABC):
 
     @abc.abstractmethod
     def features(self, images: np.ndarray, device: Any) -> np.ndarray:
-        """Features (N, D) float64 of uint8 grey images (N, H, W)."""
+        """Features (N, D) float64 of uint8 images (N, H, W) or (N, H, W, 3)."""
 
 
 class EvaluatorSpace(FeatureSpace):
@@ -59,10 +60,11 @@ class EvaluatorSpace(FeatureSpace):
         return evaluator_outputs(self.model, images, device, self.batch_size)[0]
 
 
-def grey_to_rgb(images: np.ndarray, source: str) -> np.ndarray:
-    """uint8 (N, H, W) -> uint8 (N, H, W, 3): the grey channel three times."""
+def to_rgb(images: np.ndarray, source: str) -> np.ndarray:
+    """uint8 (N, H, W, 3): colour images as they are, grey ones (N, H, W) with their channel
+    three times."""
     checked = check_images(images, source)
-    return np.repeat(checked[..., None], 3, axis=-1)
+    return checked if checked.ndim == 4 else np.repeat(checked[..., None], 3, axis=-1)
 
 
 class InceptionSpace(FeatureSpace):
@@ -103,7 +105,7 @@ class InceptionSpace(FeatureSpace):
 
     @torch.no_grad()
     def features(self, images: np.ndarray, device: Any) -> np.ndarray:
-        rgb = torch.from_numpy(grey_to_rgb(images, "images")).permute(0, 3, 1, 2)
+        rgb = torch.from_numpy(to_rgb(images, "images")).permute(0, 3, 1, 2)
         parts = [self.model(chunk.to(device))[0].double().cpu().numpy()
                  for chunk in rgb.split(self.batch_size)]
         return np.concatenate(parts)
@@ -136,7 +138,7 @@ class TransformersSpace(FeatureSpace):
 
     @torch.no_grad()
     def features(self, images: np.ndarray, device: Any) -> np.ndarray:
-        rgb = grey_to_rgb(images, "images")
+        rgb = to_rgb(images, "images")
         parts = []
         for start in range(0, len(rgb), self.batch_size):
             inputs = self.processor(images=list(rgb[start:start + self.batch_size]),

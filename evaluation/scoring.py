@@ -271,7 +271,7 @@ def real_image_floors(real: RealImages, count: int, device: Any,
 def check_sources(path: Path, arrays: dict[str, Any], data: ImageDataset,
                   s: ScoringSettings) -> None:
     """x_gen must be images, idx_src test indices, y_src their test labels (the same order)."""
-    x_gen = check_images(arrays["x_gen"], f"{path}: x_gen")
+    x_gen = check_images(arrays["x_gen"], f"{path}: x_gen", data.shape)
     idx_src, y_src = arrays["idx_src"].astype(np.int64), arrays["y_src"].astype(np.int64)
     n_test = len(data.x_test)
     if len(idx_src) and (idx_src.min() < 0 or idx_src.max() >= n_test):

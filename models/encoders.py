@@ -1,6 +1,7 @@
-"""Stage 1's encoders: autoencoders, a VAE, a contrastive and a triplet encoder of 28x28 images.
+"""Stage 1's encoders: autoencoders, a VAE, a contrastive and a triplet encoder of images of any
+shape (C, H, W) (28x28 grey by default; the shape is part of each checkpoint's record).
 
-Every encoder has ``embed(x)`` (images in [0, 1], (B, 1, 28, 28) -> (B, D)) and
+Every encoder has ``embed(x)`` (images in [0, 1], (B, C, H, W) -> (B, D)) and
 ``training_loss(x, y)``; the autoencoders also ``reconstruct`` and own a ``decoder``. A variant
 is a class and a registry entry (``ENCODERS``); its hyper-parameters are an ``EncoderConfig``,
 which every checkpoint of encoder_models.py stores (``architecture``), so that
@@ -10,6 +11,7 @@ generated embeddings with it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +24,15 @@ from torch import nn
 
 from CL_loss_function import batch_triplet_loss, nt_xent_loss
 from dataio.artifacts import read_architecture
-from models.nets import ConvDecoder, ConvEncoder, mlp
+from models.nets import (
+    GREY_28,
+    ConvDecoder,
+    ConvEncoder,
+    ImageShape,
+    channels_first,
+    channels_last,
+    mlp,
+)
 from runtime.stage import StageError
 
 FAMILY = "encoders"
@@ -74,11 +84,11 @@ class VAE(nn.Module):
 
     kind = "autoencoder"
 
-    def __init__(self, dim: int, beta: float) -> None:
+    def __init__(self, dim: int, beta: float, image_shape: ImageShape = GREY_28) -> None:
         super().__init__()
         self.beta = beta
-        self.encoder = ConvEncoder(2 * dim, widths=(32, 64))
-        self.decoder = ConvDecoder(dim, widths=(32, 64))
+        self.encoder = ConvEncoder(2 * dim, widths=(32, 64), image_shape=image_shape)
+        self.decoder = ConvDecoder(dim, widths=(32, 64), image_shape=image_shape)
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(x).chunk(2, dim=1)
@@ -108,10 +118,11 @@ class ContrastiveEncoder(nn.Module):
 
     kind = "contrastive"
 
-    def __init__(self, dim: int, projection_dim: int, temperature: float, flips: bool) -> None:
+    def __init__(self, dim: int, projection_dim: int, temperature: float, flips: bool,
+                 image_shape: ImageShape = GREY_28) -> None:
         super().__init__()
         self.temperature, self.flips = temperature, flips
-        self.backbone = ConvEncoder(dim, widths=(32, 64))
+        self.backbone = ConvEncoder(dim, widths=(32, 64), image_shape=image_shape)
         self.head = mlp([dim, 128, projection_dim], norm=nn.BatchNorm1d)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,10 +142,12 @@ class TripletEncoder(nn.Module):
 
     kind = "triplet"
 
-    def __init__(self, dim: int, margin: float, mining: str) -> None:
+    def __init__(self, dim: int, margin: float, mining: str,
+                 image_shape: ImageShape = GREY_28) -> None:
         super().__init__()
         self.margin, self.mining = margin, mining
-        self.backbone = ConvEncoder(dim, widths=(32, 64), residual_blocks=1)
+        self.backbone = ConvEncoder(dim, widths=(32, 64), residual_blocks=1,
+                                    image_shape=image_shape)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.backbone(x), dim=1)
@@ -171,34 +184,44 @@ def augment(x: torch.Tensor, flips: bool, max_zoom: float = 1.4, max_shift: floa
 
 
 # ---------------------------------------------------------------- the registry
-ENCODERS: dict[str, Callable[[EncoderConfig], nn.Module]] = {
-    "ae_basic": lambda c: Autoencoder(
-        nn.Sequential(nn.Flatten(), mlp([784, 512, 256, c.embedding_dim], norm=nn.BatchNorm1d)),
-        nn.Sequential(mlp([c.embedding_dim, 256, 512, 784], norm=nn.BatchNorm1d),
-                      nn.Unflatten(1, (1, 28, 28)))),
-    "ae_intermediate": lambda c: Autoencoder(ConvEncoder(c.embedding_dim, widths=(16, 32)),
-                                             ConvDecoder(c.embedding_dim, widths=(16, 32))),
-    "ae_advanced": lambda c: Autoencoder(
-        ConvEncoder(c.embedding_dim, widths=(32, 64), residual_blocks=1),
-        ConvDecoder(c.embedding_dim, widths=(32, 64), residual_blocks=1)),
-    "vae": lambda c: VAE(c.embedding_dim, c.vae_beta),
-    "ntxent": lambda c: ContrastiveEncoder(c.embedding_dim, c.projection_dim, c.temperature,
-                                           c.flips),
-    "triplet": lambda c: TripletEncoder(c.embedding_dim, c.triplet_margin, c.triplet_mining),
+# name -> builder(config, image shape (C, H, W)).
+ENCODERS: dict[str, Callable[[EncoderConfig, ImageShape], nn.Module]] = {
+    "ae_basic": lambda c, s: Autoencoder(
+        nn.Sequential(nn.Flatten(), mlp([math.prod(s), 512, 256, c.embedding_dim],
+                                        norm=nn.BatchNorm1d)),
+        nn.Sequential(mlp([c.embedding_dim, 256, 512, math.prod(s)], norm=nn.BatchNorm1d),
+                      nn.Unflatten(1, s))),
+    "ae_intermediate": lambda c, s: Autoencoder(
+        ConvEncoder(c.embedding_dim, widths=(16, 32), image_shape=s),
+        ConvDecoder(c.embedding_dim, widths=(16, 32), image_shape=s)),
+    "ae_advanced": lambda c, s: Autoencoder(
+        ConvEncoder(c.embedding_dim, widths=(32, 64), residual_blocks=1, image_shape=s),
+        ConvDecoder(c.embedding_dim, widths=(32, 64), residual_blocks=1, image_shape=s)),
+    "vae": lambda c, s: VAE(c.embedding_dim, c.vae_beta, s),
+    "ntxent": lambda c, s: ContrastiveEncoder(c.embedding_dim, c.projection_dim, c.temperature,
+                                              c.flips, s),
+    "triplet": lambda c, s: TripletEncoder(c.embedding_dim, c.triplet_margin, c.triplet_mining,
+                                           s),
 }
 ENCODER_NAMES = tuple(ENCODERS)
 
 
-def build_encoder(name: str, config: EncoderConfig) -> nn.Module:
-    """An encoder by name."""
+def build_encoder(name: str, config: EncoderConfig,
+                  image_shape: ImageShape = GREY_28) -> nn.Module:
+    """An encoder by name, for images of ``image_shape`` (C, H, W)."""
     if name not in ENCODERS:
         raise StageError(f"unknown encoder {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
-    return ENCODERS[name](config)
+    return ENCODERS[name](config, tuple(image_shape))
 
 
-def architecture(name: str, config: EncoderConfig) -> dict[str, Any]:
-    """What a checkpoint stores to rebuild its encoder: family, name and config."""
-    return {"family": FAMILY, "name": name, "config": asdict(config)}
+def architecture(name: str, config: EncoderConfig,
+                 image_shape: ImageShape = GREY_28) -> dict[str, Any]:
+    """What a checkpoint stores to rebuild its encoder: family, name, config and (other than
+    28x28 grey, whose records predate it) the image shape."""
+    record = {"family": FAMILY, "name": name, "config": asdict(config)}
+    if tuple(image_shape) != GREY_28:
+        record["image_shape"] = list(image_shape)
+    return record
 
 
 def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
@@ -209,7 +232,8 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     state, record = read_architecture(path, state, FAMILY, ENCODER_NAMES, "encoders",
                                       "python encoder_models.py")
     try:
-        model = build_encoder(record["name"], EncoderConfig(**record["config"]))
+        model = build_encoder(record["name"], EncoderConfig(**record["config"]),
+                              tuple(record.get("image_shape", GREY_28)))
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise StageError(f"{path}: cannot rebuild its encoder "
@@ -219,24 +243,27 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
 
 # ---------------------------------------------------------------- images in, embeddings out
 def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1]."""
-    return images.unsqueeze(1).float() / 255.0
+    """uint8 (B, H, W) or (B, H, W, C) -> float (B, C, H, W) in [0, 1]."""
+    return channels_first(images).float() / 255.0
 
 
 @torch.no_grad()
 def embed_all(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-    """Embeddings of uint8 images (N, 28, 28) in eval mode, as float32 (N, D)."""
+    """Embeddings of uint8 images (N, H, W[, C]) in eval mode, as float32 (N, D); each batch is
+    moved to the model's device (the images may stay on the CPU)."""
     model.eval()
-    parts = [model.embed(to_unit(chunk)).float().cpu() for chunk in x.split(batch_size)]
+    device = next(model.parameters()).device
+    parts = [model.embed(to_unit(chunk.to(device))).float().cpu() for chunk in x.split(batch_size)]
     return torch.cat(parts).numpy().astype(np.float32)
 
 
 @torch.no_grad()
 def decode_images(model: nn.Module, z: np.ndarray, batch_size: int = 2000) -> np.ndarray:
-    """uint8 images (N, 28, 28) an autoencoder's decoder makes of embeddings z (N, D)."""
+    """uint8 images (N, H, W[, C]) an autoencoder's decoder makes of embeddings z (N, D)."""
     model.eval()
     parts = []
     for chunk in np.array_split(z, max(1, -(-len(z) // batch_size))):
-        pixels = torch.sigmoid(model.decoder(torch.from_numpy(chunk))).view(-1, 28, 28)
+        pixels = torch.sigmoid(model.decoder(torch.from_numpy(chunk)))
+        pixels = channels_last(pixels.reshape(len(chunk), *pixels.shape[1:]))
         parts.append((pixels * 255.0).round().clamp(0, 255).to(torch.uint8).numpy())
     return np.concatenate(parts)

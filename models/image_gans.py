@@ -1,4 +1,4 @@
-"""Plan 1's image GANs: generators of 28x28 images from a condition vector, and their critics.
+"""Plan 1's image GANs: generators of images (C, H, W) from a condition vector, and their critics.
 
 A conditional GAN with a projection discriminator, an ACGAN (an auxiliary class head on real labels)
 and an InfoGAN (categorical and continuous codes recovered by a Q head), all trained by the one loop
@@ -21,7 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataio.artifacts import read_architecture
-from models.nets import ConvCritic, ConvGenerator, ProjectionHead, mlp
+from models.nets import (
+    GREY_28,
+    ConvCritic,
+    ConvGenerator,
+    ImageShape,
+    ProjectionHead,
+    channels_first,
+    channels_last,
+    mlp,
+)
 from runtime.stage import StageError
 from training.gans import AdversarialLoss, GANModel, apply_spectral_norm, trained_weights
 
@@ -58,14 +67,18 @@ class ConditionalGAN(GANModel):
 
     def __init__(self, condition_dim: int, noise_dim: int = 32,
                  loss: AdversarialLoss | None = None, spectral_norm: bool = True,
-                 widths: tuple[int, int] = (32, 64), feature_dim: int = 256) -> None:
+                 widths: tuple[int, int] = (32, 64), feature_dim: int = 256,
+                 image_shape: ImageShape = GREY_28) -> None:
         super().__init__()
         self.adversarial_loss = loss or AdversarialLoss("hinge")
         self.noise_dim, self.condition_dim = noise_dim, condition_dim
+        self.image_shape = tuple(image_shape)
         self.register_buffer("condition_mean", torch.zeros(condition_dim))
         self.register_buffer("condition_std", torch.ones(condition_dim))
-        self.generator = ConvGenerator(self.generator_input_dim(), condition_dim, widths)
-        self.discriminator = nn.ModuleDict({"trunk": ConvCritic(widths, feature_dim),
+        self.generator = ConvGenerator(self.generator_input_dim(), condition_dim, widths,
+                                       image_shape)
+        self.discriminator = nn.ModuleDict({"trunk": ConvCritic(widths, feature_dim,
+                                                                image_shape),
                                             "score": ProjectionHead(feature_dim, condition_dim)})
         self.add_discriminator_heads(feature_dim)
         if spectral_norm:
@@ -87,7 +100,7 @@ class ConditionalGAN(GANModel):
         return (condition.float() - self.condition_mean) / self.condition_std
 
     def sample(self, condition: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1], (B, 1, 28, 28), for raw (unstandardised) conditions."""
+        """Images in [-1, 1], (B, C, H, W), for raw (unstandardised) conditions."""
         return self.generator(noise, self.normalise(condition))
 
     def score(self, features: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
@@ -239,21 +252,27 @@ GAN_NAMES = tuple(IMAGE_GANS)
 
 
 def build_image_gan(name: str, condition_dim: int, num_classes: int,
-                    config: ImageGANConfig) -> ConditionalGAN:
-    """An image GAN by name for conditions of ``condition_dim`` dims."""
+                    config: ImageGANConfig, image_shape: ImageShape = GREY_28) -> ConditionalGAN:
+    """An image GAN by name for conditions of ``condition_dim`` dims and images of
+    ``image_shape`` (C, H, W)."""
     if name not in IMAGE_GANS:
         raise StageError(f"unknown image GAN {name!r}; valid names: {', '.join(GAN_NAMES)}")
     common = {"noise_dim": config.noise_dim, "spectral_norm": config.spectral_norm,
               "widths": (config.width, 2 * config.width), "feature_dim": config.feature_dim,
-              "loss": AdversarialLoss(config.loss, config.gradient_penalty)}
+              "loss": AdversarialLoss(config.loss, config.gradient_penalty),
+              "image_shape": tuple(image_shape)}
     return IMAGE_GANS[name].build(condition_dim, num_classes, config, common)
 
 
-def architecture(name: str, condition_dim: int, num_classes: int,
-                 config: ImageGANConfig) -> dict[str, Any]:
-    """What a checkpoint stores to rebuild its model: family, name, sizes and config."""
-    return {"family": FAMILY, "name": name, "condition_dim": condition_dim,
-            "num_classes": num_classes, "config": asdict(config)}
+def architecture(name: str, condition_dim: int, num_classes: int, config: ImageGANConfig,
+                 image_shape: ImageShape = GREY_28) -> dict[str, Any]:
+    """What a checkpoint stores to rebuild its model: family, name, sizes, config and (other
+    than 28x28 grey, whose records predate it) the image shape."""
+    record = {"family": FAMILY, "name": name, "condition_dim": condition_dim,
+              "num_classes": num_classes, "config": asdict(config)}
+    if tuple(image_shape) != GREY_28:
+        record["image_shape"] = list(image_shape)
+    return record
 
 
 def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
@@ -268,7 +287,8 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     try:
         config = ImageGANConfig(**record["config"])
         model = build_image_gan(record["name"], int(record["condition_dim"]),
-                                int(record["num_classes"]), config)
+                                int(record["num_classes"]), config,
+                                tuple(record.get("image_shape", GREY_28)))
         model.load_state_dict(trained_weights(model, state))
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise StageError(f"{path}: cannot rebuild its generator "
@@ -278,13 +298,13 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
 
 # ---------------------------------------------------------------- pixels and sampling
 def to_signed(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [-1, 1]."""
-    return images.unsqueeze(1).float() / 127.5 - 1.0
+    """uint8 (B, H, W) or (B, H, W, C) -> float (B, C, H, W) in [-1, 1]."""
+    return channels_first(images).float() / 127.5 - 1.0
 
 
 def to_pixels(images: torch.Tensor) -> np.ndarray:
-    """Generator output in [-1, 1], (B, 1, 28, 28) -> uint8 (B, 28, 28)."""
-    pixels = ((images[:, 0].float() + 1.0) * 127.5).round().clamp(0, 255)
+    """Generator output in [-1, 1], (B, C, H, W) -> uint8 (B, H, W) grey or (B, H, W, C)."""
+    pixels = ((channels_last(images).float() + 1.0) * 127.5).round().clamp(0, 255)
     return pixels.to(torch.uint8).cpu().numpy()
 
 
@@ -306,7 +326,7 @@ def truncated_noise(model: ConditionalGAN, n: int, generator: torch.Generator,
 @torch.no_grad()
 def regenerate(model: ConditionalGAN, conditions: torch.Tensor, seed: int,
                batch_size: int = 1000, truncation: float = 0.0) -> np.ndarray:
-    """uint8 images (N, 28, 28), one per condition, in eval mode, with noise fixed by ``seed``
+    """uint8 images (N, H, W[, C]), one per condition, in eval mode, with noise fixed by ``seed``
     (drawn on the CPU, so the same on every device; the noise of a row depends on the batch
     size) and truncated to [-psi, psi] with ``truncation`` psi > 0."""
     model.eval()
@@ -316,5 +336,6 @@ def regenerate(model: ConditionalGAN, conditions: torch.Tensor, seed: int,
         noise = truncated_noise(model, len(chunk), generator, truncation)
         parts.append(to_pixels(model.sample(chunk, noise)))
     if not parts:
-        return np.zeros((0, 28, 28), np.uint8)
+        channels, height, width = model.image_shape
+        return np.zeros((0, height, width) + ((channels,) if channels > 1 else ()), np.uint8)
     return np.concatenate(parts)

@@ -39,7 +39,9 @@ def image_grid_figure(rows: Sequence[np.ndarray], row_labels: Sequence[str], tit
             for spine in axis.spines.values():
                 spine.set_visible(False)
             if c < len(images):
-                axis.imshow(images[c], cmap="gray", vmin=0, vmax=255)
+                # grey (H, W) with a grey colour map; colour (H, W, 3) as it is
+                axis.imshow(images[c], cmap="gray" if images[c].ndim == 2 else None, vmin=0,
+                            vmax=255)
         axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     figure.suptitle(title, fontsize=10)
     figure.subplots_adjust(wspace=0.05, hspace=0.05)

@@ -358,8 +358,13 @@ def test_images_outside_the_pixel_range_or_shape_are_refused() -> None:
         check_images(good.astype(np.float32) / 255, "x")
     with pytest.raises(StageError, match=r"outside \[0, 255\]"):
         check_images(np.full((2, 28, 28), 300, np.int16), "x")
-    with pytest.raises(StageError, match=r"expected \(N, 28, 28\)"):
+    with pytest.raises(StageError, match=r"expected \(N, H, W\) grey or \(N, H, W, 3\)"):
         check_images(np.zeros((2, 1, 28, 28), np.uint8), "x")
+    with pytest.raises(StageError, match=r"expected \(N, 28, 28\)"):
+        check_images(np.zeros((2, 32, 32, 3), np.uint8), "x", (1, 28, 28))
+    with pytest.raises(StageError, match=r"expected \(N, 32, 32, 3\)"):
+        check_images(np.zeros((2, 28, 28), np.uint8), "x", (3, 32, 32))
+    assert check_images(np.zeros((2, 32, 32, 3), np.uint8), "x", (3, 32, 32)) is not None
 
 
 def test_evaluator_resumes_after_interruption_to_the_same_weights(tmp_path: Path) -> None:

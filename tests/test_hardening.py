@@ -115,7 +115,7 @@ def test_a_settings_block_a_reader_could_misread_is_refused(tmp_path, capsys, so
                          "an end) (see --help)"),
     (["--models", "a,a"], "error: --models: a listed more than once"),
     (["--dataset", "cifar"], "error: --dataset cifar: must be one of mnist, digits, "
-                             "fashion-mnist"),
+                             "fashion-mnist, cifar10"),
     (["--epochs", "two"], "error: argument --epochs: invalid int value: 'two' (see --help)"),
     (["--epoch", "2"], "error: unrecognized arguments: --epoch 2 (see --help)"),
 ])

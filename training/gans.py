@@ -221,24 +221,30 @@ def passes_per_epoch(examples: int, epoch_vectors: int) -> int:
     return max(1, math.floor(epoch_vectors / examples + 0.5)) if epoch_vectors > 0 else 1
 
 
+def batch_order(n: int, batch_size: int, seed: int, epoch: int,
+                part: int = 0) -> list[torch.Tensor]:
+    """The index batches (CPU) of one pass over n examples, in an order fixed by (seed, epoch,
+    part); the last partial batch is dropped (batch norm and the GAN losses want full batches).
+    ``part`` numbers the passes of an epoch of several (``passes_per_epoch``); part 0 draws from
+    ``epoch_seed(seed, epoch)``, so that an epoch's first pass does not depend on how many passes
+    it has."""
+    key = (epoch_seed(seed, epoch) if part == 0
+           else int(np.random.SeedSequence([seed, epoch, part]).generate_state(1)[0]))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(key))
+    return [order[start:start + batch_size] for start in range(0, n - batch_size + 1, batch_size)]
+
+
 def tensor_batches(tensors: Mapping[str, torch.Tensor], batch_size: int, seed: int,
                    epoch: int, part: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-    """Shuffled aligned batches of same-length tensors (on their own device), in an order fixed by
-    (seed, epoch, part); the last partial batch is dropped (batch norm and the GAN losses want full
-    batches). ``part`` numbers the passes of an epoch of several (``passes_per_epoch``); part 0
-    draws from ``epoch_seed(seed, epoch)``, so that an epoch's first pass does not depend on how
-    many passes it has."""
+    """Shuffled aligned batches of same-length tensors (on their own device), in the order of
+    ``batch_order``."""
     lengths = {k: len(v) for k, v in tensors.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"tensors of different lengths: {lengths}")
     n = next(iter(lengths.values()))
-    key = (epoch_seed(seed, epoch) if part == 0
-           else int(np.random.SeedSequence([seed, epoch, part]).generate_state(1)[0]))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(key))
     device = next(iter(tensors.values())).device
-    order = order.to(device)
-    for start in range(0, n - batch_size + 1, batch_size):
-        idx = order[start:start + batch_size]
+    for idx in batch_order(n, batch_size, seed, epoch, part):
+        idx = idx.to(device)
         yield {k: v[idx] for k, v in tensors.items()}
 
 
