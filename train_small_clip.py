@@ -1,11 +1,12 @@
 """Train a small CLIP on a dataset's images and captions of their classes; save it like any CLIP.
 
-A real ``transformers.CLIPModel`` (a ViT image tower for 28x28 inputs, a text transformer, both
-small) learns from pairs (image, caption), the caption being a template applied to the image's
-class ("a photo of a Sneaker", "a black and white photo of the digit 3", ...), with CLIP's
-symmetric image-text contrastive loss (CL_loss_function.clip_contrastive_loss). The model, a BPE
-CLIP tokenizer trained on the captions and a CLIP image processor whose mean and standard
-deviation are those of the training pixels are saved with ``save_pretrained`` into
+A real ``transformers.CLIPModel`` (a ViT image tower for the data's square images, 28x28 grey
+for the built-in sets, and a text transformer, both small) learns from pairs (image, caption), the
+caption being a template applied to the image's class ("a photo of a Sneaker", "a black and white
+photo of the digit 3", ...), with CLIP's symmetric image-text contrastive loss
+(CL_loss_function.clip_contrastive_loss). The model, a BPE CLIP tokenizer trained on the captions
+and a CLIP image processor whose mean and standard deviation are those of the training pixels (per
+RGB channel; a grey image is its channel three times) are saved with ``save_pretrained`` into
 data/checkpoints/clip_<ds>/, which extract_generation_embeddings.py loads like
 openai/clip-vit-base-patch32 (``--model data/checkpoints/clip_<ds>``). Reported: zero-shot accuracy
 on the test split (each image against the captions of every class, templates averaged), also per
@@ -21,7 +22,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from dataio.artifacts import (
     write_text,
 )
 from dataio.data_sources import load_dataset, resolve_dataset
+from dataio.image_layout import GREY_28
 from runtime.settings import SettingsError, configure, pick
 from runtime.stage import (
     StageError,
@@ -63,14 +65,12 @@ from runtime.stage import (
 from runtime.tracking import open_run_log
 
 # Tables the stage and its settings' rules use (not settings).
-# Patch sizes that tile a 28x28 image.
-PATCH_SIZES = (1, 2, 4, 7, 14, 28)
-IMAGE_SIZE = 28
 # CLIP's context length: what extract_generation_embeddings.py truncates captions to.
 MAX_TEXT_LENGTH = 77
 
 # ---------------------------------------------------------------- settings
 DATASET = "fashion-mnist"  # dataset to train on [in dataio.data_sources.DATASETS, or folder:PATH]
+IMAGE_SIZE = 0  # folder:PATH: resize its images to NxN (0: their own size, when shared) [>= 0]
 DATA_DIR = "data"  # where the model, checkpoints and results are written
 OUTPUT_DIR = ""  # where save_pretrained writes the model ('': DATA_DIR/checkpoints/clip_<ds>)
 EPOCHS = 2  # passes over the training images (one-cycle schedule over all of them) [>= 1]
@@ -89,7 +89,7 @@ HIDDEN_SIZE = 64  # width of both transformer towers [>= 8, <= 4096]
 VISION_LAYERS = 4  # transformer layers of the image tower [>= 1]
 TEXT_LAYERS = 2  # transformer layers of the text tower [>= 1]
 HEADS = 4  # attention heads per layer (must divide --hidden-size) [>= 1]
-PATCH_SIZE = 7  # ViT patch size: 7 cuts 28x28 into 16 patches [in PATCH_SIZES]
+PATCH_SIZE = 0  # ViT patch size dividing the image side (0: a quarter, 7 for 28x28) [>= 0]
 PROJECTION_DIM = 64  # size of the joint image-text embedding [>= 2]
 VOCAB_SIZE = 400  # BPE vocabulary size: 326 bytes and symbols, then merges from captions [>= 330]
 EVAL_BATCH_SIZE = 1000  # images per forward pass when evaluating [>= 1]
@@ -155,9 +155,31 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 # ---------------------------------------------------------------- model and inputs
-def build_clip(vocab_size: int, bos_id: int, eos_id: int, s: ClipSettings) -> Any:
-    """A CLIPModel with small towers (pad token = end token, as in OpenAI's CLIP: the text
-    embedding is read at the first end token)."""
+def patch_size_for(side: int, patch_size: int) -> int:
+    """The ViT patch size for square images of ``side`` pixels: ``patch_size`` when it divides
+    the side, a quarter of the side (16 patches) when it is 0."""
+    divisors = [d for d in range(1, side + 1) if side % d == 0]
+    if patch_size == 0:
+        return max(d for d in divisors if d <= max(side // 4, 1))
+    if side % patch_size:
+        raise SettingsError(f"--patch-size {patch_size}: must be one of "
+                            f"{', '.join(map(str, divisors))} (the divisors of the image side "
+                            f"{side})")
+    return patch_size
+
+
+def image_side(shape: tuple[int, int, int], dataset: str) -> int:
+    """The side of the data's images, which the ViT needs square."""
+    _, height, width = shape
+    if height != width:
+        raise StageError(f"--dataset {dataset}: images are {height}x{width}; the small CLIP's "
+                         f"ViT takes square images (give --image-size N to resize a folder)")
+    return height
+
+
+def build_clip(vocab_size: int, bos_id: int, eos_id: int, s: ClipSettings, side: int) -> Any:
+    """A CLIPModel with small towers for square RGB images of ``side`` pixels (pad token = end
+    token, as in OpenAI's CLIP: the text embedding is read at the first end token)."""
     from transformers import CLIPConfig, CLIPModel
 
     tower = {"hidden_size": s.hidden_size, "intermediate_size": 2 * s.hidden_size,
@@ -166,15 +188,16 @@ def build_clip(vocab_size: int, bos_id: int, eos_id: int, s: ClipSettings) -> An
         text_config={**tower, "num_hidden_layers": s.text_layers, "vocab_size": vocab_size,
                      "max_position_embeddings": MAX_TEXT_LENGTH, "bos_token_id": bos_id,
                      "eos_token_id": eos_id, "pad_token_id": eos_id},
-        vision_config={**tower, "num_hidden_layers": s.vision_layers, "image_size": IMAGE_SIZE,
+        vision_config={**tower, "num_hidden_layers": s.vision_layers, "image_size": side,
                        "patch_size": s.patch_size, "num_channels": 3},
         projection_dim=s.projection_dim)
     return CLIPModel(config)
 
 
-def build_image_processor(mean: float, std: float) -> Any:
-    """CLIP's image processor for 28x28 images: RGB, resize and centre-crop to 28 (identity on
-    28x28 images), rescale to [0, 1], normalise with the training pixels' mean and std."""
+def build_image_processor(mean: list[float], std: list[float], side: int) -> Any:
+    """CLIP's image processor for square images of ``side`` pixels: RGB, resize and centre-crop to
+    the side (identity on the data's images), rescale to [0, 1], normalise with the training
+    pixels' per-channel mean and std."""
     from transformers.utils import logging as transformers_logging
 
     verbosity = transformers_logging.get_verbosity()
@@ -182,21 +205,35 @@ def build_image_processor(mean: float, std: float) -> Any:
     try:
         from transformers import CLIPImageProcessor
 
-        return CLIPImageProcessor(do_resize=True, size={"shortest_edge": IMAGE_SIZE},
+        return CLIPImageProcessor(do_resize=True, size={"shortest_edge": side},
                                   do_center_crop=True,
-                                  crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                  crop_size={"height": side, "width": side},
                                   do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                                  image_mean=[mean] * 3, image_std=[std] * 3,
+                                  image_mean=list(mean), image_std=list(std),
                                   do_convert_rgb=True)
     finally:
         transformers_logging.set_verbosity(verbosity)
 
 
-def pixel_values(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> (B, 3, 28, 28) float, as the image processor makes them from a grey
-    image: the grey channel three times, x / 255 normalised with ``mean`` and ``std``."""
-    x = (images.float() / 255.0 - mean) / std
-    return x.unsqueeze(1).expand(-1, 3, -1, -1)
+def pixel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-RGB-channel mean and std of uint8 images in [0, 1] units; a grey set gives its one
+    channel's statistics three times (what the processor's grey-to-RGB conversion makes)."""
+    if images.ndim == 3:
+        mean, std = float(images.mean() / 255.0), float(images.std() / 255.0)
+        return [mean] * 3, [std] * 3
+    pixels = images.reshape(-1, images.shape[-1])
+    return ([float(v / 255.0) for v in pixels.mean(axis=0)],
+            [float(v / 255.0) for v in pixels.std(axis=0)])
+
+
+def pixel_values(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (B, H, W) grey or (B, H, W, 3) colour -> (B, 3, H, W) float, as the image processor
+    makes them: grey repeated to three channels, x / 255 normalised per channel."""
+    x = images.float() / 255.0
+    x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
 
 
 def features(output: Any) -> torch.Tensor:
@@ -208,14 +245,15 @@ def text_features(model: Any, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
     return features(model.get_text_features(**tokens))
 
 
-def image_features(model: Any, images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+def image_features(model: Any, images: torch.Tensor, mean: list[float], std: list[float]
+                   ) -> torch.Tensor:
     return features(model.get_image_features(pixel_values=pixel_values(images, mean, std)))
 
 
 # ---------------------------------------------------------------- training
 def contrastive_step_loss(model: Any, images: torch.Tensor, caption_rows: torch.Tensor,
-                          tokens: dict[str, torch.Tensor], mean: float, std: float
-                          ) -> torch.Tensor:
+                          tokens: dict[str, torch.Tensor], mean: list[float],
+                          std: list[float]) -> torch.Tensor:
     """CLIP's loss on a batch of pairs (image i, caption caption_rows[i] of the caption table).
 
     The text tower runs once on the table's distinct captions and each pair takes its row: with
@@ -227,7 +265,7 @@ def contrastive_step_loss(model: Any, images: torch.Tensor, caption_rows: torch.
 
 @torch.no_grad()
 def zero_shot(model: Any, images: torch.Tensor, labels: np.ndarray, tokens: dict[str, torch.Tensor],
-              num_classes: int, mean: float, std: float, batch_size: int = 1000
+              num_classes: int, mean: list[float], std: list[float], batch_size: int = 1000
               ) -> dict[str, Any]:
     """Zero-shot classification: each image gets the class whose caption embedding is closest in
     cosine; 'ensemble' averages the unit caption embeddings of the templates of a class (CLIP's
@@ -248,9 +286,12 @@ def zero_shot(model: Any, images: torch.Tensor, labels: np.ndarray, tokens: dict
             "predicted": predicted}
 
 
-def resume_settings(n_train: int, tokenizer_hash: str, s: ClipSettings) -> dict[str, Any]:
-    """What a checkpoint must share with this run to be continued."""
-    return {"dataset": s.dataset, "train_images": n_train, "epochs": s.epochs,
+def resume_settings(n_train: int, tokenizer_hash: str, s: ClipSettings,
+                    image_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """What a checkpoint must share with this run to be continued (the image shape only when
+    it is not 28x28 grey, which checkpoints written before shapes were data hold)."""
+    shape = {} if tuple(image_shape) == GREY_28 else {"image_shape": list(image_shape)}
+    return {"dataset": s.dataset, **shape, "train_images": n_train, "epochs": s.epochs,
             "batch_size": s.batch_size, "learning_rate": s.learning_rate,
             "weight_decay": s.weight_decay, "seed": s.seed, "hidden_size": s.hidden_size,
             "vision_layers": s.vision_layers, "text_layers": s.text_layers, "heads": s.heads,
@@ -317,23 +358,25 @@ def main(argv: list[str] | None = None) -> None:
         raise StageError(f"--limit {s.limit} leaves {n_train} training images, not one full "
                          f"batch of --batch-size {s.batch_size}")
 
+    side = image_side(data.shape, s.dataset)
+    s = replace(s, patch_size=patch_size_for(side, s.patch_size))
     table = class_captions(s.dataset, data.class_names)
     captions = [caption for row in table for caption in row]  # row c * T + t
     tokenizer = build_tokenizer(captions, s.vocab_size)
     tokens = {k: v.to(device) for k, v in tokenizer(captions, padding=True,
                                                     return_tensors="pt").items()}
-    mean = float(data.x_train.mean() / 255.0)
-    std = float(data.x_train.std() / 255.0)
+    mean, std = pixel_statistics(data.x_train)
     print(f"{data.name}: {n_train} train, {len(data.x_test)} test images from {data.source}; "
           f"{len(captions)} captions ({len(CAPTION_TEMPLATES)} templates), vocabulary "
-          f"{len(tokenizer)}; device {device}")
+          f"{len(tokenizer)}; {side}x{side} {'RGB' if data.shape[0] == 3 else 'grey'} images in "
+          f"{(side // s.patch_size) ** 2} patches of {s.patch_size}; device {device}")
 
     seed_everything(s.seed, s.deterministic)
     model = build_clip(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
-                       s).to(device)
+                       s, side).to(device)
     steps_per_epoch = n_train // s.batch_size
     optimizer, schedule = make_optimizer(model, s.epochs * steps_per_epoch, s)
-    resume = resume_settings(n_train, tokenizer_fingerprint(tokenizer), s)
+    resume = resume_settings(n_train, tokenizer_fingerprint(tokenizer), s, data.shape)
     checkpoint = folders["checkpoints/clip"] / f"{stem}.pt"
     done, losses = 0, []
     if checkpoint.exists():
@@ -423,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
         model.save_pretrained(staging)
         from transformers import CLIPProcessor
 
-        CLIPProcessor(image_processor=build_image_processor(mean, std),
+        CLIPProcessor(image_processor=build_image_processor(mean, std, side),
                       tokenizer=tokenizer).save_pretrained(staging)
         write_text(staging / "training_meta.json", json.dumps(meta, indent=2) + "\n")
         give_umask_permissions(staging)

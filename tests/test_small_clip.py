@@ -130,7 +130,8 @@ def test_stage_saves_a_clip_that_transformers_loads(trained):
     ours = train_small_clip.pixel_values(torch.from_numpy(pixels), meta["pixel_mean"],
                                          meta["pixel_std"])
     torch.testing.assert_close(from_processor, ours, atol=1e-5, rtol=0)
-    assert meta["pixel_mean"] == pytest.approx(float(data.x_train[:256].mean() / 255), rel=1e-6)
+    assert meta["pixel_mean"] == pytest.approx([float(data.x_train[:256].mean() / 255)] * 3,
+                                               rel=1e-6)
     # Every file follows the umask, not safetensors' 0600.
     umask = os.umask(0o022)
     os.umask(umask)
@@ -203,6 +204,33 @@ def test_round_trip_through_extract_generation_embeddings(trained, tmp_path):
             [captions[i] for i in ids], padding=True, return_tensors="pt")))
     np.testing.assert_allclose(image_embeddings, F.normalize(images, dim=1).numpy(), atol=1e-5)
     np.testing.assert_allclose(text_embeddings, F.normalize(texts, dim=1).numpy(), atol=1e-5)
+
+
+def test_colour_pixels_are_what_the_saved_processor_makes_with_per_channel_statistics():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 20, 20, 3), dtype=np.uint8)
+    images[..., 2] //= 4  # channels with unlike statistics
+    mean, std = train_small_clip.pixel_statistics(images)
+    pixels = images.reshape(-1, 3) / 255.0
+    assert mean == pytest.approx(pixels.mean(axis=0).tolist(), rel=1e-6)
+    assert std == pytest.approx(pixels.std(axis=0).tolist(), rel=1e-6)
+    processor = train_small_clip.build_image_processor(mean, std, 20)
+    expected = processor(images=[Image.fromarray(x) for x in images],
+                         return_tensors="pt")["pixel_values"]
+    ours = train_small_clip.pixel_values(torch.from_numpy(images), mean, std)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("side", "asked", "patch"), [(28, 0, 7), (32, 0, 8), (64, 0, 16),
+                                                      (30, 0, 6), (28, 14, 14), (17, 0, 1)])
+def test_the_patch_size_divides_the_image_side(side, asked, patch):
+    assert train_small_clip.patch_size_for(side, asked) == patch
+
+
+def test_a_patch_size_not_dividing_the_side_names_the_divisors():
+    with pytest.raises(train_small_clip.SettingsError, match=r"--patch-size 5: must be one of "
+                       r"1, 2, 4, 8, 16, 32 \(the divisors of the image side 32\)"):
+        train_small_clip.patch_size_for(32, 5)
 
 
 def run_in_process(*args: str) -> int:
