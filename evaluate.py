@@ -62,7 +62,7 @@ from evaluation.evaluator_cnn import check_images  # noqa: E402
 from evaluation.feature_spaces import FeatureSpaceSettings  # noqa: E402
 from evaluation.scoring import cell, number  # noqa: E402
 from reporting.tagged_runs import VARIANT_COLUMN, variant_notes  # noqa: E402
-from runtime.settings import configure, pick  # noqa: E402
+from runtime.settings import SettingsError, configure, pick  # noqa: E402
 from runtime.stage import (  # noqa: E402
     StageError,
     limit_cpu_threads,
@@ -88,7 +88,7 @@ SCORE_SPLITS = 10  # splits of the Inception-style score (10 by convention) [>= 
 SILHOUETTE_SAMPLES = 5000  # seeded subsample for the silhouette (0: every test point) [>= 0]
 KMEANS_INIT = 10  # k-means restarts (best inertia kept) [>= 1]
 PROBE_MAX_ITER = 1000  # iterations of the logistic-regression probe [>= 1]
-BASELINE_COMPONENTS = 32  # PCA of the pixels as a baseline row (0: none) [>= 0, <= 784]
+BASELINE_COMPONENTS = 32  # PCA of the pixels as a baseline row (0: none; <= pixel values) [>= 0]
 PLOTS = True  # draw t-SNE and PCA plots of every embedding's test set
 PLOT_POINTS = 2000  # test points (seeded subsample) in each t-SNE / PCA plot [>= 10]
 EVALUATOR_EPOCHS = 4  # epochs of the evaluator CNN, trained once per dataset and cached [>= 1]
@@ -591,6 +591,10 @@ def evaluate_baseline(dataset: str, ev: Evaluation) -> None:
     """PCA of the pixels, evaluated like an embedding: the row a learned embedding should beat."""
     data = load_dataset(dataset, ev.run.data_dir)
     components = ev.run.baseline_components
+    pixels = int(np.prod(data.shape))
+    if components > pixels:
+        raise SettingsError(f"--baseline-components {components}: more than the {pixels} pixel "
+                         f"values of a {dataset} image")
     z_train, z_test = scoring.pixel_pca(data, components, ev.scoring.seed)
     ev.report.add("embeddings", dataset, f"pixels_pca{components} (baseline)",
                   {"file": None, **scoring.embedding_metrics(z_train, data.y_train, z_test,

@@ -282,8 +282,9 @@ def conditions(labels: np.ndarray, num_classes: int, device: torch.device) -> to
 
 def generate(model: ConditionalGAN, labels: np.ndarray, num_classes: int, seed: int,
              device: torch.device, batch_size: int, truncation: float = 0.0) -> np.ndarray:
-    """uint8 images (N, 28, 28), one per label, in eval mode, with noise fixed by ``seed`` (drawn
-    on the CPU, so the same on every device), truncated to [-psi, psi] with ``truncation``."""
+    """uint8 images as stored ((N, H, W) grey, (N, H, W, 3) colour), one per label, in eval mode,
+    with noise fixed by ``seed`` (drawn on the CPU, so the same on every device), truncated to
+    [-psi, psi] with ``truncation``."""
     return image_gans.regenerate(model, conditions(labels, num_classes, device), seed,
                                  batch_size, truncation)
 

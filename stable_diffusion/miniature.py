@@ -35,12 +35,13 @@ class MiniatureConfig:
         return self.image_size // 2 ** (len(self.vae_channels) - 1)
 
 
-def check_config(config: MiniatureConfig, image_shape: tuple[int, int]) -> None:
+def check_config(config: MiniatureConfig, image_shape: tuple[int, ...]) -> None:
     """Refuse sizes the networks cannot take: an image smaller than the data, a size the VAE
     and the UNet cannot halve to whole latents and blocks (the pipeline asks for a multiple of
     8 too), channel counts the group norm cannot split."""
     halvings = len(config.vae_channels) - 1 + len(config.unet_channels) - 1
     factor = int(np.lcm(8, 2 ** halvings))
+    image_shape = image_shape[:2]  # (H, W) of a stored (H, W) or (H, W, 3) image
     if config.image_size < max(image_shape):
         raise ValueError(f"--image-size {config.image_size}: smaller than the "
                          f"{image_shape[0]}x{image_shape[1]} images")
@@ -114,21 +115,25 @@ def assemble(vae: Any, unet: Any, text_encoder: Any, tokenizer: Any, noise_sched
     return pipe
 
 
-def to_pipeline_images(grey: np.ndarray, size: int) -> np.ndarray:
-    """uint8 grey images (N, H, W) -> RGB (N, size, size, 3), centred on black."""
-    n, height, width = grey.shape
+def to_pipeline_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images as stored, (N, H, W) grey or (N, H, W, 3) colour -> RGB (N, size, size, 3),
+    centred on black (a grey image is its channel three times)."""
+    n, height, width = images.shape[:3]
     top, left = (size - height) // 2, (size - width) // 2
     out = np.zeros((n, size, size, 3), np.uint8)
-    out[:, top:top + height, left:left + width] = grey[..., None]
+    out[:, top:top + height, left:left + width] = images[..., None] if images.ndim == 3 else images
     return out
 
 
-def from_pipeline_images(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """RGB (N, size, size, 3) -> uint8 grey (N, H, W): the centre crop, channels averaged."""
-    size, (height, width) = rgb.shape[1], shape
+def from_pipeline_images(rgb: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """RGB (N, size, size, 3) -> the data's stored layout ``shape`` (one image's: (H, W) grey or
+    (H, W, 3) colour): the centre crop, channels averaged for grey."""
+    size, (height, width) = rgb.shape[1], shape[:2]
     top, left = (size - height) // 2, (size - width) // 2
-    crop = rgb[:, top:top + height, left:left + width].astype(np.float64)
-    return crop.mean(axis=3).round().clip(0, 255).astype(np.uint8)
+    crop = rgb[:, top:top + height, left:left + width]
+    if len(shape) == 3:
+        return np.ascontiguousarray(crop)
+    return crop.astype(np.float64).mean(axis=3).round().clip(0, 255).astype(np.uint8)
 
 
 def vae_loss(vae: Any, pixels: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, ...]:

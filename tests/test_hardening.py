@@ -465,7 +465,8 @@ EVALUATE_BAD = [
     (("--knn-k", "300"), "every one of the 1 file(s) was skipped"),
     (("--kmeans-init", "0"), "--kmeans-init 0"),
     (("--plot-points", "0"), "--plot-points 0"),
-    (("--baseline-components", "5000"), "--baseline-components 5000: must be <= 784"),
+    (("--baseline-components", "5000"), "--baseline-components 5000: more than the 784 pixel "
+                                       "values of a digits image"),
     (("--seed", "-1"), "--seed -1"),
     (("--stages", ","), "--stages: an empty item in ','"),
 ]

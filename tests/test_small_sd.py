@@ -135,3 +135,16 @@ def test_the_loop_runs_two_generations_on_it_with_the_gan_loops_metrics(trained,
         assert names[:2] == ["test_00000.png", "test_00001.png"] and len(names) == 40
     captions = json.loads((folder / "digits_loop_sd" / "captions.json").read_text())
     assert len(captions["annotations"]) == 40
+
+
+@pytest.mark.parametrize("stored", [(7, 9), (7, 9, 3)])
+def test_pipeline_images_pad_the_data_and_crop_back_to_its_layout(stored):
+    from stable_diffusion.miniature import from_pipeline_images, to_pipeline_images
+
+    images = np.random.default_rng(0).integers(0, 256, (4, *stored), dtype=np.uint8)
+    rgb = to_pipeline_images(images, 16)
+    assert rgb.shape == (4, 16, 16, 3) and rgb.dtype == np.uint8
+    assert rgb[:, :4].max() == 0 and rgb[:, :, :3].max() == 0  # black border (top 4, left 3)
+    if len(stored) == 2:
+        assert np.array_equal(rgb[:, 4:11, 3:12, 1], images)  # a grey image in every channel
+    np.testing.assert_array_equal(from_pipeline_images(rgb, stored), images)
