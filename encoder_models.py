@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     x_test = torch.from_numpy(data.x_test)
     feed = TrainingTensors({"x": x_train, "y": torch.from_numpy(data.y_train)}, device,
                            train.max_device_images, train.loader_workers)
+    if feed.streamed:
+        print(feed.describe())
     resume = resume_settings(train, config)
     for name in train.models:
         seed_everything(train.seed, train.deterministic)

@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
                             "condition": torch.from_numpy(z_train_np[kept]),
                             "label": torch.from_numpy(data.y_train[kept])}, device,
                            run.max_device_images, run.loader_workers)
+    if feed.streamed:
+        print(feed.describe())
     z_train = torch.from_numpy(z_train_np[kept]).to(device)  # vectors: small on any device
     z_test = torch.from_numpy(z_test_np).to(device)
     score = None

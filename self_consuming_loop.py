@@ -559,6 +559,8 @@ def train_generation(generation: int, loop: Loop, train: ImageSet, checkpoint: P
     one_hot = conditions(train.y, data.num_classes, torch.device("cpu"))
     feed = TrainingTensors({"x": torch.from_numpy(train.x), "condition": one_hot}, loop.device,
                            run.max_device_images, run.loader_workers)
+    if feed.streamed:
+        print(feed.describe())
     per_epoch = loop.regime.train_images
 
     def make_batches(epoch: int):

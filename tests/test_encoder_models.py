@@ -176,6 +176,20 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(a["z_test"], b["z_test"], rtol=1e-5, atol=1e-5)
 
 
+def test_streamed_training_equals_training_from_memory(tmp_path):
+    """Past --max-device-images the set stays on the CPU and a DataLoader with workers gathers
+    each batch: the same batches, the same noise, the same embeddings."""
+    models = ("--models", "vae,ntxent", "--limit", "128", "--epochs", "1")
+    run_stage(tmp_path / "memory", *models)
+    streamed = run_stage(tmp_path / "streamed", *models, "--max-device-images", "100",
+                         "--loader-workers", "2")
+    assert "DataLoader" in streamed.stdout
+    for name in ("vae", "ntxent"):
+        a = load_embeddings(tmp_path / "memory" / "embeddings" / f"digits_{name}.npz")
+        b = load_embeddings(tmp_path / "streamed" / "embeddings" / f"digits_{name}.npz")
+        np.testing.assert_array_equal(a["z_test"], b["z_test"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_seeded_cuda_runs_repeat_exactly(tmp_path):
     """cuDNN convolutions and atomics are not deterministic unless asked to be: a seeded run, a

@@ -46,6 +46,7 @@ class TrainingTensors:
             raise ValueError(f"tensors of different lengths: {lengths}")
         self.n = next(iter(lengths.values()))
         self.device, self.workers = torch.device(device), workers
+        self.max_device_images = max_device_images
         self.streamed = self.n > max_device_images
         if self.streamed:
             cuda = self.device.type == "cuda"
@@ -57,6 +58,13 @@ class TrainingTensors:
     def __len__(self) -> int:
         return self.n
 
+    def describe(self) -> str:
+        """Which path the set takes, for the stage's log."""
+        if not self.streamed:
+            return f"{self.n} training examples on {self.device}"
+        return (f"{self.n} training examples stay on the CPU (more than --max-device-images): "
+                f"batches gathered by a DataLoader with {self.workers} workers")
+
     def batches(self, order: Iterable[torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
         """The batch of each index tensor of ``order``, on the device."""
         if not self.streamed:
@@ -64,8 +72,12 @@ class TrainingTensors:
                 idx = idx.to(self.device)
                 yield {k: v[idx] for k, v in self.tensors.items()}
             return
+        # A generator of its own: the loader draws its workers' base seed from it, which would
+        # otherwise advance the global generator and change the training's noise from the
+        # in-memory path's.
         loader = DataLoader(_Rows(self.tensors), batch_sampler=[idx.tolist() for idx in order],
                             num_workers=self.workers, collate_fn=_whole_batch,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(0))
         for batch in loader:
             yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
