@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from script_runner import run_script
 from sklearn.decomposition import PCA
 
 from dataio.artifacts import make_meta, save_npz
 from dataio.data_sources import load_dataset
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--device", "cpu", "--evaluator-epochs", "4", "--plot-points", "200", "--kmeans-init", "2",
         "--silhouette-samples", "300", "--baseline-components", "8", "--bootstrap", "0",
         "--kid-subsets", "5", "--cas-epochs", "2"]
@@ -63,9 +62,9 @@ def build(root: Path, loop_fid: float) -> None:
     (results / "clip_digits_zero_shot.json").write_text(json.dumps({"zero_shot_accuracy": 0.9}))
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    """The script run in this process as the shell runs it (tests/script_runner.py)."""
+    return run_script(script, *args)
 
 
 @pytest.fixture(scope="module")

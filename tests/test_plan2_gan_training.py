@@ -9,14 +9,13 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from script_runner import run_script
 from torch import nn
 
 import plan2_gan_training as p2
@@ -367,10 +366,9 @@ def stage1(tmp_path_factory) -> Path:
     """A data folder with a trained digits ae_basic (embeddings and checkpoint) and a PCA
     embedding of the same images."""
     root = tmp_path_factory.mktemp("stage1")
-    result = subprocess.run([sys.executable, "encoder_models.py", "--dataset", "digits",
+    result = run_script("encoder_models.py", "--dataset", "digits",
                              "--models", "ae_basic", "--epochs", "1", "--device", "cpu",
-                             "--data-dir", str(root)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, env=ENV)
+                             "--data-dir", str(root))
     assert result.returncode == 0, result.stderr
     save_npz(root / "embeddings" / "digits_pca.npz", pixel_pca(12),
              make_meta("tests", {}, "digits", 0))
@@ -396,17 +394,15 @@ def run_main(data_dir: Path, *args: str) -> None:
 def end_to_end(stage1, tmp_path_factory) -> dict:
     """Every model for two epochs, run as a user runs it, then evaluate.py on what it wrote."""
     root = fresh_copy(stage1, tmp_path_factory.mktemp("e2e") / "data")
-    result = subprocess.run([sys.executable, "plan2_gan_training.py", *QUICK, "--data-dir",
+    result = run_script("plan2_gan_training.py", *QUICK, "--data-dir",
                              str(root), "--encoder", "ae_basic", "--encoder-b", "pca",
-                             "--epochs", "2"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env=ENV)
+                             "--epochs", "2")
     assert result.returncode == 0, result.stderr
-    evaluated = subprocess.run([sys.executable, "evaluate.py", "--data-dir", str(root),
+    evaluated = run_script("evaluate.py", "--data-dir", str(root),
                                 "--device", "cpu", "--stages",
                                 "plan2,plan2_images,plan2_translation", "--plot-points", "100",
                                 "--evaluator-epochs", "2",
-                                "--kmeans-init", "2", "--silhouette-samples", "200"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
+                                "--kmeans-init", "2", "--silhouette-samples", "200")
     assert evaluated.returncode == 0, evaluated.stderr
     return {"root": root, "stdout": result.stdout,
             "metrics": json.loads((root / "results" / "metrics.json").read_text())}
@@ -598,9 +594,8 @@ def test_bad_inputs_stop_with_one_clear_error(stage1, tmp_path, case, message):
 
 
 def test_errors_reach_the_shell_as_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "plan2_gan_training.py", "--dataset", "digits",
-                             "--data-dir", str(tmp_path), "--encoder", "ae_basic"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, env=ENV)
+    result = run_script("plan2_gan_training.py", "--dataset", "digits",
+                             "--data-dir", str(tmp_path), "--encoder", "ae_basic")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path}/embeddings/digits_ae_basic.npz not found; make it with: python "
@@ -779,10 +774,9 @@ def test_sampling_bench_reproduces_the_stage_at_its_seed(stage1, tmp_path):
 
     root = fresh_copy(stage1, tmp_path / "data")
     run_main(root, "--models", "wgan_gp", "--epochs", "1", "--ensemble", "2")
-    result = subprocess.run([sys.executable, "bench/bench_plan2_sampling.py", "--dataset",
+    result = run_script("bench/bench_plan2_sampling.py", "--dataset",
                              "digits", "--data-dir", str(root), "--encoder", "ae_basic",
-                             "--samples", "300", "--sampling-seeds", "0,1"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300, env=ENV)
+                             "--samples", "300", "--sampling-seeds", "0,1")
     assert result.returncode == 0, result.stderr
     assert "(2 members)" in result.stdout
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:6]
