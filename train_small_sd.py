@@ -306,7 +306,10 @@ def main(argv: list[str] | None = None) -> None:
         best["history"] = [r for r in best["history"] if r["epoch"] != epoch] + [record]
         if best["fid"] is None or record["fid"] is None or record["fid"] < best["fid"]:
             best.update(epoch=epoch, fid=record["fid"],
-                        weights={k: v.detach().cpu() for k, v in pipe.unet.state_dict().items()})
+                        # a copy: on the CPU .cpu() would alias the weights training goes on to
+                        # change, and the "best" epoch would be the last one
+                        weights={k: v.detach().to("cpu", copy=True)
+                                 for k, v in pipe.unet.state_dict().items()})
         save_checkpoint(best_path, {**best, "settings": unet_settings})
         grid = from_pipeline_images(draw(pipe, grid_captions, np.arange(len(grid_captions)),
                                          run.seed, config.image_size, run.validation_steps,

@@ -66,12 +66,14 @@ def trainable_parameters(unet: Any, settings: FinetuneSettings) -> list[torch.nn
 
 
 def trainable_state(unet: Any, method: str) -> dict[str, torch.Tensor]:
-    """The weights fine-tuning changes: the LoRA adapters' (peft's names) or the whole UNet's."""
+    """A CPU copy of the weights fine-tuning changes: the LoRA adapters' (peft's names) or the
+    whole UNet's (copied: on the CPU ``.cpu()`` returns the live tensors training changes)."""
     if method == "lora":
         from peft.utils import get_peft_model_state_dict
 
-        return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(unet).items()}
-    return {k: v.detach().cpu() for k, v in unet.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True)
+                for k, v in get_peft_model_state_dict(unet).items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in unet.state_dict().items()}
 
 
 def load_trainable_state(unet: Any, method: str, state: dict[str, torch.Tensor]) -> None:

@@ -11,8 +11,8 @@ from script_runner import run_script
 
 import train_small_clip  # noqa: F401  (imported so the runner finds it as a module)
 
-QUICK = ["--dataset", "digits", "--limit", "384", "--vae-epochs", "1", "--unet-epochs", "2",
-         "--held-out-fraction", "0.4", "--validation-samples", "150", "--validation-steps", "4",
+QUICK = ["--dataset", "digits", "--limit", "256", "--vae-epochs", "1", "--unet-epochs", "2",
+         "--held-out-fraction", "0.4", "--validation-samples", "64", "--validation-steps", "3",
          "--batch-size", "32", "--device", "cpu", "--vae-channels", "16,32",
          "--unet-channels", "16,32,32"]
 
@@ -85,6 +85,12 @@ def test_a_run_interrupted_in_the_unet_phase_resumes_to_the_same_weights(trained
     assert "UNet epoch 1/2" not in resumed.stdout and "UNet epoch 2/2" in resumed.stdout
     from safetensors.torch import load_file
 
+    # The straight run kept epoch 1 of 2 (its held-out FID was lower): what it saved must be
+    # epoch 1's weights, not the last epoch's, which the resumed run reads back from its file.
+    import json
+
+    assert json.loads((trained[0] / "results" / "sd_digits_training.json").read_text())[
+        "best_epoch"] == 1
     for part in ("unet", "vae"):
         mine = load_file(tmp_path / "checkpoints" / "sd_digits" / part
                          / "diffusion_pytorch_model.safetensors")
