@@ -10,11 +10,11 @@ import torch
 
 torch.set_num_threads(1)
 
-LONGEST_FIRST = ("test_plan2_gan_training.py", "test_self_consuming_loop.py",
-                 "test_diffusion_loop.py",
-                 "test_plan1_gan_training.py", "test_demo_report.py", "test_evaluate.py",
-                 "test_damaged_checkpoints.py", "test_flows.py", "test_hardening.py",
-                 "test_encoder_models.py", "test_small_clip.py")
+LONGEST_FIRST = ("test_plan2_gan_training.py", "test_self_consuming_loop.py", "test_small_sd.py",
+                 "test_plan1_gan_training.py", "test_flows.py", "test_encoder_models.py",
+                 "test_diffusion_loop.py", "test_evaluate.py", "test_damaged_checkpoints.py",
+                 "test_colour_folder.py", "test_generation_bad_inputs.py", "test_hardening.py",
+                 "test_small_clip.py", "test_demo_report.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -112,7 +112,7 @@ def test_a_file_size_limit_while_saving_the_clip_is_one_line_and_keeps_the_old_m
     save_pretrained, whose 65 kB safetensors file passes the 20 kB limit: safetensors' own
     error type, not an OSError."""
     run = [sys.executable, "train_small_clip.py", *TINY_CLIP, "--data-dir", str(tmp_path)]
-    first = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    first = run_script(*run[1:])  # in this process; the limited rerun needs its own
     assert first.returncode == 0, first.stderr
     before = snapshot(tmp_path)
     result = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV,
@@ -127,9 +127,8 @@ def test_a_file_size_limit_while_saving_the_clip_is_one_line_and_keeps_the_old_m
 
 # ---------------------------------------------------------------- bench_plan2.py
 def bench_plan2(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "bench/bench_plan2.py", "--dataset", "digits",
-                           "--data-dir", str(data_dir), "--threads", "1", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=ENV)
+    return run_script("bench/bench_plan2.py", "--dataset", "digits", "--data-dir", str(data_dir),
+                      "--threads", "1", *args)
 
 
 @pytest.mark.parametrize(("pairs", "words"), [
@@ -158,8 +157,12 @@ def test_bench_plan2_stops_in_one_line_when_its_stage_fails(tmp_path):
                        "z_test": pca.transform(pixels_test).astype(np.float32)},
                       make_meta("tests", {}, "digits", 0))
     before = source.read_bytes()
-    result = bench_plan2(data_dir, "--encoders", "pca", "--flows", "", "--pairs", "",
-                         "--seeds", "0", "--samples", "200", "--stage-args=--no-such-flag")
+    # A process of its own: the stage's message goes to the bench's standard error.
+    result = subprocess.run([sys.executable, "bench/bench_plan2.py", "--dataset", "digits",
+                             "--data-dir", str(data_dir), "--threads", "1", "--encoders", "pca",
+                             "--flows", "", "--pairs", "", "--seeds", "0", "--samples", "200",
+                             "--stage-args=--no-such-flag"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env=ENV)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "unrecognized arguments: --no-such-flag" in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
