@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= data
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo demo-stages demo-report demo-all test lint fashion-data bench
+.PHONY: install demo demo-stages demo-report demo-all colour-shapes test lint fashion-data bench
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -118,6 +118,24 @@ demo-all: install fashion-data
 	$(PY) plan1_gan_training.py --dataset $(DS) --epochs 2 --limit 5000 --batch-size 32 --test-images 2000 --data-dir $(DATA_DIR)
 	$(PY) plan2_gan_training.py --dataset $(DS) --epochs 20 --epoch-vectors 0 --samples 2000 --plot-points 300 --data-dir $(DATA_DIR)
 	$(PY) evaluate.py --data-dir $(DATA_DIR)
+
+# Your own images, shown on colour ones: a folder of 32x32 colour shapes (4 classes, 1,000
+# training and 100 test images each, drawn by tests/colour_shapes.py) through every image stage,
+# in its own data folder. docs/data.md has what it measured.
+COLOUR_DIR ?= $(DATA_DIR)/colour
+SHAPES := folder:$(COLOUR_DIR)/shapes
+colour-shapes: install
+	@[ -d $(COLOUR_DIR)/shapes ] || $(PY) tests/colour_shapes.py $(COLOUR_DIR)/shapes --per-class 1000
+	$(PY) train_evaluator.py --dataset $(SHAPES) --data-dir $(COLOUR_DIR)
+	$(PY) encoder_models.py --dataset $(SHAPES) --models vae,ntxent --epochs 10 --data-dir $(COLOUR_DIR)
+	$(PY) plan1_gan_training.py --dataset $(SHAPES) --encoder vae --models cgan --epochs 10 \
+		--data-dir $(COLOUR_DIR)
+	$(PY) plan2_gan_training.py --dataset $(SHAPES) --encoder vae --encoder-b ntxent \
+		--models wgan_gp,flow_matching --epochs 30 --epoch-vectors 0 --data-dir $(COLOUR_DIR)
+	$(PY) train_small_clip.py --dataset $(SHAPES) --epochs 4 --data-dir $(COLOUR_DIR)
+	$(PY) self_consuming_loop.py --dataset $(SHAPES) --generations 2 --train-images 3000 \
+		--epochs-first 10 --epochs 2 --n-images 400 --kid-subsets 20 --data-dir $(COLOUR_DIR)
+	$(PY) evaluate.py --data-dir $(COLOUR_DIR)
 
 # Two pytest workers (pytest-xdist), each test file on one worker (--dist loadfile), so a
 # file's module fixtures, which train models, are built once, not once per worker.

@@ -262,9 +262,9 @@ def prepared(tmp_path_factory):
     """A data folder with digits ae_basic embeddings (from the real stage 1) and a trained
     evaluator; tests copy it into their own folder."""
     folder = tmp_path_factory.mktemp("prepared")
-    subprocess.run([sys.executable, "encoder_models.py", "--dataset", "digits", "--models",
-                    "ae_basic", "--epochs", "1", "--data-dir", str(folder)], cwd=ROOT,
-                   check=True, capture_output=True, env=ENV)
+    encoded = run_script("encoder_models.py", "--dataset", "digits", "--models", "ae_basic",
+                         "--epochs", "1", "--data-dir", str(folder))
+    assert encoded.returncode == 0, encoded.stderr
     scoring.load_evaluator(load_dataset("digits"), torch.device("cpu"),
                            scoring.EvaluatorSettings(data_dir=str(folder)))
     return folder

@@ -392,11 +392,11 @@ def run_main(data_dir: Path, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def end_to_end(stage1, tmp_path_factory) -> dict:
-    """Every model for two epochs, run as a user runs it, then evaluate.py on what it wrote."""
+    """Every model for one epoch, run as a user runs it, then evaluate.py on what it wrote."""
     root = fresh_copy(stage1, tmp_path_factory.mktemp("e2e") / "data")
     result = run_script("plan2_gan_training.py", *QUICK, "--data-dir",
                              str(root), "--encoder", "ae_basic", "--encoder-b", "pca",
-                             "--epochs", "2")
+                             "--epochs", "1")
     assert result.returncode == 0, result.stderr
     evaluated = run_script("evaluate.py", "--data-dir", str(root),
                                 "--device", "cpu", "--stages",
@@ -416,7 +416,7 @@ def test_stage_writes_every_file_in_its_format(end_to_end):
                        {"z_gen": (2, "f")})
         assert gen["z_gen"].shape == (300, 32) and gen["z_gen"].dtype == np.float32
         assert gen["meta"]["source_embeddings"] == "digits_ae_basic.npz"
-        assert gen["meta"]["dataset"] == "digits" and gen["meta"]["epochs_trained"] == 2
+        assert gen["meta"]["dataset"] == "digits" and gen["meta"]["epochs_trained"] == 1
         conditional = name != "vaegan"
         assert ("y_gen" in gen) == conditional
         images = load_npz(root / "samples" / "plan2" / f"digits_ae_basic_{name}.npz",
@@ -452,8 +452,8 @@ def test_stage_writes_every_file_in_its_format(end_to_end):
         split = out["meta"]["split"]  # 54 of the 1347 held out (0.04), halves of the rest
         assert split["of"] == 1347 and len(split["held_out"]) == 54
         assert out["meta"]["halves"] == [646, 646]
-    assert "| wgan_gp | 2 (" in end_to_end["stdout"]
-    assert "| cyclegan | 2 (" in end_to_end["stdout"]
+    assert "| wgan_gp | 1 (" in end_to_end["stdout"]
+    assert "| cyclegan | 1 (" in end_to_end["stdout"]
     generated = (root / "results" / "plan2_digits_ae_basic.md").read_text()
     translated = (root / "results" / "plan2_digits_ae_basic-to-pca.md").read_text()
     assert generated.count("| wgan_gp |") == 1 and "| dualgan |" not in generated

@@ -83,11 +83,11 @@ def test_a_run_interrupted_in_the_unet_phase_resumes_to_the_same_weights(trained
     resumed = run_script("train_small_sd.py", *QUICK, "--data-dir", str(tmp_path))
     assert resumed.returncode == 0, resumed.stderr
     assert "UNet epoch 1/2" not in resumed.stdout and "UNet epoch 2/2" in resumed.stdout
-    from safetensors.torch import load_file
-
     # The straight run kept epoch 1 of 2 (its held-out FID was lower): what it saved must be
     # epoch 1's weights, not the last epoch's, which the resumed run reads back from its file.
     import json
+
+    from safetensors.torch import load_file
 
     assert json.loads((trained[0] / "results" / "sd_digits_training.json").read_text())[
         "best_epoch"] == 1
