@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= data
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo demo-stages demo-report demo-all colour-shapes test lint fashion-data bench
+.PHONY: install demo demo-stages demo-report demo-all small-sd colour-shapes test lint fashion-data bench
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -119,6 +119,16 @@ demo-all: install fashion-data
 	$(PY) plan2_gan_training.py --dataset $(DS) --epochs 20 --epoch-vectors 0 --samples 2000 --plot-points 300 --data-dir $(DATA_DIR)
 	$(PY) evaluate.py --data-dir $(DATA_DIR)
 
+# The miniature Stable Diffusion on Fashion-MNIST (the small CLIP's text tower conditions it;
+# about 45 minutes on 2 CPU cores), then the seed's loop on it: 1,000 test images' class captions
+# as prompts, 3 generations, whole-UNet fine-tuning. docs/drift.md has what it measured.
+small-sd: install fashion-data
+	$(PY) train_small_clip.py --dataset $(DS) --limit 20000 --threads 2 --data-dir $(DATA_DIR)
+	$(PY) train_small_sd.py --dataset $(DS) --threads 2 --data-dir $(DATA_DIR)
+	$(PY) self_consuming_loop.py --generator diffusion --prompts dataset --dataset $(DS) \
+		--pipeline $(DATA_DIR)/checkpoints/sd_$(DS) --num-captions 1000 --generations 3 --threads 2 \
+		--data-dir $(DATA_DIR)
+
 # Your own images, shown on colour ones: a folder of 32x32 colour shapes (4 classes, 1,000
 # training and 100 test images each, drawn by tests/colour_shapes.py) through every image stage,
 # in its own data folder. docs/data.md has what it measured.
@@ -161,4 +171,7 @@ bench: install fashion-data
 	$(PY) bench/bench_clip_extraction.py
 	$(PY) bench/bench_drift_experiment.py
 	$(PY) bench/bench_loop_study.py
+	$(PY) bench/bench_sd_sampling.py
+	$(PY) bench/bench_small_sd.py --prompts 1000
+	$(PY) bench/bench_sd_loop_study.py
 	$(PY) bench/bench_sd_sampling.py
