@@ -1092,7 +1092,8 @@ def diffusion_main(values: dict[str, Any]) -> None:
 
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
-    values = resolve_dataset(configure(globals(), argv))
+    # IMAGE_SIZE is the diffusion pipeline's size: a folder is read at its images' own size.
+    values = resolve_dataset(configure(globals(), argv), resize_setting=None)
     if values["generator"] == "diffusion":
         return diffusion_main(values)
     base = pick(LoopRun, values, seed=values["seeds"][0])

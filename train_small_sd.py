@@ -189,9 +189,8 @@ def captions_of(labels: np.ndarray, data: ImageDataset, seed: int) -> list[str]:
 
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
-    values = configure(globals(), argv)
     # IMAGE_SIZE is the pipeline's canvas: a folder is read at its images' own size and padded.
-    values = {**resolve_dataset({**values, "image_size": 0}), "image_size": values["image_size"]}
+    values = resolve_dataset(configure(globals(), argv), resize_setting=None)
     run = pick(SdTraining, values)
     check_input_tag(run.tag, run.input_tag)
     if run.clip and run.input_tag:

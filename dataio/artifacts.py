@@ -56,16 +56,21 @@ def tagged(stem: str, tag: str) -> str:
 def make_meta(script: str, settings: Mapping[str, Any], dataset: str | None, seed: int | None,
               **extra: Any) -> dict[str, Any]:
     """The provenance record stored as ``meta`` in every artifact: the script, its settings, the
-    code's git commit and dirty flag (``runtime.provenance``), library versions and time."""
+    code's git commit and dirty flag (``runtime.provenance``), library versions, time and, for a
+    folder or CIFAR-10, how its images were split into train and test."""
     versions = {"python": platform.python_version(), "numpy": np.__version__,
                 "torch": torch.__version__}
     for name in ("sklearn", "transformers"):
         module = sys.modules.get(name)
         if module is not None:
             versions[name] = getattr(module, "__version__", "unknown")
+    from dataio.data_sources import recorded_split  # a sibling that imports nothing of ours
+
+    split = recorded_split(dataset)
     return {"script": Path(script).name, "settings": dict(settings), "dataset": dataset,
             "seed": seed, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "versions": versions, "code": code_version(), **extra}
+            "versions": versions, "code": code_version(),
+            **({"data_split": split} if split else {}), **extra}
 
 
 def _current_umask() -> int:

@@ -69,6 +69,8 @@ DIGITS_TEST_FRACTION = 0.25  # digits has no official split: a fixed stratified 
 # Folder data sets named by this process (name -> (spec, image size)): a stage names its
 # outputs after the folder and loads it by that name; later stages register it from a file's meta.
 _FOLDERS: dict[str, tuple[str, int]] = {}
+# How each folder loaded in this process was split (what every ``meta`` of it records).
+_SPLITS: dict[str, str] = {}
 
 
 @dataclass
@@ -249,14 +251,27 @@ def dataset_name(spec: str, image_size: int = 0) -> str:
     return name
 
 
-def resolve_dataset(values: dict) -> dict:
+def resolve_dataset(values: dict, resize_setting: str | None = "image_size") -> dict:
     """A stage's settings with ``dataset`` the data set's name (what outputs carry) and, for a
-    folder, ``dataset_spec`` the ``folder:PATH`` given (recorded in every ``meta``, so that
-    later stages find the folder from a file alone); ``image_size`` resizes a folder's images."""
+    folder, ``dataset_spec`` its ``folder:PATH`` with the path made absolute and
+    ``dataset_image_size`` the size its images are read at (both recorded in every ``meta``, so
+    that later stages find the folder from a file alone, from any directory). The setting named
+    ``resize_setting`` resizes a folder's images (None: a stage whose IMAGE_SIZE means something
+    else reads the folder at its own size)."""
     spec = values["dataset"]
-    size = values.get("image_size", 0) if spec.startswith(FOLDER_PREFIX) else 0
-    name = dataset_name(spec, size if isinstance(size, int) else 0)
-    return {**values, "dataset": name, **({"dataset_spec": spec} if spec != name else {})}
+    if not spec.startswith(FOLDER_PREFIX):
+        return {**values, "dataset": dataset_name(spec)}
+    size = values.get(resize_setting, 0) if resize_setting else 0
+    size = size if isinstance(size, int) else 0
+    name = dataset_name(spec, size)
+    path = Path(spec.removeprefix(FOLDER_PREFIX)).expanduser().resolve()
+    return {**values, "dataset": name, "dataset_spec": f"{FOLDER_PREFIX}{path}",
+            "dataset_image_size": size}
+
+
+def recorded_split(name: str | None) -> str | None:
+    """How the folder or CIFAR-10 set ``name`` loaded in this process was split, if it was."""
+    return _SPLITS.get(name) if name else None
 
 
 def dataset_from_meta(meta: dict) -> str | None:
@@ -266,7 +281,7 @@ def dataset_from_meta(meta: dict) -> str | None:
     spec = settings.get("dataset_spec", settings.get("dataset"))
     if not isinstance(spec, str):
         return meta.get("dataset") if isinstance(meta.get("dataset"), str) else None
-    size = settings.get("image_size", 0)
+    size = settings.get("dataset_image_size", settings.get("image_size", 0))
     return dataset_name(spec, size if isinstance(size, int) and spec.startswith(
         FOLDER_PREFIX) else 0)
 
@@ -302,6 +317,7 @@ def load_dataset(name: str, data_dir: str | Path = "data", limit: int = 0,
             print(f"note: {note}")
         data = ImageDataset(name, loaded.x_train, loaded.y_train, loaded.x_test, loaded.y_test,
                             loaded.class_names, loaded.source, spec, loaded.split)
+        _SPLITS[name] = loaded.split
     else:
         data = _load_digits() if name == "digits" else _load_idx_dataset(name, Path(data_dir),
                                                                           download)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from script_runner import run_script
+from script_runner import ROOT, run_script
 
 from dataio import data_sources, image_folders
 from dataio.artifacts import load_meta
@@ -153,7 +153,7 @@ def test_cifar10_loads_from_its_archive_and_says_so_when_it_has_neither(tmp_path
 
 
 def test_a_grey_folder_runs_through_a_stage_named_after_the_folder_and_later_found_by_meta(
-        tmp_path):
+        tmp_path, monkeypatch):
     """Digits written as PNG files in class folders: the encoder stage names its output after
     the folder, records the folder in its meta, and evaluate.py finds the data from it."""
     digits = data_sources.load_dataset("digits")
@@ -165,15 +165,19 @@ def test_a_grey_folder_runs_through_a_stage_named_after_the_folder_and_later_fou
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(path)
     data_dir = tmp_path / "data"
-    result = run_script("encoder_models.py", "--dataset", f"folder:{root}", "--models", "ae_basic",
+    monkeypatch.chdir(tmp_path)  # the folder given relative to here; meta holds it absolute
+    result = run_script("encoder_models.py", "--dataset", "folder:My_Digits", "--models",
+                        "ae_basic",
                         "--epochs", "1", "--embedding-dim", "4", "--device", "cpu",
                         "--data-dir", str(data_dir), "--no-tensorboard")
     assert result.returncode == 0, result.stderr
     meta = load_meta(data_dir / "embeddings" / "my-digits_ae_basic.npz")
     assert meta["dataset"] == "my-digits" and meta["image_shape"] == [1, 28, 28]
-    assert meta["settings"]["dataset_spec"] == f"folder:{root}"
+    assert meta["settings"]["dataset_spec"] == f"folder:{root.resolve()}"
+    assert meta["data_split"] == "given (train/ and test/)"
     assert meta["class_names"] == [f"d{c}" for c in range(10)]
     data_sources._FOLDERS.clear()  # a later stage knows the folder only from the file
+    monkeypatch.chdir(ROOT)  # ... and runs from another directory
     evaluated = run_script("evaluate.py", "--data-dir", str(data_dir), "--stages", "embeddings",
                            "--device", "cpu", "--no-plots", "--kmeans-init", "1",
                            "--silhouette-samples", "100", "--baseline-components", "8")
