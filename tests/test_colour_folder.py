@@ -1,5 +1,5 @@
-"""A folder of 32x32 colour shapes through every image stage as a user runs them, each later stage
-finding the folder from the files of the one before: the evaluator CNN, the encoders (colour
+"""A folder of 32x32 colour shapes through every image stage as a user runs them (evaluate.py
+finding the folder from the files' meta alone): the evaluator CNN, the encoders (colour
 reconstructions), Plan 1 (colour samples), Plan 2 (decoded colour images), evaluate.py, the small
 CLIP, the self-consuming loop (RGB PNG folders) and the miniature Stable Diffusion."""
 
@@ -35,7 +35,7 @@ def colour_run(tmp_path_factory) -> dict:
     out["evaluator"] = run("train_evaluator.py", *spec, *CPU)
     run("encoder_models.py", *spec, *CPU, "--models", "ae_basic,ntxent", "--epochs", "1",
         "--embedding-dim", "8", "--batch-size", "32")
-    data_sources._FOLDERS.clear()  # later stages know the folder from the files alone
+    data_sources._FOLDERS.clear()  # as in a new process: each stage registers it again
     run("plan1_gan_training.py", *spec, *CPU, "--encoder", "ae_basic", "--models", "cgan",
         "--epochs", "1", "--batch-size", "16", "--held-out-fraction", "0.2", "--test-images", "0",
         "--width", "8", "--feature-dim", "16")
