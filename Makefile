@@ -140,7 +140,7 @@ colour-shapes: install
 	$(PY) encoder_models.py --dataset $(SHAPES) --models vae,ntxent --epochs 10 --data-dir $(COLOUR_DIR)
 	$(PY) plan1_gan_training.py --dataset $(SHAPES) --encoder vae --models cgan --epochs 10 \
 		--data-dir $(COLOUR_DIR)
-	$(PY) plan2_gan_training.py --dataset $(SHAPES) --encoder vae --encoder-b ntxent \
+	$(PY) plan2_gan_training.py --dataset shapes --encoder vae --encoder-b ntxent \
 		--models wgan_gp,flow_matching --epochs 30 --epoch-vectors 0 --data-dir $(COLOUR_DIR)
 	$(PY) train_small_clip.py --dataset $(SHAPES) --epochs 4 --data-dir $(COLOUR_DIR)
 	$(PY) self_consuming_loop.py --dataset $(SHAPES) --generations 2 --train-images 3000 \

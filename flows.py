@@ -48,7 +48,7 @@ from dataio.artifacts import (
     tagged,
     write_text,
 )
-from dataio.data_sources import resolve_dataset
+from dataio.data_sources import resolve_embedded_dataset
 from evaluation.metrics import knn_accuracy
 from models.encoders import ENCODER_NAMES
 from models.flow_models import (
@@ -84,7 +84,7 @@ LR_SCHEDULES = ("constant", "cosine")
 STAGE1_ENCODERS = ENCODER_NAMES
 
 # ---------------------------------------------------------------- settings
-DATASET = "fashion-mnist"  # embeddings' dataset [in dataio.data_sources.DATASETS, or folder:PATH]
+DATASET = "fashion-mnist"  # embeddings' dataset: a built-in, folder:PATH or a folder set's name
 DATA_DIR = "data"  # where data/embeddings/<ds>_<enc>.npz are read and every output is written
 ENCODERS = STAGE1_ENCODERS  # stage-1 embeddings <ds>_<enc>.npz to refine, by encoder
 FLOWS = FLOW_NAMES  # flows fitted to each embedding [in FLOW_NAMES]
@@ -411,7 +411,9 @@ def results_markdown(metas: dict[str, dict[str, Any]], dataset: str) -> str:
 
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
-    values = resolve_dataset(configure(globals(), argv))
+    values = configure(globals(), argv)
+    # A folder data set may be named as its embeddings are (their meta holds its path).
+    values = resolve_embedded_dataset(values, values["encoders"])
     train = pick(FlowTraining, values)
     check_input_tag(train.tag, train.input_tag)
     config = pick(FlowConfig, values)

@@ -48,7 +48,7 @@ from dataio.artifacts import (
     tagged,
     write_text,
 )
-from dataio.data_sources import class_names_of, load_dataset, resolve_dataset
+from dataio.data_sources import class_names_of, load_dataset, resolve_embedded_dataset
 from dataio.splits import held_out_count, held_out_split, split_record
 from evaluation import scoring
 from evaluation.metrics import frechet_distance
@@ -90,7 +90,7 @@ from training.gans import (
 )
 
 # ---------------------------------------------------------------- settings
-DATASET = "fashion-mnist"  # embeddings' dataset [in dataio.data_sources.DATASETS, or folder:PATH]
+DATASET = "fashion-mnist"  # embeddings' dataset: a built-in, folder:PATH or a folder set's name
 DATA_DIR = "data"  # where embeddings are read and every output is written
 ENCODER = "ae_advanced"  # embedding to learn (an autoencoder's decodes to images); domain A
 ENCODER_B = "vae"  # domain B of CycleGAN and DualGAN: another encoder of the same images
@@ -595,7 +595,9 @@ def train_translators(names: list[str], real_a: dict[str, Any], path_a: Path,
 
 @holds_output_locks
 def main(argv: list[str] | None = None) -> None:
-    values = resolve_dataset(configure(globals(), argv))
+    values = configure(globals(), argv)
+    # A folder data set may be named as its embeddings are (their meta holds its path).
+    values = resolve_embedded_dataset(values, (values["encoder"], values["encoder_b"]))
     run = pick(Plan2Settings, values)
     check_input_tag(run.tag, run.input_tag)
     config = pick(VectorGANConfig, values)

@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from dataio.image_folders import (
     load_cifar10,
     load_image_folder,
 )
+from runtime.settings import SettingsError
 from runtime.stage import StageError
 
 # The most data bytes an IDX file may announce: well above MNIST's 47 MB of training images.
@@ -267,6 +269,34 @@ def resolve_dataset(values: dict, resize_setting: str | None = "image_size") -> 
     path = Path(spec.removeprefix(FOLDER_PREFIX)).expanduser().resolve()
     return {**values, "dataset": name, "dataset_spec": f"{FOLDER_PREFIX}{path}",
             "dataset_image_size": size}
+
+
+def resolve_embedded_dataset(values: dict, encoders: Sequence[str]) -> dict:
+    """``resolve_dataset`` for a stage that reads embeddings: --dataset may also be the short name
+    of a folder data set (``my-shapes``), found from the ``meta`` of the embedding files this run
+    reads (``<data_dir>/embeddings/<name>_<encoder>[@<input_tag>].npz``), so that the folder's
+    path and read size are given once, to the stage that read the images."""
+    spec = values["dataset"]
+    if spec in DATASETS or spec.startswith(FOLDER_PREFIX):
+        return resolve_dataset(values)
+    from dataio.artifacts import load_meta, tagged  # a sibling; it imports this one lazily
+
+    expected = [Path(values["data_dir"]) / "embeddings"
+                / f"{tagged(f'{spec}_{encoder}', values.get('input_tag', ''))}.npz"
+                for encoder in encoders]
+    files = [path for path in expected if path.is_file()]
+    for path in files:
+        meta = load_meta(path)
+        settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+        folder, size = settings.get("dataset_spec"), settings.get("dataset_image_size", 0)
+        if meta.get("dataset") == spec and isinstance(folder, str) and isinstance(size, int):
+            return {**values, "dataset": dataset_name(folder, size), "dataset_spec": folder,
+                    "dataset_image_size": size}
+    where = ", ".join(str(p) for p in expected) or "no embedding file"
+    raise SettingsError(f"--dataset {spec}: must be one of {', '.join(DATASETS)}, or "
+                        f"{FOLDER_PREFIX}PATH, or the name of a folder data set whose embeddings "
+                        f"record it ({where}: " + ("none records a folder)" if files else
+                                                   "not found)"))
 
 
 def recorded_split(name: str | None) -> str | None:

@@ -39,7 +39,10 @@ def colour_run(tmp_path_factory) -> dict:
     run("plan1_gan_training.py", *spec, *CPU, "--encoder", "ae_basic", "--models", "cgan",
         "--epochs", "1", "--batch-size", "16", "--held-out-fraction", "0.2", "--test-images", "0",
         "--width", "8", "--feature-dim", "16")
-    run("plan2_gan_training.py", *spec, *CPU, "--encoder", "ae_basic", "--encoder-b", "ntxent",
+    # The stages that read embeddings take the folder's short name: its meta holds the path.
+    short = ("--dataset", "shapes", "--data-dir", str(data_dir))
+    run("flows.py", *short, *CPU, "--encoders", "ae_basic", "--flows", "realnvp", "--epochs", "1")
+    run("plan2_gan_training.py", *short, *CPU, "--encoder", "ae_basic", "--encoder-b", "ntxent",
         "--models", "wgan_gp,cyclegan", "--epochs", "1", "--batch-size", "32", "--hidden", "16",
         "--depth", "1", "--samples", "40", "--epoch-vectors", "0", "--no-plots")
     data_sources._FOLDERS.clear()
@@ -61,10 +64,22 @@ def colour_run(tmp_path_factory) -> dict:
     return out
 
 
+def test_a_short_name_no_embedding_records_is_one_line(colour_run):
+    result = run_script("plan2_gan_training.py", "--dataset", "circles", "--data-dir",
+                        str(colour_run["data_dir"]), "--encoder", "ae_basic")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --dataset circles: must be one of mnist, digits, "
+                                     "fashion-mnist, cifar10, or folder:PATH, or the name of a "
+                                     "folder data set whose embeddings record it (")
+    assert "circles_ae_basic.npz" in result.stderr and "not found" in result.stderr
+
+
 def test_every_stage_names_its_outputs_after_the_folder_and_keeps_the_colour(colour_run):
     root = colour_run["data_dir"]
     assert "test accuracy" in colour_run["evaluator"]
     assert load_meta(root / "embeddings" / "shapes_ae_basic.npz")["image_shape"] == [3, 32, 32]
+    flow_meta = load_meta(root / "embeddings" / "shapes_ae_basic+realnvp.npz")
+    assert flow_meta["settings"]["dataset_spec"].endswith("/Shapes")
     for samples in (root / "samples" / "plan1" / "shapes_ae_basic_cgan.npz",
                     root / "samples" / "plan2" / "shapes_ae_basic_wgan_gp.npz"):
         with np.load(samples, allow_pickle=False) as saved:
