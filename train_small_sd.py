@@ -38,6 +38,7 @@ from dataio.artifacts import (
     check_settings_match,
     ensure_output_dir,
     fingerprint,
+    give_umask_permissions,
     hold_output_lock,
     holds_output_locks,
     load_checkpoint,
@@ -344,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
                      class_captions=class_captions(data.name, data.class_names),
                      unet_seconds=time.time() - started)
     write_text(staging / "training_meta.json", json.dumps(meta, indent=2, default=str) + "\n")
+    give_umask_permissions(staging)  # safetensors writes 0600; outputs follow the umask
     replace_directory(staging, output)
     results = write_text(folders["results"] / f"sd_{stem}_training.json",
                          json.dumps(meta, indent=2, default=str) + "\n")

@@ -340,11 +340,11 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 def give_umask_permissions(folder: Path) -> None:
-    """Give the files in ``folder`` the permissions new files get under the umask (safetensors
-    writes 0600)."""
+    """Give the files in ``folder`` and its subfolders the permissions new files get under the
+    umask (safetensors writes 0600)."""
     umask = _current_umask()
-    for path in folder.iterdir():
-        if path.is_file():
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
             path.chmod(0o666 & ~umask)
 
 

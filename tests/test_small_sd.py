@@ -53,6 +53,12 @@ def test_the_pipeline_loads_like_any_stable_diffusion_and_samples(trained):
                generator=torch.Generator().manual_seed(0))
     assert out.images.shape == (2, 32, 32, 3) and np.isfinite(out.images).all()
     assert (folder / "visualizations" / "sd_digits_epoch002.png").stat().st_size > 1000
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (folder / "checkpoints" / "sd_digits").rglob("*.safetensors"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path  # not safetensors' 0600
 
 
 def test_a_run_interrupted_in_the_unet_phase_resumes_to_the_same_weights(trained, with_clip,
